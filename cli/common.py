@@ -1,0 +1,76 @@
+"""Shared CLI plumbing: the console, error handling and exit codes.
+
+Exit codes (DESIGN.md section 5): 0 ok, 1 user error (a one-paragraph message, no traceback unless
+``--debug``), 2 internal error (a bug: traceback with --debug, a short pointer otherwise).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from driftkit.errors import DriftkitError
+
+console = Console()
+err_console = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("DRIFTKIT_DEBUG", "") not in ("", "0")
+
+
+def handle_errors(fn: F) -> F:
+    """Wrap a command: DriftkitError -> message + exit 1; other exceptions -> exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except DriftkitError as exc:
+            if debug_enabled():
+                err_console.print_exception()
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: completed work is kept; rerun with --resume to continue.")
+            raise typer.Exit(130)
+        except Exception as exc:  # a bug, not the user's fault
+            if debug_enabled():
+                err_console.print_exception()
+            else:
+                err_console.print(
+                    f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                    f"This is a bug in driftkit. Rerun with --debug for the traceback and report it.",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise typer.Exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress_bar(**kwargs: Any):
+    """A rich progress bar with the columns every long command uses (to stderr, so --json stdout stays clean)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err_console,
+        transient=False,
+        disable=not sys.stderr.isatty() and os.environ.get("DRIFTKIT_PROGRESS", "") != "1",
+        **kwargs,
+    )

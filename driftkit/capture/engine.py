@@ -1,0 +1,316 @@
+"""The capture engine: tokenize (and optionally generate), batch, trace with nnsight, hand arrays to
+the background writer.
+
+Data flow for one batch: right-padded ``input_ids`` -> one ``nnsight`` trace that fetches every
+probe's sites in the model's execution order -> each probe's ``finalize`` -> per-sample slices
+(padding dropped) -> :class:`~driftkit.store.writer.BackgroundWriter`. Nothing is kept across
+batches, so memory is flat in the number of prompts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from driftkit import __version__
+from driftkit.capture.batching import token_budget_batches
+from driftkit.capture.config import RESUME_KEYS, CaptureConfig
+from driftkit.errors import DriftkitError
+from driftkit.models import LoadedModel, load_model, tokenizer_sha256, weights_sha256
+from driftkit.prompts import encode_prompt, encode_response, load_prompts
+from driftkit.registry import load as load_plugin
+from driftkit.registry.probe import Batch, ModelLayout, Probe, Site
+from driftkit.store import schema as S
+from driftkit.store.dtypes import STORAGE_DTYPES
+from driftkit.store.reader import CaptureReader
+from driftkit.store.writer import ArraySpec, BackgroundWriter, CaptureWriter
+
+Progress = Callable[[str, int, int], None]  # (phase, completed, total)
+
+
+@dataclass
+class SampleSet:
+    ids: list[str]
+    domains: list[str]
+    tokens: list[list[int]]
+    prompt_len: list[int]
+
+
+# -- probes -----------------------------------------------------------------------------------------
+def make_probes(specs: Sequence[Any], options: dict[str, Any]) -> list[Probe]:
+    """Instantiate probes from names / ``file.py:Class`` / instances; each gets the options it declares."""
+    probes: list[Probe] = []
+    used: set[str] = set()
+    for spec in specs:
+        if isinstance(spec, Probe):
+            probes.append(spec)
+            continue
+        cls = load_plugin("probe", str(spec))
+        mine = {k: v for k, v in options.items() if k in cls.options}
+        used.update(mine)
+        probes.append(cls(**mine))
+    unused = set(options) - used
+    if unused and not all(isinstance(s, Probe) for s in specs):
+        raise DriftkitError(f"No selected probe takes the option(s) {', '.join(sorted(unused))}. Check --probe-opt names with 'driftkit plugins'.")
+    names = [p.name for p in probes]
+    if len(set(names)) != len(names):
+        raise DriftkitError(f"A probe is selected twice ({', '.join(names)}); give each probe once.")
+    return probes
+
+
+def module_call_order(model: Any, example_ids: torch.Tensor) -> dict[tuple[str, str], int]:
+    """Order of module inputs/outputs in a real forward pass, found once with hooks on a short input.
+
+    nnsight 0.8 requires values to be requested in execution order; this is that order for any
+    architecture, including modules called more than once (the first call counts).
+    """
+    order: dict[tuple[str, str], int] = {}
+    handles = []
+
+    def pre(name: str):
+        def hook(_m: Any, _a: Any) -> None:
+            order.setdefault((name, "input"), len(order))
+
+        return hook
+
+    def post(name: str):
+        def hook(_m: Any, _a: Any, _o: Any) -> None:
+            order.setdefault((name, "output"), len(order))
+
+        return hook
+
+    for name, mod in model.named_modules():
+        handles.append(mod.register_forward_pre_hook(pre(name)))
+        handles.append(mod.register_forward_hook(post(name)))
+    try:
+        with torch.no_grad():
+            model(input_ids=example_ids.to(next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return order
+
+
+def _envoy(nn_model: Any, dotted: str) -> Any:
+    env = nn_model
+    for part in filter(None, dotted.split(".")):
+        env = env[int(part)] if part.isdigit() else getattr(env, part)
+    return env
+
+
+# -- samples ----------------------------------------------------------------------------------------
+def _samples_from_capture(path: str | Path, tok_hash: str) -> SampleSet:
+    with CaptureReader(path) as r:
+        other = str(r.attrs.get("tokenizer_sha256", ""))
+        if other != tok_hash:
+            raise DriftkitError(
+                f"--tokens-from {path} was made with another tokenizer (model {r.model}, tokenizer hash {other[:12]}… "
+                f"vs this model's {tok_hash[:12]}…). Its token ids mean different text for this model; score text with "
+                f"a model that shares the tokenizer, or capture both from the same prompts instead."
+            )
+        ids = [str(x) for x in r.sample_ids]
+        tokens = [r.sample_tokens(i).tolist() for i in range(r.n_samples)]
+        return SampleSet(ids, [str(d) for d in r.domains], tokens, [int(x) for x in r.prompt_len])
+
+
+def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | None = None) -> SampleSet:
+    """Token ids of every sample: from another capture, or prompts (+ given or generated responses)."""
+    if cfg.tokens_from:
+        return _samples_from_capture(cfg.tokens_from, tokenizer_sha256(loaded.tokenizer))
+    if cfg.prompts is None:
+        raise DriftkitError("No prompts given. Pass --prompts FILE.jsonl, --prompts probes:general-mix, or --tokens-from CAPTURE.h5.")
+    prompts = load_prompts(cfg.prompts, limit=cfg.limit, seed=cfg.prompt_seed)
+    tok = loaded.tokenizer
+    prompt_ids = [encode_prompt(tok, p, cfg.chat) for p in prompts]
+    responses: list[list[int]] = [encode_response(tok, p.response, cfg.chat) if p.response is not None else [] for p in prompts]
+    if cfg.generate:
+        from driftkit.generate import HFGenerator
+
+        todo = [i for i, p in enumerate(prompts) if p.response is None]
+        gen = HFGenerator(loaded, batch_size=cfg.gen_batch_size)
+        done = [0]
+
+        def tick(n: int) -> None:
+            done[0] += n
+            if progress:
+                progress("generate", done[0], len(todo))
+
+        outs = gen.generate([prompt_ids[i] for i in todo], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, progress=tick)
+        for i, o in zip(todo, outs):
+            responses[i] = o
+    empty = [p.id for p, ids in zip(prompts, prompt_ids) if not ids]
+    if empty:
+        raise DriftkitError(f"Prompt {empty[0]!r} tokenizes to nothing; give it some text.")
+    return SampleSet(
+        ids=[p.id for p in prompts],
+        domains=[p.domain for p in prompts],
+        tokens=[a + b for a, b in zip(prompt_ids, responses)],
+        prompt_len=[len(a) for a in prompt_ids],
+    )
+
+
+# -- the engine -------------------------------------------------------------------------------------
+class CaptureEngine:
+    """Runs one capture. Use :func:`capture` unless you need the pieces (tests, benchmarks)."""
+
+    def __init__(self, cfg: CaptureConfig, loaded: LoadedModel | None = None, progress: Progress | None = None) -> None:
+        if cfg.storage_dtype not in STORAGE_DTYPES:
+            raise DriftkitError(f"Unknown --storage-dtype {cfg.storage_dtype!r}; use float16 or bfloat16.")
+        if cfg.overwrite and cfg.resume:
+            raise DriftkitError("--overwrite and --resume contradict each other; pick one.")
+        if cfg.max_batch_tokens <= 0:
+            raise DriftkitError(f"--max-batch-tokens must be positive, got {cfg.max_batch_tokens}.")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.progress = progress
+        if self.out.exists() and not (cfg.overwrite or cfg.resume):
+            raise DriftkitError(f"{self.out} already exists. Pass --overwrite to replace it, or --resume to continue an interrupted capture.")
+        if self.out.is_dir():
+            raise DriftkitError(f"--out {self.out} is a folder; give a file name like {self.out / 'capture.h5'}.")
+        options = dict(cfg.probe_options)
+        if cfg.layers is not None:
+            options["layers"] = cfg.layers
+        self.probes = make_probes(cfg.probes, options)
+        self.loaded = loaded or load_model(cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.revision,
+                                           progress=(lambda m: progress("convert", 0, 1)) if progress else None)
+        self.layout = ModelLayout.of(self.loaded.model)
+        self.sites: list[tuple[Probe, Site]] = [(p, s) for p in self.probes for s in p.sites(self.layout)]
+        keys = [s.key for _, s in self.sites]
+        if len(set(keys)) != len(keys):
+            raise DriftkitError(f"Two probes record the same site ({', '.join(k for k in keys if keys.count(k) > 1)}); drop one of them.")
+        self.specs = [ArraySpec(o.path, tuple(o.shape), o.dtype, tuple(o.attrs.items())) for p in self.probes for o in p.outputs(self.layout)]
+        self.timing: dict[str, float] = {"forward": 0.0, "finalize": 0.0, "queue_wait": 0.0}
+
+    # ---------------------------------------------------------------------------------------------
+    def _attrs(self) -> dict[str, Any]:
+        cfg, lm = self.cfg, self.loaded
+        return {
+            "driftkit_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": cfg.model,
+            "model_path": lm.path,
+            "model_revision": cfg.revision or "",
+            "weights_sha256": weights_sha256(lm.path),
+            "tokenizer_sha256": tokenizer_sha256(lm.tokenizer),
+            "dtype": str(lm.dtype).replace("torch.", ""),
+            "device": str(lm.device),
+            "config_json": json.dumps({**cfg.as_json(), "probe_details": [p.describe() for p in self.probes]}, default=str),
+            "num_layers": self.layout.num_layers,
+            "hidden_size": self.layout.hidden_size,
+            "vocab_size": self.layout.vocab_size,
+        }
+
+    def _open(self) -> tuple[CaptureWriter, SampleSet]:
+        cfg = self.cfg
+        if cfg.resume and self.out.exists():
+            try:
+                reader = CaptureReader(self.out, allow_incomplete=True)
+            except DriftkitError as exc:
+                raise DriftkitError(f"Cannot resume {self.out}: {exc} Start over with --overwrite.") from exc
+            with reader:
+                old = reader.config
+                diffs = [k for k in RESUME_KEYS if str(old.get(k)) != str(cfg.as_json().get(k))]
+                if diffs:
+                    raise DriftkitError(
+                        f"Cannot resume {self.out}: it was made with different settings ({', '.join(f'{k}={old.get(k)!r}' for k in diffs)}). "
+                        f"Rerun with the same settings, or --overwrite to start over."
+                    )
+                if str(reader.attrs.get("tokenizer_sha256")) != tokenizer_sha256(self.loaded.tokenizer):
+                    raise DriftkitError(f"Cannot resume {self.out}: it was captured with another tokenizer/model. Use --overwrite.")
+                samples = SampleSet([str(x) for x in reader.sample_ids], [str(d) for d in reader.domains],
+                                    [reader.sample_tokens(i).tolist() for i in range(reader.n_samples)], [int(x) for x in reader.prompt_len])
+            return CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype), samples
+        samples = build_samples(cfg, self.loaded, self.progress)
+        if self.out.exists():
+            self.out.unlink()  # --overwrite (checked in __init__)
+        writer = CaptureWriter.create(self.out, self._attrs(), samples.ids, samples.domains, samples.tokens, samples.prompt_len,
+                                      self.specs, cfg.storage_dtype, cfg.compression)
+        for p in self.probes:
+            for st in p.static(self.layout):
+                writer.write_static(st.path, st.array, st.dtype, st.attrs)
+        return writer, samples
+
+    def _forward(self, nn_model: Any, ordered: list[tuple[Probe, Site]], input_ids: torch.Tensor, attn: torch.Tensor) -> dict[str, torch.Tensor]:
+        import nnsight
+
+        envs = [(_envoy(nn_model, s.module), s) for _, s in ordered]
+        with torch.no_grad():
+            with nn_model.trace({"input_ids": input_ids, "attention_mask": attn}):
+                saved = nnsight.save([s.select(env.output if s.io == "output" else env.input) for env, s in envs])
+        return {s.key: v for (_, s), v in zip(ordered, saved)}
+
+    def run(self) -> Path:
+        from nnsight import TransformersModel
+
+        cfg = self.cfg
+        writer, samples = self._open()
+        lengths = [len(t) for t in samples.tokens]
+        todo = [i for i in range(len(lengths)) if not writer.done[i]]
+        total_tokens = sum(lengths)
+        done_tokens = total_tokens - sum(lengths[i] for i in todo)
+        model = self.loaded.model
+        device = next(model.parameters()).device
+        pad_id = self.loaded.tokenizer.pad_token_id
+        pad_id = 0 if pad_id is None else int(pad_id)
+
+        if todo:
+            first = torch.as_tensor(samples.tokens[todo[0]][:8], dtype=torch.long)[None]
+            order = module_call_order(model, first)
+            missing = [s for _, s in self.sites if (s.module, s.io) not in order]
+            if missing:
+                raise DriftkitError(f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the model never calls.")
+            ordered = sorted(self.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
+            nn_model = TransformersModel(model, tokenizer=self.loaded.tokenizer)
+        bg = BackgroundWriter(writer)
+        checked = not cfg.check_logits
+        try:
+            for batch_idx in token_budget_batches(lengths, todo, cfg.max_batch_tokens):
+                S_ = max(lengths[i] for i in batch_idx)
+                ids = torch.full((len(batch_idx), S_), pad_id, dtype=torch.long)
+                attn = torch.zeros((len(batch_idx), S_), dtype=torch.long)
+                for r, i in enumerate(batch_idx):
+                    ids[r, : lengths[i]] = torch.as_tensor(samples.tokens[i], dtype=torch.long)
+                    attn[r, : lengths[i]] = 1
+                t0 = time.perf_counter()
+                values = self._forward(nn_model, ordered, ids.to(device), attn.to(device))
+                values = {k: v.detach().cpu() if v.device.type != "cpu" else v.detach() for k, v in values.items()}
+                t1 = time.perf_counter()
+                batch = Batch(ids, attn, [lengths[i] for i in batch_idx])
+                outputs: dict[str, torch.Tensor] = {}
+                for probe in self.probes:
+                    mine = {s.key: values[s.key] for p, s in self.sites if p is probe}
+                    if not checked:
+                        probe.check(mine, batch, self.layout, cfg.storage_dtype)
+                    outputs.update(probe.finalize(mine, batch))
+                checked = True
+                per_sample = {path: [outputs[path][r, : lengths[i]] for r, i in enumerate(batch_idx)] for path in outputs if path in writer.specs}
+                del values, outputs
+                t2 = time.perf_counter()
+                bg.put(batch_idx, per_sample)
+                self.timing["queue_wait"] += time.perf_counter() - t2
+                self.timing["forward"] += t1 - t0
+                self.timing["finalize"] += t2 - t1
+                done_tokens += sum(lengths[i] for i in batch_idx)
+                if self.progress:
+                    self.progress("capture", done_tokens, total_tokens)
+            bg.close()
+            writer.finalize()
+        except BaseException:
+            try:
+                bg.close()  # keep every batch that was already handed over
+            except BaseException:
+                pass
+            writer.close()
+            raise
+        writer.close()
+        return self.out
+
+
+def capture(cfg: CaptureConfig, loaded: LoadedModel | None = None, progress: Progress | None = None) -> Path:
+    """Run a capture described by ``cfg`` and return the path of the complete HDF5 file."""
+    return CaptureEngine(cfg, loaded, progress).run()

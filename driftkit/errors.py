@@ -1,0 +1,21 @@
+"""Error types shared by the whole tool.
+
+Why a dedicated type: the CLI turns a :class:`DriftkitError` into a one-paragraph message and exit
+code 1 (the user can fix it), while any other exception is a bug and exits 2 with a pointer to
+``--debug``. Library code raises ``DriftkitError`` whenever the cause is the user's input.
+"""
+from __future__ import annotations
+
+
+class DriftkitError(Exception):
+    """A problem with the user's input or environment, with the fix in the message.
+
+    The message should name the problem and the fix in one paragraph, e.g.
+    ``"Prompt file x.jsonl line 3 is not valid JSON (Expecting ',' ...). Fix the line or remove it."``
+    """
+
+    exit_code = 1
+
+
+class IncompatibleCaptures(DriftkitError):
+    """Two capture files cannot be compared (different samples, tokens, sites or incomplete)."""

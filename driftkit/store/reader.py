@@ -1,0 +1,263 @@
+"""Lazy, chunked reading of capture files.
+
+Why lazy: a capture of a real model holds gigabytes of activations; analyses stream them in token
+chunks so their memory never grows with the capture. Only the small per-sample index
+(ids, domains, offsets) is read eagerly.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import torch
+
+from driftkit.errors import DriftkitError
+from driftkit.store import schema as S
+from driftkit.store.dtypes import from_storage
+
+POSITIONS = ("all", "prompt", "response")
+
+
+@dataclass(frozen=True)
+class Unembedding:
+    """Everything needed to rebuild exact logits: ``logits = hidden @ weight.T + bias``, then
+    ``softcap * tanh(logits / softcap)`` when a softcap is set, then ``* scale`` when set."""
+
+    weight: torch.Tensor  # (V, d)
+    bias: torch.Tensor | None  # (V,)
+    softcap: float | None
+    scale: float | None
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(device=hidden.device, dtype=hidden.dtype)
+        out = hidden @ w.T
+        if self.bias is not None:
+            out = out + self.bias.to(device=hidden.device, dtype=hidden.dtype)
+        return apply_final_transform(out, self.softcap, self.scale)
+
+
+def apply_final_transform(logits: torch.Tensor, softcap: float | None, scale: float | None) -> torch.Tensor:
+    """The optional post-matmul transforms some architectures apply (Gemma softcap, Cohere scale)."""
+    if scale is not None:
+        logits = logits * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return logits
+
+
+class CaptureReader:
+    """Read a ``driftkit.capture/1`` file.
+
+    ``allow_incomplete=False`` refuses a file whose capture did not finish (``complete`` attr false),
+    because its unfinished samples hold zeros; with ``True`` callers should restrict themselves to
+    ``done`` samples (see :meth:`done_mask`).
+    """
+
+    def __init__(self, path: str | Path, allow_incomplete: bool = False) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DriftkitError(f"Capture file {self.path} does not exist. Check the path or run 'driftkit capture' first.")
+        try:
+            self._f = h5py.File(self.path, "r", swmr=True)
+        except OSError as exc:
+            try:
+                self._f = h5py.File(self.path, "r")
+            except OSError:
+                raise DriftkitError(
+                    f"{self.path} is not a readable HDF5 capture file ({exc}). It may be truncated by a crash "
+                    f"or not a driftkit file; re-run the capture with --resume or --overwrite."
+                ) from exc
+        self.attrs: dict = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._f.attrs.items()}
+        schema = self.attrs.get("schema")
+        if schema != S.SCHEMA:
+            raise DriftkitError(f"{self.path} has schema {schema!r}, expected {S.SCHEMA!r}: it is not a driftkit capture of this version.")
+        self.complete = bool(self.attrs.get("complete", False))
+        if not self.complete and not allow_incomplete:
+            n_done = int(np.asarray(self._f[S.SAMPLES_DONE]).sum())
+            raise DriftkitError(
+                f"{self.path} is incomplete ({n_done}/{len(self._f[S.SAMPLES_DONE])} samples captured). "
+                f"Finish it with 'driftkit capture ... --resume --out {self.path}', or pass --allow-incomplete "
+                f"to use only the captured samples."
+            )
+        self.sample_ids = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in self._f[S.SAMPLES_ID][()]], dtype=object)
+        self.domains = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in self._f[S.SAMPLES_DOMAIN][()]], dtype=object)
+        self.offsets = np.asarray(self._f[S.SAMPLES_OFFSETS][()], dtype=np.int64)
+        self.prompt_len = np.asarray(self._f[S.SAMPLES_PROMPT_LEN][()], dtype=np.int64)
+        self.done = np.asarray(self._f[S.SAMPLES_DONE][()], dtype=bool)
+        self._token_ids: np.ndarray | None = None
+
+    # -- context manager -------------------------------------------------------------------------
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "CaptureReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata --------------------------------------------------------------------------------
+    @property
+    def h5(self) -> h5py.File:
+        """The underlying h5py file, for plugins that need something unusual."""
+        return self._f
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def model(self) -> str:
+        return str(self.attrs.get("model", "?"))
+
+    @property
+    def config(self) -> dict:
+        return json.loads(self.attrs.get("config_json", "{}"))
+
+    @property
+    def token_ids(self) -> np.ndarray:
+        if self._token_ids is None:
+            self._token_ids = np.asarray(self._f[S.TOKEN_IDS][()], dtype=np.int64)
+        return self._token_ids
+
+    def sample_tokens(self, i: int) -> np.ndarray:
+        return self.token_ids[self.offsets[i] : self.offsets[i + 1]]
+
+    def datasets(self) -> list[str]:
+        """Paths of every per-token array (first axis = tokens) under ``sites/`` and ``final/``."""
+        out: list[str] = []
+        for group in (S.SITES_GROUP, "final"):
+            if group in self._f:
+                for name, ds in self._f[group].items():
+                    if isinstance(ds, h5py.Dataset) and ds.attrs.get("per", "token") == "token" and ds.shape[:1] == (self.n_tokens,):
+                        out.append(f"{group}/{name}")
+        return out
+
+    def sites(self) -> list[str]:
+        """Activation sites recorded under ``sites/`` (e.g. ``residual.3``, ``embed``), sorted by layer."""
+        if S.SITES_GROUP not in self._f:
+            return []
+        names = list(self._f[S.SITES_GROUP].keys())
+
+        def key(n: str) -> tuple:
+            head, _, tail = n.rpartition(".")
+            return (head or n, int(tail)) if tail.lstrip("-").isdigit() else (n, -1)
+
+        return sorted(names, key=key)
+
+    def residual_layers(self) -> list[int]:
+        return sorted(int(n.split(".", 1)[1]) for n in self.sites() if n.startswith("residual."))
+
+    def has(self, path: str) -> bool:
+        return path in self._f
+
+    def shape(self, path: str) -> tuple[int, ...]:
+        return tuple(self._f[path].shape)
+
+    # -- masks -----------------------------------------------------------------------------------
+    def sample_index(self) -> np.ndarray:
+        """(T,) index of the sample that owns each token."""
+        return np.repeat(np.arange(self.n_samples), np.diff(self.offsets))
+
+    def done_mask(self) -> np.ndarray:
+        """(T,) True for tokens of samples that were captured."""
+        return np.repeat(self.done, np.diff(self.offsets))
+
+    def position_mask(self, positions: str = "all") -> np.ndarray:
+        """(T,) mask of token positions: ``all``, ``prompt`` (prompt tokens) or ``response``.
+
+        Per-position quantities describe the prediction of token t+1, so the last token of each
+        sample (which predicts nothing stored) is excluded from ``response`` and ``all`` masks used
+        for next-token metrics by :meth:`predictive_mask`, not here.
+        """
+        if positions not in POSITIONS:
+            raise DriftkitError(f"--positions must be one of {', '.join(POSITIONS)}, not {positions!r}.")
+        if positions == "all":
+            return self.done_mask()
+        rel = np.arange(self.n_tokens) - np.repeat(self.offsets[:-1], np.diff(self.offsets))
+        plen = np.repeat(self.prompt_len, np.diff(self.offsets))
+        m = rel < plen if positions == "prompt" else rel >= plen
+        return m & self.done_mask()
+
+    def predictive_mask(self, positions: str = "all") -> np.ndarray:
+        """Positions whose next-token prediction is defined (not a sample's last token).
+
+        For ``response`` this selects positions t whose *next* token t+1 is a response token, i.e.
+        the distributions that generated the response (the last prompt token predicts the first
+        response token).
+        """
+        last = np.zeros(self.n_tokens, dtype=bool)
+        nonempty = np.diff(self.offsets) > 0
+        last[self.offsets[1:][nonempty] - 1] = True
+        if positions == "response":
+            rel = np.arange(self.n_tokens) - np.repeat(self.offsets[:-1], np.diff(self.offsets))
+            plen = np.repeat(self.prompt_len, np.diff(self.offsets))
+            m = rel + 1 >= plen
+        elif positions == "prompt":
+            rel = np.arange(self.n_tokens) - np.repeat(self.offsets[:-1], np.diff(self.offsets))
+            plen = np.repeat(self.prompt_len, np.diff(self.offsets))
+            m = rel + 1 < plen
+        elif positions == "all":
+            m = np.ones(self.n_tokens, dtype=bool)
+        else:
+            raise DriftkitError(f"--positions must be one of {', '.join(POSITIONS)}, not {positions!r}.")
+        return m & ~last & self.done_mask()
+
+    # -- arrays ----------------------------------------------------------------------------------
+    def is_bf16(self, path: str) -> bool:
+        return self._f[path].attrs.get("dtype", "") in ("bfloat16", b"bfloat16")
+
+    def read(self, path: str, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Rows ``[start, stop)`` of a dataset as a torch tensor (bf16 bits decoded)."""
+        ds = self._f[path]
+        arr = ds[start:stop]
+        if arr.dtype.kind in "iub" and not self.is_bf16(path):
+            return torch.from_numpy(np.ascontiguousarray(arr))
+        return from_storage(arr, self.is_bf16(path), dtype)
+
+    def read_rows(self, path: str, rows: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Arbitrary (sorted or not) rows of a dataset; reads the covering range then gathers."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            ds = self._f[path]
+            return torch.empty((0, *ds.shape[1:]), dtype=dtype)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        block = self.read(path, lo, hi, dtype)
+        return block[torch.from_numpy(rows - lo)]
+
+    def iter_chunks(
+        self, path: str, chunk_tokens: int = 4096, mask: np.ndarray | None = None, dtype: torch.dtype = torch.float32
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """Yield ``(token_indices, rows)`` over the dataset in contiguous chunks of ``chunk_tokens``,
+        keeping only rows where ``mask`` is true. Memory is O(chunk_tokens x d)."""
+        T = self.n_tokens
+        for start in range(0, T, chunk_tokens):
+            stop = min(T, start + chunk_tokens)
+            idx = np.arange(start, stop)
+            if mask is not None:
+                sel = mask[start:stop]
+                if not sel.any():
+                    continue
+                idx = idx[sel]
+                block = self.read(path, start, stop, dtype)[torch.from_numpy(sel)]
+            else:
+                block = self.read(path, start, stop, dtype)
+            yield idx, block
+
+    def unembedding(self, dtype: torch.dtype = torch.float32) -> Unembedding:
+        if S.FINAL_UNEMBED not in self._f:
+            raise DriftkitError(f"{self.path} has no {S.FINAL_UNEMBED}: capture it with the 'final' probe to compute KL or ranks.")
+        ds = self._f[S.FINAL_UNEMBED]
+        w = self.read(S.FINAL_UNEMBED, dtype=dtype)
+        bias = self.read(S.FINAL_UNEMBED_BIAS, dtype=dtype) if S.FINAL_UNEMBED_BIAS in self._f else None
+        softcap = ds.attrs.get("logit_softcap")
+        scale = ds.attrs.get("logit_scale")
+        return Unembedding(w, bias, float(softcap) if softcap is not None else None, float(scale) if scale is not None else None)

@@ -1,0 +1,269 @@
+"""Writing capture files: create with every dataset preallocated, fill samples in any order, resume,
+finalize.
+
+Why preallocate: every sample's token count is known before the first forward pass (prompts are
+tokenized, responses generated, first), so ``samples/offsets`` is fixed up front and each batch
+writes its samples straight into their final rows. Batches can then run in length-sorted order
+for speed while the file stays in the user's sample order, and resuming is just "skip samples
+whose ``done`` flag is set". The file is flushed after every batch, and ``done`` is written after
+the data it vouches for, so a killed run loses at most the batch in flight. The ``complete``
+attribute is set only by :meth:`CaptureWriter.finalize`.
+"""
+from __future__ import annotations
+
+import errno
+import queue
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from driftkit.errors import DriftkitError
+from driftkit.store import schema as S
+from driftkit.store.dtypes import numpy_storage_dtype, to_storage
+
+#: target bytes per HDF5 chunk: big enough for fast sequential reads, small enough for partial writes
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """A per-token dataset: HDF5 path, trailing shape, storage kind ("activation" or numpy dtype)."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str = "activation"
+    attrs: tuple[tuple[str, Any], ...] = ()
+
+
+def _io_error(path: Path, exc: BaseException) -> DriftkitError:
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code == errno.ENOSPC or "No space" in text or "no space" in text:
+        why = "the disk is full"
+        fix = "Free space (or choose another --out) and rerun with --resume: completed samples are kept."
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in text or "read-only" in text.lower():
+        why = "permission denied"
+        fix = "Choose an --out in a folder you can write to."
+    else:
+        why = text.splitlines()[0] if text else type(exc).__name__
+        fix = "Check the output location; completed samples are kept and --resume continues."
+    return DriftkitError(f"Writing the capture file {path} failed: {why}. {fix}")
+
+
+def _chunks(n_rows: int, row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
+    rows = max(1, min(n_rows, CHUNK_BYTES // row_bytes))
+    return (rows, *row_shape)
+
+
+class CaptureWriter:
+    """Owns one open capture file. Not thread-safe by itself; :class:`BackgroundWriter` serialises use."""
+
+    def __init__(self, path: Path, f: h5py.File, specs: dict[str, ArraySpec], storage_dtype: str) -> None:
+        self.path = path
+        self.f = f
+        self.specs = specs
+        self.storage_dtype = storage_dtype
+        self.offsets = np.asarray(f[S.SAMPLES_OFFSETS][()], dtype=np.int64)
+        self.done = np.asarray(f[S.SAMPLES_DONE][()], dtype=bool)
+
+    # -- creation --------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        attrs: dict[str, Any],
+        sample_ids: Sequence[str],
+        domains: Sequence[str],
+        token_ids: Sequence[Sequence[int]],
+        prompt_len: Sequence[int],
+        specs: Sequence[ArraySpec],
+        storage_dtype: str = "float16",
+        compression: str | None = None,
+    ) -> "CaptureWriter":
+        path = Path(path)
+        lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        T = int(offsets[-1])
+        comp_kwargs: dict[str, Any] = {}
+        if compression in ("gzip", "lzf"):
+            comp_kwargs = {"compression": compression, "shuffle": True}
+            if compression == "gzip":
+                comp_kwargs["compression_opts"] = 4
+        elif compression not in (None, "none"):
+            raise DriftkitError(f"Unknown --compression {compression!r}; use none, lzf (fast) or gzip (smaller).")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = h5py.File(path, "w")
+        except OSError as exc:
+            raise _io_error(path, exc) from exc
+        try:
+            for k, v in attrs.items():
+                f.attrs[k] = v
+            f.attrs["schema"] = S.SCHEMA
+            f.attrs["complete"] = False
+            str_dt = h5py.string_dtype("utf-8")
+            f.create_dataset(S.SAMPLES_ID, data=np.array(list(sample_ids), dtype=object), dtype=str_dt)
+            f.create_dataset(S.SAMPLES_DOMAIN, data=np.array(list(domains), dtype=object), dtype=str_dt)
+            f.create_dataset(S.SAMPLES_OFFSETS, data=offsets)
+            f.create_dataset(S.SAMPLES_PROMPT_LEN, data=np.asarray(prompt_len, dtype=np.int32))
+            f.create_dataset(S.SAMPLES_DONE, data=np.zeros(len(lengths), dtype=bool))
+            flat = np.fromiter((t for seq in token_ids for t in seq), dtype=np.int32, count=T)
+            f.create_dataset(S.TOKEN_IDS, data=flat, chunks=_chunks(max(T, 1), (), 4) if T else None)
+            for spec in specs:
+                dt = numpy_storage_dtype(storage_dtype) if spec.dtype == "activation" else np.dtype(spec.dtype)
+                ds = f.create_dataset(
+                    spec.path,
+                    shape=(T, *spec.shape),
+                    dtype=dt,
+                    chunks=_chunks(max(T, 1), spec.shape, dt.itemsize) if T else None,
+                    fillvalue=np.nan if dt.kind == "f" else 0,
+                    **(comp_kwargs if spec.dtype == "activation" and T else {}),
+                )
+                if spec.dtype == "activation" and storage_dtype == "bfloat16":
+                    ds.attrs["dtype"] = "bfloat16"
+                for k, v in spec.attrs:
+                    ds.attrs[k] = v
+            f.flush()
+        except OSError as exc:
+            f.close()
+            raise _io_error(path, exc) from exc
+        return cls(path, f, {s.path: s for s in specs}, storage_dtype)
+
+    @classmethod
+    def open_resume(cls, path: str | Path, specs: Sequence[ArraySpec], storage_dtype: str) -> "CaptureWriter":
+        path = Path(path)
+        try:
+            f = h5py.File(path, "r+")
+        except OSError as exc:
+            raise DriftkitError(
+                f"Cannot reopen {path} to resume ({str(exc).splitlines()[0]}); the file was probably cut mid-write. "
+                f"Start over with --overwrite."
+            ) from exc
+        missing = [s.path for s in specs if s.path not in f]
+        if missing:
+            f.close()
+            raise DriftkitError(f"Cannot resume {path}: it lacks {', '.join(missing[:5])}, so it was made with other probes or layers. Use --overwrite.")
+        return cls(path, f, {s.path: s for s in specs}, storage_dtype)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write_static(self, path: str, array: np.ndarray | torch.Tensor, dtype: str, attrs: dict[str, Any]) -> None:
+        """Write a once-per-file array (replaces it when resuming)."""
+        if isinstance(array, torch.Tensor):
+            if dtype == "model":
+                if array.dtype == torch.bfloat16:
+                    data, bf16 = array.detach().contiguous().view(torch.uint16).cpu().numpy(), True
+                else:
+                    data, bf16 = array.detach().cpu().numpy(), False
+            elif dtype == "activation":
+                data, bf16 = to_storage(array, self.storage_dtype), self.storage_dtype == "bfloat16"
+            else:
+                data, bf16 = array.detach().cpu().numpy().astype(dtype), False
+        else:
+            data, bf16 = np.asarray(array), False
+        try:
+            if path in self.f:
+                del self.f[path]
+            ds = self.f.create_dataset(path, data=data)
+            ds.attrs["per"] = "file"
+            if bf16:
+                ds.attrs["dtype"] = "bfloat16"
+            for k, v in attrs.items():
+                ds.attrs[k] = v
+        except OSError as exc:
+            raise _io_error(self.path, exc) from exc
+
+    def write_samples(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]]) -> None:
+        """Write each sample's ``(len_i, ...)`` rows into its slice, then mark the samples done."""
+        try:
+            for path, per_sample in arrays.items():
+                spec = self.specs[path]
+                ds = self.f[path]
+                for i, t in zip(samples, per_sample):
+                    a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+                    if spec.dtype == "activation":
+                        if self.storage_dtype == "float16" and t.is_floating_point():
+                            big = float(t.abs().max()) if t.numel() else 0.0
+                            if big > 65504:
+                                raise DriftkitError(
+                                    f"An activation at {path} reaches {big:.4g}, beyond float16's range (65504), so it "
+                                    f"would be stored as inf. Capture with --storage-dtype bfloat16."
+                                )
+                        ds[a:b] = to_storage(t, self.storage_dtype)
+                    else:
+                        ds[a:b] = t.detach().cpu().numpy().astype(ds.dtype, copy=False)
+            done = self.f[S.SAMPLES_DONE]
+            for i in samples:
+                self.done[i] = True
+            done[...] = self.done
+            self.f.flush()
+        except OSError as exc:
+            raise _io_error(self.path, exc) from exc
+
+    def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
+        try:
+            for k, v in (extra_attrs or {}).items():
+                self.f.attrs[k] = v
+            self.f.attrs["complete"] = bool(self.done.all())
+            self.f.flush()
+        except OSError as exc:
+            raise _io_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except Exception:
+            pass
+
+
+class BackgroundWriter:
+    """Runs :meth:`CaptureWriter.write_samples` on a thread so the forward pass never waits on disk.
+
+    The queue is bounded (``depth`` batches): if the disk is slower than the model, the producer
+    blocks instead of piling batches up in memory. An exception on the thread is re-raised in the
+    producer at its next :meth:`put` or at :meth:`close`.
+    """
+
+    def __init__(self, writer: CaptureWriter, depth: int = 2) -> None:
+        self.writer = writer
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.written = 0
+        self.thread = threading.Thread(target=self._run, name="driftkit-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue  # drain after a failure; the producer will see the error
+            samples, arrays, on_done = job
+            try:
+                self.writer.write_samples(samples, arrays)
+                self.written += len(samples)
+                if on_done:
+                    on_done(samples)
+            except BaseException as exc:  # noqa: BLE001 - surfaced to the producer
+                self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    def put(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]], on_done: Any = None) -> None:
+        self._raise()
+        self.q.put((list(samples), arrays, on_done))
+
+    def close(self) -> None:
+        """Wait for queued writes to land, then re-raise any error from the thread."""
+        self.q.put(None)
+        self.thread.join()
+        self._raise()

@@ -1,0 +1,132 @@
+"""``final``: the input of ``lm_head`` (after the final norm), the unembedding once per file, and
+per-token summaries of the model's own next-token distribution.
+
+Why store hidden + unembedding instead of logits: logits are V wide (49k-256k); ``hidden @ W.T``
+rebuilds them exactly at compare time for 40-80x less disk, which is what makes exact
+full-vocabulary KL and ranks affordable. :meth:`FinalProbe.check` proves on the first batch that
+the rebuild matches the model's own logits, so an architecture with an unknown final transform
+fails loudly instead of producing silently wrong KL.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from driftkit.errors import DriftkitError
+from driftkit.registry.probe import Batch, ModelLayout, Output, Probe, Site, StaticArray
+from driftkit.store import schema as S
+from driftkit.store.reader import apply_final_transform
+
+LOGITS_KEY = "final/_logits"
+
+
+def _softcap_scale(model: Any) -> tuple[float | None, float | None]:
+    cfg = model.config.get_text_config()
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    scale = getattr(cfg, "logit_scale", None)
+    return (float(softcap) if softcap else None, float(scale) if scale not in (None, 1.0) else None)
+
+
+def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int = 1024) -> dict[str, torch.Tensor]:
+    """Per position: log p(next token), entropy, top-k ids and log-probs, from full logits.
+
+    ``logits`` is (N, V), ``next_ids`` (N,) (any value where there is no next token). Works in
+    row chunks so the float32 log-softmax never holds more than ``chunk x V`` at once.
+    """
+    N = logits.shape[0]
+    logprob = torch.empty(N, dtype=torch.float32)
+    entropy = torch.empty(N, dtype=torch.float32)
+    top_ids = torch.empty((N, k), dtype=torch.int32)
+    top_lp = torch.empty((N, k), dtype=torch.float32)
+    for s in range(0, N, chunk):
+        lp = torch.log_softmax(logits[s : s + chunk].float(), dim=-1)
+        logprob[s : s + chunk] = lp.gather(1, next_ids[s : s + chunk, None].clamp_min(0)).squeeze(1)
+        entropy[s : s + chunk] = -(lp.exp() * lp).sum(-1)
+        v, i = lp.topk(k, dim=-1)
+        top_ids[s : s + chunk] = i.to(torch.int32)
+        top_lp[s : s + chunk] = v
+    return {"logprob": logprob, "entropy": entropy, "topk_ids": top_ids, "topk_logprobs": top_lp}
+
+
+class FinalProbe(Probe):
+    name = "final"
+    description = "lm_head input (final/hidden), unembedding, next-token logprob, entropy, top-k"
+    options: dict[str, Any] = {"topk": 20}
+
+    def sites(self, layout: ModelLayout) -> list[Site]:
+        return [
+            Site(S.FINAL_HIDDEN, layout.lm_head, io="input"),
+            Site(LOGITS_KEY, "", io="output", select=lambda out: out.logits),
+        ]
+
+    def outputs(self, layout: ModelLayout) -> list[Output]:
+        k = int(self.opts["topk"])
+        return [
+            Output(S.FINAL_HIDDEN, (layout.hidden_size,)),
+            Output(S.FINAL_LOGPROB, (), "float32"),
+            Output(S.FINAL_ENTROPY, (), "float32"),
+            Output(S.FINAL_TOPK_IDS, (k,), "int32"),
+            Output(S.FINAL_TOPK_LOGPROBS, (k,), "float32"),
+        ]
+
+    def static(self, layout: ModelLayout) -> list[StaticArray]:
+        head = layout.model.get_output_embeddings()
+        softcap, scale = _softcap_scale(layout.model)
+        attrs = {k: v for k, v in (("logit_softcap", softcap), ("logit_scale", scale)) if v is not None}
+        out = [StaticArray(S.FINAL_UNEMBED, head.weight.detach(), "model", attrs)]
+        if getattr(head, "bias", None) is not None:
+            out.append(StaticArray(S.FINAL_UNEMBED_BIAS, head.bias.detach(), "model"))
+        return out
+
+    def finalize(self, values: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        logits = values[LOGITS_KEY]  # (B, S, V)
+        B, T, V = logits.shape
+        next_ids = torch.roll(batch.input_ids, -1, dims=1)
+        stats = next_token_stats(logits.reshape(B * T, V), next_ids.reshape(-1), int(self.opts["topk"]))
+        # A sample's last token predicts nothing stored: its logprob is NaN (DESIGN.md section 3).
+        lengths = torch.as_tensor(batch.lengths)
+        last = torch.zeros((B, T), dtype=torch.bool)
+        last[torch.arange(B), (lengths - 1).clamp_min(0)] = True
+        lp = stats["logprob"].reshape(B, T)
+        lp[last] = float("nan")
+        return {
+            S.FINAL_HIDDEN: values[S.FINAL_HIDDEN],
+            S.FINAL_LOGPROB: lp,
+            S.FINAL_ENTROPY: stats["entropy"].reshape(B, T),
+            S.FINAL_TOPK_IDS: stats["topk_ids"].reshape(B, T, -1),
+            S.FINAL_TOPK_LOGPROBS: stats["topk_logprobs"].reshape(B, T, -1),
+        }
+
+    def check(self, values: dict[str, torch.Tensor], batch: Batch, layout: ModelLayout, storage_dtype: str) -> None:
+        """Rebuild logits from the *stored* (rounded) hidden state and the unembedding and compare with
+        the model's own logits. The tolerance is an elementwise rounding bound of the storage dtype,
+        ``4 * eps * (|h| @ |W|.T)`` + a small absolute slack, so a missing transform (a softcap, a scale,
+        a bias) is caught while honest rounding never is."""
+        from driftkit.store.dtypes import from_storage, to_storage
+
+        hidden = values[S.FINAL_HIDDEN][0, : batch.lengths[0]].float()
+        model_logits = values[LOGITS_KEY][0, : batch.lengths[0]].float()
+        rows = slice(0, min(64, hidden.shape[0]))
+        h, ref = hidden[rows], model_logits[rows]
+        stored = from_storage(to_storage(h, storage_dtype), storage_dtype == "bfloat16")
+        head = layout.model.get_output_embeddings()
+        W = head.weight.detach().float().cpu()
+        b = head.bias.detach().float().cpu() if getattr(head, "bias", None) is not None else None
+        softcap, scale = _softcap_scale(layout.model)
+        rebuilt = stored @ W.T + (b if b is not None else 0.0)
+        rebuilt = apply_final_transform(rebuilt, softcap, scale)
+        eps = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}[storage_dtype]
+        model_eps = torch.finfo(values[LOGITS_KEY].dtype).eps if values[LOGITS_KEY].is_floating_point() else 0.0
+        bound = 4 * (eps + model_eps) * (stored.abs() @ W.abs().T) + 1e-3 * (1 + ref.abs())
+        err = (rebuilt - ref.cpu()).abs()
+        bad = err > bound
+        if bad.any():
+            worst = float(err.max())
+            raise DriftkitError(
+                f"Logits rebuilt from final/hidden @ final/unembed.T do not match the model's own logits "
+                f"(max |difference| {worst:.4g}, {int(bad.sum())} of {bad.numel()} values beyond the {storage_dtype} "
+                f"rounding bound). This {type(layout.model).__name__} applies a final transform driftkit does not know "
+                f"(only bias, final_logit_softcapping and logit_scale are supported), so exact KL and ranks would be "
+                f"wrong. Capture without the 'final' probe, or write a custom probe that stores what this model does."
+            )
