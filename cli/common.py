@@ -25,11 +25,26 @@ def debug_enabled() -> bool:
     return os.environ.get("DRIFTKIT_DEBUG", "") not in ("", "0")
 
 
+def _quiet_hdf5_unraisable(hook: Any) -> Any:
+    """h5py reports write failures a second time when it frees objects (``_dealloc``), as an
+    'Exception ignored' traceback. The first report already became a clear error, so drop the echo."""
+
+    def filtered(info: Any) -> None:
+        if isinstance(info.exc_value, RuntimeError) and "file write failed" in str(info.exc_value) and not debug_enabled():
+            return
+        hook(info)
+
+    return filtered
+
+
 def handle_errors(fn: F) -> F:
     """Wrap a command: DriftkitError -> message + exit 1; other exceptions -> exit 2."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not getattr(sys.unraisablehook, "_driftkit", False):
+            sys.unraisablehook = _quiet_hdf5_unraisable(sys.unraisablehook)
+            sys.unraisablehook._driftkit = True  # type: ignore[attr-defined]
         try:
             return fn(*args, **kwargs)
         except typer.Exit:

@@ -43,16 +43,39 @@ class ArraySpec:
 def _io_error(path: Path, exc: BaseException) -> DriftkitError:
     code = getattr(exc, "errno", None)
     text = str(exc)
-    if code == errno.ENOSPC or "No space" in text or "no space" in text:
+    if code == errno.ENOSPC or "No space" in text or "no space" in text or "errno = 28" in text:
         why = "the disk is full"
         fix = "Free space (or choose another --out) and rerun with --resume: completed samples are kept."
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in text or "read-only" in text.lower():
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in text or "read-only" in text.lower() or "errno = 13" in text:
         why = "permission denied"
         fix = "Choose an --out in a folder you can write to."
     else:
         why = text.splitlines()[0] if text else type(exc).__name__
         fix = "Check the output location; completed samples are kept and --resume continues."
     return DriftkitError(f"Writing the capture file {path} failed: {why}. {fix}")
+
+
+def estimate_bytes(n_tokens: int, specs: Sequence[ArraySpec], storage_dtype: str) -> int:
+    """Uncompressed size of the per-token arrays of a capture of ``n_tokens`` tokens."""
+    total = n_tokens * 4  # tokens/ids
+    for spec in specs:
+        dt = numpy_storage_dtype(storage_dtype) if spec.dtype == "activation" else np.dtype(spec.dtype)
+        total += n_tokens * int(np.prod(spec.shape, dtype=np.int64)) * dt.itemsize
+    return total
+
+
+def _check_free_space(path: Path, n_tokens: int, specs: Sequence[ArraySpec], storage_dtype: str) -> None:
+    """Fail before any compute when the capture cannot fit: finding out after an hour of forward
+    passes, with HDF5 reporting the failure from deep in its cache, is much worse."""
+    import shutil
+
+    need = estimate_bytes(n_tokens, specs, storage_dtype)
+    free = shutil.disk_usage(path.parent).free
+    if need > free:
+        raise DriftkitError(
+            f"The capture needs about {need / 1e6:.1f} MB but only {free / 1e6:.1f} MB is free at {path.parent}: the disk is "
+            f"too full. Free space, choose another --out, record fewer layers (--layers every:4) or pass --compression lzf."
+        )
 
 
 def _chunks(n_rows: int, row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
@@ -99,8 +122,13 @@ class CaptureWriter:
             raise DriftkitError(f"Unknown --compression {compression!r}; use none, lzf (fast) or gzip (smaller).")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            f = h5py.File(path, "w")
         except OSError as exc:
+            raise _io_error(path, exc) from exc
+        if compression in (None, "none"):
+            _check_free_space(path, T, specs, storage_dtype)
+        try:
+            f = h5py.File(path, "w")
+        except (OSError, RuntimeError) as exc:
             raise _io_error(path, exc) from exc
         try:
             for k, v in attrs.items():
@@ -130,7 +158,7 @@ class CaptureWriter:
                 for k, v in spec.attrs:
                     ds.attrs[k] = v
             f.flush()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             f.close()
             raise _io_error(path, exc) from exc
         return cls(path, f, {s.path: s for s in specs}, storage_dtype)
@@ -140,7 +168,7 @@ class CaptureWriter:
         path = Path(path)
         try:
             f = h5py.File(path, "r+")
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise DriftkitError(
                 f"Cannot reopen {path} to resume ({str(exc).splitlines()[0]}); the file was probably cut mid-write. "
                 f"Start over with --overwrite."
@@ -175,7 +203,7 @@ class CaptureWriter:
                 ds.attrs["dtype"] = "bfloat16"
             for k, v in attrs.items():
                 ds.attrs[k] = v
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
 
     def write_samples(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]]) -> None:
@@ -202,7 +230,7 @@ class CaptureWriter:
                 self.done[i] = True
             done[...] = self.done
             self.f.flush()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
 
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
@@ -211,7 +239,7 @@ class CaptureWriter:
                 self.f.attrs[k] = v
             self.f.attrs["complete"] = bool(self.done.all())
             self.f.flush()
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
 
     def close(self) -> None:

@@ -1,0 +1,98 @@
+"""``driftkit capture``: record activations and exact-logit ingredients of a checkpoint to HDF5."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+
+
+def parse_probe_opts(items: list[str]) -> dict[str, str]:
+    from driftkit.errors import DriftkitError
+
+    out: dict[str, str] = {}
+    for it in items:
+        if "=" not in it:
+            raise DriftkitError(f"--probe-opt {it!r} must look like name=value (e.g. --probe-opt topk=50).")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "capture",
+        epilog=(
+            "Examples:\n\n"
+            "  driftkit capture smollm2-135m --prompts probes:general-mix --out base.h5\n\n"
+            "  driftkit capture ./ckpt/sft --prompts my_prompts.jsonl --chat --generate --max-new-tokens 256 --out sft.h5\n\n"
+            "  driftkit capture smollm2-135m --tokens-from sft.h5 --out base_on_sft.h5\n\n"
+            "  driftkit capture smollm2-135m --prompts probes:math --probe probes/examples/attn_head.py:AttnHeadProbe "
+            "--probe-opt layer=3 --probe-opt head=1 --out head.h5"
+        ),
+    )
+    @handle_errors
+    def capture_cmd(
+        model: str = typer.Argument(..., help="HF id, local safetensors folder, or a bundled model (smollm2-135m)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file."),
+        prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="JSONL file, probes:NAME (math, other, non, general-mix) or hf:DATASET[:CONFIG]:SPLIT:FIELD."),
+        tokens_from: Optional[Path] = typer.Option(None, "--tokens-from", help="Reuse another capture's exact samples and token ids."),
+        probe: list[str] = typer.Option(["residual", "final"], "--probe", help="Probe name or file.py:Class (repeatable)."),
+        probe_opt: list[str] = typer.Option([], "--probe-opt", help="name=value option for the probes that take it (repeatable)."),
+        layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Layers: all, 0,4,8, every:4, -1, 2-5."),
+        chat: bool = typer.Option(False, "--chat/--raw", help="Wrap prompts in the tokenizer's chat template (default: raw text)."),
+        generate: bool = typer.Option(False, "--generate", help="Let the model answer each prompt first, then capture prompt + answer."),
+        max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+        temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+        top_p: float = typer.Option(1.0, "--top-p"),
+        seed: int = typer.Option(0, "--seed"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
+        prompt_seed: Optional[int] = typer.Option(None, "--prompt-seed", help="Shuffle prompts with this seed before --limit."),
+        dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+        device: str = typer.Option("auto", "--device"),
+        storage_dtype: str = typer.Option("float16", "--storage-dtype", help="Activation storage: float16 or bfloat16."),
+        compression: str = typer.Option("none", "--compression", help="none, lzf or gzip."),
+        max_batch_tokens: int = typer.Option(4096, "--max-batch-tokens", help="Token budget per forward batch (rows x longest)."),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repo's own code to run (off by default)."),
+        revision: Optional[str] = typer.Option(None, "--revision"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted capture of the same settings."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+    ) -> None:
+        """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
+        import json
+
+        from driftkit.capture import CaptureConfig, CaptureEngine
+        from driftkit.store.reader import CaptureReader
+
+        cfg = CaptureConfig(
+            model=model, out=out, prompts=prompts, tokens_from=tokens_from, probes=list(probe),
+            probe_options=parse_probe_opts(probe_opt), layers=layers, chat=chat, generate=generate,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, limit=limit,
+            prompt_seed=prompt_seed, dtype=dtype, device=device, storage_dtype=storage_dtype,
+            compression=None if compression == "none" else compression, max_batch_tokens=max_batch_tokens,
+            trust_remote_code=trust_remote_code, revision=revision, overwrite=overwrite, resume=resume,
+        )
+        with progress_bar() as bar:
+            tasks: dict[str, int] = {}
+            labels = {"convert": "converting model", "generate": "generating", "capture": "capturing tokens"}
+
+            def progress(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(labels.get(phase, phase), total=total, info="")
+                bar.update(tasks[phase], completed=done, total=total)
+
+            engine = CaptureEngine(cfg, progress=progress)
+            path = engine.run()
+        with CaptureReader(path) as r:
+            summary = {"out": str(path), "model": r.model, "samples": r.n_samples, "tokens": r.n_tokens,
+                       "sites": r.sites(), "bytes": path.stat().st_size, "complete": r.complete}
+        if json_out:
+            print(json.dumps(summary))
+        else:
+            err_console.print(
+                f"[green]wrote[/] {path}: {summary['samples']} samples, {summary['tokens']} tokens, "
+                f"{len(summary['sites'])} sites, {summary['bytes'] / 1e6:.1f} MB"
+            )

@@ -1,0 +1,98 @@
+"""``driftkit inspect``: what a capture file holds, at a glance."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from driftkit.cli.common import console, handle_errors
+
+
+def describe(path: Path) -> dict:
+    """A JSON-able description of a capture file (used by ``inspect --json`` and the table)."""
+    import h5py
+
+    from driftkit.store.reader import CaptureReader
+
+    with CaptureReader(path, allow_incomplete=True) as r:
+        arrays = []
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset) and not name.startswith("samples/"):
+                stored = obj.attrs.get("dtype", str(obj.dtype))
+                arrays.append({"path": name, "shape": list(obj.shape), "dtype": stored if isinstance(stored, str) else stored.decode(),
+                               "compression": obj.compression or "none", "bytes": int(obj.id.get_storage_size())})
+
+        r.h5.visititems(visit)
+        domains: dict[str, int] = {}
+        for d in r.domains:
+            domains[str(d)] = domains.get(str(d), 0) + 1
+        cfg = r.config
+        return {
+            "path": str(path),
+            "schema": r.attrs.get("schema"),
+            "complete": r.complete,
+            "model": r.model,
+            "created": r.attrs.get("created"),
+            "driftkit_version": r.attrs.get("driftkit_version"),
+            "dtype": r.attrs.get("dtype"),
+            "device": r.attrs.get("device"),
+            "weights_sha256": r.attrs.get("weights_sha256"),
+            "tokenizer_sha256": r.attrs.get("tokenizer_sha256"),
+            "samples": r.n_samples,
+            "samples_done": int(r.done.sum()),
+            "tokens": r.n_tokens,
+            "prompt_tokens": int(r.prompt_len.sum()),
+            "domains": domains,
+            "sites": r.sites(),
+            "arrays": arrays,
+            "bytes_on_disk": path.stat().st_size,
+            "config": {k: cfg.get(k) for k in ("prompts", "tokens_from", "probes", "layers", "chat", "generate", "max_new_tokens", "storage_dtype", "compression")},
+        }
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("inspect", epilog="Examples:\n\n  driftkit inspect base.h5\n\n  driftkit inspect base.h5 --json")
+    @handle_errors
+    def inspect_cmd(
+        path: Path = typer.Argument(..., help="Capture file."),
+        json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    ) -> None:
+        """Show a capture's model, settings, sites, shapes, token counts, size on disk and completeness."""
+        from rich.table import Table
+
+        d = describe(path)
+        if json_out:
+            print(json.dumps(d, indent=2, default=str))
+            return
+        head = Table(title=f"{path}", show_header=False, title_justify="left")
+        head.add_column(style="bold cyan")
+        head.add_column()
+        status = "[green]complete[/]" if d["complete"] else f"[red]INCOMPLETE[/] ({d['samples_done']}/{d['samples']} samples; finish with --resume)"
+        rows = [
+            ("status", status),
+            ("model", str(d["model"])),
+            ("created", f"{d['created']} (driftkit {d['driftkit_version']})"),
+            ("dtype / device", f"{d['dtype']} on {d['device']}"),
+            ("samples", f"{d['samples']}  ({', '.join(f'{k}: {v}' for k, v in d['domains'].items())})"),
+            ("tokens", f"{d['tokens']}  (prompt {d['prompt_tokens']}, response {d['tokens'] - d['prompt_tokens']})"),
+            ("sites", f"{len(d['sites'])}: {', '.join(d['sites'][:6])}{' …' if len(d['sites']) > 6 else ''}"),
+            ("size on disk", f"{d['bytes_on_disk'] / 1e6:.1f} MB ({d['bytes_on_disk'] / max(d['tokens'], 1) / 1e3:.1f} kB/token)"),
+            ("weights sha256", str(d["weights_sha256"])[:16] or "-"),
+            ("tokenizer sha256", str(d["tokenizer_sha256"])[:16]),
+        ]
+        rows += [(f"config.{k}", str(v)) for k, v in d["config"].items() if v not in (None, False)]
+        for k, v in rows:
+            head.add_row(k, v)
+        console.print(head)
+        arr = Table(title="arrays", title_justify="left")
+        for c in ("path", "shape", "dtype", "compression", "MB"):
+            arr.add_column(c, justify="right" if c == "MB" else "left")
+        big = sorted(d["arrays"], key=lambda a: a["path"])
+        shown = big if len(big) <= 16 else [a for a in big if not a["path"].startswith("sites/")] + big[:6]
+        for a in shown:
+            arr.add_row(a["path"], "×".join(map(str, a["shape"])), a["dtype"], a["compression"], f"{a['bytes'] / 1e6:.2f}")
+        if len(shown) < len(big):
+            arr.add_row(f"… {len(big) - len(shown)} more sites", "", "", "", "")
+        console.print(arr)
