@@ -28,11 +28,13 @@ def _softcap_scale(model: Any) -> tuple[float | None, float | None]:
     return (float(softcap) if softcap else None, float(scale) if scale not in (None, 1.0) else None)
 
 
-def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int = 1024) -> dict[str, torch.Tensor]:
+def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int = 512) -> dict[str, torch.Tensor]:
     """Per position: log p(next token), entropy, top-k ids and log-probs, from full logits.
 
-    ``logits`` is (N, V), ``next_ids`` (N,) (any value where there is no next token). Works in
-    row chunks so the float32 log-softmax never holds more than ``chunk x V`` at once.
+    ``logits`` is (N, V), ``next_ids`` (N,) (any value where there is no next token). Everything is
+    derived from one logsumexp per row, so the V-wide work is: logsumexp, one exp, one dot product and
+    a top-k on the raw logits (same order as log-probs); no (N, V) log-softmax is materialised. Row
+    chunks bound the temporary memory to ``chunk x V`` floats.
     """
     N = logits.shape[0]
     logprob = torch.empty(N, dtype=torch.float32)
@@ -40,12 +42,15 @@ def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk
     top_ids = torch.empty((N, k), dtype=torch.int32)
     top_lp = torch.empty((N, k), dtype=torch.float32)
     for s in range(0, N, chunk):
-        lp = torch.log_softmax(logits[s : s + chunk].float(), dim=-1)
-        logprob[s : s + chunk] = lp.gather(1, next_ids[s : s + chunk, None].clamp_min(0)).squeeze(1)
-        entropy[s : s + chunk] = -(lp.exp() * lp).sum(-1)
-        v, i = lp.topk(k, dim=-1)
-        top_ids[s : s + chunk] = i.to(torch.int32)
-        top_lp[s : s + chunk] = v
+        x = logits[s : s + chunk].float()
+        lse = torch.logsumexp(x, dim=-1)
+        logprob[s : s + chunk] = (x.gather(1, next_ids[s : s + chunk, None].clamp_min(0)).squeeze(1) - lse).cpu()
+        p = torch.exp(x - lse[:, None])
+        # H = -sum p log p = lse - sum p * logits
+        entropy[s : s + chunk] = (lse - torch.linalg.vecdot(p, x)).cpu()
+        v, i = x.topk(k, dim=-1)
+        top_ids[s : s + chunk] = i.to(torch.int32).cpu()
+        top_lp[s : s + chunk] = (v - lse[:, None]).cpu()
     return {"logprob": logprob, "entropy": entropy, "topk_ids": top_ids, "topk_logprobs": top_lp}
 
 
@@ -82,20 +87,27 @@ class FinalProbe(Probe):
     def finalize(self, values: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         logits = values[LOGITS_KEY]  # (B, S, V)
         B, T, V = logits.shape
-        next_ids = torch.roll(batch.input_ids, -1, dims=1)
-        stats = next_token_stats(logits.reshape(B * T, V), next_ids.reshape(-1), int(self.opts["topk"]))
-        # A sample's last token predicts nothing stored: its logprob is NaN (DESIGN.md section 3).
+        k = int(self.opts["topk"])
         lengths = torch.as_tensor(batch.lengths)
+        valid = torch.arange(T)[None, :] < lengths[:, None]  # padding is never scored
+        next_ids = torch.roll(batch.input_ids, -1, dims=1).to(logits.device)
+        stats = next_token_stats(logits[valid.to(logits.device)], next_ids[valid.to(logits.device)], k)
+        # A sample's last token predicts nothing stored: its logprob is NaN (DESIGN.md section 3).
         last = torch.zeros((B, T), dtype=torch.bool)
         last[torch.arange(B), (lengths - 1).clamp_min(0)] = True
-        lp = stats["logprob"].reshape(B, T)
-        lp[last] = float("nan")
+        stats["logprob"][last[valid]] = float("nan")
+
+        def scatter(x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((B, T, *x.shape[1:]), dtype=x.dtype)
+            out[valid] = x
+            return out
+
         return {
             S.FINAL_HIDDEN: values[S.FINAL_HIDDEN],
-            S.FINAL_LOGPROB: lp,
-            S.FINAL_ENTROPY: stats["entropy"].reshape(B, T),
-            S.FINAL_TOPK_IDS: stats["topk_ids"].reshape(B, T, -1),
-            S.FINAL_TOPK_LOGPROBS: stats["topk_logprobs"].reshape(B, T, -1),
+            S.FINAL_LOGPROB: scatter(stats["logprob"]),
+            S.FINAL_ENTROPY: scatter(stats["entropy"]),
+            S.FINAL_TOPK_IDS: scatter(stats["topk_ids"]),
+            S.FINAL_TOPK_LOGPROBS: scatter(stats["topk_logprobs"]),
         }
 
     def check(self, values: dict[str, torch.Tensor], batch: Batch, layout: ModelLayout, storage_dtype: str) -> None:
