@@ -1,0 +1,69 @@
+"""``driftkit run`` (an experiment file) and ``driftkit demo`` (the bundled study)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+
+
+def _execute(ex, resume: bool, json_out: bool) -> None:
+    import time
+
+    from driftkit.pipeline.runner import run_experiment
+    from driftkit.pipeline.study import Study
+
+    t0 = time.perf_counter()
+    with progress_bar() as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total, info="")
+            bar.update(tasks[phase], completed=done, total=total)
+
+        result = run_experiment(ex, resume=resume, log=lambda m: err_console.print(m, highlight=False), progress=progress)
+    data = json.loads(result.report_json.read_text())
+    findings = data.pop("findings", [])
+    if json_out:
+        print(json.dumps({"out": str(result.out), "html": str(result.report_html), "executed": result.executed,
+                          "skipped": result.skipped, "findings": findings}, indent=2))
+        return
+    Study(data, findings).show(console)
+    console.print(f"\n{len(result.executed)} step(s) run, {len(result.skipped)} cached, {time.perf_counter() - t0:.0f} s. "
+                  f"HTML report: [bold]{result.report_html}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run", epilog="Examples:\n\n  driftkit run experiment.toml\n\n  driftkit run experiment.toml --resume\n\n"
+                 "See docs/pipeline.md for the experiment file.")
+    @handle_errors
+    def run_cmd(
+        config: Path = typer.Argument(..., help="Experiment TOML file."),
+        resume: bool = typer.Option(False, "--resume", help="Continue interrupted steps (captures, training) instead of redoing them."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Override [experiment].out."),
+        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the report."),
+    ) -> None:
+        """Run the whole study: train -> bench -> capture -> compare -> transfer -> report, cached by input hashes."""
+        from driftkit.pipeline.experiment import load_experiment
+
+        ex = load_experiment(config)
+        if out is not None:
+            ex.out = out
+        _execute(ex, resume, json_out)
+
+    @app.command("demo", epilog="Examples:\n\n  driftkit demo\n\n  driftkit demo --quick --out /tmp/demo")
+    @handle_errors
+    def demo_cmd(
+        out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (reruns reuse its cache)."),
+        quick: bool = typer.Option(False, "--quick", help="Tiny random model, seconds-scale settings: a smoke test of the pipeline."),
+        resume: bool = typer.Option(False, "--resume", help="Continue interrupted steps."),
+        json_out: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """The paper's study on the bundled SmolLM2-135M: SFT and RL on math, benchmarks, drift, report."""
+        from driftkit.pipeline.demo import demo_experiment
+
+        _execute(demo_experiment(out, quick), resume, json_out)

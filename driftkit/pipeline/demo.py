@@ -1,0 +1,52 @@
+"""The bundled demo experiment: the paper's controlled study on the default model, sized for a
+2-core CPU (and a ``--quick`` variant on a tiny random model for smoke tests).
+
+The settings live here, in code, because they are tuned together to fit the time budget: SFT and
+GRPO runs of a few minutes, benchmark fixtures at a small limit, the bundled prompt sets.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from driftkit.pipeline.experiment import Experiment, from_dict
+
+# SFT on worked solutions and GRPO with a math-verify reward, on the same bundled math problems.
+DEMO_SFT: dict[str, Any] = {"steps": 40, "batch_size": 8, "learning_rate": 5e-5, "lr_scheduler": "constant", "save_steps": 20}
+DEMO_RL: dict[str, Any] = {"steps": 16, "batch_size": 8, "num_generations": 4, "max_completion_length": 48, "learning_rate": 1e-5,
+                           "save_steps": 8}
+
+
+def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
+    if quick:
+        from driftkit.tiny import build_tiny_model
+
+        base_dir = Path(out) / "tiny-base"
+        if not (base_dir / "model.safetensors").is_file():
+            build_tiny_model(base_dir, "llama", num_layers=4, hidden_size=64, seed=0)
+        tiny = {"batch_size": 4, "save_steps": 2, "limit": 64}
+        return {
+            "experiment": {"name": "demo-quick", "base": str(base_dir), "out": str(out), "seed": 0},
+            "train": [
+                {"name": "sft", "trainer": "sft", "data": "probes:math-train", "options": {**tiny, "steps": 4, "learning_rate": 1e-3, "max_length": 128}},
+                {"name": "rl", "trainer": "rl", "data": "probes:math-train",
+                 "options": {**tiny, "steps": 2, "num_generations": 2, "max_completion_length": 8, "learning_rate": 1e-4}},
+            ],
+            "bench": {"suite": "default", "limit": 2, "data": "fixtures", "options": {"max_new_tokens": 8, "batch_size": 8}},
+            "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 9, "max_new_tokens": 8},
+            "drift": {"enabled": True, "bench": ["math500"], "bench_limit": 2, "layers": "all"},
+        }
+    return {
+        "experiment": {"name": "demo", "base": "smollm2-135m", "out": str(out), "seed": 0},
+        "train": [
+            {"name": "sft", "trainer": "sft", "data": "probes:math-train", "options": DEMO_SFT},
+            {"name": "rl", "trainer": "rl", "data": "probes:math-train", "options": DEMO_RL},
+        ],
+        "bench": {"suite": "default", "limit": 10, "data": "fixtures", "options": {}},
+        "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 30, "max_new_tokens": 48},
+        "drift": {"enabled": True, "bench": ["math500"], "bench_limit": 10, "layers": "every:3"},
+    }
+
+
+def demo_experiment(out: str | Path, quick: bool = False) -> Experiment:
+    return from_dict(demo_config(out, quick), "driftkit demo" + (" --quick" if quick else ""))

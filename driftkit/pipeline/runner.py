@@ -1,0 +1,380 @@
+"""``driftkit run``: the paper's controlled experiment as cached, resumable steps.
+
+train (if asked) -> bench -> capture (raw text for representations; each tuned model answers the
+chat prompts and the base scores those exact tokens) -> compare -> transfer -> drift over training
+-> study report. Each step's identity is a hash of its settings and of the steps it reads (see
+:mod:`driftkit.pipeline.manifest`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from driftkit.errors import DriftkitError
+from driftkit.pipeline.experiment import Experiment
+from driftkit.pipeline.manifest import Manifest, stable_hash
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Step:
+    id: str
+    settings: dict[str, Any]
+    deps: list[str]
+    fn: Callable[["Ctx"], dict[str, Any]]  # returns {"outputs": {name: relpath}, "summary": {...}}
+    label: str = ""
+
+
+@dataclass
+class Ctx:
+    ex: Experiment
+    out: Path
+    resume: bool
+    manifest: Manifest
+    log: Log
+    progress: Callable[[str, int, int], None] | None = None
+
+    def path(self, rel: str) -> Path:
+        return self.out / rel
+
+    def outputs(self, step_id: str) -> dict[str, str]:
+        entry = self.manifest.step(step_id)
+        if not entry:
+            raise DriftkitError(f"internal: step {step_id} has no recorded outputs")
+        return entry["outputs"]
+
+
+@dataclass
+class RunResult:
+    out: Path
+    executed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def report_html(self) -> Path:
+        return self.out / "report" / "study.html"
+
+    @property
+    def report_json(self) -> Path:
+        return self.out / "report" / "study.json"
+
+
+# -- model identities -------------------------------------------------------------------------------
+def _model_identity(spec: str) -> dict[str, Any]:
+    from driftkit.models import resolve_model_path, weights_sha256
+
+    path = resolve_model_path(spec)
+    return {"spec": spec, "weights": weights_sha256(path) or spec}
+
+
+def _tuned_path(ctx: Ctx, name: str) -> str:
+    for t in ctx.ex.train:
+        if t.name == name:
+            return str(ctx.path(ctx.outputs(f"train.{name}")["model"]))
+    for m in ctx.ex.models:
+        if m.name == name:
+            return m.path
+    raise DriftkitError(f"internal: unknown model {name}")
+
+
+def model_path(ctx: Ctx, name: str) -> str:
+    return ctx.ex.base if name == "base" else _tuned_path(ctx, name)
+
+
+# -- step bodies ------------------------------------------------------------------------------------
+def _train(name: str) -> Callable[[Ctx], dict[str, Any]]:
+    def run(ctx: Ctx) -> dict[str, Any]:
+        from driftkit.registry.trainer import read_manifest, train
+
+        spec = next(t for t in ctx.ex.train if t.name == name)
+        rel = f"train/{name}"
+        out = ctx.path(rel)
+        resume = ctx.resume and out.exists()
+
+        def progress(step: int, total: int, metrics: dict[str, float]) -> None:
+            if ctx.progress:
+                ctx.progress(f"train {name}", step, total)
+
+        opts = {"seed": ctx.ex.seed, **spec.options}
+        train(spec.trainer, ctx.ex.base, spec.data, out, overwrite=not resume, resume=resume, progress=progress, **opts)
+        man = read_manifest(out)
+        ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])) if (out / "checkpoints").is_dir() else []
+        return {"outputs": {"model": rel, "manifest": f"{rel}/driftkit_run.json"},
+                "summary": {"checkpoints": [f"{rel}/checkpoints/{p.name}" for p in ckpts], "log": man.get("log", [])[-200:]}}
+
+    return run
+
+
+def _bench(name: str) -> Callable[[Ctx], dict[str, Any]]:
+    def run(ctx: Ctx) -> dict[str, Any]:
+        from driftkit.bench import run_suite
+
+        b = ctx.ex.bench
+        rel = f"scores/{name}.json"
+        kwargs: dict[str, Any] = dict(b["options"])
+        names = b.get("benchmarks")
+        run_suite(model_path(ctx, name), suite=b["suite"], limit=b["limit"], out=ctx.path(rel), data=b["data"], model_name=name,
+                  benchmarks=names, progress=ctx.progress, **kwargs)
+        return {"outputs": {"scores": rel}, "summary": {}}
+
+    return run
+
+
+def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
+    """kind: raw (representations on raw text), gen (the model answers the chat prompts),
+    base_on (the base scores a tuned model's generated tokens)."""
+
+    def run(ctx: Ctx) -> dict[str, Any]:
+        from driftkit.capture import CaptureConfig, capture
+
+        c = ctx.ex.capture
+        rel = f"captures/{name}.{kind}.h5" if kind != "base_on" else f"captures/base_on_{name}.h5"
+        out = ctx.path(rel)
+        resume = ctx.resume and out.exists()
+        common = dict(out=out, overwrite=not resume, resume=resume, storage_dtype=c["storage_dtype"], max_batch_tokens=c["max_batch_tokens"])
+        if kind == "raw":
+            cfg = CaptureConfig(model=model_path(ctx, name), prompts=c["prompts"], layers=c["layers"], **common)
+        elif kind == "gen":
+            cfg = CaptureConfig(model=model_path(ctx, name), prompts=c["chat_prompts"], limit=c["chat_limit"], chat=True, generate=True,
+                                max_new_tokens=c["max_new_tokens"], seed=ctx.ex.seed, probes=["final"], **common)
+        else:
+            cfg = CaptureConfig(model=ctx.ex.base, tokens_from=ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]), probes=["final"], **common)
+        capture(cfg, progress=ctx.progress)
+        return {"outputs": {"capture": rel}, "summary": {}}
+
+    return run
+
+
+def _compare(kind: str, name: str | None = None) -> Callable[[Ctx], dict[str, Any]]:
+    def run(ctx: Ctx) -> dict[str, Any]:
+        from driftkit.compare.runner import compare
+
+        cmp = ctx.ex.compare
+        if kind == "raw":
+            paths = [ctx.path(ctx.outputs(f"capture.raw.{m}")["capture"]) for m in ["base", *ctx.ex.tuned_names]]
+            analyses, positions, rel = cmp["raw_analyses"], "all", "reports/raw"
+        else:
+            paths = [ctx.path(ctx.outputs(f"capture.base_on.{name}")["capture"]), ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"])]
+            analyses, positions, rel = cmp["gen_analyses"], "response", f"reports/gen_{name}"
+        report = compare(paths, analyses=analyses, positions=positions, options=cmp["options"] or None, seed=ctx.ex.seed)
+        ctx.path(rel).parent.mkdir(parents=True, exist_ok=True)
+        report.to_json(ctx.path(rel + ".json"))
+        report.to_html(ctx.path(rel + ".html"))
+        return {"outputs": {"report": rel + ".json", "html": rel + ".html"}, "summary": {}}
+
+    return run
+
+
+def _transfer(ctx: Ctx) -> dict[str, Any]:
+    from driftkit.scores import transfer
+
+    base = ctx.path(ctx.outputs("bench.base")["scores"])
+    models = [ctx.path(ctx.outputs(f"bench.{m}")["scores"]) for m in ctx.ex.tuned_names]
+    try:
+        res = transfer(base, models, sigma=ctx.ex.transfer["sigma"])
+    except DriftkitError as exc:
+        # An undefined index (e.g. the base already scores 100 on a whole group) is a finding about
+        # this run, not a reason to lose the rest of the study: record why and go on.
+        ctx.log(f"[yellow]transferability index undefined:[/] {exc}")
+        res = {"schema": "driftkit.transfer/1", "models": {}, "error": str(exc)}
+    rel = "transfer.json"
+    ctx.path(rel).write_text(json.dumps(res, indent=2, default=str))
+    return {"outputs": {"transfer": rel}, "summary": {}}
+
+
+def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
+    """Capture and compare each intermediate checkpoint of a training run against the base."""
+
+    def run(ctx: Ctx) -> dict[str, Any]:
+        from driftkit.bench import run_suite
+        from driftkit.capture import CaptureConfig, capture
+        from driftkit.compare.runner import compare
+        from driftkit.scores import primary_scores, read_scores
+
+        d = ctx.ex.drift
+        ckpts = list(ctx.manifest.step(f"train.{name}")["summary"]["checkpoints"]) + [ctx.outputs(f"train.{name}")["model"]]
+        work = ctx.path(f"drift/{name}")
+        work.mkdir(parents=True, exist_ok=True)
+        base_raw = ctx.path(ctx.outputs("capture.raw.base")["capture"])
+        gen = ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"])
+        base_on = ctx.path(ctx.outputs(f"capture.base_on.{name}")["capture"])
+        points: list[dict[str, Any]] = [{"step": 0, "checkpoint": "base", "cka": 1.0, "kl": 0.0, "shifted": 0.0}]
+        base_scores = read_scores(ctx.path(ctx.outputs("bench.base")["scores"]))
+        prim = primary_scores(base_scores)
+        points[0]["score"] = {b: prim[b]["value"] for b in d["bench"] if b in prim}
+        for i, rel in enumerate(ckpts):
+            path = ctx.path(rel)
+            step = int(path.name.split("-")[1]) if path.name.startswith("step-") else int(_final_step(ctx, name))
+            raw = work / f"{path.name}.raw.h5"
+            tf = work / f"{path.name}.tf.h5"
+            common = dict(overwrite=True, storage_dtype=ctx.ex.capture["storage_dtype"])
+            capture(CaptureConfig(model=str(path), prompts=ctx.ex.capture["prompts"], layers=d["layers"], probes=["residual"], out=raw, **common))
+            capture(CaptureConfig(model=str(path), tokens_from=gen, probes=["final"], out=tf, **common))
+            rep_raw = compare([base_raw, raw], analyses=["cka"]).to_dict()
+            rep_tf = compare([base_on, tf], analyses=["kl", "token_rank"], positions="response").to_dict()
+            cka_layers = rep_raw["analyses"]["cka"]["layers"]
+            point = {
+                "step": step,
+                "checkpoint": rel,
+                "cka": sum(x["linear_cka"] for x in cka_layers) / max(1, len(cka_layers)),
+                "kl": rep_tf["analyses"]["kl"]["summary"]["kl_forward"],
+                "shifted": rep_tf["analyses"]["token_rank"]["summary"]["shifted"],
+            }
+            if d["bench"]:
+                sp = work / f"{path.name}.scores.json"
+                run_suite(str(path), benchmarks=list(d["bench"]), limit=d["bench_limit"], out=sp, data=ctx.ex.bench["data"],
+                          model_name=f"{name}@{step}", **ctx.ex.bench["options"])
+                ps = primary_scores(read_scores(sp))
+                point["score"] = {b: ps[b]["value"] for b in d["bench"] if b in ps}
+            points.append(point)
+            raw.unlink(missing_ok=True)
+            tf.unlink(missing_ok=True)
+            if ctx.progress:
+                ctx.progress(f"drift {name}", i + 1, len(ckpts))
+        # the base's math score at the drift bench limit, for a like-for-like curve
+        if d["bench"]:
+            sp = work / "base.scores.json"
+            run_suite(ctx.ex.base, benchmarks=list(d["bench"]), limit=d["bench_limit"], out=sp, data=ctx.ex.bench["data"], model_name="base",
+                      **ctx.ex.bench["options"])
+            ps = primary_scores(read_scores(sp))
+            points[0]["score"] = {b: ps[b]["value"] for b in d["bench"] if b in ps}
+        rel_out = f"drift/{name}.json"
+        ctx.path(rel_out).write_text(json.dumps({"model": name, "points": sorted(points, key=lambda p: p["step"])}, indent=2))
+        return {"outputs": {"drift": rel_out}, "summary": {}}
+
+    return run
+
+
+def _final_step(ctx: Ctx, name: str) -> int:
+    spec = next(t for t in ctx.ex.train if t.name == name)
+    return int(spec.options.get("steps", 0))
+
+
+def _report(ctx: Ctx) -> dict[str, Any]:
+    from driftkit.pipeline.study import build_study
+
+    study = build_study(ctx)
+    ctx.path("report").mkdir(parents=True, exist_ok=True)
+    study.write(ctx.path("report"))
+    return {"outputs": {"json": "report/study.json", "html": "report/study.html"}, "summary": {"findings": study.findings}}
+
+
+# -- plan -------------------------------------------------------------------------------------------
+def plan(ex: Experiment) -> list[Step]:
+    """The ordered steps of an experiment, each with the settings and dependencies that make its hash."""
+    steps: list[Step] = []
+    ident: dict[str, Any] = {"base": _model_identity(ex.base)}
+    for m in ex.models:
+        ident[m.name] = _model_identity(m.path)
+    model_dep: dict[str, list[str]] = {"base": []}
+    for t in ex.train:
+        steps.append(Step(f"train.{t.name}", {"trainer": t.trainer, "data": t.data, "options": t.options, "seed": ex.seed, "base": ident["base"]},
+                          [], _train(t.name), f"train {t.name} ({t.trainer})"))
+        model_dep[t.name] = [f"train.{t.name}"]
+    for m in ex.models:
+        model_dep[m.name] = []
+    names = ["base", *ex.tuned_names]
+
+    def mid(n: str) -> Any:
+        return ident.get(n, {"trained": n})
+
+    if ex.bench.get("enabled", True):
+        for n in names:
+            steps.append(Step(f"bench.{n}", {"model": mid(n), "bench": ex.bench}, model_dep[n], _bench(n), f"bench {n}"))
+    cap = ex.capture
+    for n in names:
+        steps.append(Step(f"capture.raw.{n}", {"model": mid(n), "prompts": cap["prompts"], "layers": cap["layers"], "dtype": cap["storage_dtype"]},
+                          model_dep[n], _capture("raw", n), f"capture {n} (raw text)"))
+    for n in ex.tuned_names:
+        steps.append(Step(f"capture.gen.{n}", {"model": mid(n), "prompts": cap["chat_prompts"], "limit": cap["chat_limit"],
+                                               "max_new_tokens": cap["max_new_tokens"], "seed": ex.seed, "dtype": cap["storage_dtype"]},
+                          model_dep[n], _capture("gen", n), f"generate + capture {n}"))
+        steps.append(Step(f"capture.base_on.{n}", {"model": mid("base"), "dtype": cap["storage_dtype"]}, [f"capture.gen.{n}"],
+                          _capture("base_on", n), f"capture base on {n}'s tokens"))
+    steps.append(Step("compare.raw", {"analyses": ex.compare["raw_analyses"], "options": ex.compare["options"], "seed": ex.seed},
+                      [f"capture.raw.{n}" for n in names], _compare("raw"), "compare representations"))
+    for n in ex.tuned_names:
+        steps.append(Step(f"compare.gen.{n}", {"analyses": ex.compare["gen_analyses"], "options": ex.compare["options"], "seed": ex.seed},
+                          [f"capture.base_on.{n}", f"capture.gen.{n}"], _compare("gen", n), f"compare distributions ({n})"))
+    if ex.bench.get("enabled", True):
+        steps.append(Step("transfer", {"sigma": ex.transfer["sigma"]}, [f"bench.{n}" for n in names], _transfer, "transferability index"))
+    if ex.drift.get("enabled", True):
+        for t in ex.train:
+            if int(t.options.get("save_steps", 0) or 0) > 0:
+                deps = [f"train.{t.name}", "capture.raw.base", f"capture.gen.{t.name}", f"capture.base_on.{t.name}"]
+                if ex.bench.get("enabled", True):
+                    deps.append("bench.base")
+                steps.append(Step(f"drift.{t.name}", {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"]}, deps, _drift(t.name),
+                                  f"drift over training ({t.name})"))
+    steps.append(Step("report", {"version": 1, "name": ex.name}, [s.id for s in steps], _report, "study report"))
+    return steps
+
+
+def step_hash(step: Step, manifest: Manifest) -> str:
+    dep_hashes = []
+    for d in step.deps:
+        e = manifest.step(d)
+        dep_hashes.append(e["hash"] if e else None)
+    return stable_hash({"id": step.id, "settings": step.settings, "deps": dep_hashes})
+
+
+def _outputs_exist(ctx: Ctx, entry: dict[str, Any]) -> bool:
+    return all(ctx.path(p).exists() for p in entry.get("outputs", {}).values())
+
+
+def run_experiment(ex: Experiment, resume: bool = False, log: Log = print, progress: Callable[[str, int, int], None] | None = None,
+                   only: list[str] | None = None) -> RunResult:
+    """Run (or continue) an experiment. Finished steps whose hash is unchanged are skipped."""
+    ex.out.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(ex.out / "manifest.json")
+    ctx = Ctx(ex, ex.out, resume, manifest, log, progress)
+    result = RunResult(ex.out)
+    steps = plan(ex)
+    manifest.data["experiment"] = {"name": ex.name, "base": ex.base, "source": ex.source}
+    manifest.data["plan"] = [s.id for s in steps]
+    manifest.save()
+    for step in steps:
+        h = step_hash(step, manifest)
+        entry = manifest.step(step.id)
+        if entry and entry.get("hash") == h and entry.get("status") == "done" and _outputs_exist(ctx, entry):
+            result.skipped.append(step.id)
+            log(f"[dim]cached[/]  {step.label or step.id}")
+            continue
+        if only and not any(step.id.startswith(o) for o in only):
+            continue
+        log(f"[bold]run[/]     {step.label or step.id}")
+        t0 = time.perf_counter()
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest.record(step.id, {"hash": h, "status": "running", "started": started, "settings": step.settings, "deps": step.deps, "outputs": {}})
+        out = step.fn(ctx)
+        secs = time.perf_counter() - t0
+        manifest.record(step.id, {"hash": h, "status": "done", "started": started,
+                                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(secs, 2),
+                                  "settings": step.settings, "deps": step.deps, "outputs": out["outputs"], "summary": out.get("summary", {}),
+                                  "executions": int((entry or {}).get("executions", 0)) + 1})
+        result.executed.append(step.id)
+        result.seconds[step.id] = secs
+        log(f"[green]done[/]    {step.label or step.id} in {secs:.1f} s")
+    return result
+
+
+def clean_unplanned(ex: Experiment) -> None:
+    """Remove outputs of steps that are no longer in the plan (a model removed from the file)."""
+    manifest = Manifest(ex.out / "manifest.json")
+    ids = {s.id for s in plan(ex)}
+    for sid in list(manifest.data["steps"]):
+        if sid not in ids:
+            for rel in manifest.data["steps"][sid].get("outputs", {}).values():
+                p = ex.out / rel
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                elif p.exists():
+                    p.unlink()
+            manifest.forget(sid)

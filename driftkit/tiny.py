@@ -1,0 +1,101 @@
+"""Tiny random causal LMs built from a config, with a small byte-level BPE tokenizer, in seconds.
+
+Why: tests must run offline and fast, on real transformers model classes (so nnsight, generate and
+TRL see exactly what a user's checkpoint gives them) without any hub download. The tokenizer is
+trained on a few kB of text shipped here and has a chat template, so chat mode is testable too.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = """
+The quick brown fox jumps over the lazy dog. What is 2 + 3? The answer is 5.
+Solve for x: 2x + 4 = 10, so x = 3. Therefore the final answer is \\boxed{3}.
+Write a poem about the sea. The sea is wide and blue, the waves are calm and true.
+If all cats are animals and Tom is a cat, then Tom is an animal. Yes or no?
+def add(a, b):
+    return a + b
+Answer with a single letter: A, B, C or D. The capital of France is Paris.
+0 1 2 3 4 5 6 7 8 9 10 11 12 + - * / = ( ) . , ? ! : ; ' " < > | _ { } [ ] \\ # @ $ % ^ & ~ `
+Think step by step. First, we add the numbers. Then we multiply. <think> reasoning </think>
+"""
+
+ARCHES = ("llama", "qwen2", "gpt2", "gemma2")
+
+
+def build_tokenizer(out_dir: str | Path, vocab_size: int = 320):
+    """Train a byte-level BPE on the fixture corpus and save it as a fast HF tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+        pad_token="<pad>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def build_tiny_model(
+    out_dir: str | Path,
+    arch: str = "llama",
+    num_layers: int = 4,
+    hidden_size: int = 64,
+    seed: int = 0,
+    vocab_size: int = 320,
+    tie_word_embeddings: bool = False,
+) -> Path:
+    """Write a random-weight ``arch`` causal LM (safetensors) plus the fixture tokenizer to ``out_dir``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(out, vocab_size)
+    V = len(tok)
+    common = dict(vocab_size=V, tie_word_embeddings=tie_word_embeddings, bos_token_id=tok.bos_token_id,
+                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    if arch == "gpt2":
+        cfg = AutoConfig.for_model("gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=4096, **common)
+    else:
+        extra = {"final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "head_dim": 16} if arch == "gemma2" else {}
+        cfg = AutoConfig.for_model(
+            arch,
+            num_hidden_layers=num_layers,
+            hidden_size=hidden_size,
+            intermediate_size=hidden_size * 2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            **extra,
+            **common,
+        )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    # Random init in these configs is small; scale up so distributions are not near-uniform and
+    # metric tests see real differences between two seeds.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.mul_(4.0)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "driftkit_fixture.json").write_text(json.dumps({"arch": arch, "seed": seed, "layers": num_layers}))
+    return out
