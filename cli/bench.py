@@ -1,0 +1,117 @@
+"""``driftkit bench``: score a checkpoint on benchmark plugins, or import lm-evaluation-harness results."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+
+
+def scores_table(doc: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    t = Table(title=f"scores of {doc['model']}", title_justify="left")
+    for col, kw in (("benchmark", {}), ("domain", {}), ("metric", {}), ("value", {"justify": "right"}), ("± stderr", {"justify": "right"}), ("n", {"justify": "right"})):
+        t.add_column(col, **kw)
+    for s in doc["scores"]:
+        se = s.get("stderr")
+        t.add_row(
+            s["benchmark"],
+            s["domain"],
+            s["metric"] + (" *" if s.get("primary") else ""),
+            f"{s['value']:.1f}",
+            "" if se is None else f"{se:.1f}",
+            str(s["n"]),
+        )
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        "bench",
+        epilog=(
+            "Examples:\n\n"
+            "  driftkit bench smollm2-135m --suite default --limit 50 --out scores/base.json\n\n"
+            "  driftkit bench smollm2-135m --data fixtures --limit 20 --out scores/base.json   (offline)\n\n"
+            "  driftkit bench ckpt/rl --benchmarks math500,ifeval --backend vllm --tp 2 --out scores/rl.json\n\n"
+            "  driftkit bench --import-lm-eval results/ --model ckpt/sft --out scores/sft.json\n\n"
+            "Suites: default (math500, gpqa, acpbench, humaneval, ifeval), quick (math500, gpqa, ifeval with small budgets, "
+            "for CPU demos), math, other, non. "
+            "Scores are written as driftkit.scores/1 JSON plus OUT.items.jsonl with every item's output and score; "
+            "'*' marks the metric 'driftkit transfer' uses."
+        ),
+    )
+    @handle_errors
+    def bench_cmd(
+        model_arg: Optional[str] = typer.Argument(None, metavar="MODEL", help="HF id, local safetensors folder, or a bundled model (smollm2-135m)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Score file to write (JSON); per-item results go beside it."),
+        suite: str = typer.Option("default", "--suite", help="Named suite: default, quick, math, other, non."),
+        benchmarks: Optional[str] = typer.Option(None, "--benchmarks", "-b", help="Comma list of benchmark names or file.py:Class (overrides --suite)."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per benchmark (subtasks interleaved)."),
+        data: str = typer.Option("auto", "--data", help="auto (hub, or the bundled fixtures when the hub is unreachable), hub, or fixtures."),
+        backend: str = typer.Option("hf", "--backend", help="hf (transformers generate, CPU/GPU) or vllm (GPU, optional extra)."),
+        batch_size: int = typer.Option(8, "--batch-size", help="Prompts per generate batch (hf back-end)."),
+        tp: int = typer.Option(1, "--tp", "--tensor-parallel-size", help="vLLM tensor parallel size."),
+        max_new_tokens: Optional[str] = typer.Option(None, "--max-new-tokens", help="Generation budget: 64 for every benchmark, or math500=128,ifeval=96 (default: the suite's / each benchmark's own)."),
+        temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default)."),
+        top_p: float = typer.Option(1.0, "--top-p"),
+        seed: int = typer.Option(0, "--seed", help="Sampling seed and GPQA option-shuffle seed."),
+        samples: int = typer.Option(1, "--samples", help="Samples per item (pass@k; needs --temperature > 0)."),
+        chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (default on)."),
+        think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Set enable_thinking in templates that support it; <think> blocks are always stripped before scoring."),
+        dtype: str = typer.Option("auto", "--dtype"),
+        device: str = typer.Option("auto", "--device"),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repo's own code to run (off by default)."),
+        revision: Optional[str] = typer.Option(None, "--revision", help="Model revision."),
+        dataset_revision: Optional[str] = typer.Option(None, "--dataset-revision", help="Dataset revision (commit) to load from the hub."),
+        name: Optional[str] = typer.Option(None, "--name", help="Model name recorded in the score file (default: MODEL)."),
+        import_lm_eval: Optional[Path] = typer.Option(None, "--import-lm-eval", help="Import an lm-evaluation-harness --output_path folder (or results_*.json) instead of generating."),
+        model_opt: Optional[str] = typer.Option(None, "--model", help="Model (same as MODEL); with --import-lm-eval, the name to record."),
+        lm_eval_map: Optional[Path] = typer.Option(None, "--lm-eval-map", help="TOML file with extra [[rule]] task->benchmark mappings, tried before the bundled table."),
+        as_json: bool = typer.Option(False, "--json", help="Print the score document as JSON on stdout."),
+    ) -> None:
+        """Score a checkpoint on benchmark plugins (one per domain by default) and write driftkit.scores/1."""
+        from driftkit.errors import DriftkitError
+        from driftkit.scores import read_scores
+
+        if model_arg and model_opt and model_arg != model_opt:
+            raise DriftkitError(f"MODEL {model_arg!r} and --model {model_opt!r} disagree; give the model once.")
+        model = model_arg or model_opt
+        if import_lm_eval is not None:
+            from driftkit.lm_eval_import import import_to_file
+
+            path, unmapped = import_to_file(import_lm_eval, out, model=name or model, user_map=lm_eval_map)
+            if unmapped:
+                err_console.print(f"[yellow]note:[/] lm-eval task(s) with no mapping rule were skipped: {', '.join(unmapped)} (add rules with --lm-eval-map).")
+        else:
+            if not model:
+                raise DriftkitError("Give the model to benchmark (driftkit bench MODEL --out FILE), or --import-lm-eval DIR to import lm-eval results.")
+            from driftkit.bench import BenchSettings, parse_budget, run_benchmarks
+
+            settings = BenchSettings(
+                limit=limit, data=data, backend=backend, batch_size=batch_size, max_new_tokens=parse_budget(max_new_tokens),
+                temperature=temperature, top_p=top_p, seed=seed, samples_per_item=samples, chat_template=chat_template,
+                think=think, tensor_parallel_size=tp, dtype=dtype, device=device, trust_remote_code=trust_remote_code,
+                revision=revision, dataset_revision=dataset_revision,
+            )
+            with progress_bar() as pb:
+                tasks: dict[str, Any] = {}
+
+                def _progress(bench: str, done: int, total: int) -> None:
+                    if bench not in tasks:
+                        tasks[bench] = pb.add_task(bench, total=total, info="")
+                    pb.update(tasks[bench], completed=done)
+
+                path = run_benchmarks(
+                    model, benchmarks, out, settings, suite=suite, model_name=name,
+                    progress=_progress, log=lambda m: err_console.print(f"[yellow]note:[/] {m}", highlight=False),
+                )
+        doc = read_scores(path)
+        if as_json:
+            print(json.dumps(doc, indent=2))
+        else:
+            console.print(scores_table(doc))
+            console.print(f"wrote {path}")

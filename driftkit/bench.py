@@ -1,0 +1,308 @@
+"""Running benchmark suites on a checkpoint: prompts -> generation -> scoring -> score records.
+
+Why here and not in each plugin: every benchmark must see the model the same way (chat template,
+thinking mode, greedy decoding, the same think stripping), so the loop that tokenizes prompts,
+generates through :mod:`driftkit.generate` and decodes answers is shared; plugins only build
+prompts and score answers. The result is a ``driftkit.scores/1`` file (see :mod:`driftkit.scores`)
+plus its per-item file.
+
+Python API for pipelines::
+
+    from driftkit.bench import run_suite
+    path = run_suite("smollm2-135m", suite="default", limit=20, out="scores/base.json", data="fixtures")
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from driftkit.errors import DriftkitError
+from driftkit.registry.benchmark import THINK_RULE, Benchmark, strip_think
+
+#: named suites: benchmark -> generation budget (None: the benchmark's own default). ``default`` is
+#: one benchmark per bundled task (math, science QA, planning, coding, instructions); ``quick`` is
+#: the cheapest cover of the three groups with small budgets, for CPU demos (scores are then
+#: dominated by truncation: use it to exercise the pipeline, not to rank models).
+SUITES: dict[str, dict[str, int | None]] = {
+    "default": {"math500": None, "gpqa": None, "acpbench": None, "humaneval": None, "ifeval": None},
+    "quick": {"math500": 48, "gpqa": 32, "ifeval": 48},
+    "math": {"math500": None},
+    "other": {"gpqa": None, "acpbench": None, "humaneval": None},
+    "non": {"ifeval": None},
+}
+
+
+@dataclass
+class BenchSettings:
+    """How a suite is run. Fields under ``settings``/``benchmarks`` in the provenance must match
+    between models for their scores to be comparable; runtime fields (backend, batch size, device)
+    are recorded but not compared."""
+
+    limit: int | None = None
+    data: str = "auto"  # auto | hub | fixtures
+    backend: str = "hf"  # hf | vllm
+    batch_size: int = 8
+    max_new_tokens: int | dict[str, int] | None = None  # None: the suite's / each benchmark's default; dict: per benchmark
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    samples_per_item: int = 1
+    chat_template: bool = True
+    think: bool | None = None  # None: the template's default; True/False: enable_thinking
+    tensor_parallel_size: int = 1
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    dataset_revision: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_benchmarks(names: Sequence[str] | str | None, suite: str | None = "default") -> dict[str, int | None]:
+    """Benchmark names (-> the suite's budget, or None) from a comma list or a suite name, order kept."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if names:
+        return {n: None for n in dict.fromkeys(names)}
+    if suite is None:
+        suite = "default"
+    if suite not in SUITES:
+        raise DriftkitError(f"Unknown suite {suite!r}; available suites: {', '.join(SUITES)}. Or list benchmarks with --benchmarks a,b.")
+    return dict(SUITES[suite])
+
+
+def parse_budget(spec: str | int | None) -> int | dict[str, int] | None:
+    """``--max-new-tokens``: ``64`` for every benchmark, or ``math500=128,ifeval=96`` per benchmark."""
+    if spec is None or isinstance(spec, int):
+        return spec
+    spec = spec.strip()
+    try:
+        if "=" not in spec:
+            return int(spec)
+        out = {}
+        for part in spec.split(","):
+            k, _, v = part.partition("=")
+            out[k.strip()] = int(v)
+        return out
+    except ValueError as exc:
+        raise DriftkitError(f"Cannot read --max-new-tokens {spec!r}: give a number (64) or name=number pairs (math500=128,ifeval=96).") from exc
+
+
+def load_benchmarks(names: Sequence[str] | dict[str, int | None], settings: BenchSettings) -> list[Benchmark]:
+    """Instantiate benchmark plugins; the budget is the user's (global or per benchmark), else the
+    suite's, else the plugin's default."""
+    from driftkit.registry import load
+
+    suite_budget = dict(names) if isinstance(names, dict) else {n: None for n in names}
+    user = settings.max_new_tokens
+    if isinstance(user, dict):
+        unknown = [k for k in user if k not in suite_budget]
+        if unknown:
+            raise DriftkitError(f"--max-new-tokens names {', '.join(unknown)}, which are not among the benchmarks run ({', '.join(suite_budget)}).")
+    out = []
+    for n, sb in suite_budget.items():
+        budget = user.get(n, sb) if isinstance(user, dict) else (user if user is not None else sb)
+        if budget is not None and budget < 1:
+            raise DriftkitError(f"max_new_tokens for {n} must be at least 1 (got {budget}).")
+        cls = load("benchmark", n)
+        out.append(cls(seed=settings.seed, samples_per_item=settings.samples_per_item, revision=settings.dataset_revision, max_new_tokens=budget))
+    return out
+
+
+# ------------------------------------------------------------------------------------- prompting
+def _plain_prompt(messages: list[dict[str, str]]) -> str:
+    """Prompt text for a model without a chat template: turns joined by blank lines."""
+    return "\n\n".join(m["content"].strip() for m in messages) + "\n\n"
+
+
+def render_prompt(tokenizer: Any, messages: list[dict[str, str]], chat_template: bool, think: bool | None) -> str:
+    """The prompt text a model sees: its chat template with a generation prompt (thinking mode set
+    when the template supports ``enable_thinking``), or plain text when chat is off or absent."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        kwargs: dict[str, Any] = {}
+        if think is not None and "enable_thinking" in str(tokenizer.chat_template):
+            kwargs["enable_thinking"] = bool(think)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+    return _plain_prompt(messages)
+
+
+def decode_answer(tokenizer: Any, ids: Sequence[int]) -> tuple[str, str]:
+    """(raw decoded output, answer after think stripping). Special tokens are kept while stripping
+    (``<think>`` may be a special token) and removed afterwards."""
+    raw = tokenizer.decode(list(ids), skip_special_tokens=False)
+    ans = strip_think(raw)
+    for tok in getattr(tokenizer, "all_special_tokens", []) or []:
+        if tok and tok not in ("<think>", "</think>"):
+            ans = ans.replace(tok, "")
+            raw = raw.replace(tok, "")
+    return raw, ans.strip()
+
+
+# ------------------------------------------------------------------------------------------ run
+class _Model:
+    """What the loop needs from a model: a tokenizer, a generator and identity for provenance."""
+
+    def __init__(self, spec: str, s: BenchSettings, progress: Callable[[str], None] | None) -> None:
+        from driftkit.generate import VLLMGenerator, make_generator
+        from driftkit.models import load_model, load_tokenizer, resolve_model_path, tokenizer_sha256, weights_sha256
+
+        self.spec = spec
+        if s.backend == "vllm":
+            path = resolve_model_path(spec, progress)
+            self.tokenizer = load_tokenizer(path, revision=s.revision, trust_remote_code=s.trust_remote_code)
+            self.generator = VLLMGenerator(path, tensor_parallel_size=s.tensor_parallel_size, dtype=s.dtype, trust_remote_code=s.trust_remote_code)
+            self.path, self.dtype, self.device = path, s.dtype, "cuda"
+        elif s.backend == "hf":
+            loaded = load_model(spec, dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code, revision=s.revision, progress=progress)
+            self.tokenizer = loaded.tokenizer
+            self.generator = make_generator("hf", loaded, batch_size=s.batch_size)
+            self.path, self.dtype, self.device = loaded.path, str(loaded.dtype).replace("torch.", ""), str(loaded.device)
+        else:
+            raise DriftkitError(f"Unknown generation back-end {s.backend!r}; use 'hf' or 'vllm'.")
+        self.info = {
+            "spec": spec,
+            "path": self.path,
+            "revision": s.revision,
+            "weights_sha256": weights_sha256(self.path),
+            "tokenizer_sha256": tokenizer_sha256(self.tokenizer),
+        }
+
+
+def run_benchmarks(
+    model_spec: str,
+    benchmarks: Sequence[str] | str | None = None,
+    out: str | Path = "scores.json",
+    settings: BenchSettings | None = None,
+    suite: str | None = "default",
+    model_name: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Benchmark one checkpoint and write ``out`` (summary) + ``<out stem>.items.jsonl``.
+
+    ``progress(benchmark, done, total)`` is called as items are generated; ``log(message)`` for
+    notices (fixture fallback, think mode unsupported). Returns the summary path.
+    """
+    from driftkit.scores import write_scores
+
+    s = settings or BenchSettings()
+    if s.temperature < 0 or not (0 < s.top_p <= 1):
+        raise DriftkitError(f"temperature must be >= 0 and top_p in (0, 1]; got temperature={s.temperature}, top_p={s.top_p}.")
+    if s.samples_per_item > 1 and s.temperature == 0:
+        raise DriftkitError(
+            f"--samples {s.samples_per_item} with greedy decoding would repeat the same answer; set --temperature > 0 "
+            f"(e.g. 0.6) for pass@k with several samples, or use --samples 1."
+        )
+    names = resolve_benchmarks(benchmarks, suite)
+    benches = load_benchmarks(names, s)
+    # Load all data first: a dataset problem should stop the run before minutes of model loading.
+    datas = {}
+    for b in benches:
+        datas[b.name] = b.load(s.data, s.limit)
+        fb = datas[b.name].provenance.get("fallback")
+        if fb and log:
+            log(f"{b.name}: {fb} ({len(datas[b.name].items)} fixture items; not comparable with real-dataset scores).")
+    model = _Model(model_spec, s, (lambda m: log(m)) if log else None)
+    tok = model.tokenizer
+    think_supported = "enable_thinking" in str(getattr(tok, "chat_template", "") or "")
+    if s.think is not None and not think_supported and log:
+        log("the model's chat template has no enable_thinking switch; --think/--no-think has no effect (think blocks are still stripped).")
+    has_template = bool(getattr(tok, "chat_template", None))
+    if s.chat_template and not has_template and log:
+        log("the tokenizer has no chat template; prompts are given as plain text.")
+
+    all_scores: list[dict[str, Any]] = []
+    items_out: list[dict[str, Any]] = []
+    bench_prov: dict[str, Any] = {}
+    timing: dict[str, Any] = {}
+    for b in benches:
+        data = datas[b.name]
+        t0 = time.perf_counter()
+        prompts_text = [render_prompt(tok, b.build_prompt(it), s.chat_template, s.think) for it in data.items]
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts_text]
+        rep = [pid for pid in prompt_ids for _ in range(b.samples_per_item)]
+        done = 0
+
+        def _tick(n: int, _b: Benchmark = b, _tot: int = len(rep)) -> None:
+            nonlocal done
+            done += n
+            if progress:
+                progress(_b.name, done, _tot)
+
+        if progress:
+            progress(b.name, 0, len(rep))
+        gen = model.generator.generate(rep, max_new_tokens=b.max_new_tokens, temperature=s.temperature, top_p=s.top_p, seed=s.seed, progress=_tick)
+        t_gen = time.perf_counter() - t0
+        results = []
+        new_tokens = 0
+        for i, it in enumerate(data.items):
+            samples = []
+            for j in range(b.samples_per_item):
+                ids = gen[i * b.samples_per_item + j]
+                new_tokens += len(ids)
+                raw, ans = decode_answer(tok, ids)
+                sc = b.score(it, ans)
+                samples.append({"output": raw, "answer": ans, "new_tokens": len(ids), **sc})
+            rec = {"benchmark": b.name, "id": it["_id"], "config": it.get("_config"), "prompt_tokens": len(prompt_ids[i]), "samples": samples}
+            results.append(rec)
+            items_out.append(rec)
+        all_scores.extend(b.aggregate(results))
+        elapsed = time.perf_counter() - t0
+        bench_prov[b.name] = {**data.provenance, **b.settings()}
+        timing[b.name] = {
+            "seconds": round(elapsed, 3),
+            "generation_seconds": round(t_gen, 3),
+            "items": len(data.items),
+            "items_per_s": round(len(data.items) / elapsed, 4) if elapsed > 0 else None,
+            "new_tokens": new_tokens,
+        }
+    try:
+        from importlib.metadata import version
+
+        dk_version = version("driftkit")
+    except Exception:
+        dk_version = "unknown"
+    provenance = {
+        "tool": "driftkit bench",
+        "driftkit_version": dk_version,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model.info,
+        "settings": {
+            "chat_template": bool(s.chat_template and has_template),
+            "think": s.think if think_supported else None,
+            "think_strip_rule": THINK_RULE,
+            "generation": {"temperature": s.temperature, "top_p": s.top_p, "seed": s.seed},
+        },
+        "benchmarks": bench_prov,
+        "runtime": {"backend": s.backend, "batch_size": s.batch_size, "dtype": model.dtype, "device": model.device, "tensor_parallel_size": s.tensor_parallel_size},
+        "timing": timing,
+    }
+    return write_scores(out, model_name or model_spec, all_scores, provenance, items_out)
+
+
+def run_suite(
+    model_spec: str,
+    suite: str = "default",
+    limit: int | None = None,
+    out: str | Path = "scores.json",
+    benchmarks: Sequence[str] | str | None = None,
+    data: str = "auto",
+    model_name: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> Path:
+    """Benchmark ``model_spec`` on a named suite (or explicit ``benchmarks``); returns the score file path.
+
+    Extra keyword arguments are :class:`BenchSettings` fields (backend, batch_size, max_new_tokens,
+    think, chat_template, temperature, ...).
+    """
+    known = set(BenchSettings.__dataclass_fields__)
+    bad = [k for k in settings if k not in known]
+    if bad:
+        raise DriftkitError(f"Unknown bench setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}.")
+    s = BenchSettings(limit=limit, data=data, **settings)
+    return run_benchmarks(model_spec, benchmarks, out, s, suite=suite, model_name=model_name, progress=progress, log=log)

@@ -1,0 +1,258 @@
+"""Import lm-evaluation-harness results as ``driftkit.scores/1`` records.
+
+lm-eval writes, per run, ``<output_path>/<model>/results_<timestamp>.json`` with
+``results.<task>["<metric>,<filter>"]`` (fractions), ``"<metric>_stderr,<filter>"``,
+``n-samples.<task>.effective``, ``n-shot``, ``versions``, ``config`` (model, model_args, limit,
+gen_kwargs, ...) and, with ``--log_samples``, ``samples_<task>_<timestamp>.jsonl`` (one line per
+document: doc_id, filter, resps, filtered_resps, target and the per-document metric values).
+
+The task -> benchmark mapping is a TOML table of rules (``lm_eval_map.toml`` bundled with the
+benchmark plugins covers the paper's benchmarks); users add rules with their own TOML file, tried
+first. Why rules with globs rather than a fixed dict: lm-eval task names vary by version and
+variant (``gpqa_diamond_cot_zeroshot``, ``gpqa_diamond_generative_n_shot``, ...).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from driftkit.errors import DriftkitError
+
+DOMAINS = ("math", "other", "non")
+
+
+@dataclass(frozen=True)
+class Rule:
+    task: str
+    metric: str
+    filter: str
+    benchmark: str
+    domain: str
+    metric_name: str | None
+    primary: bool
+    scale: float
+
+    def matches(self, task: str, metric: str, flt: str) -> bool:
+        return fnmatch.fnmatchcase(task, self.task) and fnmatch.fnmatchcase(metric, self.metric) and fnmatch.fnmatchcase(flt, self.filter)
+
+
+def _parse_rules(text: str, where: str) -> list[Rule]:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DriftkitError(f"The lm-eval mapping {where} is not valid TOML ({exc}). Fix the file.") from exc
+    rules = []
+    for i, r in enumerate(doc.get("rule", [])):
+        missing = [k for k in ("task", "metric", "benchmark", "domain") if k not in r]
+        if missing:
+            raise DriftkitError(f"{where}: rule {i + 1} lacks {', '.join(missing)}; each [[rule]] needs task, metric, benchmark and domain.")
+        if r["domain"] not in DOMAINS:
+            raise DriftkitError(f"{where}: rule {i + 1} has domain {r['domain']!r}; use one of {', '.join(DOMAINS)}.")
+        rules.append(
+            Rule(
+                task=str(r["task"]),
+                metric=str(r["metric"]),
+                filter=str(r.get("filter", "*")),
+                benchmark=str(r["benchmark"]),
+                domain=str(r["domain"]),
+                metric_name=r.get("metric_name"),
+                primary=bool(r.get("primary", False)),
+                scale=float(r.get("scale", 100.0)),
+            )
+        )
+    return rules
+
+
+def default_rules() -> list[Rule]:
+    """The bundled mapping (``driftkit/plugins/benchmarks/lm_eval_map.toml``), read as package data."""
+    try:
+        text = resources.files("driftkit.plugins.benchmarks").joinpath("lm_eval_map.toml").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        return []
+    return _parse_rules(text, "bundled lm_eval_map.toml")
+
+
+def load_rules(user_map: str | Path | None = None) -> list[Rule]:
+    rules: list[Rule] = []
+    if user_map is not None:
+        p = Path(user_map)
+        if not p.is_file():
+            raise DriftkitError(f"The lm-eval mapping file {p} does not exist.")
+        rules += _parse_rules(p.read_text(encoding="utf-8"), str(p))
+    return rules + default_rules()
+
+
+def _results_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DriftkitError(f"{path} does not exist; give lm-eval's --output_path folder or one results_*.json file.")
+    files = sorted(path.rglob("results_*.json"))
+    if not files:
+        raise DriftkitError(f"No results_*.json under {path}; is this an lm-evaluation-harness --output_path folder?")
+    return files
+
+
+def _model_name(doc: dict[str, Any]) -> str | None:
+    if doc.get("model_name"):
+        return str(doc["model_name"])
+    args = (doc.get("config") or {}).get("model_args") or ""
+    if isinstance(args, dict):
+        return args.get("pretrained") or args.get("model")
+    for part in str(args).split(","):
+        k, _, v = part.partition("=")
+        if k.strip() in ("pretrained", "model"):
+            return v.strip()
+    return None
+
+
+def _samples_for(results_file: Path, task: str) -> Path | None:
+    stamp = results_file.stem.removeprefix("results_")
+    cand = results_file.with_name(f"samples_{task}_{stamp}.jsonl")
+    if cand.is_file():
+        return cand
+    found = sorted(results_file.parent.glob(f"samples_{task}_*.jsonl"))
+    return found[-1] if found else None
+
+
+def import_lm_eval(
+    path: str | Path, model: str | None = None, user_map: str | Path | None = None
+) -> tuple[str, list[dict[str, Any]], dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Read lm-eval output at ``path`` -> (model name, score records, provenance, per-item records, unmapped tasks)."""
+    rules = load_rules(user_map)
+    files = _results_files(Path(path))
+    latest: dict[str, tuple[Path, dict[str, Any], dict[str, Any]]] = {}  # task -> (file, task results, whole doc)
+    names = set()
+    for f in files:  # sorted by name = by timestamp: later runs of a task replace earlier ones
+        try:
+            doc = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DriftkitError(f"{f} is not valid JSON ({exc}).") from exc
+        if not isinstance(doc.get("results"), dict):
+            raise DriftkitError(f"{f} has no 'results' object; it is not an lm-evaluation-harness results file.")
+        groups = {g for g, subs in (doc.get("group_subtasks") or {}).items() if subs} | set(doc.get("groups") or {})
+        for task, res in doc["results"].items():
+            if task in groups:
+                continue  # a group's aggregate: its subtasks are mapped themselves
+            latest[task] = (f, res, doc)
+        if (n := _model_name(doc)) is not None:
+            names.add(n)
+    if model is None:
+        if len(names) > 1:
+            raise DriftkitError(f"The lm-eval results under {path} are for several models ({', '.join(sorted(names))}); import one model's folder, or name it with --model.")
+        model = next(iter(names), None) or Path(path).name
+    # (benchmark, metric) -> list of (task, value, stderr, n)
+    acc: dict[tuple[str, str], list[tuple[str, float, float | None, int]]] = {}
+    meta: dict[tuple[str, str], Rule] = {}
+    used: dict[str, list[tuple[str, str, str]]] = {}
+    unmapped: list[str] = []
+    for task, (f, res, doc) in sorted(latest.items()):
+        mapped = False
+        n_eff = ((doc.get("n-samples") or {}).get(task) or {}).get("effective")
+        for key, val in res.items():
+            if "," not in key or "_stderr" in key.split(",")[0]:
+                continue
+            metric, _, flt = key.partition(",")
+            if not isinstance(val, (int, float)) or isinstance(val, bool) or not math.isfinite(val):
+                continue
+            rule = next((r for r in rules if r.matches(task, metric, flt)), None)
+            if rule is None:
+                continue
+            name = rule.metric_name or ("accuracy" if rule.primary and rule.metric in ("exact_match", "acc") else metric)
+            se = res.get(f"{metric}_stderr,{flt}")
+            se = float(se) * rule.scale if isinstance(se, (int, float)) and math.isfinite(se) else None
+            k = (rule.benchmark, name)
+            if any(t == task for t, *_ in acc.get(k, [])):
+                continue  # the same task's metric under a second filter: the first rule's filter wins
+            acc.setdefault(k, []).append((task, float(val) * rule.scale, se, int(n_eff) if n_eff is not None else 0))
+            meta[k] = rule
+            used.setdefault(rule.benchmark, []).append((task, metric, flt))
+            mapped = True
+        if not mapped:
+            unmapped.append(task)
+    if not acc:
+        raise DriftkitError(
+            f"None of the lm-eval tasks under {path} ({', '.join(sorted(latest)) or 'none'}) matches a mapping rule. Add "
+            f"[[rule]] entries for them in a TOML file and pass it with --lm-eval-map."
+        )
+    scores: list[dict[str, Any]] = []
+    for (bench, name), rows in acc.items():
+        rule = meta[(bench, name)]
+        vals = [v for _, v, _, _ in rows]
+        ses = [s for _, _, s, _ in rows]
+        value = sum(vals) / len(vals)  # macro average over subtasks
+        stderr = (math.sqrt(sum(s * s for s in ses)) / len(ses)) if all(s is not None for s in ses) else None
+        rec = {"benchmark": bench, "domain": rule.domain, "metric": name, "value": min(100.0, max(0.0, value)), "n": sum(n for *_, n in rows), "stderr": stderr}
+        if rule.primary:
+            rec["primary"] = True
+        scores.append(rec)
+    # one primary per benchmark: keep the first flagged one
+    seen: set[str] = set()
+    for rec in scores:
+        if rec.get("primary"):
+            if rec["benchmark"] in seen:
+                del rec["primary"]
+            seen.add(rec["benchmark"])
+    bench_prov: dict[str, Any] = {}
+    items: list[dict[str, Any]] = []
+    any_doc = next(iter(latest.values()))[2]
+    for bench, triples in used.items():
+        tasks = sorted({t for t, _, _ in triples})
+        docs = {t: latest[t][2] for t in tasks}
+        bench_prov[bench] = {
+            "source": "lm-eval",
+            "tasks": tasks,
+            "metrics": sorted({f"{m},{fl}" for _, m, fl in triples}),
+            "versions": {t: (docs[t].get("versions") or {}).get(t) for t in tasks},
+            "n_shot": {t: (docs[t].get("n-shot") or {}).get(t) for t in tasks},
+            "n_samples": {t: (docs[t].get("n-samples") or {}).get(t) for t in tasks},
+            "limit": {t: (docs[t].get("config") or {}).get("limit") for t in tasks},
+        }
+        for t in tasks:
+            sp = _samples_for(latest[t][0], t)
+            if sp is None:
+                continue
+            with open(sp, encoding="utf-8") as fh:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    s = json.loads(line)
+                    metrics = {m: s[m] for m in (s.get("metrics") or []) if m in s}
+                    resp = s.get("filtered_resps")
+                    items.append(
+                        {
+                            "benchmark": bench,
+                            "id": f"{t}/{s.get('doc_id')}",
+                            "config": t,
+                            "samples": [{"output": resp[0] if isinstance(resp, list) and resp else resp, "filter": s.get("filter"), "target": s.get("target"), **metrics}],
+                        }
+                    )
+    cfg = any_doc.get("config") or {}
+    provenance = {
+        "tool": "driftkit bench --import-lm-eval",
+        "model": {"spec": model, "lm_eval_model_args": cfg.get("model_args")},
+        "settings": {
+            "source": "lm-eval",
+            "gen_kwargs": cfg.get("gen_kwargs"),
+            "fewshot_as_multiturn": any_doc.get("fewshot_as_multiturn"),
+            "chat_template_applied": bool(any_doc.get("chat_template")),
+        },
+        "benchmarks": bench_prov,
+        "runtime": {"lm_eval_version": any_doc.get("lm_eval_version"), "results_files": [str(p) for p in files]},
+        "unmapped_tasks": unmapped,
+    }
+    return model, scores, provenance, items, unmapped
+
+
+def import_to_file(path: str | Path, out: str | Path, model: str | None = None, user_map: str | Path | None = None) -> tuple[Path, list[str]]:
+    """Import lm-eval output and write a score file (+ items file when samples were logged)."""
+    from driftkit.scores import write_scores
+
+    name, scores, prov, items, unmapped = import_lm_eval(path, model, user_map)
+    return write_scores(out, name, scores, prov, items if items else None), unmapped
