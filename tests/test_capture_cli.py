@@ -110,7 +110,7 @@ def small_disk(tmp_path: Path):
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here to simulate a full disk")
     yield mnt
-    subprocess.run(["umount", str(mnt)], capture_output=True)
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_disk_full_is_a_clear_error(tiny_model: Path, small_disk: Path) -> None:

@@ -224,15 +224,19 @@ class CaptureEngine:
                     raise DriftkitError(f"Cannot resume {self.out}: it was captured with another tokenizer/model. Use --overwrite.")
                 samples = SampleSet([str(x) for x in reader.sample_ids], [str(d) for d in reader.domains],
                                     [reader.sample_tokens(i).tolist() for i in range(reader.n_samples)], [int(x) for x in reader.prompt_len])
-            return CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype), samples
-        samples = build_samples(cfg, self.loaded, self.progress)
-        if self.out.exists():
-            self.out.unlink()  # --overwrite (checked in __init__)
-        writer = CaptureWriter.create(self.out, self._attrs(), samples.ids, samples.domains, samples.tokens, samples.prompt_len,
-                                      self.specs, cfg.storage_dtype, cfg.compression)
+            writer = CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype)
+        else:
+            samples = build_samples(cfg, self.loaded, self.progress)
+            if self.out.exists():
+                self.out.unlink()  # --overwrite (checked in __init__)
+            writer = CaptureWriter.create(self.out, self._attrs(), samples.ids, samples.domains, samples.tokens, samples.prompt_len,
+                                          self.specs, cfg.storage_dtype, cfg.compression)
+        # Static arrays are (re)written on resume too: a run killed before its first flush may have
+        # lost them, and they are cheap and deterministic.
         for p in self.probes:
             for st in p.static(self.layout):
                 writer.write_static(st.path, st.array, st.dtype, st.attrs)
+        writer.flush()
         return writer, samples
 
     def _forward(self, nn_model: Any, ordered: list[tuple[Probe, Site]], input_ids: torch.Tensor, attn: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -70,8 +70,10 @@ class RunResult:
 def _model_identity(spec: str) -> dict[str, Any]:
     from driftkit.models import resolve_model_path, weights_sha256
 
+    # A local folder is identified by its weights, not its path, so a moved or copied run folder keeps
+    # its cache; a hub id (no local weights to hash) by its name.
     path = resolve_model_path(spec)
-    return {"spec": spec, "weights": weights_sha256(path) or spec}
+    return {"weights": weights_sha256(path) or spec}
 
 
 def _tuned_path(ctx: Ctx, name: str) -> str:

@@ -233,6 +233,12 @@ class CaptureWriter:
         except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
 
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except (OSError, RuntimeError) as exc:
+            raise _io_error(self.path, exc) from exc
+
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
         try:
             for k, v in (extra_attrs or {}).items():

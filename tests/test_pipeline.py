@@ -1,0 +1,147 @@
+"""The whole pipeline (`driftkit demo --quick`) on a tiny model: artifacts, hashes, caching,
+dependency-aware reruns, kill + resume, and the HTML report in a real browser."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from driftkit.pipeline.demo import demo_config, demo_experiment
+from driftkit.pipeline.experiment import from_dict
+from driftkit.pipeline.manifest import Manifest
+from driftkit.pipeline.runner import plan, run_experiment, step_hash
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("demo") / "quick"
+    ex = demo_experiment(out, quick=True)
+    result = run_experiment(ex, log=lambda m: None)
+    return ex, result
+
+
+def test_every_artifact_exists_and_manifest_hashes_match(quick_run) -> None:
+    ex, result = quick_run
+    steps = plan(ex)
+    assert result.executed == [s.id for s in steps]  # a cold run does every step, in plan order
+    man = Manifest(ex.out / "manifest.json")
+    for s in steps:
+        entry = man.step(s.id)
+        assert entry["status"] == "done" and entry["executions"] == 1, s.id
+        assert entry["hash"] == step_hash(s, man), s.id  # recorded hash = hash of settings + dependencies
+        for rel in entry["outputs"].values():
+            assert (ex.out / rel).exists(), (s.id, rel)
+    for rel in ("report/study.html", "report/study.json", "transfer.json", "scores/base.json", "scores/sft.json", "scores/rl.json",
+                "captures/base.raw.h5", "captures/sft.gen.h5", "captures/base_on_rl.h5", "reports/raw.json", "reports/gen_sft.json",
+                "drift/sft.json", "train/sft/driftkit_run.json"):
+        assert (ex.out / rel).exists(), rel
+    study = json.loads(result.report_json.read_text())
+    assert study["models"] == ["base", "sft", "rl"]
+    assert set(study["representations"]) == {"sft", "rl"} and set(study["distributions"]) == {"sft", "rl"}
+    assert study["findings"] and all(isinstance(f, str) and f for f in study["findings"])
+    pts = study["drift"]["sft"]
+    assert [p["step"] for p in pts] == sorted(p["step"] for p in pts) and pts[0]["step"] == 0 and len(pts) >= 3
+    html = result.report_html.read_text()
+    assert html.count("<svg") >= 4 and "Findings" in html
+
+
+def test_findings_are_computed_from_the_numbers(quick_run) -> None:
+    """Each KL sentence quotes the measured KL of its model: no canned text."""
+    ex, result = quick_run
+    study = json.loads(result.report_json.read_text())
+    for n in ("sft", "rl"):
+        kl = study["distributions"][n]["kl"]["kl_forward"]
+        assert any(f.startswith(f"{n}") and f"{kl:.3f} nats" in f for f in study["findings"]), (n, kl, study["findings"])
+
+
+def test_rerun_does_no_work(quick_run) -> None:
+    ex, _ = quick_run
+    again = run_experiment(demo_experiment(ex.out, quick=True), log=lambda m: None)
+    assert again.executed == []
+    assert len(again.skipped) == len(plan(ex))
+    man = Manifest(ex.out / "manifest.json")
+    assert all(e["executions"] == 1 for e in man.data["steps"].values())
+
+
+def test_changing_one_setting_reruns_only_its_dependants(quick_run, tmp_path: Path) -> None:
+    ex, _ = quick_run
+    out = tmp_path / "copy"
+    shutil.copytree(ex.out, out)
+    cfg = demo_config(out, quick=True)
+    cfg["transfer"] = {"sigma": "per-model"}
+    r1 = run_experiment(from_dict(cfg), log=lambda m: None)
+    assert r1.executed == ["transfer", "report"]
+    cfg["capture"]["chat_limit"] = 6
+    r2 = run_experiment(from_dict(cfg), log=lambda m: None)
+    assert set(r2.executed) == {"capture.gen.sft", "capture.base_on.sft", "capture.gen.rl", "capture.base_on.rl",
+                                "compare.gen.sft", "compare.gen.rl", "drift.sft", "drift.rl", "report"}
+
+
+KILL = """
+import os, sys
+from driftkit.pipeline.experiment import from_dict
+from driftkit.pipeline.runner import run_experiment
+import json
+cfg = json.loads(open(sys.argv[1]).read())
+kill = len(sys.argv) > 2
+def progress(phase, done, total):
+    # die in the middle of the second model's generation capture, mid-batch
+    caps = cfg["experiment"]["out"] + "/captures/"
+    if kill and phase == "capture" and done > 0 and os.path.exists(caps + "rl.gen.h5") and not os.path.exists(caps + "base_on_rl.h5"):
+        os.kill(os.getpid(), 9)
+run_experiment(from_dict(cfg), resume=not kill, log=lambda m: None, progress=progress)
+"""
+
+
+def test_kill_midway_then_resume_gives_the_same_numbers(quick_run, tmp_path: Path) -> None:
+    ex, _ = quick_run
+    def cfg_for(out: Path) -> dict:
+        return {
+            "experiment": {"name": "resume", "base": str(ex.out / "tiny-base"), "out": str(out), "seed": 0},
+            "models": [{"name": "sft", "path": str(ex.out / "train/sft")}, {"name": "rl", "path": str(ex.out / "train/rl")}],
+            "bench": {"enabled": False},
+            "capture": {"chat_limit": 9, "max_new_tokens": 8, "max_batch_tokens": 64},
+            "drift": {"enabled": False},
+        }
+    script = tmp_path / "k.py"
+    script.write_text(KILL)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = tmp_path / "killed"
+    cf = tmp_path / "killed.json"
+    cf.write_text(json.dumps(cfg_for(killed)))
+    p = subprocess.run([sys.executable, str(script), str(cf), "kill"], env=env, capture_output=True, text=True)
+    assert p.returncode == -9, p.stderr[-3000:]
+    man = Manifest(killed / "manifest.json")
+    assert man.step("capture.gen.sft")["status"] == "done" and man.step("capture.gen.rl")["status"] == "running"
+    p = subprocess.run([sys.executable, str(script), str(cf)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    whole = run_experiment(from_dict(cfg_for(tmp_path / "whole")), log=lambda m: None)
+    a = json.loads((killed / "report/study.json").read_text())
+    b = json.loads(whole.report_json.read_text())
+    for key in ("representations", "distributions", "findings"):
+        assert a[key] == b[key], key
+
+
+def test_html_report_renders_in_headless_chromium(quick_run, tmp_path: Path) -> None:
+    ex, result = quick_run
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not browser:
+        pytest.skip("Chromium is not installed (apt-get install chromium); the HTML report was checked structurally above")
+    shot = tmp_path / "report.png"
+    p = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000",
+         "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", result.report_html.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page with figures, not a blank one
+    console_errors = [l for l in p.stderr.splitlines() if "CONSOLE" in l and ("Error" in l or "error" in l)]
+    assert not console_errors, console_errors
