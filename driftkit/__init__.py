@@ -18,6 +18,9 @@ _LAZY = {
     "Site": ("driftkit.registry.probe", "Site"),
     "Output": ("driftkit.registry.probe", "Output"),
     "DriftkitError": ("driftkit.errors", "DriftkitError"),
+    "compare": ("driftkit.compare.runner", "compare"),
+    "Report": ("driftkit.report.report", "Report"),
+    "Analysis": ("driftkit.registry.analysis", "Analysis"),
 }
 
 

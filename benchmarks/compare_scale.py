@@ -1,0 +1,261 @@
+"""Scale figures for ``driftkit compare`` (prints them; no assertions).
+
+    python benchmarks/compare_scale.py                 # everything
+    python benchmarks/compare_scale.py --only cka      # streaming CKA vs gram-space reference, RSS
+    python benchmarks/compare_scale.py --only kl       # exact KL over V=49,152 vs a bare matmul
+    python benchmarks/compare_scale.py --only compare  # compare of two captures of the default model
+
+Figures (issue 3):
+  * debiased linear CKA, d = 576: streaming kernel vs the gram-space formula at N = 20,000 (equal to
+    1e-6; speed ratio), and the streaming kernel's peak RSS at N = 200,000 vs N = 20,000 (each
+    measured in a fresh subprocess, data generated chunk by chunk as a capture file would stream it);
+  * exact KL/JS per 1,000 positions over V = 49,152 vs one bare ``hidden @ unembed.T`` (ratio <= 3);
+  * ``driftkit.compare`` of two captures of SmolLM2-135M on the bundled prompt sets, all layers, at
+    two capture sizes: wall time and peak RSS (each in a fresh subprocess).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+D = 576
+CHUNK = 4096
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# data: a residual-stream-like pair of representations, generated chunk by chunk
+def _chunks(n: int, d: int = D, seed: int = 0):
+    """Yield float32 (x, y) chunks. x has a few "massive activation" dimensions (offsets ~1e3 x the
+    spread), y = tuned version of x (a rotation of part of the space plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(d, d, generator=g) / d**0.5
+    drift = torch.eye(d) + 0.3 * torch.randn(d, d, generator=g) / d**0.5
+    offset = torch.zeros(d)
+    offset[[3, 77, 400]] = torch.tensor([1500.0, -3000.0, 800.0])
+    for s in range(0, n, CHUNK):
+        m = min(CHUNK, n - s)
+        z = torch.randn(m, d, generator=g) @ mix
+        x = z + offset
+        y = z @ drift + 0.5 * torch.randn(m, d, generator=g) + offset * 1.1
+        yield x.float(), y.float()
+
+
+def _stream_cka(n: int) -> dict:
+    from driftkit.metrics.cka import StreamingCKA
+
+    t = time.perf_counter()
+    acc = StreamingCKA(D, D)
+    for x, y in _chunks(n):
+        acc.update(x, y)
+    r = acc.result()
+    return {"linear_cka": r.linear_cka, "debiased_cka": r.debiased_cka, "seconds": time.perf_counter() - t}
+
+
+def _gram_cka(n: int) -> dict:
+    """Gram-space reference in float64 (Kornblith et al. biased; Song et al. unbiased HSIC)."""
+    xs, ys = zip(*_chunks(n))
+    x = torch.cat(xs).double()
+    y = torch.cat(ys).double()
+    del xs, ys
+    t = time.perf_counter()
+    x -= x.mean(0)  # centering features == H K H for the linear kernel; the U-statistic is shift-invariant
+    y -= y.mean(0)
+
+    k = x @ x.T
+    l = y @ y.T
+    kf, lf = k.view(-1), l.view(-1)
+    hkl, hkk, hll = torch.dot(kf, lf), torch.dot(kf, kf), torch.dot(lf, lf)
+    biased = float(hkl / torch.sqrt(hkk * hll))
+    k.fill_diagonal_(0)
+    l.fill_diagonal_(0)
+    ks, ls = k.sum(0), l.sum(0)  # symmetric: column sums == row sums
+
+    def hsic_u(a: torch.Tensor, b: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
+        return (torch.dot(a.view(-1), b.view(-1)) + sa.sum() * sb.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * torch.dot(sa, sb)) / (n * (n - 3))
+
+    debiased = float(hsic_u(k, l, ks, ls) / torch.sqrt(hsic_u(k, k, ks, ks) * hsic_u(l, l, ls, ls)))
+    return {"linear_cka": biased, "debiased_cka": debiased, "seconds": time.perf_counter() - t}
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS of this process image (VmHWM). Not ``ru_maxrss``: on Linux that survives exec and
+    so includes the RSS of the parent at fork time (the benchmark's parent may hold a model)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(kind: str, n: int) -> None:
+    out = {"stream": _stream_cka, "gram": _gram_cka}[kind](n)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    print(json.dumps(out))
+
+
+def _run_child(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {args} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_cka(n_small: int, n_large: int) -> None:
+    print(f"== CKA, d = {D}, float32 inputs with massive-activation dims (offsets up to 3000) ==")
+    s_small = _run_child("stream", str(n_small))
+    g_small = _run_child("gram", str(n_small))
+    s_large = _run_child("stream", str(n_large))
+    for key in ("linear_cka", "debiased_cka"):
+        print(f"  N={n_small:>7,}  {key:13s} streaming {s_small[key]:.12f}   gram {g_small[key]:.12f}   |diff| {abs(s_small[key] - g_small[key]):.2e}")
+    print(f"  N={n_small:>7,}  time: streaming {s_small['seconds']:.2f} s, gram-space {g_small['seconds']:.2f} s "
+          f"-> streaming is {g_small['seconds'] / s_small['seconds']:.1f}x faster")
+    print(f"  N={n_small:>7,}  peak RSS: streaming {s_small['peak_rss_mb']:.0f} MB, gram-space {g_small['peak_rss_mb']:.0f} MB")
+    print(f"  N={n_large:>7,}  streaming {s_large['seconds']:.2f} s, peak RSS {s_large['peak_rss_mb']:.0f} MB "
+          f"({s_large['peak_rss_mb'] / s_small['peak_rss_mb']:.2f}x the N={n_small:,} run); debiased CKA {s_large['debiased_cka']:.6f}")
+
+
+# ---------------------------------------------------------------------------------------------
+def bench_kl(vocab: int = 49152, positions: int = 1000, repeats: int = 5) -> None:
+    from driftkit.metrics.kl import KLWorkspace, kl_from_hidden
+    from driftkit.store.reader import Unembedding
+
+    print(f"== exact KL/JS/log-ratio, V = {vocab:,}, d = {D}, {positions:,} positions, {torch.get_num_threads()} threads ==")
+    g = torch.Generator().manual_seed(0)
+    wa = torch.randn(vocab, D, generator=g) / 8
+    wb = wa + 0.02 * torch.randn(vocab, D, generator=g)
+    ha = torch.randn(positions, D, generator=g)
+    hb = ha + 0.1 * torch.randn(positions, D, generator=g)
+    ids = torch.randint(0, vocab, (positions,), generator=g)
+    ua, ub = Unembedding(wa, None, None, None), Unembedding(wb, None, None, None)
+    ws = KLWorkspace(512, vocab)
+
+    # Interleave the two measurements so both see the same machine load (this box is shared).
+    kl_from_hidden(ha, hb, ua, ub, next_ids=ids, workspace=ws)
+    _ = ha @ wa.T
+    t_mms, t_kls = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        _ = ha @ wa.T
+        t_mms.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        kl_from_hidden(ha, hb, ua, ub, next_ids=ids, workspace=ws)
+        t_kls.append(time.perf_counter() - t)
+    t_mm, t_kl = float(np.median(t_mms)), float(np.median(t_kls))
+    print(f"  bare hidden @ unembed.T: {t_mm * 1000:.0f} ms / 1,000 positions (median of {repeats})")
+    print(f"  KL kernel (both models' logits + KL, reverse KL, JS, log-ratio): {t_kl * 1000:.0f} ms / 1,000 positions")
+    print(f"  ratio: {t_kl / t_mm:.2f}  (two matmuls alone are 2.00)")
+
+
+# ---------------------------------------------------------------------------------------------
+def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
+    import driftkit
+
+    t = time.perf_counter()
+    rep = driftkit.compare([a, b], chunk_tokens=int(chunk_tokens))
+    wall = time.perf_counter() - t
+    body = rep.to_dict()
+    print(json.dumps({"seconds": wall, "peak_rss_mb": _peak_rss_mb(), "per_analysis_s": body["seconds"],
+                      "n_tokens": body["n_tokens"], "n_samples": body["n_samples"],
+                      "analyses": sorted(body["analyses"])}))
+
+
+def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 4), chunk_tokens: int = 1024) -> None:
+    """Capture the default model and a perturbed copy on the bundled prompts at two sizes, compare."""
+    from driftkit.capture import CaptureConfig, capture
+    from driftkit.models import resolve_model_path
+
+    print(f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of {chunk_tokens:,} tokens) ==")
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = resolve_model_path("smollm2-135m")
+    tuned = workdir / "smollm2-perturbed"
+    if not (tuned / "config.json").is_file():
+        # a stand-in "tuned" checkpoint: the real model with its MLP weights nudged (no training here)
+        from transformers import AutoModelForCausalLM
+
+        m = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                if "mlp" in name and p.dim() == 2:
+                    p.add_(0.02 * p.std() * torch.randn(p.shape, generator=g))
+        m.save_pretrained(tuned)
+        import shutil
+
+        for f in Path(base).iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "chat_template.jinja":
+                shutil.copy(f, tuned / f.name)
+    for rep_count in sizes:
+        prompts = workdir / f"prompts_x{rep_count}.jsonl"
+        _write_prompts(prompts, rep_count)
+        paths = []
+        for name, model in (("base", base), ("tuned", str(tuned))):
+            out = workdir / f"{name}_x{rep_count}.h5"
+            if not out.exists():
+                t = time.perf_counter()
+                capture(CaptureConfig(model=model, prompts=str(prompts), out=out, probes=["residual", "final"], layers="all", overwrite=True))
+                print(f"  captured {out.name} in {time.perf_counter() - t:.1f} s ({out.stat().st_size / 1e6:.0f} MB)")
+            paths.append(str(out))
+        # each comparison in a fresh process, so its peak RSS is its own
+        proc = subprocess.run([sys.executable, __file__, "--compare-child", *paths, str(chunk_tokens)], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr)
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        per = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_analysis_s"].items())
+        print(f"  x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: compare {r['seconds']:.1f} s ({per}), "
+              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+
+
+def _write_prompts(path: Path, repeat: int) -> None:
+    """The bundled prompt sets, repeated ``repeat`` times (ids made unique) to grow the capture."""
+    import importlib.resources as ir
+
+    src = ir.files("driftkit.probes") / "prompts"
+    rows = []
+    for f in sorted(src.iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".jsonl"):
+            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    with open(path, "w") as fh:
+        for r in range(repeat):
+            for i, row in enumerate(rows):
+                row = dict(row)
+                row["id"] = f"{row.get('id', i)}#{r}"
+                fh.write(json.dumps(row) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=["cka", "kl", "compare"], action="append")
+    ap.add_argument("--n-small", type=int, default=20_000)
+    ap.add_argument("--n-large", type=int, default=200_000)
+    ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("DRIFTKIT_BENCH_DIR", "/tmp/driftkit_bench")))
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--compare-chunk-tokens", type=int, default=1024,
+                    help="chunk size of the compare runs (both capture sizes should exceed it, so memory can only grow if something scales with the capture)")
+    ap.add_argument("--compare-child", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        _child(args.child[0], int(args.child[1]))
+        return
+    if args.compare_child:
+        _compare_child(*args.compare_child)
+        return
+    only = set(args.only or ["cka", "kl", "compare"])
+    if "cka" in only:
+        bench_cka(args.n_small, args.n_large)
+    if "kl" in only:
+        bench_kl()
+    if "compare" in only:
+        bench_compare(args.workdir, chunk_tokens=args.compare_chunk_tokens)
+
+
+if __name__ == "__main__":
+    main()

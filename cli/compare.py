@@ -1,0 +1,103 @@
+"""``driftkit compare``: run analysis plugins on captures and report (terminal, JSON, HTML)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from driftkit.cli.common import console, handle_errors, progress_bar
+
+EPILOG = (
+    "Examples:\n\n"
+    "  driftkit compare base.h5 sft.h5\n\n"
+    "  driftkit compare base.h5 sft.h5 rl.h5 --json report.json --html report.html\n\n"
+    "  driftkit compare base_on_sft.h5 sft.h5 --analyses kl,token_rank --positions response\n\n"
+    "  driftkit compare base.h5 sft.h5 --analysis my_metric.py:MyAnalysis\n\n"
+    "  driftkit compare base.h5 sft.h5 --analyses cka --layers every:4 --max-tokens 50000 --opt cka.unit=sample\n\n"
+    "The first file is the reference A (usually the base model); each other file is compared against it. "
+    "Files must hold the same samples with identical token ids (capture the tuned model with "
+    "--tokens-from base.h5 when it generated its own responses)."
+)
+
+
+def parse_plugin_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["cka.unit=sample", "kl.top=20"]`` -> ``{"cka": {"unit": "sample"}, "kl": {"top": "20"}}``."""
+    from driftkit.errors import DriftkitError
+
+    out: dict[str, dict[str, str]] = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        name, dot, opt = key.partition(".")
+        if not sep or not dot or not name or not opt:
+            raise DriftkitError(f"--opt {it!r} must look like analysis.option=value (e.g. --opt cka.unit=sample).")
+        out.setdefault(name.strip(), {})[opt.strip()] = value.strip()
+    return out
+
+
+def _split(value: Optional[str]) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("compare", epilog=EPILOG)
+    @handle_errors
+    def compare_cmd(
+        captures: list[Path] = typer.Argument(..., help="Capture files: the reference A first, then one or more to compare with it."),
+        analyses: Optional[str] = typer.Option(None, "--analyses", "-a", help="Comma-separated analyses (default: every one the files support). See 'driftkit plugins'."),
+        analysis_files: list[str] = typer.Option([], "--analysis", help="An extra analysis as path/to/file.py:ClassName (repeatable)."),
+        positions: str = typer.Option("all", "--positions", help="Token positions: all, prompt or response."),
+        layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Residual layers: all, 0,4,8, every:4, -1, 2-5 (default: all recorded)."),
+        domains: Optional[str] = typer.Option(None, "--domains", help="Comma-separated sample domains to keep (e.g. math,other)."),
+        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Random subsample of at most this many tokens per analysis (seeded)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the --max-tokens subsample."),
+        allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Use only the samples captured in both files of unfinished captures."),
+        opt: list[str] = typer.Option([], "--opt", help="Analysis option analysis.key=value (repeatable), e.g. cka.unit=sample, kl.top=20."),
+        json_out: Optional[str] = typer.Option(None, "--json", help="Write the report JSON (driftkit.report/1) to this file; '-' prints it to stdout instead of the terminal report."),
+        html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report with figures."),
+        chunk_tokens: int = typer.Option(4096, "--chunk-tokens", help="Tokens read per chunk (memory vs. speed)."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal report."),
+    ) -> None:
+        """Compare captures of several checkpoints: CKA, exact KL/JS, token-rank shift, PCA shift."""
+        from driftkit.compare import compare
+
+        specs: list[str] | None = _split(analyses)
+        options = parse_plugin_options(opt)
+        progress = progress_bar()
+        tasks: dict[str, Any] = {}
+
+        def on_progress(desc: str, done: int, total: int) -> None:
+            if desc not in tasks:
+                tasks[desc] = progress.add_task(desc, total=total, info="")
+            progress.update(tasks[desc], completed=done, total=total)
+
+        with progress:
+            report = compare(
+                captures,
+                analyses=specs,
+                positions=positions,
+                layers=layers,
+                domains=_split(domains),
+                max_tokens=max_tokens,
+                seed=seed,
+                allow_incomplete=allow_incomplete,
+                chunk_tokens=chunk_tokens,
+                options=options,
+                progress=on_progress,
+                extra_analyses=list(analysis_files),
+            )
+        if html_out is not None:
+            report.to_html(html_out)
+        if json_out == "-":
+            typer.echo(report.to_json(), nl=False)
+        else:
+            if json_out is not None:
+                report.to_json(json_out)
+            if not quiet:
+                report.show(console)
+            written = [str(p) for p in (json_out, html_out) if p is not None]
+            if written:
+                console.print(f"wrote {', '.join(written)}", style="dim")

@@ -1,0 +1,293 @@
+"""Two comparable captures and the user's selection, as analyses see them.
+
+Why checks come first: every analysis pairs row ``t`` of file A with row ``t`` of file B. That is
+only meaningful when both files hold the same samples in the same order with identical token ids,
+so :func:`check_comparable` refuses anything else with a message that names the first offending
+sample and the likely cause (different tokenizers, or different prompts/responses), before any math.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from driftkit.errors import DriftkitError, IncompatibleCaptures
+from driftkit.store import schema as S
+from driftkit.store.reader import POSITIONS, CaptureReader
+
+#: callback(description, done, total) used to drive a progress bar
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class CompareOptions:
+    """The user's selection, shared by all analyses of a comparison."""
+
+    positions: str = "all"
+    layers: str | list[int] | None = None  # residual layers (model indices); None = all captured
+    domains: list[str] | None = None
+    max_tokens: int | None = None  # random subsample of scored tokens (per analysis mask), seeded
+    seed: int = 0
+    chunk_tokens: int = 4096
+    allow_incomplete: bool = False
+    plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.positions not in POSITIONS:
+            raise DriftkitError(f"--positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}.")
+        if self.max_tokens is not None and self.max_tokens < 4:
+            raise DriftkitError(f"--max-tokens must be at least 4 (CKA needs 4 rows), got {self.max_tokens}.")
+        if self.chunk_tokens < 1:
+            raise DriftkitError(f"chunk_tokens must be positive, got {self.chunk_tokens}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "positions": self.positions,
+            "layers": self.layers if self.layers is None or isinstance(self.layers, str) else list(self.layers),
+            "domains": self.domains,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "allow_incomplete": self.allow_incomplete,
+        }
+
+
+def _first_true(x: np.ndarray) -> int | None:
+    idx = np.flatnonzero(x)
+    return int(idx[0]) if idx.size else None
+
+
+def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
+    """Raise :class:`IncompatibleCaptures` unless ``a`` and ``b`` cover identical tokens; return
+    notes (e.g. sites present in only one file, which analyses will skip)."""
+    pa, pb = a.path, b.path
+    if a.n_samples != b.n_samples or not np.array_equal(a.sample_ids, b.sample_ids):
+        if a.n_samples == b.n_samples and set(a.sample_ids) == set(b.sample_ids):
+            i = _first_true(a.sample_ids != b.sample_ids)
+            raise IncompatibleCaptures(
+                f"{pa} and {pb} hold the same samples in a different order (first difference at position {i}: "
+                f"{a.sample_ids[i]!r} vs {b.sample_ids[i]!r}). Capture both from the same prompt file, or capture "
+                f"{pb.name} with '--tokens-from {pa}' so it reuses A's samples and tokens."
+            )
+        only_a = [s for s in a.sample_ids if s not in set(b.sample_ids)]
+        only_b = [s for s in b.sample_ids if s not in set(a.sample_ids)]
+        raise IncompatibleCaptures(
+            f"{pa} ({a.n_samples} samples) and {pb} ({b.n_samples} samples) hold different samples "
+            f"(only in A: {only_a[:3]}{'...' if len(only_a) > 3 else ''}; only in B: {only_b[:3]}{'...' if len(only_b) > 3 else ''}). "
+            f"Capture both checkpoints on the same prompt file, or capture B with '--tokens-from {pa}'."
+        )
+    both_done = a.done & b.done
+    lens_a, lens_b = np.diff(a.offsets), np.diff(b.offsets)
+    bad_len = (lens_a != lens_b) & both_done
+    first_bad: int | None = _first_true(bad_len)
+    if first_bad is None:
+        ta, tb = a.token_ids, b.token_ids
+        tok_sample = a.sample_index()
+        diff = (ta != tb) & both_done[tok_sample]
+        t = _first_true(diff)
+        first_bad = int(tok_sample[t]) if t is not None else None
+    if first_bad is not None:
+        sid = a.sample_ids[first_bad]
+        sha_a, sha_b = a.attrs.get("tokenizer_sha256"), b.attrs.get("tokenizer_sha256")
+        if sha_a and sha_b and sha_a != sha_b:
+            cause = (
+                f"The two checkpoints use different tokenizers (tokenizer_sha256 {str(sha_a)[:12]} vs {str(sha_b)[:12]}), "
+                f"so the same text gives other ids; token-level comparison needs one tokenizer."
+            )
+        else:
+            cause = (
+                "The tokenizers are the same, so the texts differ: most often each model generated its own "
+                f"response. Capture B on A's exact tokens with 'driftkit capture MODEL_B --tokens-from {pa}'."
+            )
+        raise IncompatibleCaptures(
+            f"{pa} and {pb} have different token ids for sample {sid!r} (sample #{first_bad}: {lens_a[first_bad]} vs "
+            f"{lens_b[first_bad]} tokens). {cause}"
+        )
+    notes: list[str] = []
+    sa, sb = set(a.sites()), set(b.sites())
+    if sa != sb:
+        only = sorted(sa ^ sb)
+        notes.append(f"sites recorded in only one capture are skipped: {', '.join(only)}")
+    if not both_done.all():
+        notes.append(f"using the {int(both_done.sum())} of {a.n_samples} samples captured in both files (--allow-incomplete)")
+    return notes
+
+
+class CapturePair:
+    """A checked (A, B) pair plus the selection; what an :class:`~driftkit.Analysis` works on."""
+
+    def __init__(
+        self,
+        a: CaptureReader,
+        b: CaptureReader,
+        options: CompareOptions | None = None,
+        label_a: str | None = None,
+        label_b: str | None = None,
+        progress: Progress | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
+        self.a, self.b = a, b
+        self.options = options or CompareOptions()
+        self.label_a = label_a or Path(a.path).stem
+        self.label_b = label_b or Path(b.path).stem
+        self._progress = progress
+        self.notes = list(notes or [])
+        if self.options.domains:
+            present = sorted(set(a.domains))
+            unknown = [d for d in self.options.domains if d not in present]
+            if unknown:
+                raise DriftkitError(
+                    f"--domains {', '.join(unknown)} not found in {a.path}; its domains are: {', '.join(present)}."
+                )
+
+    # -- samples and tokens ----------------------------------------------------------------------
+    @cached_property
+    def sample_selected(self) -> np.ndarray:
+        """(N,) samples captured in both files and in the selected domains."""
+        sel = self.a.done & self.b.done
+        if self.options.domains:
+            sel &= np.isin(self.a.domains, self.options.domains)
+        return sel
+
+    @cached_property
+    def domain_names(self) -> list[str]:
+        """Selected domains, sorted (index space of :meth:`domain_index`)."""
+        return sorted(set(self.a.domains[self.sample_selected]))
+
+    @cached_property
+    def token_sample(self) -> np.ndarray:
+        return self.a.sample_index()
+
+    @cached_property
+    def _sample_domain_idx(self) -> np.ndarray:
+        lut = {d: i for i, d in enumerate(self.domain_names)}
+        return np.array([lut.get(d, -1) for d in self.a.domains], dtype=np.int64)
+
+    def domain_index(self, token_idx: np.ndarray) -> torch.Tensor:
+        """(n,) int64 index into :attr:`domain_names` of the sample owning each token."""
+        return torch.from_numpy(self._sample_domain_idx[self.token_sample[token_idx]])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.sample_selected.sum())
+
+    @property
+    def n_tokens(self) -> int:
+        lens = np.diff(self.a.offsets)
+        return int(lens[self.sample_selected].sum())
+
+    def mask(self, kind: str = "states", positions: str | None = None, max_tokens: int | None = -1) -> np.ndarray:
+        """(T,) token mask for an analysis.
+
+        ``kind="states"``: tokens whose hidden states are compared (``--positions`` picks prompt or
+        response tokens). ``kind="predictive"``: positions whose next-token distribution is compared
+        (position t predicts token t+1; a sample's last token predicts nothing stored). The
+        ``--max-tokens`` subsample is drawn with ``--seed`` so reruns give the same tokens.
+        """
+        positions = positions or self.options.positions
+        if kind == "states":
+            m = self.a.position_mask(positions)
+        elif kind == "predictive":
+            m = self.a.predictive_mask(positions)
+        else:
+            raise ValueError(f"unknown mask kind {kind!r}")
+        m = m & self.sample_selected[self.token_sample]
+        cap = self.options.max_tokens if max_tokens == -1 else max_tokens
+        if cap is not None and int(m.sum()) > cap:
+            rng = np.random.default_rng(self.options.seed)
+            keep = np.sort(rng.choice(np.flatnonzero(m), size=cap, replace=False))
+            m = np.zeros_like(m)
+            m[keep] = True
+        return m
+
+    # -- sites -----------------------------------------------------------------------------------
+    def common_sites(self) -> list[str]:
+        sb = set(self.b.sites())
+        return [s for s in self.a.sites() if s in sb]
+
+    def layer_sites(self, include_embed: bool = True) -> list[tuple[int | str, str]]:
+        """``(layer, dataset path)`` for the embedding output (``"embed"``) and each residual layer
+        recorded in both captures, restricted to ``--layers`` (model layer indices)."""
+        common = self.common_sites()
+        layers = sorted(int(s.split(".", 1)[1]) for s in common if s.startswith("residual."))
+        if self.options.layers not in (None, "all"):
+            from driftkit.registry.probe import parse_layers
+
+            n_layers = int(self.a.attrs.get("num_layers", max(layers, default=-1) + 1))
+            wanted = parse_layers(self.options.layers, n_layers)
+            missing = [l for l in wanted if l not in layers]
+            if missing:
+                raise DriftkitError(
+                    f"--layers asks for layers {missing} that are not recorded in both captures; recorded: "
+                    f"{layers or 'none'}. Pick among those or capture with '--layers all'."
+                )
+            layers = wanted
+            include_embed = False  # an explicit selection names decoder layers only
+        out: list[tuple[int | str, str]] = []
+        if include_embed and "embed" in common:
+            out.append(("embed", S.EMBED_SITE))
+        out += [(l, S.residual_site(l)) for l in layers]
+        return out
+
+    def logits_problem(self) -> str | None:
+        """Why next-token distributions cannot be rebuilt for both captures (None when they can):
+        both need the final hidden states and an unembedding over the same vocabulary."""
+        for p in (S.FINAL_HIDDEN, S.FINAL_UNEMBED):
+            if not (self.a.has(p) and self.b.has(p)):
+                return f"needs {p} in both captures (capture with --probe final)"
+        va, vb = self.a.shape(S.FINAL_UNEMBED)[0], self.b.shape(S.FINAL_UNEMBED)[0]
+        if va != vb:
+            return f"the vocabularies differ ({va} vs {vb} tokens); distributions over different vocabularies cannot be compared"
+        return None
+
+    # -- streaming -------------------------------------------------------------------------------
+    def iter_pair(
+        self, path: str, mask: np.ndarray | None = None, chunk_tokens: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """Yield ``(token_indices, rows_a, rows_b)`` of dataset ``path`` from both files, aligned,
+        in chunks; memory O(chunk x d)."""
+        step = chunk_tokens or self.options.chunk_tokens
+        it_b = self.b.iter_chunks(path, step, mask, dtype)
+        for (idx, xa), (idx_b, xb) in zip(self.a.iter_chunks(path, step, mask, dtype), it_b):
+            yield idx, xa, xb
+
+    def next_token_ids(self, token_idx: np.ndarray) -> torch.Tensor:
+        """Token ``t+1`` for each position ``t`` (the realised next token)."""
+        return torch.from_numpy(self.a.token_ids[np.asarray(token_idx) + 1])
+
+    @cached_property
+    def _tokenizer(self) -> Any:
+        """The tokenizer of capture A if it can be loaded locally (for readable token strings)."""
+        import os
+
+        path = self.a.attrs.get("model_path") or self.a.attrs.get("model")
+        if not path or not os.path.isdir(str(path)):
+            return None
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(str(path))
+        except Exception:  # noqa: BLE001 - strings are a nicety; ids are reported regardless
+            return None
+
+    def token_strings(self, ids: list[int] | np.ndarray) -> list[str]:
+        """Readable strings for token ids (``<id 123>`` when the tokenizer is not available)."""
+        tok = self._tokenizer
+        ids = [int(i) for i in ids]
+        if tok is None:
+            return [f"<id {i}>" for i in ids]
+        out = []
+        for i in ids:
+            s = tok.decode([i])
+            if "\ufffd" in s:  # one byte of a multi-byte character: show the raw BPE token instead
+                s = str(tok.convert_ids_to_tokens(i))
+            out.append(s)
+        return out
+
+    # -- progress --------------------------------------------------------------------------------
+    def progress(self, description: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(f"{self.label_b}: {description}", done, total)

@@ -1,0 +1,169 @@
+"""``driftkit.compare(paths, ...)``: check, pair, run analyses, return a :class:`Report`.
+
+The first capture is the reference A (usually the base model); each other capture B is compared
+against it. The core never imports an analysis by name: names are resolved through the registry
+(entry points ``driftkit.analyses`` or ``path.py:Class``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from driftkit.compare.pair import CaptureReader, CapturePair, CompareOptions, Progress, check_comparable
+from driftkit.errors import DriftkitError
+from driftkit.registry.analysis import Analysis
+
+if TYPE_CHECKING:  # pragma: no cover
+    from driftkit.report.report import Report
+
+SCHEMA = "driftkit.report/1"
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """Short unique labels: file stems, prefixed by the parent folder when stems collide."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    labels = [f"{p.parent.name}/{p.stem}" for p in paths]
+    return labels if len(set(labels)) == len(labels) else [f"{i}:{s}" for i, s in enumerate(stems)]
+
+
+def resolve_analyses(
+    specs: Sequence[str | type[Analysis] | Analysis] | None,
+    plugin_options: dict[str, dict[str, Any]],
+    extra: Sequence[str | type[Analysis] | Analysis] = (),
+) -> tuple[list[Analysis], set[str]]:
+    """Instantiate the requested analyses (all registered ones when ``specs`` is None) plus ``extra``.
+
+    Returns the instances and the names the user asked for explicitly: an explicit analysis that
+    cannot run is an error, a default one is skipped with a note."""
+    from driftkit import registry
+
+    explicit_specs = list(specs) if specs is not None else []
+    if specs is None:
+        specs = list(registry.available("analysis"))
+    all_specs = list(specs) + list(extra)
+    out: list[Analysis] = []
+    explicit: set[str] = set()
+    for n, spec in enumerate(all_specs):
+        is_explicit = n >= len(specs) or bool(explicit_specs)
+        if isinstance(spec, Analysis):
+            inst = spec
+        else:
+            cls = spec if isinstance(spec, type) else registry.load("analysis", str(spec).strip())
+            if not (isinstance(cls, type) and issubclass(cls, Analysis)):
+                raise DriftkitError(f"{spec!r} is not an Analysis subclass.")
+            if not cls.name:
+                raise DriftkitError(f"Analysis class {cls.__name__} sets no 'name'; give it a short name (the JSON key of its result).")
+            inst = cls(**plugin_options.get(cls.name, {}))
+        out.append(inst)
+        if is_explicit:
+            explicit.add(inst.name)
+    names = [a.name for a in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise DriftkitError(f"Analysis {', '.join(dup)} requested twice; name each analysis once.")
+    unknown_opts = sorted(set(plugin_options) - set(names))
+    if unknown_opts:
+        raise DriftkitError(
+            f"Options were given for {', '.join(unknown_opts)}, which is not among the analyses run ({', '.join(names)})."
+        )
+    return out, explicit
+
+
+def _capture_info(r: CaptureReader, label: str) -> dict[str, Any]:
+    return {
+        "label": label,
+        "path": str(r.path),
+        "model": r.model,
+        "weights_sha256": r.attrs.get("weights_sha256"),
+        "tokenizer_sha256": r.attrs.get("tokenizer_sha256"),
+        "n_samples": r.n_samples,
+        "n_tokens": r.n_tokens,
+        "complete": r.complete,
+    }
+
+
+def compare(
+    paths: Sequence[str | Path],
+    analyses: Sequence[str | type[Analysis] | Analysis] | None = None,
+    *,
+    positions: str = "all",
+    layers: str | list[int] | None = None,
+    domains: Sequence[str] | None = None,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    allow_incomplete: bool = False,
+    chunk_tokens: int = 4096,
+    options: dict[str, dict[str, Any]] | None = None,
+    progress: Progress | None = None,
+    extra_analyses: Sequence[str | type[Analysis] | Analysis] = (),
+) -> "Report":
+    """Compare captures: the first is the reference A, each other one is compared against it.
+
+    ``analyses``: registered names (``"cka"``, ``"kl"``, ...), ``"file.py:Class"`` specs, classes or
+    instances; None runs every registered analysis the captures support; ``extra_analyses`` run in
+    addition (e.g. a ``file.py:Class`` next to the defaults). ``options`` holds
+    per-analysis plugin options, e.g. ``{"cka": {"unit": "sample"}}``. Returns a
+    :class:`~driftkit.report.Report` (``.show()``, ``.to_json()``, ``.to_frame()``, ``.to_html()``).
+    """
+    from driftkit.report.report import Report
+
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise DriftkitError("compare needs at least two capture files: the reference (A) first, then one or more to compare.")
+    opts = CompareOptions(
+        positions=positions,
+        layers=layers,
+        domains=list(domains) if domains else None,
+        max_tokens=max_tokens,
+        seed=seed,
+        chunk_tokens=chunk_tokens,
+        allow_incomplete=allow_incomplete,
+        plugin_options=dict(options or {}),
+    )
+    opts.validate()
+    instances, explicit = resolve_analyses(analyses, opts.plugin_options, extra_analyses or ())
+    labels = _labels(paths)
+    readers = [CaptureReader(p, allow_incomplete=allow_incomplete) for p in paths]
+    try:
+        pairs: list[CapturePair] = []
+        for r, label in zip(readers[1:], labels[1:]):
+            notes = check_comparable(readers[0], r)  # all checks before any math
+            pairs.append(CapturePair(readers[0], r, opts, labels[0], label, progress, notes))
+        bodies: list[dict[str, Any]] = []
+        for pair in pairs:
+            if pair.n_samples == 0:
+                raise DriftkitError(
+                    f"No samples left to compare between {pair.a.path} and {pair.b.path} after the selection "
+                    f"(domains {opts.domains}, --allow-incomplete {allow_incomplete})."
+                )
+            results: dict[str, Any] = {}
+            timings: dict[str, float] = {}
+            for an in instances:
+                reason = an.check(pair)
+                if reason is not None:
+                    if an.name in explicit:
+                        raise DriftkitError(f"Analysis {an.name!r} cannot run on {pair.a.path} vs {pair.b.path}: {reason}.")
+                    pair.notes.append(f"{an.name} skipped: {reason}")
+                    continue
+                t0 = time.perf_counter()
+                results[an.name] = an.run(pair)
+                timings[an.name] = round(time.perf_counter() - t0, 3)
+            bodies.append(
+                {
+                    "a": pair.label_a,
+                    "b": pair.label_b,
+                    "n_samples": pair.n_samples,
+                    "n_tokens": pair.n_tokens,
+                    "notes": pair.notes,
+                    "seconds": timings,
+                    "analyses": results,
+                }
+            )
+        captures = [_capture_info(r, l) for r, l in zip(readers, labels)]
+    finally:
+        for r in readers:
+            r.close()
+    return Report.build(SCHEMA, captures, opts.to_dict(), bodies, {a.name: a for a in instances})

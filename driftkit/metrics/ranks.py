@@ -1,0 +1,61 @@
+"""Token ranks without sorting, URIAL shift buckets and the paper's rank shift.
+
+Why no sort: the rank of one token in a distribution is ``1 + #(entries with a larger logit)``, a
+single comparison pass over the vocabulary (O(V) per position) instead of an O(V log V) sort; ties
+share the better rank, which is what "how many tokens did the model prefer over this one" means.
+
+URIAL (Lin et al. 2023, "The Unlocking Spell on Base LLMs"): at each response position take the
+tuned model B's top token and look up its rank under the base model A: rank 1 = *unshifted*,
+2-3 = *marginal*, > 3 = *shifted*. Huan et al. 2025 add the rank shift of the realised token
+``rank_A(y_t) - rank_B(y_t)``: positive when tuning promoted the token that was actually produced.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: URIAL bucket names in order, with their rank ranges (inclusive)
+BUCKETS = ("unshifted", "marginal", "shifted")
+
+
+def rank_of(logits: torch.Tensor, ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """(n,) int64 rank of ``ids[i]`` in row ``i`` of ``logits`` (1 = the argmax).
+
+    ``out`` is an optional (n, V) bool scratch buffer reused across calls (avoids page faults).
+    """
+    thr = logits.gather(1, ids.view(-1, 1).to(torch.int64))
+    if out is None:
+        greater = logits > thr
+    else:
+        greater = torch.gt(logits, thr, out=out[: logits.shape[0]])
+    return greater.sum(1) + 1
+
+
+def urial_bucket(rank: torch.Tensor) -> torch.Tensor:
+    """Bucket index per position: 0 unshifted (rank 1), 1 marginal (2-3), 2 shifted (> 3)."""
+    return (rank > 1).to(torch.int64) + (rank > 3).to(torch.int64)
+
+
+@dataclass
+class RankStats:
+    """Per-position rank quantities for one chunk (all (n,) int64)."""
+
+    top_b: torch.Tensor  # argmax token of B
+    rank_a_of_top_b: torch.Tensor  # its rank under A (URIAL)
+    rank_a: torch.Tensor | None  # rank of the realised next token under A
+    rank_b: torch.Tensor | None  # ... and under B
+
+
+def rank_stats(
+    logits_a: torch.Tensor,
+    logits_b: torch.Tensor,
+    next_ids: torch.Tensor | None = None,
+    scratch: torch.Tensor | None = None,
+) -> RankStats:
+    """Rank quantities between two (n, V) logit blocks of the same positions (not modified)."""
+    top_b = logits_b.argmax(1)
+    rank_top = rank_of(logits_a, top_b, scratch)
+    if next_ids is None:
+        return RankStats(top_b, rank_top, None, None)
+    return RankStats(top_b, rank_top, rank_of(logits_a, next_ids, scratch), rank_of(logits_b, next_ids, scratch))

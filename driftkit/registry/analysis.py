@@ -1,0 +1,122 @@
+"""The Analysis plugin kind: a computation on two comparable captures (A = reference, B = other).
+
+Why this shape: ``driftkit compare`` checks once that the two files describe the same tokens, then
+hands every analysis a :class:`~driftkit.compare.pair.CapturePair` that already knows the user's
+selection (positions, layers, domains, token subsample) and streams aligned chunks of any dataset
+from both files. An analysis therefore only says what it needs (:meth:`Analysis.requirements`),
+does its math chunk by chunk in :meth:`Analysis.run`, and returns a JSON-able dict; the report
+machinery asks it for a terminal view (:meth:`render`), headline numbers for the side-by-side table
+of several captures (:meth:`summary`) and figures for the HTML report (:meth:`figures`).
+
+A third-party analysis is a subclass found through the ``driftkit.analyses`` entry point group or
+given as ``path/to/file.py:ClassName`` (see docs/compare.md).
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import RenderableType
+
+    from driftkit.compare.pair import CapturePair
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the HTML report: an inline SVG document and a caption."""
+
+    title: str
+    svg: str
+    caption: str = ""
+
+
+class Analysis(ABC):
+    """Base class of analysis plugins.
+
+    Subclasses set ``name`` (the key under ``analyses`` in the JSON report), ``title`` and
+    ``description``, implement :meth:`run`, and usually :meth:`requirements`, :meth:`summary`,
+    :meth:`render` and :meth:`figures`. Plugin-specific options arrive as keyword arguments
+    (``driftkit compare --opt cka.unit=sample`` -> ``CKAAnalysis(unit="sample")``); declare them in
+    ``options`` with their defaults so unknown ones are rejected with a clear message.
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    #: plugin options and their defaults (values given as strings are converted to the default's type)
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **opts: Any) -> None:
+        from driftkit.errors import DriftkitError
+
+        unknown = sorted(set(opts) - set(self.options))
+        if unknown:
+            known = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
+            raise DriftkitError(
+                f"Analysis {self.name!r} has no option {', '.join(unknown)}. Its options (with defaults): {known}."
+            )
+        self.opts: dict[str, Any] = {}
+        for key, default in self.options.items():
+            value = opts.get(key, default)
+            if isinstance(value, str) and default is not None and not isinstance(default, str):
+                try:
+                    value = type(default)(value) if not isinstance(default, bool) else value.lower() in ("1", "true", "yes")
+                except ValueError:
+                    raise DriftkitError(f"Option {self.name}.{key}={value!r} is not a valid {type(default).__name__}.") from None
+            self.opts[key] = value
+
+    # -- what it needs ---------------------------------------------------------------------------
+    def requirements(self, pair: "CapturePair") -> list[str]:
+        """HDF5 dataset paths both captures must hold (e.g. ``final/hidden``)."""
+        return []
+
+    def check(self, pair: "CapturePair") -> str | None:
+        """Why this analysis cannot run on ``pair`` (None when it can). Default: missing datasets."""
+        missing = [p for p in self.requirements(pair) if not (pair.a.has(p) and pair.b.has(p))]
+        if missing:
+            return f"needs {', '.join(missing)} in both captures (record them with the matching probe)"
+        return None
+
+    # -- the work --------------------------------------------------------------------------------
+    @abstractmethod
+    def run(self, pair: "CapturePair") -> dict[str, Any]:
+        """Compute the result (a JSON-able dict) by streaming chunks through ``pair``."""
+
+    # -- presentation ----------------------------------------------------------------------------
+    def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
+        """A few headline numbers (for the side-by-side table of several captures)."""
+        out: dict[str, float] = {}
+        for k, v in (result.get("summary") or {}).items():
+            if isinstance(v, (int, float)):
+                out[k] = float(v)
+        return out
+
+    def render(self, result: Mapping[str, Any]) -> "RenderableType":
+        """A rich renderable for the terminal report. Default: the summary as a small table."""
+        from rich.table import Table
+
+        t = Table(title=self.title or self.name, title_justify="left", show_header=True)
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in self.summary(result).items():
+            t.add_row(k, fmt(v))
+        return t
+
+    def figures(self, results: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
+        """Figures for the HTML report; ``results`` maps each compared capture's label to its result
+        so one figure can overlay all pairs."""
+        return []
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    """Human formatting for report numbers (None/NaN as an en dash)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        if v != 0 and (abs(v) < 10 ** -(digits - 1) or abs(v) >= 1e5):
+            return f"{v:.{digits - 1}e}"
+        return f"{v:.{digits}f}"
+    return str(v)

@@ -1,0 +1,164 @@
+"""``cka``: linear CKA (biased and debiased) between A's and B's residual stream, per layer.
+
+Streams each layer's tokens once through :class:`driftkit.metrics.cka.StreamingCKA` (O(d^2) memory,
+exact to 1e-6 against the gram-space formula). ``unit=sample`` compares mean-pooled samples instead
+of tokens (coarser, but insensitive to per-token noise).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from driftkit.errors import DriftkitError
+from driftkit.metrics.cka import StreamingCKA
+from driftkit.metrics.pca import SamplePooler
+from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
+from driftkit.report.terminal import sparkline
+
+
+class CKAAnalysis(Analysis):
+    name = "cka"
+    title = "Linear CKA per layer (A vs B)"
+    description = (
+        "Similarity of the two models' hidden states on identical tokens, per layer: 1 = same geometry up to "
+        "rotation and scale. Debiased CKA (unbiased HSIC) is not inflated by d/n and is the one to read."
+    )
+    options = {"unit": "token", "cross_layer": False}
+
+    def check(self, pair: Any) -> str | None:
+        if self.opts["unit"] not in ("token", "sample"):
+            raise DriftkitError(f"cka.unit must be 'token' or 'sample', not {self.opts['unit']!r}.")
+        if not pair.layer_sites():
+            return "needs residual (or embed) sites recorded in both captures (capture with --probe residual)"
+        return None
+
+    def run(self, pair: Any) -> dict[str, Any]:
+        mask = pair.mask("states")
+        sites = pair.layer_sites()
+        layers: list[dict[str, Any]] = []
+        n_rows = 0
+        for i, (layer, path) in enumerate(sites):
+            d_a, d_b = pair.a.shape(path)[1], pair.b.shape(path)[1]
+            acc = StreamingCKA(d_a, d_b)
+            if self.opts["unit"] == "token":
+                for _, xa, xb in pair.iter_pair(path, mask):
+                    acc.update(xa, xb)
+            else:
+                pa, pb = SamplePooler(pair.a.n_samples, d_a), SamplePooler(pair.a.n_samples, d_b)
+                for idx, xa, xb in pair.iter_pair(path, mask):
+                    s = pair.token_sample[idx]
+                    pa.update(s, xa)
+                    pb.update(s, xb)
+                (ma, ca), (mb, _) = pa.means(), pb.means()
+                keep = ca > 0
+                acc.update(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]))
+            if acc.n < 4:
+                raise DriftkitError(
+                    f"CKA needs at least 4 {self.opts['unit']}s; the selection leaves {acc.n}. Widen --positions/--domains "
+                    f"or raise --max-tokens."
+                )
+            r = acc.result()
+            n_rows = r.n
+            layers.append({"layer": layer, "site": path.split("/", 1)[1], "linear_cka": r.linear_cka, "debiased_cka": r.debiased_cka})
+            pair.progress("cka", i + 1, len(sites))
+        cross = self._cross_layer(pair, mask, sites) if self.opts["cross_layer"] else None
+        deb = [e["debiased_cka"] for e in layers if e["debiased_cka"] == e["debiased_cka"]]
+        lin = [e["linear_cka"] for e in layers]
+        worst = min(layers, key=lambda e: e["debiased_cka"] if e["debiased_cka"] == e["debiased_cka"] else math.inf)
+        out: dict[str, Any] = {
+            "unit": self.opts["unit"],
+            "n": n_rows,
+            "layers": layers,
+            "summary": {
+                "mean_linear_cka": sum(lin) / len(lin),
+                "mean_debiased_cka": sum(deb) / len(deb) if deb else None,
+                "min_debiased_cka": worst["debiased_cka"],
+                "min_layer": worst["layer"],
+            },
+        }
+        if cross is not None:
+            out["cross_layer"] = cross
+        return out
+
+    def _cross_layer(self, pair: Any, mask: Any, sites: list[tuple[Any, str]]) -> dict[str, Any]:
+        """Debiased CKA of every A layer against every B layer (token unit). One pass over the
+        tokens per A layer with one accumulator per B layer: memory O(L d^2), time O(L^2)."""
+        step = max(256, pair.options.chunk_tokens // max(1, len(sites)))
+        matrix: list[list[float]] = []
+        for i, (_, pa) in enumerate(sites):
+            accs = [StreamingCKA(pair.a.shape(pa)[1], pair.b.shape(pb)[1]) for _, pb in sites]
+            its = [pair.a.iter_chunks(pa, step, mask)] + [pair.b.iter_chunks(pb, step, mask) for _, pb in sites]
+            for chunks in zip(*its):
+                xa = chunks[0][1]
+                for acc, (_, xb) in zip(accs, chunks[1:]):
+                    acc.update(xa, xb)
+            matrix.append([acc.result().debiased_cka for acc in accs])
+            pair.progress("cka cross-layer", i + 1, len(sites))
+        return {"layers": [l for l, _ in sites], "debiased_cka": matrix}
+
+    def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
+        s = result["summary"]
+        return {k: s[k] for k in ("mean_debiased_cka", "min_debiased_cka", "mean_linear_cka")}
+
+    def render(self, result: Mapping[str, Any]) -> Any:
+        layers = result["layers"]
+        deb = [e["debiased_cka"] for e in layers]
+        lin = [e["linear_cka"] for e in layers]
+        lo = min([v for v in deb + lin if v is not None and v == v] or [0.0])
+        t = Table(box=None, show_header=False, pad_edge=False)
+        t.add_column(style="bold")
+        t.add_column()
+        t.add_column(style="dim")
+        labels = f"{layers[0]['layer']} … {layers[-1]['layer']}" if layers else ""
+        t.add_row("debiased", Text(sparkline(deb, lo, 1.0), style="cyan"), f"layers {labels}, scale {lo:.3f}–1")
+        t.add_row("linear", Text(sparkline(lin, lo, 1.0), style="blue"), "")
+        s = result["summary"]
+        head = Text.assemble(
+            ("mean debiased CKA ", ""), (fmt(s["mean_debiased_cka"]), "bold"),
+            ("   lowest ", ""), (fmt(s["min_debiased_cka"]), "bold red"), (f" at layer {s['min_layer']}", ""),
+            (f"   ({result['n']:,} {result['unit']}s)", "dim"),
+        )
+        movers = sorted(layers, key=lambda e: e["debiased_cka"] if e["debiased_cka"] == e["debiased_cka"] else 9)[:5]
+        mv = Text("biggest movers: ", style="bold")
+        mv.append("  ".join(f"{e['layer']}: {fmt(e['debiased_cka'], 3)}" for e in movers))
+        return Group(head, t, mv)
+
+    def figures(self, results: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
+        fig, axes = new_figure(7.0, 3.2)
+        ax = axes[0][0]
+        labels: list[Any] = []
+        for i, (lab, res) in enumerate(results.items()):
+            layers = res["layers"]
+            labels = [e["layer"] for e in layers]
+            x = list(range(len(layers)))
+            c = COLORS[i % len(COLORS)]
+            ax.plot(x, [e["debiased_cka"] for e in layers], "-o", color=c, ms=3, label=f"{lab} debiased")
+            ax.plot(x, [e["linear_cka"] for e in layers], "--", color=c, alpha=0.6, label=f"{lab} linear")
+        layer_ticks(ax, labels)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("CKA with A")
+        ax.legend(fontsize=8, frameon=False)
+        figs = [Figure("CKA per layer", to_svg(fig), "solid: debiased, dashed: biased linear CKA; 1 = unchanged geometry")]
+        for lab, res in results.items():
+            cross = res.get("cross_layer")
+            if not cross:
+                continue
+            fig, axes = new_figure(4.6, 4.0)
+            ax = axes[0][0]
+            im = ax.imshow(np.array(cross["debiased_cka"], dtype=float), vmin=0, vmax=1, cmap="viridis", origin="lower")
+            ax.grid(False)
+            ticks = list(range(0, len(cross["layers"]), max(1, len(cross["layers"]) // 8)))
+            ax.set_xticks(ticks, [str(cross["layers"][t]) for t in ticks], fontsize=7)
+            ax.set_yticks(ticks, [str(cross["layers"][t]) for t in ticks], fontsize=7)
+            ax.set_xlabel(f"layer of {lab}")
+            ax.set_ylabel("layer of A")
+            fig.colorbar(im, ax=ax, shrink=0.8)
+            figs.append(Figure(f"Cross-layer debiased CKA: A vs {lab}", to_svg(fig)))
+        return figs

@@ -1,0 +1,129 @@
+"""``kl``: exact full-vocabulary KL(P_B||P_A), KL(P_A||P_B), JS and the sampled log-ratio.
+
+Logits are rebuilt chunk by chunk from ``final/hidden`` and ``final/unembed`` of each capture
+(:mod:`driftkit.metrics.kl`); sums per domain are float64. ``sampled_logratio`` is the paper's
+estimator, the mean of ``log p_B(y_t) - log p_A(y_t)`` over *response* tokens y_t in the selection
+(over all selected positions when the captures hold no responses).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from driftkit.metrics.kl import KLWorkspace, kl_from_hidden, rows_for_budget
+from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.report.figures import COLORS, new_figure, to_svg
+from driftkit.store import schema as S
+
+KEYS = ("kl_forward", "kl_reverse", "js", "sampled_logratio")
+
+
+class KLAnalysis(Analysis):
+    name = "kl"
+    title = "Next-token distributions: exact KL / JS"
+    description = (
+        "Exact divergences over the full vocabulary at every selected position; kl_forward = KL(P_B||P_A) "
+        "(tuned from base, the paper's direction). sampled_logratio is the paper's sampled estimator."
+    )
+    options = {"chunk": 512, "top": 10}
+
+    def check(self, pair: Any) -> str | None:
+        return pair.logits_problem()
+
+    def run(self, pair: Any) -> dict[str, Any]:
+        mask = pair.mask("predictive")
+        resp = pair.mask("predictive", positions="response", max_tokens=None)
+        use_resp = bool((mask & resp).any())
+        ua, ub = pair.a.unembedding(), pair.b.unembedding()
+        vocab = ua.weight.shape[0]
+        ws = KLWorkspace(rows_for_budget(vocab, int(self.opts["chunk"])), vocab)
+        nd = len(pair.domain_names)
+        sums = torch.zeros(nd, 3, dtype=torch.float64)
+        counts = torch.zeros(nd, dtype=torch.float64)
+        lr_sum = torch.zeros(nd, dtype=torch.float64)
+        lr_cnt = torch.zeros(nd, dtype=torch.float64)
+        top_k = int(self.opts["top"])
+        top_val = torch.empty(0, dtype=torch.float64)
+        top_idx = torch.empty(0, dtype=torch.int64)
+        total, done = int(mask.sum()), 0
+        for idx, ha, hb in pair.iter_pair(S.FINAL_HIDDEN, mask):
+            y = pair.next_token_ids(idx)
+            st = kl_from_hidden(ha, hb, ua, ub, next_ids=y, workspace=ws)
+            dom = pair.domain_index(idx)
+            sums.index_add_(0, dom, torch.stack([st.kl_forward, st.kl_reverse, st.js], 1).double())
+            counts.index_add_(0, dom, torch.ones(len(idx), dtype=torch.float64))
+            sel = torch.from_numpy(resp[idx]) if use_resp else torch.ones(len(idx), dtype=torch.bool)
+            lr_sum.index_add_(0, dom[sel], st.logratio[sel].double())  # type: ignore[index]
+            lr_cnt.index_add_(0, dom[sel], torch.ones(int(sel.sum()), dtype=torch.float64))
+            if top_k > 0:
+                top_val = torch.cat([top_val, st.kl_forward.double()])
+                top_idx = torch.cat([top_idx, torch.from_numpy(idx)])
+                if top_val.numel() > top_k:
+                    keep = torch.topk(top_val, top_k).indices
+                    top_val, top_idx = top_val[keep], top_idx[keep]
+            done += len(idx)
+            pair.progress("kl", done, total)
+
+        def row(s: torch.Tensor, n: float, lrs: float, lrn: float) -> dict[str, Any]:
+            v = (s / n).tolist() if n > 0 else [None] * 3
+            return {"kl_forward": v[0], "kl_reverse": v[1], "js": v[2],
+                    "sampled_logratio": lrs / lrn if lrn > 0 else None, "n_positions": int(n)}
+
+        per_domain = {d: row(sums[i], float(counts[i]), float(lr_sum[i]), float(lr_cnt[i])) for i, d in enumerate(pair.domain_names)}
+        summary = row(sums.sum(0), float(counts.sum()), float(lr_sum.sum()), float(lr_cnt.sum()))
+        order = torch.argsort(top_val, descending=True)
+        top = []
+        for j in order.tolist():
+            t = int(top_idx[j])
+            s = int(pair.token_sample[t])
+            nxt = int(pair.a.token_ids[t + 1])
+            top.append({"sample": str(pair.a.sample_ids[s]), "position": t - int(pair.a.offsets[s]),
+                        "next_token": pair.token_strings([nxt])[0], "kl_forward": float(top_val[j])})
+        return {
+            "positions": pair.options.positions,
+            "logratio_positions": "response" if use_resp else "all",
+            "summary": summary,
+            "per_domain": per_domain,
+            "top_positions": top,
+        }
+
+    def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
+        return {k: result["summary"][k] for k in KEYS}
+
+    def render(self, result: Mapping[str, Any]) -> Any:
+        t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        for c, j in (("domain", "left"), ("positions", "right"), ("KL(B‖A)", "right"), ("KL(A‖B)", "right"),
+                     ("JS", "right"), ("log-ratio", "right")):
+            t.add_column(c, justify=j)  # type: ignore[arg-type]
+        for dom, r in result["per_domain"].items():
+            t.add_row(dom, f"{r['n_positions']:,}", *[fmt(r[k]) for k in KEYS])
+        s = result["summary"]
+        t.add_row(Text("all", style="bold"), f"{s['n_positions']:,}", *[Text(fmt(s[k]), style="bold") for k in KEYS])
+        parts: list[Any] = [t]
+        if result.get("top_positions"):
+            mv = Text("largest KL(B‖A): ", style="bold")
+            mv.append("  ".join(f"{p['sample']}@{p['position']}→{p['next_token']!r} {fmt(p['kl_forward'], 3)}" for p in result["top_positions"][:5]))
+            parts.append(mv)
+        return Group(*parts)
+
+    def figures(self, results: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
+        domains: list[str] = []
+        for r in results.values():
+            domains += [d for d in r["per_domain"] if d not in domains]
+        fig, axes = new_figure(7.0, 3.0, ncols=2)
+        width = 0.8 / max(1, len(results))
+        for k, (key, name) in enumerate((("kl_forward", "KL(P_B‖P_A)"), ("js", "JS divergence"))):
+            ax = axes[0][k]
+            for i, (lab, r) in enumerate(results.items()):
+                vals = [r["per_domain"].get(d, {}).get(key) or 0.0 for d in domains]
+                ax.bar(np.arange(len(domains)) + i * width, vals, width, color=COLORS[i % len(COLORS)], label=lab)
+            ax.set_xticks(np.arange(len(domains)) + width * (len(results) - 1) / 2)
+            ax.set_xticklabels(domains, fontsize=8)
+            ax.set_title(name, fontsize=10)
+        axes[0][0].legend(fontsize=8, frameon=False)
+        return [Figure("KL and JS per domain", to_svg(fig), "means over the selected positions, exact over the full vocabulary")]

@@ -1,0 +1,168 @@
+"""``pca_shift``: the paper's PCA-shift distance per domain, plus principal subspace angles per layer.
+
+Per layer (embedding output and every decoder layer recorded in both files) each sample is
+mean-pooled over its selected tokens (mask-aware), one layer at a time, so memory is
+O(samples x d). Per domain, PCA(2) is fit on A's pooled features and both models are projected on
+it (DESIGN.md section 4; :mod:`driftkit.metrics.pca`). Principal angles between A's and B's top-k
+PCA subspaces of the pooled features (all selected samples) measure rotation independent of signs.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from driftkit.metrics.pca import SamplePooler, layer_point, principal_angles, shift_from_points
+from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
+from driftkit.report.terminal import bar, sparkline
+
+
+class PCAShiftAnalysis(Analysis):
+    name = "pca_shift"
+    title = "PCA shift of pooled hidden states (paper statistic)"
+    description = (
+        "Per domain: PCA(2) fit on A's mean-pooled samples per layer, both models projected on A's PC1/PC2; "
+        "distance between layer-averaged centroids (A at PC1Δ = 0). Larger = representations moved more."
+    )
+    options = {"k": 4}
+
+    def check(self, pair: Any) -> str | None:
+        if not pair.layer_sites():
+            return "needs residual (or embed) sites recorded in both captures (capture with --probe residual)"
+        if pair.n_samples < 2:
+            return "needs at least 2 samples"
+        return None
+
+    def run(self, pair: Any) -> dict[str, Any]:
+        mask = pair.mask("states")
+        sites = pair.layer_sites()
+        doms = pair.domain_names
+        sample_dom = np.array(pair.a.domains, dtype=object)
+        points: dict[str, list[dict[str, Any]]] = {d: [] for d in doms}
+        skipped: dict[str, int] = {}
+        layers: list[dict[str, Any]] = []
+        k = int(self.opts["k"])
+        for i, (layer, path) in enumerate(sites):
+            pa = SamplePooler(pair.a.n_samples, pair.a.shape(path)[1])
+            pb = SamplePooler(pair.a.n_samples, pair.b.shape(path)[1])
+            for idx, xa, xb in pair.iter_pair(path, mask):
+                s = pair.token_sample[idx]
+                pa.update(s, xa)
+                pb.update(s, xb)
+            (fa, ca), (fb, _) = pa.means(), pb.means()
+            valid = (ca > 0) & pair.sample_selected
+            for d in doms:
+                rows = valid & (sample_dom == d)
+                if rows.sum() < 2:
+                    skipped[d] = int(rows.sum())
+                    continue
+                points[d].append({"layer": layer, **layer_point(fa[rows], fb[rows])})
+            angles = principal_angles(fa[valid], fb[valid], k) if valid.sum() >= 2 else np.zeros(0)
+            layers.append({
+                "layer": layer,
+                "site": path.split("/", 1)[1],
+                "mean_angle_deg": float(angles.mean()) if angles.size else None,
+                "max_angle_deg": float(angles.max()) if angles.size else None,
+                "principal_angles_deg": [float(a) for a in angles],
+            })
+            pair.progress("pca_shift", i + 1, len(sites))
+        per_domain: dict[str, Any] = {}
+        for d in doms:
+            if not points[d]:
+                continue
+            n = int(((pair.sample_selected) & (sample_dom == d)).sum())
+            res = shift_from_points(points[d], n)
+            per_domain[d] = {"distance": res.distance, "centroid_a": list(res.centroid_a), "centroid_b": list(res.centroid_b),
+                             "n_samples": n, "points": points[d]}
+        dists = [v["distance"] for v in per_domain.values()]
+        out: dict[str, Any] = {
+            "positions": pair.options.positions,
+            "k": k,
+            "summary": {"mean_distance": float(np.mean(dists)) if dists else None, "max_distance": float(np.max(dists)) if dists else None,
+                        "mean_angle_deg": float(np.mean([l["mean_angle_deg"] for l in layers if l["mean_angle_deg"] is not None] or [np.nan]))},
+            "per_domain": per_domain,
+            "layers": layers,
+        }
+        if skipped:
+            out["skipped_domains"] = {d: f"{n} sample(s) with selected tokens; PCA(2) needs at least 2" for d, n in skipped.items()}
+        return out
+
+    def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
+        s = dict(result["summary"])
+        for d, v in result["per_domain"].items():
+            s[f"distance_{d}"] = v["distance"]
+        return s
+
+    def render(self, result: Mapping[str, Any]) -> Any:
+        t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        t.add_column("domain")
+        t.add_column("samples", justify="right")
+        t.add_column("shift distance", justify="right")
+        t.add_column("")
+        t.add_column("|PC1Δ| by layer")
+        per = result["per_domain"]
+        top = max([v["distance"] for v in per.values()] or [1.0]) or 1.0
+        for d, v in sorted(per.items(), key=lambda kv: -kv[1]["distance"]):
+            t.add_row(d, str(v["n_samples"]), fmt(v["distance"], 3), Text(bar(v["distance"] / top, 10), style="magenta"),
+                      Text(sparkline([abs(p["pc1_shift"]) for p in v["points"]]), style="magenta"))
+        parts: list[Any] = [t]
+        ang = [l["mean_angle_deg"] for l in result["layers"]]
+        if any(a is not None for a in ang):
+            parts.append(Text.assemble(("principal angle (top-%d, mean°) by layer: " % result["k"], "bold"),
+                                       (sparkline(ang, 0.0, 90.0), "yellow"),
+                                       (f"  mean {fmt(result['summary']['mean_angle_deg'], 1)}°", "")))
+        for d, why in (result.get("skipped_domains") or {}).items():
+            parts.append(Text(f"{d}: skipped ({why})", style="yellow"))
+        return Group(*parts)
+
+    def figures(self, results: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
+        figs: list[Figure] = []
+        domains: list[str] = []
+        for r in results.values():
+            domains += [d for d in r["per_domain"] if d not in domains]
+        if domains:
+            fig, axes = new_figure(3.2 * len(domains), 3.2, ncols=len(domains))
+            for j, d in enumerate(domains):
+                ax = axes[0][j]
+                for i, (lab, r) in enumerate(results.items()):
+                    v = r["per_domain"].get(d)
+                    if not v:
+                        continue
+                    pts = v["points"]
+                    c = COLORS[i % len(COLORS)]
+                    if i == 0:
+                        ax.scatter([0.0] * len(pts), [p["pc2_a"] for p in pts], s=10, color="#777", label="A (per layer)")
+                        ax.scatter([0.0], [v["centroid_a"][1]], marker="*", s=120, color="#333")
+                    ax.scatter([p["pc1_shift"] for p in pts], [p["pc2_b"] for p in pts], s=10, color=c, alpha=0.7, label=f"{lab} (per layer)")
+                    ax.scatter([v["centroid_b"][0]], [v["centroid_b"][1]], marker="*", s=120, color=c)
+                    ax.plot([0.0, v["centroid_b"][0]], [v["centroid_a"][1], v["centroid_b"][1]], color=c, lw=1)
+                ax.axvline(0, color="#aaa", lw=0.8)
+                ax.set_title(d, fontsize=10)
+                ax.set_xlabel("PC1 shift (B − A)")
+                if j == 0:
+                    ax.set_ylabel("PC2")
+                    ax.legend(fontsize=7, frameon=False)
+            figs.append(Figure("PCA shift per domain (paper style)", to_svg(fig),
+                               "each dot is one layer; stars are layer-averaged centroids; the line length is the shift distance"))
+        fig, axes = new_figure(7.0, 3.0, ncols=2)
+        labels: list[Any] = []
+        for i, (lab, r) in enumerate(results.items()):
+            c = COLORS[i % len(COLORS)]
+            for j, d in enumerate(r["per_domain"]):
+                pts = r["per_domain"][d]["points"]
+                axes[0][0].plot(range(len(pts)), [p["pc1_shift"] for p in pts], ["-", "--", ":", "-."][j % 4], color=c,
+                                label=f"{lab} · {d}", lw=1.2)
+            labels = [l["layer"] for l in r["layers"]]
+            axes[0][1].plot(range(len(labels)), [l["mean_angle_deg"] for l in r["layers"]], "-o", ms=3, color=c, label=lab)
+        axes[0][0].set_title("PC1 shift by layer", fontsize=10)
+        axes[0][0].legend(fontsize=7, frameon=False)
+        axes[0][1].set_title(f"mean principal angle (°), top-{next(iter(results.values()))['k']}", fontsize=10)
+        for ax in axes[0]:
+            layer_ticks(ax, labels)
+            ax.set_xlabel("layer")
+        figs.append(Figure("PCA shift and subspace rotation by layer", to_svg(fig)))
+        return figs

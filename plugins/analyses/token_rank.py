@@ -1,0 +1,146 @@
+"""``token_rank``: URIAL shift buckets and the paper's rank shift, exact over the full vocabulary.
+
+At each selected position: B's top token is looked up in A's distribution (rank 1 unshifted, 2-3
+marginal, > 3 shifted; Lin et al. 2023), and the realised next token's rank under both models gives
+the rank shift ``rank_A(y) - rank_B(y)`` (Huan et al. 2025). Ranks are counts of larger logits
+(:mod:`driftkit.metrics.ranks`), never a sort. The tokens B most often puts on top where A did not
+rank them in its top 3 are listed with readable strings.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from driftkit.metrics.kl import logits_into, rows_for_budget
+from driftkit.metrics.ranks import BUCKETS, rank_stats, urial_bucket
+from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.report.figures import COLORS, new_figure, to_svg
+from driftkit.report.terminal import bar
+from driftkit.store import schema as S
+
+BUCKET_COLORS = ("#4c9f70", "#e1b12c", "#c0392b")
+
+
+class TokenRankAnalysis(Analysis):
+    name = "token_rank"
+    title = "Token rank shift (URIAL buckets)"
+    description = (
+        "Where B's top token ranks under A: unshifted (rank 1), marginal (2-3), shifted (>3); rank_shift is the "
+        "mean of rank_A(y) - rank_B(y) over realised next tokens y (positive: B promotes what was produced)."
+    )
+    options = {"chunk": 512, "top": 15}
+
+    def check(self, pair: Any) -> str | None:
+        return pair.logits_problem()
+
+    def run(self, pair: Any) -> dict[str, Any]:
+        mask = pair.mask("predictive")
+        ua, ub = pair.a.unembedding(), pair.b.unembedding()
+        vocab = ua.weight.shape[0]
+        rows = rows_for_budget(vocab, int(self.opts["chunk"]), bytes_per_entry=9)  # two float blocks + one bool
+        la_buf = torch.empty(rows, vocab)
+        lb_buf = torch.empty(rows, vocab)
+        scratch = torch.empty(rows, vocab, dtype=torch.bool)
+        nd = len(pair.domain_names)
+        buckets = torch.zeros(nd, 3, dtype=torch.int64)
+        shift_sum = torch.zeros(nd, dtype=torch.float64)
+        counts = torch.zeros(nd, dtype=torch.int64)
+        shifted_tokens = torch.zeros(vocab, dtype=torch.int64)
+        total, done = int(mask.sum()), 0
+        for idx, ha, hb in pair.iter_pair(S.FINAL_HIDDEN, mask):
+            y_all = pair.next_token_ids(idx)
+            dom_all = pair.domain_index(idx)
+            for s in range(0, len(idx), rows):
+                e = min(len(idx), s + rows)
+                la = logits_into(ua, ha[s:e], la_buf[: e - s])
+                lb = logits_into(ub, hb[s:e], lb_buf[: e - s])
+                st = rank_stats(la, lb, y_all[s:e], scratch)
+                b = urial_bucket(st.rank_a_of_top_b)
+                dom = dom_all[s:e]
+                buckets.index_put_((dom, b), torch.ones_like(b), accumulate=True)
+                shift_sum.index_add_(0, dom, (st.rank_a - st.rank_b).double())  # type: ignore[operator]
+                counts.index_add_(0, dom, torch.ones_like(dom))
+                shifted_tokens += torch.bincount(st.top_b[b == 2], minlength=vocab)
+            done += len(idx)
+            pair.progress("token_rank", done, total)
+
+        def row(bk: torch.Tensor, ssum: float, n: int) -> dict[str, Any]:
+            if n == 0:
+                return {"unshifted": None, "marginal": None, "shifted": None, "rank_shift": None, "n_positions": 0}
+            f = (bk.double() / n).tolist()
+            return {"unshifted": f[0], "marginal": f[1], "shifted": f[2], "rank_shift": ssum / n, "n_positions": n}
+
+        per_domain = {d: row(buckets[i], float(shift_sum[i]), int(counts[i])) for i, d in enumerate(pair.domain_names)}
+        summary = row(buckets.sum(0), float(shift_sum.sum()), int(counts.sum()))
+        k = int(self.opts["top"])
+        top: list[dict[str, Any]] = []
+        if k > 0 and int(shifted_tokens.sum()) > 0:
+            vals, ids = torch.topk(shifted_tokens, min(k, int((shifted_tokens > 0).sum())))
+            strings = pair.token_strings(ids.tolist())
+            top = [{"token": s, "id": int(i), "count": int(v)} for s, i, v in zip(strings, ids.tolist(), vals.tolist())]
+        return {"positions": pair.options.positions, "summary": summary, "per_domain": per_domain, "top_shifted_tokens": top}
+
+    def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
+        return {k: result["summary"][k] for k in ("unshifted", "marginal", "shifted", "rank_shift")}
+
+    def render(self, result: Mapping[str, Any]) -> Any:
+        t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        t.add_column("domain")
+        t.add_column("positions", justify="right")
+        t.add_column("unshifted", justify="right")
+        t.add_column("marginal", justify="right")
+        t.add_column("shifted", justify="right")
+        t.add_column("shifted share")
+        t.add_column("rank shift", justify="right")
+        items = list(result["per_domain"].items()) + [("all", result["summary"])]
+        for dom, r in items:
+            if not r["n_positions"]:
+                continue
+            style = "bold" if dom == "all" else ""
+            t.add_row(Text(dom, style=style), f"{r['n_positions']:,}", *[f"{100 * r[b]:.1f}%" for b in BUCKETS],
+                      Text(bar(r["shifted"], 10), style="red"), fmt(r["rank_shift"], 2))
+        parts: list[Any] = [t]
+        if result.get("top_shifted_tokens"):
+            line = Text("top shifted tokens (B's choice, not in A's top 3): ", style="bold")
+            line.append("  ".join(f"{x['token']!r}×{x['count']}" for x in result["top_shifted_tokens"][:10]))
+            parts.append(line)
+        return Group(*parts)
+
+    def figures(self, results: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
+        labels, fr = [], []
+        for lab, r in results.items():
+            for dom, d in list(r["per_domain"].items()) + [("all", r["summary"])]:
+                if d["n_positions"]:
+                    labels.append(f"{lab} · {dom}")
+                    fr.append([d[b] for b in BUCKETS])
+        if not fr:
+            return []
+        arr = np.array(fr)
+        fig, axes = new_figure(7.0, 0.35 * len(labels) + 1.2)
+        ax = axes[0][0]
+        left = np.zeros(len(labels))
+        for j, b in enumerate(BUCKETS):
+            ax.barh(labels, arr[:, j], left=left, color=BUCKET_COLORS[j], label=b)
+            left += arr[:, j]
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("fraction of positions")
+        ax.tick_params(axis="y", labelsize=8)
+        ax.legend(fontsize=8, frameon=False, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+        fig2, axes2 = new_figure(7.0, 2.6)
+        ax2 = axes2[0][0]
+        for i, (lab, r) in enumerate(results.items()):
+            doms = [d for d, v in r["per_domain"].items() if v["n_positions"]]
+            ax2.plot(doms, [r["per_domain"][d]["rank_shift"] for d in doms], "o-", color=COLORS[i % len(COLORS)], label=lab)
+        ax2.axhline(0, color="#888", lw=0.8)
+        ax2.set_ylabel("mean rank_A(y) − rank_B(y)")
+        ax2.legend(fontsize=8, frameon=False)
+        return [
+            Figure("URIAL rank buckets", to_svg(fig), "rank under A of B's top token: 1 unshifted, 2–3 marginal, >3 shifted"),
+            Figure("Rank shift of realised tokens per domain", to_svg(fig2)),
+        ]

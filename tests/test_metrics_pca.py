@@ -1,0 +1,87 @@
+"""PCA shift vs a direct scikit-learn computation written the way the paper's script does it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.decomposition import PCA
+
+from driftkit.metrics.pca import SamplePooler, pca_shift, principal_angles
+
+
+def _ragged(rng, lengths, d, offset):
+    return [rng.normal(size=(n, d)) + offset for n in lengths]
+
+
+def test_pca_shift_matches_direct_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    lengths = [5, 9, 3, 12, 7, 4, 8, 6]
+    n_layers, d = 3, 10
+    # token-level activations per layer and sample; B = A + a layer-dependent drift
+    acts_a = [_ragged(rng, lengths, d, offset=l) for l in range(n_layers)]
+    acts_b = [[x + 0.3 * (l + 1) * np.linspace(-1, 1, d) + 0.1 * rng.normal(size=x.shape) for x in layer] for l, layer in enumerate(acts_a)]
+    # a mask that drops the first two tokens of every sample (e.g. --positions response)
+    keep = [np.arange(n) >= 2 for n in lengths]
+
+    # --- reference: the paper's recipe on mask-aware means -------------------------------------
+    ref_pa, ref_pb = [], []
+    for l in range(n_layers):
+        fa = np.stack([x[k].mean(0) for x, k in zip(acts_a[l], keep)])
+        fb = np.stack([x[k].mean(0) for x, k in zip(acts_b[l], keep)])
+        pca = PCA(n_components=2).fit(fa)
+        c1, c2 = pca.components_
+        pc1_o, pc2_o = fa.dot(c1).mean(), fa.dot(c2).mean()
+        pc1_u, pc2_u = fb.dot(c1).mean(), fb.dot(c2).mean()
+        ref_pa.append((0.0, pc2_o))
+        ref_pb.append((pc1_u - pc1_o, pc2_u))
+    ref_dist = np.linalg.norm(np.mean(ref_pb, 0) - np.mean(ref_pa, 0))
+
+    # --- driftkit: streamed pooling over a flat token axis in odd-sized chunks -----------------
+    sample_of_token = np.repeat(np.arange(len(lengths)), lengths)
+    mask = np.concatenate(keep)
+    pooled_a, pooled_b = [], []
+    for l in range(n_layers):
+        flat_a, flat_b = np.concatenate(acts_a[l]), np.concatenate(acts_b[l])
+        pa, pb = SamplePooler(len(lengths), d), SamplePooler(len(lengths), d)
+        for s in range(0, len(flat_a), 11):
+            sel = np.arange(s, min(s + 11, len(flat_a)))
+            sel = sel[mask[sel]]
+            pa.update(sample_of_token[sel], torch.from_numpy(flat_a[sel]).float())
+            pb.update(sample_of_token[sel], torch.from_numpy(flat_b[sel]).float())
+        pooled_a.append(pa.means()[0])
+        pooled_b.append(pb.means()[0])
+    res = pca_shift(pooled_a, pooled_b)
+    assert res.distance == pytest.approx(ref_dist, rel=1e-5)
+    for got, (ra, rb) in zip(res.layers, zip(ref_pa, ref_pb)):
+        assert got["pc1_shift"] == pytest.approx(rb[0], rel=1e-5, abs=1e-6)
+        assert got["pc2_a"] == pytest.approx(ra[1], rel=1e-5, abs=1e-6)
+        assert got["pc2_b"] == pytest.approx(rb[1], rel=1e-5, abs=1e-6)
+    assert res.distance > 0.1
+
+
+def test_pca_shift_zero_for_identical_models() -> None:
+    rng = np.random.default_rng(1)
+    f = [rng.normal(size=(6, 5)) for _ in range(2)]
+    assert pca_shift(f, [x.copy() for x in f]).distance == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pooler_counts_and_empty_samples() -> None:
+    p = SamplePooler(3, 2)
+    p.update(np.array([0, 0, 2]), torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
+    means, counts = p.means()
+    assert counts.tolist() == [2, 0, 1]
+    assert means[0].tolist() == [2.0, 3.0] and np.isnan(means[1]).all()
+
+
+def test_principal_angles_vs_svd() -> None:
+    rng = np.random.default_rng(2)
+    fa = rng.normal(size=(40, 8)) * np.array([5, 4, 3, 2, 1, 1, 1, 1])
+    rot = np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    fb = fa @ rot
+    k = 3
+    ua = PCA(k).fit(fa).components_.T
+    ub = PCA(k).fit(fb).components_.T
+    cos = np.clip(np.linalg.svd(ua.T @ ub, compute_uv=False), -1, 1)
+    expected = np.sort(np.degrees(np.arccos(cos)))
+    np.testing.assert_allclose(principal_angles(fa, fb, k), expected, atol=1e-6)
+    np.testing.assert_allclose(principal_angles(fa, fa.copy(), k), 0.0, atol=1e-5)

@@ -1,0 +1,53 @@
+"""Ranks vs argsort, URIAL buckets on a hand-built example."""
+from __future__ import annotations
+
+import torch
+
+from driftkit.metrics.ranks import rank_of, rank_stats, urial_bucket
+
+
+def test_rank_matches_argsort() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 997, generator=g)  # continuous: no ties
+    ids = torch.randint(0, 997, (50,), generator=g)
+    order = torch.argsort(logits, dim=1, descending=True)
+    expected = (order == ids[:, None]).nonzero()[:, 1] + 1  # 1-based position in the sorted order
+    assert torch.equal(rank_of(logits, ids), expected)
+    scratch = torch.empty(64, 997, dtype=torch.bool)
+    assert torch.equal(rank_of(logits, ids, scratch), expected)
+
+
+def test_rank_ties_share_the_better_rank() -> None:
+    logits = torch.tensor([[1.0, 3.0, 3.0, 0.0]])
+    assert rank_of(logits, torch.tensor([2])).item() == 1
+    assert rank_of(logits, torch.tensor([0])).item() == 3
+
+
+def test_urial_buckets_hand_built() -> None:
+    # vocab of 6; A's preference order per position is written out by hand
+    la = torch.tensor(
+        [
+            [9.0, 8.0, 7.0, 6.0, 5.0, 4.0],  # A: 0 > 1 > 2 > 3 > 4 > 5
+            [9.0, 8.0, 7.0, 6.0, 5.0, 4.0],
+            [9.0, 8.0, 7.0, 6.0, 5.0, 4.0],
+            [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],  # A: 5 > 4 > 3 > 2 > 1 > 0
+        ]
+    )
+    lb = torch.tensor(
+        [
+            [5.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # B's top = 0 -> rank 1 under A: unshifted
+            [0.0, 0.0, 5.0, 0.0, 0.0, 0.0],  # B's top = 2 -> rank 3: marginal
+            [0.0, 0.0, 0.0, 0.0, 5.0, 0.0],  # B's top = 4 -> rank 5: shifted
+            [0.0, 5.0, 0.0, 0.0, 0.0, 0.0],  # B's top = 1 -> rank 5: shifted
+        ]
+    )
+    y = torch.tensor([1, 2, 4, 5])  # realised tokens
+    st = rank_stats(la, lb, y)
+    assert st.top_b.tolist() == [0, 2, 4, 1]
+    assert st.rank_a_of_top_b.tolist() == [1, 3, 5, 5]
+    assert urial_bucket(st.rank_a_of_top_b).tolist() == [0, 1, 2, 2]
+    assert st.rank_a.tolist() == [2, 3, 5, 1]
+    # under B: y=1 ties with 4 others below the top (1 + 1 larger) ...
+    assert st.rank_b.tolist() == [2, 1, 1, 2]
+    assert (st.rank_a - st.rank_b).tolist() == [0, 2, 4, -1]
+    assert urial_bucket(torch.tensor([1, 2, 3, 4, 100])).tolist() == [0, 1, 1, 2, 2]
