@@ -23,8 +23,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 demo: install
-	$(BIN)/driftkit capture smollm2-135m --prompts probes:general-mix --out $(OUT)/base.h5 --overwrite
-	$(BIN)/driftkit inspect $(OUT)/base.h5
+	$(BIN)/driftkit demo --out $(OUT)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from driftkit.errors import DriftkitError
 
@@ -52,7 +53,7 @@ def handle_errors(fn: F) -> F:
         except DriftkitError as exc:
             if debug_enabled():
                 err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: completed work is kept; rerun with --resume to continue.")
@@ -62,7 +63,7 @@ def handle_errors(fn: F) -> F:
                 err_console.print_exception()
             else:
                 err_console.print(
-                    f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+                    f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))}\n"
                     f"This is a bug in driftkit. Rerun with --debug for the traceback and report it.",
                     highlight=False,
                     soft_wrap=True,

@@ -145,3 +145,27 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path: Path) -> 
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page with figures, not a blank one
     console_errors = [l for l in p.stderr.splitlines() if "CONSOLE" in l and ("Error" in l or "error" in l)]
     assert not console_errors, console_errors
+
+
+def test_example_experiment_file_parses_and_plans() -> None:
+    from driftkit.pipeline.experiment import load_experiment
+
+    ex = load_experiment(Path(__file__).resolve().parents[1] / "examples" / "experiment.toml")
+    assert ex.tuned_names == ["sft", "rl"] and ex.bench["suite"] == "quick"
+
+
+def test_bad_experiment_files_are_clear_errors(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from driftkit.cli.main import app
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[experiment]\nbase = "x"\n[capture]\nprompt = "probes:math"\n')
+    r = CliRunner().invoke(app, ["run", str(bad)])
+    assert r.exit_code == 1 and "unknown key(s) prompt in [capture]" in " ".join(r.output.split())
+    bad.write_text("[experiment\n")
+    r = CliRunner().invoke(app, ["run", str(bad)])
+    assert r.exit_code == 1 and "not valid TOML" in r.output
+    bad.write_text('[experiment]\nbase = "x"\n')
+    r = CliRunner().invoke(app, ["run", str(bad)])
+    assert r.exit_code == 1 and "nothing to compare" in " ".join(r.output.split())

@@ -34,7 +34,7 @@ def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
             ],
             "bench": {"suite": "default", "limit": 2, "data": "fixtures", "options": {"max_new_tokens": 8, "batch_size": 8}},
             "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 9, "max_new_tokens": 8},
-            "drift": {"enabled": True, "bench": ["math500"], "bench_limit": 2, "layers": "all"},
+            "drift": {"enabled": True, "bench": ["math500"], "layers": "all"},
         }
     return {
         "experiment": {"name": "demo", "base": "smollm2-135m", "out": str(out), "seed": 0},
@@ -42,9 +42,10 @@ def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
             {"name": "sft", "trainer": "sft", "data": "probes:math-train", "options": DEMO_SFT},
             {"name": "rl", "trainer": "rl", "data": "probes:math-train", "options": DEMO_RL},
         ],
-        "bench": {"suite": "default", "limit": 10, "data": "fixtures", "options": {}},
+        # the "quick" suite: one benchmark per group (math500, gpqa, ifeval) with short generation budgets
+        "bench": {"suite": "quick", "limit": 8, "data": "fixtures", "options": {}},
         "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 30, "max_new_tokens": 48},
-        "drift": {"enabled": True, "bench": ["math500"], "bench_limit": 10, "layers": "every:3"},
+        "drift": {"enabled": True, "bench": ["math500"], "layers": "every:3"},
     }
 
 

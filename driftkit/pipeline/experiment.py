@@ -40,8 +40,8 @@ sigma = "pooled"
 
 [drift]                   # drift over training, when trainers save intermediate checkpoints
 enabled = true
-bench = ["math500"]
-bench_limit = 10
+bench = ["math500"]        # scored at every checkpoint
+bench_limit = 10           # default: [bench].limit (then the base's and final model's scores are reused)
 ```
 
 Why TOML and a dataclass: the file is the unit of reproducibility; every field that changes a
@@ -97,7 +97,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "max_new_tokens": 64, "layers": "all", "max_batch_tokens": 4096, "storage_dtype": "float16"},
     "compare": {"raw_analyses": ["cka", "pca_shift"], "gen_analyses": ["kl", "token_rank"], "options": {}},
     "transfer": {"sigma": "pooled"},
-    "drift": {"enabled": True, "bench": ["math500"], "bench_limit": 10, "layers": "every:4"},
+    "drift": {"enabled": True, "bench": ["math500"], "bench_limit": None, "layers": "every:4"},
 }
 SECTIONS = ("experiment", "train", "models", "bench", "capture", "compare", "transfer", "drift")
 
@@ -143,14 +143,11 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
         if n in names or not n.replace("-", "").replace("_", "").isalnum():
             raise DriftkitError(f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - and _).")
         names.add(n)
+    sections = {k: _merge(k, d.get(k), where) for k in DEFAULTS}
     if not train and not models:
         raise DriftkitError(f"{where}: nothing to compare. Add [[train]] runs that make tuned checkpoints, or [[models]] that exist.")
-    return Experiment(
-        name=name, base=str(ex["base"]), out=out, seed=int(ex.get("seed", 0)), train=train, models=models,
-        bench=_merge("bench", d.get("bench"), where), capture=_merge("capture", d.get("capture"), where),
-        compare=_merge("compare", d.get("compare"), where), transfer=_merge("transfer", d.get("transfer"), where),
-        drift=_merge("drift", d.get("drift"), where), source=where,
-    )
+    return Experiment(name=name, base=str(ex["base"]), out=out, seed=int(ex.get("seed", 0)), train=train, models=models,
+                      source=where, **sections)
 
 
 def load_experiment(path: str | Path) -> Experiment:

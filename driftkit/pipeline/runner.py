@@ -192,7 +192,13 @@ def _transfer(ctx: Ctx) -> dict[str, Any]:
 
 
 def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
-    """Capture and compare each intermediate checkpoint of a training run against the base."""
+    """Capture and compare each intermediate checkpoint of a training run against the base.
+
+    Every point uses the same measures: mean linear CKA over ``drift.layers`` on the raw prompts,
+    KL and shifted-token fraction on the *final* model's own response tokens (so all checkpoints
+    are scored on identical text), and the math score. The final checkpoint reuses the main
+    captures and scores instead of recomputing them.
+    """
 
     def run(ctx: Ctx) -> dict[str, Any]:
         from driftkit.bench import run_suite
@@ -201,52 +207,54 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
         from driftkit.scores import primary_scores, read_scores
 
         d = ctx.ex.drift
-        ckpts = list(ctx.manifest.step(f"train.{name}")["summary"]["checkpoints"]) + [ctx.outputs(f"train.{name}")["model"]]
+        bench_on = ctx.ex.bench.get("enabled", True) and bool(d["bench"])
+        same_limit = d["bench_limit"] in (None, ctx.ex.bench["limit"])
         work = ctx.path(f"drift/{name}")
         work.mkdir(parents=True, exist_ok=True)
         base_raw = ctx.path(ctx.outputs("capture.raw.base")["capture"])
         gen = ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"])
         base_on = ctx.path(ctx.outputs(f"capture.base_on.{name}")["capture"])
-        points: list[dict[str, Any]] = [{"step": 0, "checkpoint": "base", "cka": 1.0, "kl": 0.0, "shifted": 0.0}]
-        base_scores = read_scores(ctx.path(ctx.outputs("bench.base")["scores"]))
-        prim = primary_scores(base_scores)
-        points[0]["score"] = {b: prim[b]["value"] for b in d["bench"] if b in prim}
+
+        def bench_scores(model: str, label: str, reuse_step: str | None) -> dict[str, float]:
+            if not bench_on:
+                return {}
+            if reuse_step and same_limit:
+                sp = ctx.path(ctx.outputs(reuse_step)["scores"])
+            else:
+                sp = work / f"{label}.scores.json"
+                run_suite(model, benchmarks=list(d["bench"]), limit=d["bench_limit"] or ctx.ex.bench["limit"], out=sp,
+                          data=ctx.ex.bench["data"], model_name=label, **ctx.ex.bench["options"])
+            ps = primary_scores(read_scores(sp))
+            return {b: ps[b]["value"] for b in d["bench"] if b in ps}
+
+        def measures(raw: Path, tf: Path) -> dict[str, float]:
+            rep_raw = compare([base_raw, raw], analyses=["cka"], layers=d["layers"]).to_dict()
+            rep_tf = compare([base_on, tf], analyses=["kl", "token_rank"], positions="response").to_dict()
+            ck = rep_raw["analyses"]["cka"]["layers"]
+            return {"cka": sum(x["linear_cka"] for x in ck) / max(1, len(ck)),
+                    "kl": rep_tf["analyses"]["kl"]["summary"]["kl_forward"],
+                    "shifted": rep_tf["analyses"]["token_rank"]["summary"]["shifted"]}
+
+        points: list[dict[str, Any]] = [{"step": 0, "checkpoint": "base", "cka": 1.0, "kl": 0.0, "shifted": 0.0,
+                                         "score": bench_scores(ctx.ex.base, "base", "bench.base")}]
+        ckpts = list(ctx.manifest.step(f"train.{name}")["summary"]["checkpoints"])
+        final_step = _final_step(ctx, name)
+        ckpts = [c for c in ckpts if int(Path(c).name.split("-")[1]) < final_step]
         for i, rel in enumerate(ckpts):
             path = ctx.path(rel)
-            step = int(path.name.split("-")[1]) if path.name.startswith("step-") else int(_final_step(ctx, name))
-            raw = work / f"{path.name}.raw.h5"
-            tf = work / f"{path.name}.tf.h5"
+            raw, tf = work / f"{path.name}.raw.h5", work / f"{path.name}.tf.h5"
             common = dict(overwrite=True, storage_dtype=ctx.ex.capture["storage_dtype"])
             capture(CaptureConfig(model=str(path), prompts=ctx.ex.capture["prompts"], layers=d["layers"], probes=["residual"], out=raw, **common))
             capture(CaptureConfig(model=str(path), tokens_from=gen, probes=["final"], out=tf, **common))
-            rep_raw = compare([base_raw, raw], analyses=["cka"]).to_dict()
-            rep_tf = compare([base_on, tf], analyses=["kl", "token_rank"], positions="response").to_dict()
-            cka_layers = rep_raw["analyses"]["cka"]["layers"]
-            point = {
-                "step": step,
-                "checkpoint": rel,
-                "cka": sum(x["linear_cka"] for x in cka_layers) / max(1, len(cka_layers)),
-                "kl": rep_tf["analyses"]["kl"]["summary"]["kl_forward"],
-                "shifted": rep_tf["analyses"]["token_rank"]["summary"]["shifted"],
-            }
-            if d["bench"]:
-                sp = work / f"{path.name}.scores.json"
-                run_suite(str(path), benchmarks=list(d["bench"]), limit=d["bench_limit"], out=sp, data=ctx.ex.bench["data"],
-                          model_name=f"{name}@{step}", **ctx.ex.bench["options"])
-                ps = primary_scores(read_scores(sp))
-                point["score"] = {b: ps[b]["value"] for b in d["bench"] if b in ps}
-            points.append(point)
+            step = int(path.name.split("-")[1])
+            points.append({"step": step, "checkpoint": rel, **measures(raw, tf), "score": bench_scores(str(path), f"{name}@{step}", None)})
             raw.unlink(missing_ok=True)
             tf.unlink(missing_ok=True)
             if ctx.progress:
-                ctx.progress(f"drift {name}", i + 1, len(ckpts))
-        # the base's math score at the drift bench limit, for a like-for-like curve
-        if d["bench"]:
-            sp = work / "base.scores.json"
-            run_suite(ctx.ex.base, benchmarks=list(d["bench"]), limit=d["bench_limit"], out=sp, data=ctx.ex.bench["data"], model_name="base",
-                      **ctx.ex.bench["options"])
-            ps = primary_scores(read_scores(sp))
-            points[0]["score"] = {b: ps[b]["value"] for b in d["bench"] if b in ps}
+                ctx.progress(f"drift {name}", i + 1, len(ckpts) + 1)
+        final_raw = ctx.path(ctx.outputs(f"capture.raw.{name}")["capture"])
+        points.append({"step": final_step, "checkpoint": ctx.outputs(f"train.{name}")["model"], **measures(final_raw, gen),
+                       "score": bench_scores(_tuned_path(ctx, name), name, f"bench.{name}")})
         rel_out = f"drift/{name}.json"
         ctx.path(rel_out).write_text(json.dumps({"model": name, "points": sorted(points, key=lambda p: p["step"])}, indent=2))
         return {"outputs": {"drift": rel_out}, "summary": {}}
@@ -312,7 +320,7 @@ def plan(ex: Experiment) -> list[Step]:
             if int(t.options.get("save_steps", 0) or 0) > 0:
                 deps = [f"train.{t.name}", "capture.raw.base", f"capture.gen.{t.name}", f"capture.base_on.{t.name}"]
                 if ex.bench.get("enabled", True):
-                    deps.append("bench.base")
+                    deps += ["bench.base", f"bench.{t.name}"]
                 steps.append(Step(f"drift.{t.name}", {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"]}, deps, _drift(t.name),
                                   f"drift over training ({t.name})"))
     steps.append(Step("report", {"version": 1, "name": ex.name}, [s.id for s in steps], _report, "study report"))
