@@ -164,6 +164,24 @@ def load_prompts(spec: str | Path | Iterable[dict[str, Any]], limit: int | None 
     return prompts
 
 
+def stratified(prompts: list[Prompt], limit: int | None) -> list[Prompt]:
+    """The first ``limit`` prompts taken round-robin over domains (file order within each domain),
+    so a small subset still covers every domain evenly."""
+    if limit is None or limit >= len(prompts):
+        return list(prompts)
+    by_domain: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_domain.setdefault(p.domain, []).append(p)
+    out: list[Prompt] = []
+    queues = [list(v) for v in by_domain.values()]
+    while len(out) < limit and any(queues):
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    keep = {id(p) for p in out}
+    return [p for p in prompts if id(p) in keep]
+
+
 def encode_prompt(tokenizer: Any, prompt: Prompt, chat: bool) -> list[int]:
     """Token ids of the prompt part: raw text (with the tokenizer's own special tokens) or the chat
     template with the generation prompt appended."""

@@ -126,3 +126,13 @@ def test_disk_full_mid_write_is_a_clear_error(tiny_model: Path, small_disk: Path
 
     with pytest.raises(DriftkitError, match="disk is full"):
         capture(CaptureConfig(model=str(tiny_model), prompts="probes:general-mix", out=small_disk / "o.h5", compression="lzf"))
+
+
+def test_stratified_subset_covers_every_domain() -> None:
+    from driftkit.prompts import load_prompts, stratified
+
+    ps = load_prompts("probes:general-mix")
+    sub = stratified(ps, 7)
+    assert len(sub) == 7 and {p.domain for p in sub} == {"math", "other", "non"}
+    assert [p.id for p in sub] == [p.id for p in ps if p in sub]  # file order kept
+    assert stratified(ps, None) == ps

@@ -26,7 +26,7 @@ options = {}              # BenchSettings fields (max_new_tokens, batch_size, ..
 [capture]
 prompts = "probes:general-mix"   # raw-text prompts (PCA shift, CKA)
 chat_prompts = "probes:general-mix"  # prompts each tuned model answers (KL, token ranks)
-chat_limit = 30
+chat_limit = 30           # taken round-robin over domains
 max_new_tokens = 64
 layers = "all"
 

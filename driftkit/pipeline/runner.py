@@ -144,7 +144,10 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
         if kind == "raw":
             cfg = CaptureConfig(model=model_path(ctx, name), prompts=c["prompts"], layers=c["layers"], **common)
         elif kind == "gen":
-            cfg = CaptureConfig(model=model_path(ctx, name), prompts=c["chat_prompts"], limit=c["chat_limit"], chat=True, generate=True,
+            from driftkit.prompts import load_prompts, stratified
+
+            chosen = [p.as_dict() for p in stratified(load_prompts(c["chat_prompts"]), c["chat_limit"])]
+            cfg = CaptureConfig(model=model_path(ctx, name), prompts=chosen, chat=True, generate=True,
                                 max_new_tokens=c["max_new_tokens"], seed=ctx.ex.seed, probes=["final"], **common)
         else:
             cfg = CaptureConfig(model=ctx.ex.base, tokens_from=ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]), probes=["final"], **common)
@@ -303,7 +306,7 @@ def plan(ex: Experiment) -> list[Step]:
         steps.append(Step(f"capture.raw.{n}", {"model": mid(n), "prompts": cap["prompts"], "layers": cap["layers"], "dtype": cap["storage_dtype"]},
                           model_dep[n], _capture("raw", n), f"capture {n} (raw text)"))
     for n in ex.tuned_names:
-        steps.append(Step(f"capture.gen.{n}", {"model": mid(n), "prompts": cap["chat_prompts"], "limit": cap["chat_limit"],
+        steps.append(Step(f"capture.gen.{n}", {"model": mid(n), "prompts": cap["chat_prompts"], "limit": cap["chat_limit"], "selection": "stratified",
                                                "max_new_tokens": cap["max_new_tokens"], "seed": ex.seed, "dtype": cap["storage_dtype"]},
                           model_dep[n], _capture("gen", n), f"generate + capture {n}"))
         steps.append(Step(f"capture.base_on.{n}", {"model": mid("base"), "dtype": cap["storage_dtype"]}, [f"capture.gen.{n}"],
