@@ -49,10 +49,13 @@ def main() -> None:
     ap.add_argument("--rss-batch-tokens", type=int, default=512,
                     help="token budget for the RSS runs: small enough that the N-prompt run already fills several batches, "
                          "so the comparison measures accumulation, not batch size")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 gives steadier ratios on a shared machine")
     args = ap.parse_args()
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from driftkit.capture import CaptureConfig, CaptureEngine
     from driftkit.capture.batching import token_budget_batches
     from driftkit.capture.engine import build_samples
