@@ -1,0 +1,175 @@
+"""``driftkit train TRAINER MODEL``: make a checkpoint from a base model and math data.
+
+One command for every trainer (bundled ``sft`` and ``rl``, third-party ones from the
+``driftkit.trainers`` entry point, or ``file.py:Class``): the flags below map to trainer options by
+name, options a trainer does not have are refused by that trainer, and ``-o name=value`` /
+``--config file.toml`` reach any option, including a third-party trainer's own.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+import typer
+
+from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+from driftkit.errors import DriftkitError
+
+HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER ([bold]sft[/], [bold]rl[/] or a plugin).
+
+OUT gets the final model (safetensors + tokenizer), checkpoints/step-N/ every --save-steps steps
+(each loadable, to follow drift along training) and driftkit_run.json (data hash, config, seed,
+versions, per-step loss/reward).
+
+[bold]Examples[/]
+
+  driftkit train sft smollm2-135m --data probes:math-train --out ckpt/sft --steps 200
+  driftkit train rl  smollm2-135m --data probes:math-train --out ckpt/rl --steps 50 --num-generations 4
+  driftkit train sft Qwen/Qwen3-14B-Base --data hf:ReasoningTransferability/math_40k:train --config sft.toml
+  driftkit train sft ./base --data my.jsonl --columns problem=question,answer=final,solution=response --no-think
+  driftkit train my_trainer.py:MyTrainer ./base --data my.jsonl --out ckpt/mine -o my_option=3
+  accelerate launch --config_file zero3.yaml -m driftkit.cli.main train rl ...   (beyond one GPU)
+
+--data: a JSONL file, hf:DATASET[:CONFIG]:SPLIT, or probes:math-train (bundled).
+"""
+
+
+def _read_config(path: Path, trainer: str) -> dict[str, Any]:
+    """Options from a TOML file: top-level keys, overlaid by a table named after the trainer."""
+    if not path.is_file():
+        raise DriftkitError(f"Config file {path} does not exist.")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise DriftkitError(f"Config file {path} is not valid TOML ({exc}). Fix it and retry.") from None
+    opts = {k: v for k, v in doc.items() if not isinstance(v, dict)}
+    section = doc.get(trainer)
+    if isinstance(section, dict):
+        opts.update(section)
+    if isinstance(opts.get("columns"), dict):
+        opts["columns"] = dict(opts["columns"])
+    return {k.replace("-", "_"): v for k, v in opts.items()}
+
+
+def _parse_pairs(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise DriftkitError(f"Cannot read -o {pair!r}: write -o name=value.")
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+class _Progress:
+    """A rich bar on a terminal; on a pipe, a line every ~5% of the run (loss/reward included)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar = progress_bar()
+        self.task: Any = None
+        self.interactive = not self.bar.disable
+        self.last_step = 0
+        self.t0 = time.perf_counter()
+
+    def __enter__(self) -> "_Progress":
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def __call__(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        shown = [f"{k}={metrics[k]:.4g}" for k in ("loss", "reward") if k in metrics]
+        if "rewards/math_accuracy_reward/mean" in metrics:
+            shown.append(f"acc={metrics['rewards/math_accuracy_reward/mean']:.3g}")
+        info = " ".join(shown)
+        if self.task is None:
+            self.task = self.bar.add_task(self.label, total=total, info=info)
+        self.bar.update(self.task, completed=step, total=total, info=info)
+        every = max(1, total // 20)
+        if not self.interactive and step > self.last_step and (step % every == 0 or step == total or step == 1):
+            err_console.print(f"{self.label} step {step}/{total} {info} ({time.perf_counter() - self.t0:.0f} s)", highlight=False)
+        self.last_step = max(self.last_step, step)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train", help=HELP, no_args_is_help=True)
+    @handle_errors
+    def train_cmd(
+        trainer: str = typer.Argument(..., help="Trainer: sft, rl, a plugin name (driftkit plugins) or file.py:Class."),
+        model: str = typer.Argument(..., help="Base model: bundled name (smollm2-135m), local folder or Hugging Face id."),
+        data: str = typer.Option("probes:math-train", "--data", "-d", help="JSONL file, hf:DATASET[:CONFIG]:SPLIT or probes:math-train."),
+        out: Path = typer.Option(..., "--out", help="Run folder to create (final model, checkpoints/, driftkit_run.json)."),
+        steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps [default: 100]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-device batch (rl: completions per step) [default: 8]."),
+        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps [default: 1]."),
+        learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate [sft 2e-5, rl 1e-6]."),
+        lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="linear, cosine, constant, ... [default: linear]."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
+        save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Loadable checkpoint every K steps (needed for --resume) [default: 0 = final only]."),
+        columns: Optional[str] = typer.Option(None, "--columns", help="Map columns: problem=question,answer=final,solution=response."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows of the data."),
+        think: Optional[bool] = typer.Option(None, "--think/--no-think", help="sft: keep or strip <think>...</think> in the targets [default: keep]."),
+        max_length: Optional[int] = typer.Option(None, "--max-length", help="sft: truncate examples to this many tokens."),
+        num_generations: Optional[int] = typer.Option(None, "--num-generations", help="rl: completions per prompt (group size) [default: 8]."),
+        max_completion_length: Optional[int] = typer.Option(None, "--max-completion-length", help="rl: longest sampled completion [default: 512]."),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help="rl: sampling temperature [default: 1.0]."),
+        beta: Optional[float] = typer.Option(None, "--beta", help="rl: KL penalty to the base [default: 0]."),
+        format_reward: Optional[float] = typer.Option(None, "--format-reward", help="rl: weight of a well-formed-answer reward [default: 0]."),
+        use_vllm: Optional[bool] = typer.Option(None, "--use-vllm/--no-vllm", help="rl: generate with vLLM (GPU, colocate mode)."),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16."),
+        trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run the model repository's own code."),
+        config: Optional[Path] = typer.Option(None, "--config", help="TOML file of options (top-level keys and/or a [sft]/[rl] table)."),
+        option: list[str] = typer.Option([], "--option", "-o", help="Any trainer option as name=value (repeatable)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT (same command, same or more --steps)."),
+        as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+    ) -> None:
+        from driftkit.registry import load
+        from driftkit.registry.trainer import read_manifest
+
+        cls = load("trainer", trainer)
+        options: dict[str, Any] = _read_config(config, trainer) if config else {}
+        options.update(_parse_pairs(option))
+        flags = dict(
+            steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate,
+            lr_scheduler=lr_scheduler, seed=seed, save_steps=save_steps, columns=columns, limit=limit, think=think,
+            max_length=max_length, num_generations=num_generations, max_completion_length=max_completion_length,
+            temperature=temperature, beta=beta, format_reward=format_reward, use_vllm=use_vllm, dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
+        options.update({k: v for k, v in flags.items() if v is not None})
+        instance = cls(**options)
+        label = f"train {instance.name or trainer}"
+        with _Progress(label) as bar:
+            path = instance.run(model, data, out, overwrite=overwrite, resume=resume, progress=bar)
+        manifest = read_manifest(path)
+        last = manifest["log"][-1] if manifest["log"] else {}
+        summary = {
+            "out": str(path),
+            "trainer": manifest["trainer"],
+            "steps": manifest["steps"],
+            "final": {k: last[k] for k in ("loss", "reward") if k in last},
+            "checkpoints": manifest["checkpoints"],
+            "data_sha256": manifest["data"].get("sha256"),
+            "wall_s": manifest["wall_s"],
+        }
+        if as_json:
+            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+            return
+        final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
+        console.print(
+            f"[green]trained[/] {manifest['trainer']} for {summary['steps']} steps in {summary['wall_s']:.0f} s"
+            f"{' (' + final + ')' if final else ''} -> {path}"
+            + (f"; checkpoints: {', '.join(summary['checkpoints'])}" if summary["checkpoints"] else ""),
+            highlight=False,
+        )

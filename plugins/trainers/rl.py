@@ -1,0 +1,180 @@
+"""``rl``: GRPO with an answer-correctness reward, on TRL's GRPOTrainer.
+
+The paper's RL recipe: the same base and the same math problems as SFT, but no solutions: the model
+samples a group of completions per problem and is rewarded only for a correct final answer
+(math-verify on the last ``\\boxed{}`` after any reasoning block, see :mod:`driftkit.rewards`). KL
+beta defaults to 0 (no reference model), as in TRL's default and the paper. An optional format reward
+(weight ``format_reward``) pays for a well-formed answer, which helps tiny models that rarely box
+their answer get any signal at all.
+
+Batch arithmetic (TRL's): ``batch_size`` counts completions, so each optimizer step sees
+``batch_size x grad_accum x processes / num_generations`` prompts; that product must be divisible by
+``num_generations``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any, Callable
+
+from driftkit.errors import DriftkitError
+from driftkit.mathdata import load_math_data, prompt_for
+from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
+from driftkit.rewards import math_accuracy_reward, math_format_reward, parse_gold
+
+from driftkit.plugins.trainers.common import (
+    SHARED_OPTIONS,
+    common_args,
+    load_base,
+    attach,
+    quiet_libraries,
+    on_gpu,
+    save_final,
+    select_rows,
+    step_log,
+    world_size,
+)
+
+
+def _divisible_hint(completions: int, g: int) -> str:
+    """Name the nearest working values for the user."""
+    lo = max(g, completions // g * g)
+    hi = (completions // g + 1) * g
+    divisors = [d for d in range(2, completions + 1) if completions % d == 0]
+    alt = f" or --num-generations {' / '.join(map(str, divisors[-3:]))}" if divisors else ""
+    return f"use --batch-size {lo} or {hi} (with --grad-accum 1){alt}"
+
+
+def load_function(spec: str) -> Callable[..., Any]:
+    """A reward function from ``file.py:name`` or ``module:name`` (user code, imported like a plugin file)."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise DriftkitError(f"Cannot read the reward {spec!r}: write 'path/to/file.py:function' or 'module:function'.")
+    if target.endswith(".py"):
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise DriftkitError(f"The reward file {path} does not exist.")
+        mod_spec = importlib.util.spec_from_file_location(f"driftkit_user_reward_{path.stem}", path)
+        if mod_spec is None or mod_spec.loader is None:
+            raise DriftkitError(f"Cannot import {path} as a Python module.")
+        module = importlib.util.module_from_spec(mod_spec)
+        try:
+            mod_spec.loader.exec_module(module)
+        except Exception as exc:  # user code
+            raise DriftkitError(f"Importing the reward file {path} failed: {exc!r}.") from exc
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise DriftkitError(f"Cannot import the reward module {target!r}: {exc}.") from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise DriftkitError(f"{target} has no function {attr!r} to use as a reward.")
+    return fn
+
+
+class GRPOTrainerPlugin(Trainer):
+    """GRPO (TRL GRPOTrainer) with math-verify answer-correctness reward."""
+
+    name = "rl"
+    description = "GRPO reinforcement learning with a math-verify answer-correctness reward (TRL GRPOTrainer)."
+    option_specs = SHARED_OPTIONS + (
+        Option("learning_rate", 1e-6, "Peak learning rate (AdamW)."),
+        Option("num_generations", 8, "Completions sampled per prompt (the GRPO group size)."),
+        Option("max_completion_length", 512, "Longest completion sampled, in tokens."),
+        Option("temperature", 1.0, "Sampling temperature of the completions."),
+        Option("top_p", 1.0, "Nucleus sampling of the completions."),
+        Option("beta", 0.0, "KL penalty to the base model (0: no reference model, as TRL's default and the paper)."),
+        Option("num_iterations", 1, "Optimisation passes over each generated batch (GRPO's mu)."),
+        Option("format_reward", 0.0, "Weight of an extra reward for a well-formed answer (closed reasoning block + \\boxed{}); 0: correctness only."),
+        Option("extra_rewards", "", "More reward functions, comma-separated 'file.py:function' or 'module:function' (TRL's signature: "
+               "(prompts, completions, answer, **kwargs) -> list[float | None]), each with weight 1."),
+        Option("use_vllm", False, "Generate with vLLM (GPU, vllm installed) in TRL's colocate mode."),
+        Option("vllm_mode", "colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).", choices=("colocate", "server")),
+        Option("vllm_gpu_memory_utilization", 0.3, "GPU memory share for vLLM in colocate mode."),
+        Option("log_completions", False, "Print sampled completions with their rewards every logging step."),
+    )
+
+    def check(self, config: dict[str, Any]) -> None:
+        cfg = config
+        g = int(cfg["num_generations"])
+        if g < 2:
+            raise DriftkitError(f"--num-generations must be at least 2 (GRPO compares completions within a group); got {g}.")
+        completions = int(cfg["batch_size"]) * int(cfg["grad_accum"]) * world_size()
+        if completions % g:
+            raise DriftkitError(
+                f"A GRPO step holds batch_size x grad_accum x processes = {cfg['batch_size']} x {cfg['grad_accum']} x "
+                f"{world_size()} = {completions} completions, which is not a multiple of the group size "
+                f"--num-generations {g}: every prompt needs its full group. {_divisible_hint(completions, g)}."
+            )
+        if cfg["use_vllm"]:
+            if not on_gpu():
+                raise DriftkitError("--use-vllm needs a CUDA GPU; on CPU drop --use-vllm (transformers generates instead).")
+            if importlib.util.find_spec("vllm") is None:
+                raise DriftkitError("--use-vllm: vllm is not installed. Install it with pip install 'driftkit[vllm]' or drop --use-vllm.")
+
+    def train(self, ctx: TrainContext) -> TrainResult:
+        from datasets import Dataset
+        from trl import GRPOConfig, GRPOTrainer
+
+        cfg = ctx.config
+        if ctx.progress is not None:
+            quiet_libraries()
+        data = load_math_data(ctx.data, columns=cfg["columns"], need=("problem", "answer"))
+        model, tok, base = load_base(ctx)
+        tok.padding_side = "left"  # generation pads on the left
+
+        g = int(cfg["num_generations"])
+        prompts_needed = int(cfg["steps"]) * int(cfg["batch_size"]) * int(cfg["grad_accum"]) * world_size() // g
+        # Unparseable gold answers are dropped up front (the reward would skip them anyway).
+        rows, data_info = select_rows(
+            data, prompts_needed, int(cfg["seed"]), int(cfg["limit"]), lambda r: parse_gold(r["answer"]) is not None
+        )
+        dataset = Dataset.from_list(
+            [{"prompt": prompt_for(r["problem"], tok, cfg["prompt_suffix"]), "answer": r["answer"]} for r in rows]
+        )
+
+        reward_funcs: list[Any] = [math_accuracy_reward]
+        weights = [1.0]
+        if float(cfg["format_reward"]) > 0:
+            reward_funcs.append(math_format_reward)
+            weights.append(float(cfg["format_reward"]))
+
+        for spec in filter(None, (x.strip() for x in str(cfg["extra_rewards"]).split(","))):
+            reward_funcs.append(load_function(spec))
+            weights.append(1.0)
+
+        vllm: dict[str, Any] = {}
+        if cfg["use_vllm"]:
+            vllm = dict(use_vllm=True, vllm_mode=cfg["vllm_mode"], vllm_gpu_memory_utilization=float(cfg["vllm_gpu_memory_utilization"]))
+        args = GRPOConfig(
+            **common_args(ctx, cfg["learning_rate"]),
+            num_generations=g,
+            max_completion_length=int(cfg["max_completion_length"]),
+            temperature=float(cfg["temperature"]),
+            top_p=float(cfg["top_p"]),
+            beta=float(cfg["beta"]),
+            num_iterations=int(cfg["num_iterations"]),
+            reward_weights=weights,
+            log_completions=bool(cfg["log_completions"]),
+            **vllm,
+        )
+        trainer = GRPOTrainer(
+            model=model if model is not None else base["path"],
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+        )
+        attach(trainer, ctx)
+        trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+        save_final(trainer, tok, ctx)
+        log, summary = step_log(trainer.state.log_history)
+        return TrainResult(
+            steps=int(trainer.state.global_step),
+            log=log,
+            data=data_info,
+            base=base,
+            extra={"summary": summary, "reward_weights": weights, "device": str(trainer.args.device)},
+        )

@@ -1,0 +1,110 @@
+"""``sft``: supervised fine-tuning on worked solutions with TRL's SFTTrainer.
+
+The paper's SFT recipe: the base model is trained on teacher solutions of math problems, keeping only
+solutions whose final answer is correct (rejection sampling), with the loss on the solution tokens
+only. Here:
+
+- data: ``problem`` + ``solution`` (+ ``answer`` for the correctness filter) as prompt/completion
+  pairs; chat messages when the tokenizer has a chat template (TRL applies it), plain text otherwise;
+- loss on the completion only (``completion_only_loss=True``);
+- ``filter_correct`` (default on) drops rows whose solution's final ``\\boxed{}`` answer is not the
+  gold answer according to math-verify (also rows whose gold answer cannot be parsed);
+- ``think`` off strips ``<think>...</think>`` from the targets (the paper's "no-think" variant).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from driftkit.errors import DriftkitError
+from driftkit.mathdata import load_math_data, prompt_for, strip_think
+from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
+from driftkit.rewards import answer_reward
+
+from driftkit.plugins.trainers.common import (
+    SHARED_OPTIONS,
+    common_args,
+    load_base,
+    attach,
+    quiet_libraries,
+    save_final,
+    select_rows,
+    step_log,
+    world_size,
+)
+
+
+class SFTTrainerPlugin(Trainer):
+    """Supervised fine-tuning (TRL SFTTrainer), completion-only loss on worked solutions."""
+
+    name = "sft"
+    description = "Supervised fine-tuning on worked solutions (TRL SFTTrainer, completion-only loss)."
+    option_specs = SHARED_OPTIONS + (
+        Option("learning_rate", 2e-5, "Peak learning rate (AdamW)."),
+        Option("max_length", 1024, "Truncate prompt+solution to this many tokens."),
+        Option("think", True, "Keep <think>...</think> reasoning in the targets (off: the paper's no-think SFT)."),
+        Option("filter_correct", True, "Train only on solutions whose final \\boxed{} answer math-verify matches the gold answer."),
+        Option("packing", False, "Pack several examples into one max_length sequence (faster on GPU with flash attention)."),
+    )
+
+    def train(self, ctx: TrainContext) -> TrainResult:
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        cfg = ctx.config
+        if ctx.progress is not None:
+            quiet_libraries()
+        need = ("problem", "solution", "answer") if cfg["filter_correct"] else ("problem", "solution")
+        data = load_math_data(ctx.data, columns=cfg["columns"], need=need)
+        model, tok, base = load_base(ctx)
+
+        def keep(row: dict[str, Any]) -> bool:
+            return answer_reward(row["solution"], row["answer"]) == 1.0
+
+        n_needed = int(cfg["steps"]) * int(cfg["batch_size"]) * int(cfg["grad_accum"]) * world_size()
+        rows, data_info = select_rows(data, n_needed, int(cfg["seed"]), int(cfg["limit"]), keep if cfg["filter_correct"] else None)
+        data_info["think"] = bool(cfg["think"])
+
+        chat = bool(getattr(tok, "chat_template", None))
+        records = []
+        for r in rows:
+            target = r["solution"] if cfg["think"] else strip_think(r["solution"])
+            if not target:
+                continue
+            prompt = prompt_for(r["problem"], tok, cfg["prompt_suffix"])
+            completion: Any = [{"role": "assistant", "content": target}] if chat else " " + target
+            records.append({"prompt": prompt, "completion": completion})
+        if not records:
+            raise DriftkitError(f"No training example is left in {ctx.data} after stripping reasoning blocks: every solution is only a <think> block. Use --think.")
+        dataset = Dataset.from_list(records)
+
+        args = SFTConfig(
+            **common_args(ctx, cfg["learning_rate"]),
+            completion_only_loss=True,
+            max_length=int(cfg["max_length"]),
+            packing=bool(cfg["packing"]),
+            dataset_num_proc=None,
+        )
+        trainer = SFTTrainer(
+            model=model if model is not None else base["path"],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+        )
+        attach(trainer, ctx)
+        kept = len(trainer.train_dataset)
+        if kept == 0:
+            raise DriftkitError(
+                f"--max-length {cfg['max_length']} leaves no solution token to train on: every prompt is at least that "
+                f"long once tokenized (with the chat template). Raise --max-length (prompts here need more tokens)."
+            )
+        data_info["n_examples_trained"] = kept  # after TRL dropped examples truncated to their prompt
+        trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+        save_final(trainer, tok, ctx)
+        log, summary = step_log(trainer.state.log_history)
+        return TrainResult(
+            steps=int(trainer.state.global_step),
+            log=log,
+            data=data_info,
+            base=base,
+            extra={"summary": summary, "chat_template": chat, "device": str(trainer.args.device)},
+        )
