@@ -28,12 +28,8 @@ from driftkit.models import DEFAULT_MODEL, load_model
 from driftkit.registry.trainer import read_manifest, train
 from driftkit.rewards import answer_reward, extract_answer
 
-#: The demo's settings (the pipeline's budget: SFT + RL together in ~5 minutes on a 2-core CPU).
-#: RL adds a half-weight format reward: the base model boxes ~6% of its sampled answers, too rare for
-#: correctness alone to give GRPO a signal within 16 steps.
-DEMO_SFT = dict(steps=30, batch_size=8, learning_rate=5e-5, lr_scheduler="constant", save_steps=10)
-DEMO_RL = dict(steps=16, batch_size=8, num_generations=4, max_completion_length=48, learning_rate=2e-5,
-               lr_scheduler="constant", temperature=1.0, format_reward=0.5, save_steps=8)
+from driftkit.pipeline.demo import DEMO_RL, DEMO_SFT  # the demo's settings: one source of truth
+
 #: Speed on this machine, loaded by other work (load average 3-6, torch at 1 thread): SFT ~25 s/step,
 #: GRPO ~32 s/step; on an idle 2-core CPU expect several times less (see docs/training.md).
 
