@@ -54,6 +54,12 @@ def handle_errors(fn: F) -> F:
             if debug_enabled():
                 err_console.print_exception()
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            if getattr(exc, "end_process", False):
+                # See StorageError: HDF5 objects left by a failed write can crash the interpreter
+                # when they are freed at exit, turning a clear exit 1 into a segfault.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(1)
             raise typer.Exit(1)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: completed work is kept; rerun with --resume to continue.")

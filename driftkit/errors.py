@@ -19,3 +19,16 @@ class DriftkitError(Exception):
 
 class IncompatibleCaptures(DriftkitError):
     """Two capture files cannot be compared (different samples, tokens, sites or incomplete)."""
+
+
+class StorageError(DriftkitError):
+    """Writing an output file failed (disk full, permission, I/O error).
+
+    After such a failure HDF5 may still hold objects that cannot be flushed; freeing them later
+    (at garbage collection or interpreter exit) can crash the process. The CLI therefore ends the
+    process right after printing the message (completed samples were flushed before the failure);
+    library users should treat the capture as failed and not keep using the same process for
+    HDF5 writes to that file.
+    """
+
+    end_process = True

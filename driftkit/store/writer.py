@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import torch
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, StorageError
 from driftkit.store import schema as S
 from driftkit.store.dtypes import numpy_storage_dtype, to_storage
 
@@ -40,7 +40,7 @@ class ArraySpec:
     attrs: tuple[tuple[str, Any], ...] = ()
 
 
-def _io_error(path: Path, exc: BaseException) -> DriftkitError:
+def _io_error(path: Path, exc: BaseException) -> StorageError:
     code = getattr(exc, "errno", None)
     text = str(exc)
     if code == errno.ENOSPC or "No space" in text or "no space" in text or "errno = 28" in text:
@@ -52,7 +52,7 @@ def _io_error(path: Path, exc: BaseException) -> DriftkitError:
     else:
         why = text.splitlines()[0] if text else type(exc).__name__
         fix = "Check the output location; completed samples are kept and --resume continues."
-    return DriftkitError(f"Writing the capture file {path} failed: {why}. {fix}")
+    return StorageError(f"Writing the capture file {path} failed: {why}. {fix}")
 
 
 def estimate_bytes(n_tokens: int, specs: Sequence[ArraySpec], storage_dtype: str) -> int:
@@ -70,7 +70,10 @@ def _check_free_space(path: Path, n_tokens: int, specs: Sequence[ArraySpec], sto
     import shutil
 
     need = estimate_bytes(n_tokens, specs, storage_dtype)
-    free = shutil.disk_usage(path.parent).free
+    usage = shutil.disk_usage(path.parent)
+    if usage.total == 0:  # a pseudo file system (/proc, ...): no size to check, the write will say what is wrong
+        return
+    free = usage.free
     if need > free:
         raise DriftkitError(
             f"The capture needs about {need / 1e6:.1f} MB but only {free / 1e6:.1f} MB is free at {path.parent}: the disk is "
