@@ -231,11 +231,12 @@ class CaptureEngine:
                 self.out.unlink()  # --overwrite (checked in __init__)
             writer = CaptureWriter.create(self.out, self._attrs(), samples.ids, samples.domains, samples.tokens, samples.prompt_len,
                                           self.specs, cfg.storage_dtype, cfg.compression)
-        # Static arrays are (re)written on resume too: a run killed before its first flush may have
-        # lost them, and they are cheap and deterministic.
+        # Static arrays are written when missing, also on resume: a run killed before its first flush
+        # may have lost them. Existing ones are left alone (rewriting would touch HDF5 metadata).
         for p in self.probes:
             for st in p.static(self.layout):
-                writer.write_static(st.path, st.array, st.dtype, st.attrs)
+                if st.path not in writer.f:
+                    writer.write_static(st.path, st.array, st.dtype, st.attrs)
         writer.flush()
         return writer, samples
 

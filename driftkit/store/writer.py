@@ -81,6 +81,15 @@ def _check_free_space(path: Path, n_tokens: int, specs: Sequence[ArraySpec], sto
         )
 
 
+def _early_alloc_dcpl() -> h5py.h5p.PropDCID:
+    """Dataset creation properties: contiguous, space allocated at creation, never pre-filled (rows
+    of samples not yet captured are undefined; ``samples/done`` says which rows are valid)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
 def _chunks(n_rows: int, row_shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
     row_bytes = max(1, int(np.prod(row_shape, dtype=np.int64)) * itemsize)
     rows = max(1, min(n_rows, CHUNK_BYTES // row_bytes))
@@ -143,19 +152,19 @@ class CaptureWriter:
             f.create_dataset(S.SAMPLES_DOMAIN, data=np.array(list(domains), dtype=object), dtype=str_dt)
             f.create_dataset(S.SAMPLES_OFFSETS, data=offsets)
             f.create_dataset(S.SAMPLES_PROMPT_LEN, data=np.asarray(prompt_len, dtype=np.int32))
-            f.create_dataset(S.SAMPLES_DONE, data=np.zeros(len(lengths), dtype=bool))
+            done = f.create_dataset(S.SAMPLES_DONE, shape=(len(lengths),), dtype=bool, dcpl=_early_alloc_dcpl())
+            done[...] = False
             flat = np.fromiter((t for seq in token_ids for t in seq), dtype=np.int32, count=T)
             f.create_dataset(S.TOKEN_IDS, data=flat, chunks=_chunks(max(T, 1), (), 4) if T else None)
             for spec in specs:
                 dt = numpy_storage_dtype(storage_dtype) if spec.dtype == "activation" else np.dtype(spec.dtype)
-                ds = f.create_dataset(
-                    spec.path,
-                    shape=(T, *spec.shape),
-                    dtype=dt,
-                    chunks=_chunks(max(T, 1), spec.shape, dt.itemsize) if T else None,
-                    fillvalue=np.nan if dt.kind == "f" else 0,
-                    **(comp_kwargs if spec.dtype == "activation" and T else {}),
-                )
+                if comp_kwargs and spec.dtype == "activation" and T:
+                    ds = f.create_dataset(spec.path, shape=(T, *spec.shape), dtype=dt, chunks=_chunks(T, spec.shape, dt.itemsize),
+                                          fillvalue=np.nan if dt.kind == "f" else 0, **comp_kwargs)
+                else:
+                    # Contiguous and allocated up front: later writes touch only raw bytes, never HDF5
+                    # metadata, so a kill -9 mid-write cannot corrupt the file (resume stays safe).
+                    ds = f.create_dataset(spec.path, shape=(T, *spec.shape), dtype=dt, dcpl=_early_alloc_dcpl())
                 if spec.dtype == "activation" and storage_dtype == "bfloat16":
                     ds.attrs["dtype"] = "bfloat16"
                 for k, v in spec.attrs:
