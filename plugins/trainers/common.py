@@ -19,7 +19,7 @@ import torch
 from driftkit.errors import DriftkitError
 from driftkit.mathdata import PROMPT_SUFFIX, MathData, rows_sha256
 from driftkit.models import load_model, load_tokenizer, resolve_model_path, weights_sha256
-from driftkit.registry.trainer import Option, TrainContext
+from driftkit.registry.trainer import Option, TrainContext, TrainResult
 
 #: options both bundled trainers take (each adds its own; learning_rate defaults differ)
 SHARED_OPTIONS: tuple[Option, ...] = (
@@ -271,3 +271,14 @@ def save_final(trainer: Any, tokenizer: Any, ctx: TrainContext) -> None:
         tokenizer.save_pretrained(str(ctx.final_dir))
         for f in ctx.final_dir.glob("training_args.bin"):
             f.unlink()  # a pickle: never part of a model folder driftkit hands out
+
+
+def train_and_finish(trainer: Any, tokenizer: Any, ctx: TrainContext, data: dict[str, Any], base: dict[str, Any],
+                     **extra: Any) -> TrainResult:
+    """The tail every bundled trainer shares: train (resuming when asked), save the final model,
+    and turn TRL's log history into the run record."""
+    trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    save_final(trainer, tokenizer, ctx)
+    log, summary = step_log(trainer.state.log_history)
+    return TrainResult(steps=int(trainer.state.global_step), log=log, data=data, base=base,
+                       extra={"summary": summary, **extra, "device": str(trainer.args.device)})

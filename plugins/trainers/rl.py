@@ -24,15 +24,14 @@ from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
 from driftkit.rewards import math_accuracy_reward, math_format_reward, parse_gold
 
 from driftkit.plugins.trainers.common import (
+    train_and_finish,
     SHARED_OPTIONS,
     common_args,
     load_base,
     attach,
     quiet_libraries,
     on_gpu,
-    save_final,
     select_rows,
-    step_log,
     world_size,
 )
 
@@ -168,13 +167,4 @@ class GRPOTrainerPlugin(Trainer):
             processing_class=tok,
         )
         attach(trainer, ctx)
-        trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
-        save_final(trainer, tok, ctx)
-        log, summary = step_log(trainer.state.log_history)
-        return TrainResult(
-            steps=int(trainer.state.global_step),
-            log=log,
-            data=data_info,
-            base=base,
-            extra={"summary": summary, "reward_weights": weights, "device": str(trainer.args.device)},
-        )
+        return train_and_finish(trainer, tok, ctx, data_info, base, reward_weights=weights)

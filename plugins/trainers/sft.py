@@ -21,14 +21,13 @@ from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
 from driftkit.rewards import answer_reward
 
 from driftkit.plugins.trainers.common import (
+    train_and_finish,
     SHARED_OPTIONS,
     common_args,
     load_base,
     attach,
     quiet_libraries,
-    save_final,
     select_rows,
-    step_log,
     world_size,
 )
 
@@ -98,13 +97,4 @@ class SFTTrainerPlugin(Trainer):
                 f"long once tokenized (with the chat template). Raise --max-length (prompts here need more tokens)."
             )
         data_info["n_examples_trained"] = kept  # after TRL dropped examples truncated to their prompt
-        trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
-        save_final(trainer, tok, ctx)
-        log, summary = step_log(trainer.state.log_history)
-        return TrainResult(
-            steps=int(trainer.state.global_step),
-            log=log,
-            data=data_info,
-            base=base,
-            extra={"summary": summary, "chat_template": chat, "device": str(trainer.args.device)},
-        )
+        return train_and_finish(trainer, tok, ctx, data_info, base, chat_template=chat)
