@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", help="At most N items per benchmark (subtasks interleaved)."),
         data: str = typer.Option("auto", "--data", help="auto (hub, or the bundled fixtures when the hub is unreachable), hub, or fixtures."),
         backend: str = typer.Option("hf", "--backend", help="hf (transformers generate, CPU/GPU) or vllm (GPU, optional extra)."),
-        batch_size: int = typer.Option(8, "--batch-size", help="Prompts per generate batch (hf back-end)."),
+        batch_size: int = typer.Option(32, "--batch-size", help="Prompts per generate batch (hf back-end); decoding is memory-bound, so larger batches are nearly free per row."),
         tp: int = typer.Option(1, "--tp", "--tensor-parallel-size", help="vLLM tensor parallel size."),
         max_new_tokens: Optional[str] = typer.Option(None, "--max-new-tokens", help="Generation budget: 64 for every benchmark, or math500=128,ifeval=96 (default: the suite's / each benchmark's own)."),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default)."),

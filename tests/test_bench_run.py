@@ -170,3 +170,30 @@ def test_budget_parsing():
     assert bs == {"math500": quick["math500"], "gpqa": 5, "ifeval": quick["ifeval"]}
     with pytest.raises(DriftkitError, match="not among"):
         load_benchmarks(quick, BenchSettings(max_new_tokens={"humaneval": 5}))
+
+
+def test_greedy_benchmarks_with_one_budget_share_generate_calls(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Pooling: one generate call per token budget, and each item gets back the answer to its own prompt."""
+    from driftkit.generate import HFGenerator
+
+    calls: list[tuple[int, int]] = []
+
+    def fake_generate(self, prompts, max_new_tokens, temperature=0.0, top_p=1.0, seed=0, progress=None):
+        calls.append((len(prompts), max_new_tokens))
+        # an answer whose length encodes its prompt's length, so a mix-up between items shows
+        return [[int(p[-1])] * (len(p) % 5 + 1) for p in prompts]
+
+    monkeypatch.setattr(HFGenerator, "generate", fake_generate)
+    budgets = {"math500": 6, "gpqa": 4, "acpbench": 6, "humaneval": 9, "ifeval": 6}
+    out = run_suite(str(tiny_model), suite="default", limit=2, out=tmp_path / "s.json", data="fixtures", max_new_tokens=budgets)
+    assert sorted(calls) == sorted([(6, 6), (2, 4), (2, 9)])  # math500+acpbench+ifeval pooled; gpqa, humaneval alone
+    items = read_items(out)
+    assert len(items) == 10
+    for it in items:
+        assert it["samples"][0]["new_tokens"] == it["prompt_tokens"] % 5 + 1
+    timing = read_scores(out)["provenance"]["timing"]
+    assert timing["ifeval"]["generated_with"] == ["math500", "acpbench", "ifeval"] and "generated_with" not in timing["gpqa"]
+
+    calls.clear()  # sampling: every benchmark alone, so its seeded samples never depend on its neighbours
+    run_suite(str(tiny_model), suite="default", limit=2, out=tmp_path / "t.json", data="fixtures", max_new_tokens=budgets, temperature=0.7)
+    assert len(calls) == 5

@@ -37,7 +37,7 @@ class CaptureConfig:
     storage_dtype: str = "float16"
     compression: str | None = None
     max_batch_tokens: int = 4096
-    gen_batch_size: int = 8
+    gen_batch_size: int = 32  # decoding is memory-bound: 32 rows cost ~1.4x 8 rows per step
     trust_remote_code: bool = False
     revision: str | None = None
     overwrite: bool = False
