@@ -180,7 +180,8 @@ class Benchmark(ABC):
     #: one config, or several (a benchmark made of subtasks, e.g. ACPBench): each row gets ``_config``
     dataset_config: ClassVar[str | tuple[str, ...] | None] = None
     split: ClassVar[str] = "test"
-    #: path of the offline fixture (JSONL, one dataset row per line)
+    #: path of the offline fixture (JSONL, one dataset row per line). A benchmark with no
+    #: ``dataset_id`` ships its whole data set this way and reads it in every ``data`` mode.
     fixture: ClassVar[Path | None] = None
     max_new_tokens: ClassVar[int] = 256
     #: the metric the transferability index uses for this benchmark
@@ -277,7 +278,11 @@ class Benchmark(ABC):
             "split": self.split,
         }
         fallback = None
-        if data == "fixtures":
+        if not self.dataset_id:
+            # Bundled data set (no hub copy exists): the file is the benchmark itself, not a stand-in,
+            # so it is used in every mode and its scores carry no "not comparable" note.
+            rows, source = self.load_fixture(), "bundled"
+        elif data == "fixtures":
             rows, source = self.load_fixture(), "fixture"
         elif data == "hub" or hub_reachable():
             rows, source = self.load_hub(), "hub"
@@ -285,7 +290,7 @@ class Benchmark(ABC):
             rows, source = self.load_fixture(), "fixture"
             fallback = "the dataset hub was unreachable (or HF_HUB_OFFLINE is set), so the bundled fixture was used"
         prov["source"] = source
-        if source == "fixture":
+        if source in ("fixture", "bundled"):
             raw = Path(self.fixture).read_bytes()  # type: ignore[arg-type]
             prov["fixture"] = Path(self.fixture).name  # type: ignore[arg-type]
             prov["fixture_sha256"] = hashlib.sha256(raw).hexdigest()
