@@ -167,7 +167,7 @@ def test_budget_parsing():
         parse_budget("lots")
     quick = resolve_benchmarks(None, "quick")
     bs = {b.name: b.max_new_tokens for b in load_benchmarks(quick, BenchSettings(max_new_tokens={"gpqa": 5}))}
-    assert bs == {"math500": quick["math500"], "math_heldout": quick["math_heldout"], "gpqa": 5, "ifeval": quick["ifeval"]}
+    assert bs == {"math_heldout": quick["math_heldout"], "gpqa": 5, "ifeval": quick["ifeval"]}
     with pytest.raises(DriftkitError, match="not among"):
         load_benchmarks(quick, BenchSettings(max_new_tokens={"humaneval": 5}))
 

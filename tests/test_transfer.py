@@ -191,3 +191,13 @@ def test_score_file_validation(tmp_path: Path):
     p = write_scores(tmp_path / "y.json", "m", [{"benchmark": "b", "domain": "math", "metric": "acc", "value": 1, "n": 1}], {}, items=[{"id": 1}])
     doc = read_scores(p)
     assert doc["provenance"]["items_file"] == "y.items.jsonl" and (tmp_path / "y.items.jsonl").is_file()
+
+
+def test_no_change_over_a_math_loss_is_zero_not_negative_zero():
+    """The demo's RL case: math fell, the other groups did not move; TI is 0 and prints as 0.0."""
+    dom = {"m": "math", "o": "other", "n": "non"}
+    res = transferability({"m": 18.8, "o": 6.2, "n": 25.0}, {"rl": {"m": 9.4, "o": 6.2, "n": 25.0}, "sft": {"m": 18.8, "o": 6.2, "n": 18.8}}, dom)
+    ti = res["models"]["rl"]["ti"]
+    assert ti == {"other": 0.0, "non": 0.0}
+    assert all(math.copysign(1.0, v) == 1.0 and f"{v:.1f}" == "0.0" for v in ti.values())
+    assert res["models"]["sft"]["ti"] == {"other": None, "non": None}  # sft did not change math: undefined

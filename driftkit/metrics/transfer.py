@@ -150,7 +150,8 @@ def transferability(
             for k, b in enumerate(bs):
                 per_b[b] = {"group": g, "delta": float(d[k]), "z": float(z[k]), "s": float(s[k]), "w": float(w[k])}
         dm = di["math"]
-        ti = {g: (None if di[g] is None or not dm else 100.0 * di[g] / dm) for g in ("other", "non")}  # type: ignore[operator]
+        # "+ 0.0" turns the -0.0 of no change over a negative math DI into 0.0 (nothing transferred, either way)
+        ti = {g: (None if di[g] is None or not dm else 100.0 * di[g] / dm + 0.0) for g in ("other", "non")}  # type: ignore[operator]
         out_models[m] = {"ti": ti, "di": di, "sigma": sig[m], "benchmarks": per_b}
     if isinstance(mode, dict):
         sigma_out: Any = dict(mode)
