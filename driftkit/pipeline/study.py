@@ -116,7 +116,9 @@ def gather(ctx: "Ctx") -> dict[str, Any]:
             rows.append({"model": n, "domain": d, "score_change": dR, "pca_distance": pca_d, "kl_forward": kl_d})
     data["drift_vs_transfer"] = rows
     data["umap"] = _umap(ctx, names)
-    data["steps"] = {sid: {"seconds": e.get("seconds"), "executions": e.get("executions")} for sid, e in man.data["steps"].items()}
+    # finished steps only: the report step itself is still running while this is gathered
+    data["steps"] = {sid: {"seconds": e.get("seconds"), "executions": e.get("executions")} for sid, e in man.data["steps"].items()
+                     if e.get("seconds") is not None}
     return data
 
 
