@@ -4,7 +4,7 @@ Prints, for each benchmark of the suite: items, generated tokens, seconds, items
 the primary score; then the whole suite's wall time (model load included). Offline by default
 (the bundled fixtures). Usage:
 
-    python benchmarks/bench_speed.py [--model smollm2-135m] [--limit 20] [--batch-size 8] [--threads N] [--data fixtures]
+    python benchmarks/bench_speed.py [--model smollm2-135m] [--limit 20] [--batch-size 32] [--threads N] [--data fixtures]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def main() -> int:
     ap.add_argument("--suite", default="default")
     ap.add_argument("--benchmarks", default=None, help="comma list (overrides --suite)")
     ap.add_argument("--limit", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", default=None, help="64, or math500=128,ifeval=96")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--data", default="fixtures")
