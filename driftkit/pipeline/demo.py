@@ -12,14 +12,15 @@ from typing import Any
 from driftkit.pipeline.experiment import Experiment, from_dict
 
 # SFT on worked solutions and GRPO with a math-verify reward, on the same bundled math problems,
-# sized so the whole demo runs in ~12 min cold on an idle 2-core CPU (benchmarks/train_speed.py):
-# SFT ~12.7 s/step; at lr 1e-4 its loss falls 1.98 -> 0.12 in 12 steps and held-out accuracy goes
+# sized so the whole demo stays well under 15 min cold on a 2-core CPU (benchmarks/demo_time.py: 12.5
+# to 14.5 min across runs at 12 SFT + 10 RL steps, hence 10 + 8). From benchmarks/train_speed.py:
+# SFT ~12.7 s/step; at lr 1e-4 its loss falls 1.98 -> 0.12 by step 10-12 and held-out accuracy goes
 # 0% -> 28%. GRPO ~24 s/step (half of it decoding). RL adds a half-weight format reward (exactly one
 # \boxed{} answer): the base model boxes ~6% of its sampled answers, too rarely for correctness alone
 # to give GRPO any signal within ten steps. At this size RL barely moves the model; the report says so.
-DEMO_SFT: dict[str, Any] = {"steps": 12, "batch_size": 8, "learning_rate": 1e-4, "lr_scheduler": "constant", "save_steps": 6}
-DEMO_RL: dict[str, Any] = {"steps": 10, "batch_size": 8, "num_generations": 4, "max_completion_length": 48, "learning_rate": 3e-5,
-                           "lr_scheduler": "constant", "temperature": 1.0, "format_reward": 0.5, "save_steps": 5}
+DEMO_SFT: dict[str, Any] = {"steps": 10, "batch_size": 8, "learning_rate": 1e-4, "lr_scheduler": "constant", "save_steps": 5}
+DEMO_RL: dict[str, Any] = {"steps": 8, "batch_size": 8, "num_generations": 4, "max_completion_length": 48, "learning_rate": 3e-5,
+                           "lr_scheduler": "constant", "temperature": 1.0, "format_reward": 0.5, "save_steps": 4}
 
 
 def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
         # the "quick" suite (math_heldout, gpqa, ifeval) with short generation budgets; drift is scored
         # on math_heldout too (at 48 tokens this model scored MATH-500's floor, 1 of 16, before and after)
         "bench": {"suite": "quick", "limit": 16, "data": "fixtures", "options": {}},
-        "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 30, "max_new_tokens": 48},
+        "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 24, "max_new_tokens": 48},
         "drift": {"enabled": True, "bench": ["math_heldout"], "layers": "every:3"},
     }
 
