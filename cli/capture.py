@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+from driftkit.cli.common import err_console, handle_errors, progress_bar
 
 
 def parse_probe_opts(items: list[str]) -> dict[str, str]:

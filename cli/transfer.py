@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from driftkit.atomic import atomic_write
 from driftkit.cli.common import console, err_console, handle_errors
 
 
@@ -82,10 +81,5 @@ def register(app: typer.Typer) -> None:
         console.print(scores_table(res))
         console.print(transfer_table(res))
         if json_out:
-            p = Path(json_out)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text + "\n")
-            os.replace(tmp, p)
+            p = atomic_write(json_out, text + "\n")
             console.print(f"wrote {p}")

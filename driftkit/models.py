@@ -10,14 +10,13 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from driftkit.atomic import atomic_dir
 from driftkit.errors import DriftkitError
 
 DTYPES: dict[str, torch.dtype] = {
@@ -101,18 +100,10 @@ def bundled_model_dir(name: str, progress: Callable[[str], None] | None = None) 
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "driftkit_source.json").write_text(json.dumps({"package": b.pip_spec, "gguf_file": b.gguf_file}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -19,11 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError
 
 SCHEMA = "driftkit.scores/1"
@@ -35,21 +34,6 @@ def items_path(summary_path: str | Path) -> Path:
     """Where the per-item results of a summary file live: ``scores/base.json`` -> ``scores/base.items.jsonl``."""
     p = Path(summary_path)
     return p.with_name(p.name[: -len(p.suffix)] + ".items.jsonl" if p.suffix else p.name + ".items.jsonl")
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def validate(doc: Any, where: str = "score file") -> dict[str, Any]:
@@ -113,11 +97,11 @@ def write_scores(
                 h.update(line.encode("utf-8"))
                 fh.write(line)
 
-        _atomic_write(ip, _w)
+        atomic_write(ip, _w)
         prov["items_file"] = ip.name
         prov["items_sha256"] = h.hexdigest()
     doc = validate({"schema": SCHEMA, "model": model, "scores": scores, "provenance": prov}, str(path))
-    _atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"))
+    atomic_write(path, lambda fh: fh.write(json.dumps(doc, indent=2, ensure_ascii=False, default=str) + "\n"))
     return path
 
 

@@ -25,7 +25,6 @@ from driftkit.models import LoadedModel, load_model, tokenizer_sha256, weights_s
 from driftkit.prompts import encode_prompt, encode_response, load_prompts
 from driftkit.registry import load as load_plugin
 from driftkit.registry.probe import Batch, ModelLayout, Probe, Site
-from driftkit.store import schema as S
 from driftkit.store.dtypes import STORAGE_DTYPES
 from driftkit.store.reader import CaptureReader
 from driftkit.store.writer import ArraySpec, BackgroundWriter, CaptureWriter

@@ -12,7 +12,6 @@ import sys
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
 
 from driftkit.errors import DriftkitError
 

@@ -32,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError
 
 RUN_SCHEMA = "driftkit.run/1"
@@ -351,15 +352,7 @@ class Trainer(ABC):
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temp name in the same folder and rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=_json_default)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(obj: Any) -> Any:

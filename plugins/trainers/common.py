@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from driftkit.atomic import atomic_dir
 from driftkit.errors import DriftkitError
 from driftkit.mathdata import PROMPT_SUFFIX, MathData, rows_sha256
 from driftkit.models import load_model, load_tokenizer, resolve_model_path, weights_sha256
@@ -181,9 +181,7 @@ def export_step_checkpoint(src: Path, dst: Path) -> None:
     Only model files are taken (safetensors, configs, tokenizer); optimizer/RNG state and the pickled
     training arguments stay behind in the resumable checkpoint. Written to a temp folder and renamed.
     """
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}-", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         for f in src.iterdir():
             if not f.is_file() or f.name in _NOT_MODEL_FILES or not f.name.endswith(_MODEL_FILE_SUFFIXES):
                 continue
@@ -191,12 +189,6 @@ def export_step_checkpoint(src: Path, dst: Path) -> None:
                 os.link(f, tmp / f.name)
             except OSError:
                 shutil.copy2(f, tmp / f.name)
-        if dst.exists():
-            shutil.rmtree(dst)
-        os.replace(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def attach(trainer: Any, ctx: TrainContext) -> None:
