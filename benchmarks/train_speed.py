@@ -77,6 +77,16 @@ def timed_train(name: str, model: str, out: Path, options: dict[str, Any]) -> tu
     return path, deltas, wall
 
 
+def step_times(wall: float, deltas: list[float]) -> dict[str, float]:
+    """Wall time and seconds per step; the mean leaves out step 1, which includes loading."""
+    return {
+        "wall_s": round(wall, 1),
+        "s_per_step_mean": round(statistics.mean(deltas[1:] or deltas), 2),
+        "s_per_step_median": round(statistics.median(deltas), 2),
+        "first_step_s": round(deltas[0], 2),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL)
@@ -108,10 +118,7 @@ def main() -> None:
         path, deltas, wall = timed_train("sft", a.model, out / "sft", opts)
         figures["sft"] = {
             "options": opts,
-            "wall_s": round(wall, 1),
-            "s_per_step_mean": round(statistics.mean(deltas[1:] or deltas), 2),
-            "s_per_step_median": round(statistics.median(deltas), 2),
-            "first_step_s": round(deltas[0], 2),
+            **step_times(wall, deltas),
             "loss_first_last": [read_manifest(path)["log"][0].get("loss"), read_manifest(path)["log"][-1].get("loss")],
             "after": evaluate(str(path), heldout),
         }
@@ -124,10 +131,7 @@ def main() -> None:
         log = read_manifest(path)["log"]
         figures["rl"] = {
             "options": opts,
-            "wall_s": round(wall, 1),
-            "s_per_step_mean": round(statistics.mean(deltas[1:] or deltas), 2),
-            "s_per_step_median": round(statistics.median(deltas), 2),
-            "first_step_s": round(deltas[0], 2),
+            **step_times(wall, deltas),
             "reward_curve": [round(e.get("reward", float("nan")), 3) for e in log if "reward" in e],
             "accuracy_reward_curve": [round(e.get("rewards/math_accuracy_reward/mean", float("nan")), 3) for e in log if "reward" in e],
             "after": evaluate(str(path), heldout),
