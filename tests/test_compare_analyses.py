@@ -72,7 +72,7 @@ def test_kl_plugin_vs_full_softmax(pair, positions: str) -> None:
 
 def test_token_rank_plugin_vs_argsort(pair) -> None:
     a, b, da, db = pair
-    res = driftkit.compare([a, b], analyses=["token_rank"]).to_dict()["analyses"]["token_rank"]
+    res = driftkit.compare([a, b], analyses=["token_rank"], positions="all").to_dict()["analyses"]["token_rank"]
     pos = _predictive_positions(da, "all")
     t = np.array([p[0] for p in pos])
     la = torch.from_numpy(da["final/hidden"][t] @ da["final/unembed"].T)
@@ -97,7 +97,7 @@ def test_token_rank_plugin_vs_argsort(pair) -> None:
 
 def test_cka_plugin_vs_gram(pair) -> None:
     a, b, da, db = pair
-    res = driftkit.compare([a, b], analyses=["cka"], chunk_tokens=16).to_dict()["analyses"]["cka"]
+    res = driftkit.compare([a, b], analyses=["cka"], chunk_tokens=16, positions="all").to_dict()["analyses"]["cka"]
     sites = [e["site"] for e in res["layers"]]
     assert sites[0] == "embed" and sites[1:] == [f"residual.{i}" for i in range(4)]
     for e in res["layers"]:
@@ -143,9 +143,9 @@ def test_pca_shift_plugin_vs_sklearn(pair) -> None:
 
 def test_max_tokens_subsample_is_seeded(pair) -> None:
     a, b, _, _ = pair
-    r1 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3).to_dict()["analyses"]["kl"]["summary"]
-    r2 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3).to_dict()["analyses"]["kl"]["summary"]
-    r3 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=4).to_dict()["analyses"]["kl"]["summary"]
+    r1 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3, positions="all").to_dict()["analyses"]["kl"]["summary"]
+    r2 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3, positions="all").to_dict()["analyses"]["kl"]["summary"]
+    r3 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=4, positions="all").to_dict()["analyses"]["kl"]["summary"]
     assert r1["n_positions"] == 40 and r1 == r2 and r3["kl_forward"] != r1["kl_forward"]
 
 
@@ -161,7 +161,8 @@ def test_identical_captures_show_no_drift(pair) -> None:
 
 def test_cka_cross_layer_matrix(pair) -> None:
     a, b, da, db = pair
-    rep = driftkit.compare([a, b], analyses=["cka"], layers="0,2", options={"cka": {"cross_layer": "true"}})
+    rep = driftkit.compare([a, b], analyses=["cka"], layers="0,2", positions="all",
+                           options={"cka": {"cross_layer": "true"}})
     res = rep.to_dict()["analyses"]["cka"]
     cross = res["cross_layer"]
     assert cross["layers"] == [0, 2]

@@ -129,7 +129,8 @@ def test_third_party_analysis_from_file(caps, tmp_path: Path) -> None:
     f = tmp_path / "my_metric.py"
     f.write_text(THIRD_PARTY)
     out = tmp_path / "r.json"
-    r = run(a, b, "--analyses", "kl", "--analysis", f"{f}:HiddenMSE", "--opt", "hidden_mse.scale=2", "--json", out)
+    r = run(a, b, "--analyses", "kl", "--analysis", f"{f}:HiddenMSE", "--opt", "hidden_mse.scale=2",
+            "--positions", "all", "--json", out)
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())["analyses"]
     assert set(res) == {"kl", "hidden_mse"}

@@ -19,6 +19,9 @@ from driftkit.errors import DriftkitError, IncompatibleCaptures
 from driftkit.store import schema as S
 from driftkit.store.reader import POSITIONS, CaptureReader
 
+#: what ``--positions`` accepts: the reader's selections plus ``auto`` (resolved per pair)
+COMPARE_POSITIONS = ("auto", *POSITIONS)
+
 #: callback(description, done, total) used to drive a progress bar
 Progress = Callable[[str, int, int], None]
 
@@ -27,7 +30,7 @@ Progress = Callable[[str, int, int], None]
 class CompareOptions:
     """The user's selection, shared by all analyses of a comparison."""
 
-    positions: str = "all"
+    positions: str = "auto"  # auto | all | prompt | response (auto: see CapturePair.positions)
     layers: str | list[int] | None = None  # residual layers (model indices); None = all captured
     domains: list[str] | None = None
     max_tokens: int | None = None  # random subsample of scored tokens (per analysis mask), seeded
@@ -37,8 +40,8 @@ class CompareOptions:
     plugin_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.positions not in POSITIONS:
-            raise DriftkitError(f"--positions must be one of {', '.join(POSITIONS)}, not {self.positions!r}.")
+        if self.positions not in COMPARE_POSITIONS:
+            raise DriftkitError(f"--positions must be one of {', '.join(COMPARE_POSITIONS)}, not {self.positions!r}.")
         if self.max_tokens is not None and self.max_tokens < 4:
             raise DriftkitError(f"--max-tokens must be at least 4 (CKA needs 4 rows), got {self.max_tokens}.")
         if self.chunk_tokens < 1:
@@ -145,6 +148,22 @@ class CapturePair:
 
     # -- samples and tokens ----------------------------------------------------------------------
     @cached_property
+    def positions(self) -> str:
+        """The positions every analysis of this pair uses: ``--positions`` itself, or for ``auto``
+        ``response`` when both captures hold responses (generated or given) and ``all`` otherwise.
+
+        Why ``auto`` is the default: on captures with responses, the question is how the tuned model
+        answers; prompt tokens are the same text for every checkpoint and would dilute KL and rank
+        summaries toward the base. On raw-text captures there is no response, so all tokens count."""
+        chosen = self.options.positions
+        if chosen != "auto":
+            return chosen
+        if self.a.has_responses() and self.b.has_responses():
+            self.notes.append("positions: auto -> response (both captures hold responses)")
+            return "response"
+        return "all"
+
+    @cached_property
     def sample_selected(self) -> np.ndarray:
         """(N,) samples captured in both files and in the selected domains."""
         sel = self.a.done & self.b.done
@@ -187,7 +206,7 @@ class CapturePair:
         (position t predicts token t+1; a sample's last token predicts nothing stored). The
         ``--max-tokens`` subsample is drawn with ``--seed`` so reruns give the same tokens.
         """
-        positions = positions or self.options.positions
+        positions = positions or self.positions
         if kind == "states":
             m = self.a.position_mask(positions)
         elif kind == "predictive":

@@ -89,7 +89,7 @@ def compare(
     paths: Sequence[str | Path],
     analyses: Sequence[str | type[Analysis] | Analysis] | None = None,
     *,
-    positions: str = "all",
+    positions: str = "auto",
     layers: str | list[int] | None = None,
     domains: Sequence[str] | None = None,
     max_tokens: int | None = None,
@@ -102,6 +102,8 @@ def compare(
 ) -> "Report":
     """Compare captures: the first is the reference A, each other one is compared against it.
 
+    ``positions``: ``auto`` (default: response tokens when both captures hold responses, else all),
+    ``all``, ``prompt`` or ``response``; the positions used are recorded in every pair and result.
     ``analyses``: registered names (``"cka"``, ``"kl"``, ...), ``"file.py:Class"`` specs, classes or
     instances; None runs every registered analysis the captures support; ``extra_analyses`` run in
     addition (e.g. a ``file.py:Class`` next to the defaults). ``options`` holds
@@ -149,12 +151,16 @@ def compare(
                     pair.notes.append(f"{an.name} skipped: {reason}")
                     continue
                 t0 = time.perf_counter()
-                results[an.name] = an.run(pair)
+                result = an.run(pair)
+                if isinstance(result, dict):  # every summary records the positions it used
+                    result.setdefault("positions", pair.positions)
+                results[an.name] = result
                 timings[an.name] = round(time.perf_counter() - t0, 3)
             bodies.append(
                 {
                     "a": pair.label_a,
                     "b": pair.label_b,
+                    "positions": pair.positions,
                     "n_samples": pair.n_samples,
                     "n_tokens": pair.n_tokens,
                     "notes": pair.notes,

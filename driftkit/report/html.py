@@ -12,6 +12,7 @@ from string import Template
 from typing import TYPE_CHECKING, Any, Mapping
 
 from driftkit.registry.analysis import fmt
+from driftkit.report.report import positions_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from driftkit.report.report import Report
@@ -76,7 +77,7 @@ def render_html(report: "Report") -> str:
     caps = body.get("captures", [])
     title = "driftkit compare: " + " vs ".join(c["label"] for c in caps)
     opts = body.get("options", {})
-    meta = (f"{body['n_samples']:,} samples, {body['n_tokens']:,} tokens; positions={opts.get('positions')}; "
+    meta = (f"{body['n_samples']:,} samples, {body['n_tokens']:,} tokens; positions={positions_label(body)}; "
             f"reference A = {html.escape(caps[0]['label'])}; driftkit {body.get('driftkit_version', '?')}")
     cap_table = _table(
         ["", "label", "model", "samples", "tokens", "weights sha256"],

@@ -40,6 +40,15 @@ def jsonable(x: Any) -> Any:
     return x
 
 
+def positions_label(body: Mapping[str, Any]) -> str:
+    """The positions a report's numbers come from, as the header shows them: ``response (auto)`` when
+    ``--positions auto`` resolved to response tokens, one value per pair if pairs differ."""
+    pairs = body.get("pairs") or [body]
+    used = list(dict.fromkeys(str(p.get("positions") or body.get("options", {}).get("positions", "all")) for p in pairs))
+    label = "/".join(used)
+    return f"{label} (auto)" if body.get("options", {}).get("positions") == "auto" else label
+
+
 class Report:
     """Result of :func:`driftkit.compare`.
 
@@ -73,7 +82,8 @@ class Report:
         }
         if len(pairs) == 1:
             p = pairs[0]
-            body = {**head, "notes": p["notes"], "seconds": p["seconds"], "analyses": p["analyses"]}
+            body = {**head, "positions": p.get("positions"), "notes": p["notes"], "seconds": p["seconds"],
+                    "analyses": p["analyses"]}
         else:
             side: dict[str, dict[str, Any]] = {}
             for p in pairs:

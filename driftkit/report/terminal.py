@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from driftkit.registry.analysis import fmt
+from driftkit.report.report import positions_label
 
 if TYPE_CHECKING:  # pragma: no cover
     from driftkit.report.report import Report
@@ -81,7 +82,7 @@ def render_report(report: "Report", console: Console | None = None) -> None:
     console = console or Console()
     body = report.body
     opts = body.get("options", {})
-    sel = f"positions={opts.get('positions', 'all')}"
+    sel = f"positions={positions_label(body)}"
     if opts.get("domains"):
         sel += f", domains={','.join(opts['domains'])}"
     if opts.get("layers") not in (None, "all"):

@@ -171,6 +171,10 @@ class CaptureReader:
         """(T,) True for tokens of samples that were captured."""
         return np.repeat(self.done, np.diff(self.offsets))
 
+    def has_responses(self) -> bool:
+        """True when any sample holds tokens after its prompt (a generated or given response)."""
+        return bool((np.diff(self.offsets) > np.asarray(self.prompt_len)).any())
+
     def position_mask(self, positions: str = "all") -> np.ndarray:
         """(T,) mask of token positions: ``all``, ``prompt`` (prompt tokens) or ``response``.
 

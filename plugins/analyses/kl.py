@@ -85,8 +85,8 @@ class KLAnalysis(Analysis):
             top.append({"sample": str(pair.a.sample_ids[s]), "position": t - int(pair.a.offsets[s]),
                         "next_token": pair.token_strings([nxt])[0], "kl_forward": float(top_val[j])})
         return {
-            "positions": pair.options.positions,
-            "logratio_positions": "response" if use_resp else "all",
+            "positions": pair.positions,
+            "logratio_positions": "response" if use_resp else pair.positions,
             "summary": summary,
             "per_domain": per_domain,
             "top_positions": top,

@@ -80,7 +80,7 @@ class PCAShiftAnalysis(Analysis):
                              "n_samples": n, "points": points[d]}
         dists = [v["distance"] for v in per_domain.values()]
         out: dict[str, Any] = {
-            "positions": pair.options.positions,
+            "positions": pair.positions,
             "k": k,
             "summary": {"mean_distance": float(np.mean(dists)) if dists else None, "max_distance": float(np.max(dists)) if dists else None,
                         "mean_angle_deg": float(np.mean([l["mean_angle_deg"] for l in layers if l["mean_angle_deg"] is not None] or [np.nan]))},

@@ -83,7 +83,7 @@ class TokenRankAnalysis(Analysis):
             vals, ids = torch.topk(shifted_tokens, min(k, int((shifted_tokens > 0).sum())))
             strings = pair.token_strings(ids.tolist())
             top = [{"token": s, "id": int(i), "count": int(v)} for s, i, v in zip(strings, ids.tolist(), vals.tolist())]
-        return {"positions": pair.options.positions, "summary": summary, "per_domain": per_domain, "top_shifted_tokens": top}
+        return {"positions": pair.positions, "summary": summary, "per_domain": per_domain, "top_shifted_tokens": top}
 
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
         return {k: result["summary"][k] for k in ("unshifted", "marginal", "shifted", "rank_shift")}
