@@ -29,6 +29,13 @@ def scores_table(doc: dict[str, Any]) -> Any:
     return t
 
 
+def _suites_text() -> str:
+    """The bundled suites as the help shows them, read from the suite table so the two cannot differ."""
+    from driftkit.bench import SUITES
+
+    return ", ".join(f"{name} ({', '.join(benchmarks)})" for name, benchmarks in SUITES.items())
+
+
 def register(app: typer.Typer) -> None:
     @app.command(
         "bench",
@@ -38,8 +45,7 @@ def register(app: typer.Typer) -> None:
             "  driftkit bench smollm2-135m --data fixtures --limit 20 --out scores/base.json   (offline)\n\n"
             "  driftkit bench ckpt/rl --benchmarks math500,ifeval --backend vllm --tp 2 --out scores/rl.json\n\n"
             "  driftkit bench --import-lm-eval results/ --model ckpt/sft --out scores/sft.json\n\n"
-            "Suites: default (math500, gpqa, acpbench, humaneval, ifeval), quick (math500, gpqa, ifeval with small budgets, "
-            "for CPU demos), math, other, non. "
+            f"Suites: {_suites_text()}. quick uses small budgets, for CPU demos. "
             "Scores are written as driftkit.scores/1 JSON plus OUT.items.jsonl with every item's output and score; "
             "'*' marks the metric 'driftkit transfer' uses."
         ),

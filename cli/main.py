@@ -20,9 +20,19 @@ app = typer.Typer(
 VERB_MODULES = ("capture", "inspect", "plugins", "compare", "bench", "transfer", "train", "run")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from driftkit import __version__
+
+        typer.echo(f"driftkit {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.", envvar="DRIFTKIT_DEBUG"),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print driftkit's version and exit."),
 ) -> None:
     if debug:
         os.environ["DRIFTKIT_DEBUG"] = "1"
@@ -36,6 +46,30 @@ for _name in VERB_MODULES:
             raise
         continue
     _mod.register(app)
+
+
+def _escape_help_markup(typer_app: typer.Typer) -> None:
+    """Escape rich markup in every help text, epilog and option help of ``typer_app``.
+
+    Why: help texts quote TOML tables (``[sft]``, ``[[rule]]``, ``[experiment].out``), which rich
+    markup mode silently drops as unknown tags. Escaping once here keeps rich's layout (panels,
+    verbatim example lines) and shows every bracket as written, for verbs added later too.
+    """
+    import inspect
+
+    from rich.markup import escape
+
+    for cmd in typer_app.registered_commands:
+        cmd.help = escape(cmd.help or inspect.getdoc(cmd.callback) or "") or None
+        if cmd.epilog:
+            cmd.epilog = escape(cmd.epilog)
+        for param in inspect.signature(cmd.callback).parameters.values():
+            info = param.default
+            if isinstance(info, typer.models.ParameterInfo) and info.help:
+                info.help = escape(info.help)
+
+
+_escape_help_markup(app)
 
 
 def main() -> None:

@@ -23,13 +23,13 @@ import typer
 from driftkit.cli.common import console, err_console, handle_errors, progress_bar
 from driftkit.errors import DriftkitError
 
-HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER ([bold]sft[/], [bold]rl[/] or a plugin).
+HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER (sft, rl or a plugin).
 
 OUT gets the final model (safetensors + tokenizer), checkpoints/step-N/ every --save-steps steps
 (each loadable, to follow drift along training) and driftkit_run.json (data hash, config, seed,
 versions, per-step loss/reward).
 
-[bold]Examples[/]
+Examples:
 
   driftkit train sft smollm2-135m --data probes:math-train --out ckpt/sft --steps 200
   driftkit train rl  smollm2-135m --data probes:math-train --out ckpt/rl --steps 50 --num-generations 4
