@@ -132,7 +132,47 @@ def resolve_model_path(spec: str, progress: Callable[[str], None] | None = None)
             )
             raise DriftkitError(f"Model folder {spec} has no *.safetensors weights.{hint}")
         return str(p)
+    check_hub_reachable(spec)
     return spec
+
+
+def _hub_host() -> tuple[str, int]:
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def check_hub_reachable(repo_id: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not after a minute of retries, when a hub id cannot be fetched.
+
+    Why: without network, ``from_pretrained`` retries for about 50 s before its error. A model in
+    the local Hugging Face cache loads offline, so it passes; otherwise ``HF_HUB_OFFLINE=1`` or a
+    short TCP probe of the hub decides at once.
+    """
+    import socket
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+            return  # cached: from_pretrained finds it without the network
+    except Exception:  # noqa: BLE001 - a malformed id is reported by from_pretrained itself
+        return
+    where = f"{repo_id!r} is not a local folder, not a bundled model ({', '.join(BUNDLED)}) and not in the Hugging Face cache"
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        raise DriftkitError(
+            f"Model {where}, and HF_HUB_OFFLINE is set, so it cannot be downloaded. Give a local checkpoint folder, "
+            f"or download it on a machine with network access (huggingface-cli download {repo_id})."
+        )
+    host, port = _hub_host()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise DriftkitError(
+            f"Model {where}, and the hub ({host}) cannot be reached ({exc}). Give a local checkpoint folder, or "
+            f"check the network (set HF_HUB_OFFLINE=1 to skip this probe when working offline)."
+        ) from exc
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -143,9 +183,18 @@ def pick_device(device: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise DriftkitError(f"Unknown device {device!r} ({exc}); use auto, cpu, cuda or cuda:N.") from exc
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            have = f"{n} CUDA device(s), so use an index below {n}" if n else "no CUDA device (or a CPU-only torch)"
+            raise DriftkitError(f"Device {device!r} was asked for, but this machine has {have}. "
+                                f"Use device 'cpu' or 'auto' (--device cpu|auto on the command line).")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise DriftkitError(f"Device {device!r} was asked for, but MPS is not available here. Use 'cpu' or 'auto'.")
+    return dev
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -241,8 +290,8 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    dev = pick_device(device)  # before any conversion or download: a wrong device fails at once
     path = resolve_model_path(spec, progress)
-    dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     try:
         tok = load_tokenizer(path, revision=revision, trust_remote_code=trust_remote_code)
