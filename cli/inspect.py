@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import typer
@@ -89,10 +90,7 @@ def register(app: typer.Typer) -> None:
         arr = Table(title="arrays", title_justify="left")
         for c in ("path", "shape", "dtype", "compression", "MB"):
             arr.add_column(c, justify="right" if c == "MB" else "left")
-        big = sorted(d["arrays"], key=lambda a: a["path"])
-        shown = big if len(big) <= 16 else [a for a in big if not a["path"].startswith("sites/")] + big[:6]
-        for a in shown:
+        # Every array, in natural order (residual.2 before residual.10): a capture's table is its inventory.
+        for a in sorted(d["arrays"], key=lambda a: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", a["path"])]):
             arr.add_row(a["path"], "×".join(map(str, a["shape"])), a["dtype"], a["compression"], f"{a['bytes'] / 1e6:.2f}")
-        if len(shown) < len(big):
-            arr.add_row(f"… {len(big) - len(shown)} more sites", "", "", "", "")
         console.print(arr)
