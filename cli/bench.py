@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
 
                 def _progress(bench: str, done: int, total: int) -> None:
                     if bench not in tasks:
-                        tasks[bench] = pb.add_task(bench, total=total, info="")
+                        tasks[bench] = pb.add_task(bench, total=total, info="", unit="samples")
                     pb.update(tasks[bench], completed=done)
 
                 path = run_benchmarks(

@@ -79,20 +79,9 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def progress_bar(**kwargs: Any):
-    """A rich progress bar with the columns every long command uses (to stderr, so --json stdout stays clean)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+def progress_bar(**kwargs: Any) -> Any:
+    """Progress on stderr (so --json stdout stays clean): a rich bar on a terminal, timed plain lines
+    on a pipe or in CI (see :mod:`driftkit.cli.progress`)."""
+    from driftkit.cli.progress import progress_bar as make
 
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=err_console,
-        transient=False,
-        disable=not sys.stderr.isatty() and os.environ.get("DRIFTKIT_PROGRESS", "") != "1",
-        **kwargs,
-    )
+    return make(err_console, **kwargs)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,7 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 import typer
 
-from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+from driftkit.cli.common import console, handle_errors, progress_bar
 from driftkit.errors import DriftkitError
 
 HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER (sft, rl or a plugin).
@@ -70,15 +69,13 @@ def _parse_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 class _Progress:
-    """A rich bar on a terminal; on a pipe, a line every ~5% of the run (loss/reward included)."""
+    """Training steps on the shared progress display (a rich bar, or timed plain lines on a pipe),
+    with loss/reward as the task's info."""
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.bar = progress_bar()
         self.task: Any = None
-        self.interactive = not self.bar.disable
-        self.last_step = 0
-        self.t0 = time.perf_counter()
 
     def __enter__(self) -> "_Progress":
         self.bar.__enter__()
@@ -93,12 +90,8 @@ class _Progress:
             shown.append(f"acc={metrics['rewards/math_accuracy_reward/mean']:.3g}")
         info = " ".join(shown)
         if self.task is None:
-            self.task = self.bar.add_task(self.label, total=total, info=info)
+            self.task = self.bar.add_task(self.label, total=total, info=info, unit="steps")
         self.bar.update(self.task, completed=step, total=total, info=info)
-        every = max(1, total // 20)
-        if not self.interactive and step > self.last_step and (step % every == 0 or step == total or step == 1):
-            err_console.print(f"{self.label} step {step}/{total} {info} ({time.perf_counter() - self.t0:.0f} s)", highlight=False)
-        self.last_step = max(self.last_step, step)
 
 
 def register(app: typer.Typer) -> None:

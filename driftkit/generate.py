@@ -44,7 +44,41 @@ class Generator(ABC):
         seed: int = 0,
         progress: Callable[[int], None] | None = None,
     ) -> list[list[int]]:
-        """Return, for each prompt, the generated token ids (stopping at EOS, EOS included)."""
+        """Return, for each prompt, the generated token ids (stopping at EOS, EOS included).
+
+        ``progress(n)`` is called with the number of samples' worth of work just done; it may be
+        fractional (the HF back-end advances a batch of R rows by R / max_new_tokens per decoding
+        step), and the increments of a call add up to ``len(prompts)``."""
+
+
+class _StepProgress:
+    """A ``generate`` streamer that turns decoding steps into sample progress.
+
+    Why: a batch of 32 prompts at 256 new tokens can decode for minutes; reporting only finished
+    batches left progress at 0 all that time. ``generate`` calls ``put`` once with the prompt, then
+    once per decoding step, so each step advances the batch by rows / max_new_tokens samples.
+    """
+
+    def __init__(self, rows: int, max_new_tokens: int, progress: Callable[[float], None]) -> None:
+        self.step = rows / max(1, max_new_tokens)
+        self.reported = 0.0
+        self.rows = rows
+        self.progress = progress
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        if self.reported + self.step <= self.rows:
+            self.reported += self.step
+            self.progress(self.step)
+
+    def end(self) -> None:
+        """The rest of the batch at once (rows that stopped early at EOS)."""
+        if self.rows - self.reported > 0:
+            self.progress(self.rows - self.reported)
+        self.reported = float(self.rows)
 
 
 class HFGenerator(Generator):
@@ -100,7 +134,8 @@ class HFGenerator(Generator):
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            gen = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
+            streamer = _StepProgress(len(idx), max_new_tokens, progress) if progress else None
+            gen = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), streamer=streamer, **kwargs)
             new = gen[:, L:].cpu()
             for r, i in enumerate(idx):
                 ids = new[r].tolist()
@@ -111,8 +146,8 @@ class HFGenerator(Generator):
                         cut = j + 1
                         break
                 out[i] = ids[:cut]
-            if progress:
-                progress(len(idx))
+            if streamer is not None:
+                streamer.end()
         return out
 
 

@@ -272,6 +272,8 @@ class CaptureEngine:
             nn_model = TransformersModel(model, tokenizer=self.loaded.tokenizer)
         bg = BackgroundWriter(writer)
         checked = not cfg.check_logits
+        if self.progress:  # start the clock (rate, ETA) before the first batch, not after it
+            self.progress("capture", done_tokens, total_tokens)
         try:
             for batch_idx in token_budget_batches(lengths, todo, cfg.max_batch_tokens):
                 S_ = max(lengths[i] for i in batch_idx)
