@@ -3,7 +3,9 @@ per-token summaries of the model's own next-token distribution.
 
 Why store hidden + unembedding instead of logits: logits are V wide (49k-256k); ``hidden @ W.T``
 rebuilds them exactly at compare time for 40-80x less disk, which is what makes exact
-full-vocabulary KL and ranks affordable. :meth:`FinalProbe.check` proves on the first batch that
+full-vocabulary KL and ranks affordable. Both are stored at the model's own dtype (not
+``--storage-dtype``): a float16-rounded hidden state of a float32 model shifts a small KL by ~1%.
+:meth:`FinalProbe.check` proves on the first batch that
 the rebuild matches the model's own logits, so an architecture with an unknown final transform
 fails loudly instead of producing silently wrong KL.
 """
@@ -192,7 +194,8 @@ class FinalProbe(Probe):
         err = (rebuilt - ref).abs()
         bad = ~(err <= bound)  # NaN counts as a mismatch
         if bad.any():
-            worst = float(torch.nan_to_num(err / bound.clamp_min(torch.finfo(torch.float32).tiny), nan=float("inf")).max())
+            ratio = err / bound.clamp_min(torch.finfo(torch.float32).tiny)
+            worst = float(torch.nan_to_num(ratio, nan=float("inf")).max())
             raise DriftkitError(
                 f"Logits rebuilt from final/hidden @ final/unembed.T do not match the model's own logits "
                 f"(max |difference| {float(torch.nan_to_num(err, nan=float('inf')).max()):.4g}, {worst:.3g} times the "

@@ -68,8 +68,8 @@ def test_check_catches_small_wrong_transforms(wrong: str, tiny_model: Path, tiny
     bad = _own_logits(lm.model, [5, 6, 7, 8])
     assert bool(((bad - clean).abs() <= 1e-3 * (1 + clean.abs())).all())  # within the old check's slack
     with pytest.raises(DriftkitError, match="do not match the model's own logits"):
-        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "bad.h5", probes=["final"],
-                              dtype="float32"), loaded=lm)
+        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "bad.h5",
+                              probes=["final"], dtype="float32"), loaded=lm)
 
 
 def test_old_float16_final_hidden_still_reads(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
@@ -85,7 +85,8 @@ def test_old_float16_final_hidden_still_reads(tiny_model: Path, tiny_prompts: Pa
             if storage == "float16":
                 f.create_dataset(S.FINAL_HIDDEN, data=h.half().numpy())
             else:
-                f.create_dataset(S.FINAL_HIDDEN, data=h.bfloat16().view(torch.uint16).numpy()).attrs["dtype"] = "bfloat16"
+                bits = h.bfloat16().view(torch.uint16).numpy()
+                f.create_dataset(S.FINAL_HIDDEN, data=bits).attrs["dtype"] = "bfloat16"
         with CaptureReader(out) as a, CaptureReader(old) as b:
             ha, hb = a.read(S.FINAL_HIDDEN), b.read(S.FINAL_HIDDEN)
             assert hb.dtype == torch.float32
@@ -93,9 +94,9 @@ def test_old_float16_final_hidden_still_reads(tiny_model: Path, tiny_prompts: Pa
             torch.testing.assert_close(b.unembedding().logits(hb), a.unembedding().logits(ha), rtol=0.05, atol=0.05)
 
 
-def test_resume_refuses_a_file_with_final_hidden_at_another_dtype(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5", probes=["final"],
-                                dtype="float32"))
+def test_resume_refuses_final_hidden_at_another_dtype(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
+    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5",
+                                probes=["final"], dtype="float32"))
     with h5py.File(out, "r+") as f:  # as an older driftkit wrote it, and interrupted
         h = f[S.FINAL_HIDDEN][()]
         del f[S.FINAL_HIDDEN]
@@ -103,14 +104,14 @@ def test_resume_refuses_a_file_with_final_hidden_at_another_dtype(tiny_model: Pa
         f[S.SAMPLES_DONE][0] = False
         f.attrs["complete"] = False
     with pytest.raises(DriftkitError, match="stored at another dtype"):
-        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, probes=["final"], dtype="float32",
-                              resume=True))
+        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, probes=["final"],
+                              dtype="float32", resume=True))
 
 
 def test_inspect_shows_final_hidden_dtype(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
     from driftkit.cli.inspect import describe
 
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5", probes=["final"],
-                                dtype="bfloat16"))
+    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5",
+                                probes=["final"], dtype="bfloat16"))
     arrays = {a["path"]: a["dtype"] for a in describe(out)["arrays"]}
     assert arrays[S.FINAL_HIDDEN] == arrays[S.FINAL_UNEMBED] == "bfloat16"
