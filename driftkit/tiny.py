@@ -26,8 +26,8 @@ Answer with a single letter: A, B, C or D. The capital of France is Paris.
 Think step by step. First, we add the numbers. Then we multiply. <think> reasoning </think>
 """
 
-ARCHES = ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "gemma2", "gemma3_text", "cohere", "falcon", "gpt2",
-          "granite", "granitemoe")
+ARCHES = ("llama", "qwen2", "mistral", "phi3", "phi", "gpt_neox", "olmo2", "gemma2", "gemma3_text", "cohere", "falcon",
+          "gpt2", "granite", "granitemoe")
 
 #: per-architecture config extras; the final transforms are set away from their defaults (1.0 / none)
 #: so tests see them: Gemma softcaps, Cohere multiplies by ``logit_scale``, Granite divides by
@@ -109,6 +109,9 @@ def build_tiny_model(
         for p in model.parameters():
             if p.dim() >= 2:
                 p.mul_(4.0)
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:  # phi: initialised to 0, which would hide a dropped bias
+            head.bias.normal_(0.0, 1.0)
     model.save_pretrained(out, safe_serialization=True)
     (out / "driftkit_fixture.json").write_text(json.dumps({"arch": arch, "seed": seed, "layers": num_layers}))
     return out

@@ -5,7 +5,8 @@ and at bfloat16.
 
 Each model is tiny (2 layers, hidden 64, the fixture tokenizer) and its final transform is set away
 from the default (Gemma softcap 30, Cohere scale 0.25, Granite divides by 6) so a missing or
-misordered transform cannot pass.
+misordered transform cannot pass. ``phi`` (Phi-1/2) is here for its ``lm_head`` bias
+(``final/unembed_bias``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from driftkit.models import load_model
 from driftkit.store import schema as S
 from driftkit.store.reader import CaptureReader
 
-ARCHS = ["llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "gemma3_text", "cohere", "falcon", "gpt2",
+ARCHS = ["llama", "qwen2", "mistral", "phi3", "phi", "gpt_neox", "olmo2", "gemma3_text", "cohere", "falcon", "gpt2",
          "granite", "granitemoe"]
 PROMPTS = [
     {"id": "a", "domain": "math", "text": "What is 2 + 3? The answer is 5."},
@@ -75,7 +76,10 @@ def test_rebuilt_logits_are_the_models_own(arch: str, dtype: str, built, tmp_pat
                 assert ds.dtype == np.float32 and "dtype" not in ds.attrs
         unembed = r.unembedding(tdt)
         assert unembed.weight.dtype == tdt
-        assert torch.equal(unembed.weight, lm.model.get_output_embeddings().weight.detach())
+        head = lm.model.get_output_embeddings()
+        assert torch.equal(unembed.weight, head.weight.detach())
+        assert (unembed.bias is None) == (head.bias is None) == (arch != "phi")
+        assert unembed.bias is None or float(unembed.bias.abs().max()) > 0.5  # a bias that matters
         for i in range(r.n_samples):
             a, b = int(r.offsets[i]), int(r.offsets[i + 1])
             h_ref, ref = _reference(lm.model, r.sample_tokens(i).tolist())
