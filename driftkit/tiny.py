@@ -26,7 +26,20 @@ Answer with a single letter: A, B, C or D. The capital of France is Paris.
 Think step by step. First, we add the numbers. Then we multiply. <think> reasoning </think>
 """
 
-ARCHES = ("llama", "qwen2", "gpt2", "gemma2")
+ARCHES = ("llama", "qwen2", "mistral", "phi3", "phi", "gpt_neox", "olmo2", "gemma2", "gemma3_text", "cohere", "falcon",
+          "gpt2", "granite", "granitemoe")
+
+#: per-architecture config extras; the final transforms are set away from their defaults (1.0 / none)
+#: so tests see them: Gemma softcaps, Cohere multiplies by ``logit_scale``, Granite divides by
+#: ``logits_scaling`` (6, not a power of two, so its rebuild is not trivially exact)
+_EXTRA: dict[str, dict] = {
+    "gemma2": {"final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "head_dim": 16},
+    "gemma3_text": {"final_logit_softcapping": 30.0, "head_dim": 16},
+    "cohere": {"logit_scale": 0.25},
+    "granite": {"logits_scaling": 6.0},
+    "granitemoe": {"logits_scaling": 6.0, "num_local_experts": 4, "num_experts_per_tok": 2},
+    "falcon": {"new_decoder_architecture": True, "num_kv_heads": 2},
+}
 
 
 def build_tokenizer(out_dir: str | Path, vocab_size: int = 320):
@@ -76,7 +89,7 @@ def build_tiny_model(
     if arch == "gpt2":
         cfg = AutoConfig.for_model("gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=4096, **common)
     else:
-        extra = {"final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "head_dim": 16} if arch == "gemma2" else {}
+        extra = _EXTRA.get(arch, {})
         cfg = AutoConfig.for_model(
             arch,
             num_hidden_layers=num_layers,
@@ -96,6 +109,9 @@ def build_tiny_model(
         for p in model.parameters():
             if p.dim() >= 2:
                 p.mul_(4.0)
+        head = model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None:  # phi: initialised to 0, which would hide a dropped bias
+            head.bias.normal_(0.0, 1.0)
     model.save_pretrained(out, safe_serialization=True)
     (out / "driftkit_fixture.json").write_text(json.dumps({"arch": arch, "seed": seed, "layers": num_layers}))
     return out

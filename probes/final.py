@@ -3,7 +3,9 @@ per-token summaries of the model's own next-token distribution.
 
 Why store hidden + unembedding instead of logits: logits are V wide (49k-256k); ``hidden @ W.T``
 rebuilds them exactly at compare time for 40-80x less disk, which is what makes exact
-full-vocabulary KL and ranks affordable. :meth:`FinalProbe.check` proves on the first batch that
+full-vocabulary KL and ranks affordable. Both are stored at the model's own dtype (not
+``--storage-dtype``): a float16-rounded hidden state of a float32 model shifts a small KL by ~1%.
+:meth:`FinalProbe.check` proves on the first batch that
 the rebuild matches the model's own logits, so an architecture with an unknown final transform
 fails loudly instead of producing silently wrong KL.
 """
@@ -21,11 +23,35 @@ from driftkit.store.reader import apply_final_transform
 LOGITS_KEY = "final/_logits"
 
 
-def _softcap_scale(model: Any) -> tuple[float | None, float | None]:
+#: the final-hidden storage dtype per model compute dtype: the model's own values, bit for bit
+_HIDDEN_STORAGE = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def final_transform(model: Any) -> tuple[float | None, float | None]:
+    """``(softcap, scale)`` of the transform a HF causal LM applies after ``lm_head``.
+
+    Each supported architecture does exactly one of these after ``logits = lm_head(hidden)``
+    (transformers' modeling code): Gemma 2/3 ``softcap * tanh(logits / softcap)``
+    (``final_logit_softcapping``); Cohere ``logits * logit_scale``; Granite (and GraniteMoe*)
+    ``logits / logits_scaling``, stored as ``logit_scale = 1 / logits_scaling`` so every reader,
+    old ones included, applies it through the one multiplicative ``logit_scale`` (at most one float32
+    ulp from the division; exact for the power-of-two values Granite ships). Anything else is caught
+    by :meth:`FinalProbe.check`.
+    """
     cfg = model.config.get_text_config()
     softcap = getattr(cfg, "final_logit_softcapping", None)
     scale = getattr(cfg, "logit_scale", None)
-    return (float(softcap) if softcap else None, float(scale) if scale not in (None, 1.0) else None)
+    scale = float(scale) if scale not in (None, 1.0) else None
+    divisor = getattr(cfg, "logits_scaling", None)
+    if divisor not in (None, 1.0):
+        scale = (scale if scale is not None else 1.0) / float(divisor)
+    return (float(softcap) if softcap else None, scale)
+
+
+def hidden_storage(layout: ModelLayout) -> str:
+    """Storage dtype of ``final/hidden``: the model's own compute dtype (that of ``lm_head``), so the
+    rebuilt logits are the model's own; ``--storage-dtype`` applies to the layer sites only."""
+    return _HIDDEN_STORAGE.get(layout.model.get_output_embeddings().weight.dtype, "float32")
 
 
 def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int | None = None) -> dict[str, torch.Tensor]:
@@ -57,6 +83,21 @@ def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk
     return {"logprob": logprob, "entropy": entropy, "topk_ids": top_ids, "topk_logprobs": top_lp}
 
 
+def _hidden_output(layout: ModelLayout) -> Output:
+    """``final/hidden`` at the model's dtype; bfloat16 as its raw bits (uint16 + attr, as the layer sites)."""
+    storage = hidden_storage(layout)
+    if storage == "bfloat16":
+        return Output(S.FINAL_HIDDEN, (layout.hidden_size,), "uint16", {S.BF16_ATTR[0]: S.BF16_ATTR[1]})
+    return Output(S.FINAL_HIDDEN, (layout.hidden_size,), storage)
+
+
+def _to_hidden_storage(hidden: torch.Tensor, storage: str) -> torch.Tensor:
+    """The tensor the writer stores for ``final/hidden``: exact for the model's own dtype."""
+    if storage == "bfloat16":
+        return hidden.to(torch.bfloat16).contiguous().view(torch.uint16)
+    return hidden.to(getattr(torch, storage))
+
+
 class FinalProbe(Probe):
     name = "final"
     description = "lm_head input (final/hidden), unembedding, next-token logprob, entropy, top-k"
@@ -70,8 +111,9 @@ class FinalProbe(Probe):
 
     def outputs(self, layout: ModelLayout) -> list[Output]:
         k = int(self.opts["topk"])
+        self._storage = hidden_storage(layout)  # finalize() sees no layout; outputs() always runs first
         return [
-            Output(S.FINAL_HIDDEN, (layout.hidden_size,)),
+            _hidden_output(layout),
             Output(S.FINAL_LOGPROB, (), "float32"),
             Output(S.FINAL_ENTROPY, (), "float32"),
             Output(S.FINAL_TOPK_IDS, (k,), "int32"),
@@ -80,7 +122,7 @@ class FinalProbe(Probe):
 
     def static(self, layout: ModelLayout) -> list[StaticArray]:
         head = layout.model.get_output_embeddings()
-        softcap, scale = _softcap_scale(layout.model)
+        softcap, scale = final_transform(layout.model)
         attrs = {k: v for k, v in (("logit_softcap", softcap), ("logit_scale", scale)) if v is not None}
         out = [StaticArray(S.FINAL_UNEMBED, head.weight.detach(), "model", attrs)]
         if getattr(head, "bias", None) is not None:
@@ -106,42 +148,60 @@ class FinalProbe(Probe):
             return out
 
         return {
-            S.FINAL_HIDDEN: values[S.FINAL_HIDDEN],
+            S.FINAL_HIDDEN: _to_hidden_storage(values[S.FINAL_HIDDEN], self._hidden_storage(values[S.FINAL_HIDDEN])),
             S.FINAL_LOGPROB: scatter(stats["logprob"]),
             S.FINAL_ENTROPY: scatter(stats["entropy"]),
             S.FINAL_TOPK_IDS: scatter(stats["topk_ids"]),
             S.FINAL_TOPK_LOGPROBS: scatter(stats["topk_logprobs"]),
         }
 
-    def check(self, values: dict[str, torch.Tensor], batch: Batch, layout: ModelLayout, storage_dtype: str) -> None:
-        """Rebuild logits from the *stored* (rounded) hidden state and the unembedding and compare with
-        the model's own logits. The tolerance is an elementwise rounding bound of the storage dtype,
-        ``4 * eps * (|h| @ |W|.T)`` + a small absolute slack, so a missing transform (a softcap, a scale,
-        a bias) is caught while honest rounding never is."""
-        from driftkit.store.dtypes import from_storage, to_storage
+    def _hidden_storage(self, hidden: torch.Tensor) -> str:
+        return getattr(self, "_storage", None) or _HIDDEN_STORAGE.get(hidden.dtype, "float32")
 
-        hidden = values[S.FINAL_HIDDEN][0, : batch.lengths[0]].float()
-        model_logits = values[LOGITS_KEY][0, : batch.lengths[0]].float()
-        rows = slice(0, min(64, hidden.shape[0]))
-        h, ref = hidden[rows], model_logits[rows]
-        stored = from_storage(to_storage(h, storage_dtype), storage_dtype == "bfloat16")
+    def check(self, values: dict[str, torch.Tensor], batch: Batch, layout: ModelLayout, storage_dtype: str) -> None:
+        """Rebuild logits from ``final/hidden`` as stored and the unembedding, exactly as a reader
+        will, and compare them with the model's own logits on the first batch.
+
+        ``final/hidden`` and ``final/unembed`` hold the model's own values bit for bit, so the only
+        honest difference is rounding in the product: float32 summation order (BLAS blocking, row
+        count) and, for a float16/bfloat16 model, the rounding of its logits (and of its bias add,
+        scale, softcap) to that dtype. The bound is elementwise,
+        ``8 * eps * (|scale| * (|h| @ |W|.T + |b|) + |logits|)`` with ``eps`` the float32 epsilon
+        (the model dtype's when coarser, TF32's when CUDA matmuls run in TF32): a few ulps of the
+        magnitudes summed, with no absolute slack, so a missing or wrong transform (a scale off by
+        1e-5, a bias of 1e-4, a softcap) fails while honest rounding never does."""
+        h_model = values[S.FINAL_HIDDEN][0, : batch.lengths[0]]
+        ref = values[LOGITS_KEY][0, : batch.lengths[0]]
+        rows = slice(0, min(64, h_model.shape[0]))
+        stored = _to_hidden_storage(h_model[rows], self._hidden_storage(h_model))
+        if stored.dtype == torch.uint16:
+            stored = stored.view(torch.bfloat16)
+        h = stored.cpu().float()
+        ref = ref[rows].cpu()
         head = layout.model.get_output_embeddings()
         W = head.weight.detach().float().cpu()
         b = head.bias.detach().float().cpu() if getattr(head, "bias", None) is not None else None
-        softcap, scale = _softcap_scale(layout.model)
-        rebuilt = stored @ W.T + (b if b is not None else 0.0)
-        rebuilt = apply_final_transform(rebuilt, softcap, scale)
-        eps = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24}[storage_dtype]
-        model_eps = torch.finfo(values[LOGITS_KEY].dtype).eps if values[LOGITS_KEY].is_floating_point() else 0.0
-        bound = 4 * (eps + model_eps) * (stored.abs() @ W.abs().T) + 1e-3 * (1 + ref.abs())
-        err = (rebuilt - ref.cpu()).abs()
-        bad = err > bound
+        softcap, scale = final_transform(layout.model)
+        rebuilt = apply_final_transform(h @ W.T + (b if b is not None else 0.0), softcap, scale)
+        eps = torch.finfo(torch.float32).eps
+        if ref.is_floating_point():
+            eps = max(eps, torch.finfo(ref.dtype).eps)
+        if head.weight.is_cuda and torch.get_float32_matmul_precision() != "highest":
+            eps = max(eps, 2.0**-10)  # TF32 (or bf16x3) float32 matmuls on the GPU
+        mag = h.abs() @ W.abs().T + (b.abs() if b is not None else 0.0)
+        ref = ref.float()
+        bound = 8 * eps * (abs(scale if scale is not None else 1.0) * mag + ref.abs())
+        err = (rebuilt - ref).abs()
+        bad = ~(err <= bound)  # NaN counts as a mismatch
         if bad.any():
-            worst = float(err.max())
+            ratio = err / bound.clamp_min(torch.finfo(torch.float32).tiny)
+            worst = float(torch.nan_to_num(ratio, nan=float("inf")).max())
             raise DriftkitError(
                 f"Logits rebuilt from final/hidden @ final/unembed.T do not match the model's own logits "
-                f"(max |difference| {worst:.4g}, {int(bad.sum())} of {bad.numel()} values beyond the {storage_dtype} "
-                f"rounding bound). This {type(layout.model).__name__} applies a final transform driftkit does not know "
-                f"(only bias, final_logit_softcapping and logit_scale are supported), so exact KL and ranks would be "
-                f"wrong. Capture without the 'final' probe, or write a custom probe that stores what this model does."
+                f"(max |difference| {float(torch.nan_to_num(err, nan=float('inf')).max()):.4g}, {worst:.3g} times the "
+                f"rounding bound; {int(bad.sum())} of {bad.numel()} values beyond it). This "
+                f"{type(layout.model).__name__} applies a final transform driftkit does not know (only a bias, "
+                f"final_logit_softcapping, logit_scale and logits_scaling are supported), so exact KL and ranks "
+                f"would be wrong. Capture without the 'final' probe, or write a custom probe that stores what this "
+                f"model does."
             )

@@ -40,6 +40,17 @@ class ArraySpec:
     attrs: tuple[tuple[str, Any], ...] = ()
 
 
+def _stored_as(spec: ArraySpec, storage_dtype: str) -> tuple[np.dtype, str | None]:
+    """(HDF5 dtype, ``dtype`` attr) that :meth:`CaptureWriter.create` gives ``spec``'s dataset."""
+    if spec.dtype == "activation":
+        return numpy_storage_dtype(storage_dtype), ("bfloat16" if storage_dtype == "bfloat16" else None)
+    return np.dtype(spec.dtype), dict(spec.attrs).get("dtype")
+
+
+def _attr_str(v: Any) -> str | None:
+    return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
+
+
 def _io_error(path: Path, exc: BaseException) -> StorageError:
     code = getattr(exc, "errno", None)
     text = str(exc)
@@ -189,6 +200,13 @@ class CaptureWriter:
         if missing:
             f.close()
             raise DriftkitError(f"Cannot resume {path}: it lacks {', '.join(missing[:5])}, so it was made with other probes or layers. Use --overwrite.")
+        # e.g. final/hidden (now at the model's own dtype) in a file made when it was stored at float16
+        stored_as = {s.path: (f[s.path].dtype, _attr_str(f[s.path].attrs.get("dtype"))) for s in specs}
+        wrong = [s.path for s in specs if stored_as[s.path] != _stored_as(s, storage_dtype)]
+        if wrong:
+            f.close()
+            raise DriftkitError(f"Cannot resume {path}: {', '.join(wrong[:5])} is stored at another dtype than this run "
+                                f"writes (the file was made by another driftkit version or model dtype). Use --overwrite.")
         return cls(path, f, {s.path: s for s in specs}, storage_dtype)
 
     # -- writing ---------------------------------------------------------------------------------
