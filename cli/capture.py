@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
             def progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
                     unit = {"capture": "tokens", "generate": "samples"}.get(phase, "steps")
-                    tasks[phase] = bar.add_task(labels.get(phase, phase), total=total, info="", unit=unit)
+                    tasks[phase] = bar.add_task(labels.get(phase, phase), total=total, completed=done, info="", unit=unit)
                 bar.update(tasks[phase], completed=done, total=total)
 
             engine = CaptureEngine(cfg, progress=progress)

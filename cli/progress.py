@@ -26,7 +26,7 @@ class _Task:
     total: float | None
     unit: str
     completed: float = 0.0
-    start_completed: float | None = None  # work already done when the task started (a resume)
+    start_completed: float = 0.0  # work already done when the task was added (a resume): not in the rate
     fields: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     finished: bool = False
@@ -55,10 +55,11 @@ class PlainProgress:
         self._thread: threading.Thread | None = None
 
     # -- rich-compatible API ---------------------------------------------------------------------
-    def add_task(self, description: str, total: float | None = None, unit: str = "items", **fields: Any) -> int:
+    def add_task(self, description: str, total: float | None = None, unit: str = "items", completed: float = 0.0,
+                 **fields: Any) -> int:
         with self._lock:
             tid = len(self._tasks)
-            self._tasks[tid] = _Task(description, total, unit, fields=dict(fields))
+            self._tasks[tid] = _Task(description, total, unit, completed, completed, fields=dict(fields))
             self._last_print[tid] = time.perf_counter()
         return tid
 
@@ -70,8 +71,6 @@ class PlainProgress:
                 t.total = total
             if completed is not None:
                 t.completed = completed
-                if t.start_completed is None:
-                    t.start_completed, t.started = completed, time.perf_counter()
             if advance is not None:
                 t.completed += advance
             if description is not None:
@@ -102,7 +101,7 @@ class PlainProgress:
     def line(self, t: _Task) -> str:
         """One progress line: ``description done/total (pct) rate unit/s, ETA m:ss, elapsed m:ss info``."""
         elapsed = time.perf_counter() - t.started
-        rate = (t.completed - (t.start_completed or 0.0)) / elapsed if elapsed > 0 else 0.0
+        rate = (t.completed - t.start_completed) / elapsed if elapsed > 0 else 0.0
         if t.total:
             pct = 100.0 * t.completed / t.total
             eta = (t.total - t.completed) / rate if rate > 0 else None
