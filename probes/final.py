@@ -15,6 +15,7 @@ import torch
 
 from driftkit.errors import DriftkitError
 from driftkit.registry.probe import Batch, ModelLayout, Output, Probe, Site, StaticArray
+from driftkit.registry.options import Option
 from driftkit.store import schema as S
 from driftkit.store.reader import apply_final_transform
 
@@ -60,7 +61,7 @@ def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk
 class FinalProbe(Probe):
     name = "final"
     description = "lm_head input (final/hidden), unembedding, next-token logprob, entropy, top-k"
-    options: dict[str, Any] = {"topk": 20}
+    options = {"topk": Option(20, "How many most likely next tokens to store per position (final/topk_*).")}
 
     def sites(self, layout: ModelLayout) -> list[Site]:
         return [
