@@ -133,17 +133,29 @@ def _check_declarations(cls: type) -> tuple[dict[str, Any], list[str]]:
             out.append(f"option {name!r} has unsupported type {opt.kind!r}")
         if not isinstance(opt.help, str):
             out.append(f"option {name!r}: help must be a string")
+        if opt.choices is not None and not opt.choices:
+            out.append(f"option {name!r} declares an empty list of choices")
+            continue
+        if opt.choices is not None and opt.default is not None and opt.default not in opt.choices:
+            out.append(f"option {name!r}: default {opt.default!r} is not among its choices {list(opt.choices)}")
+            continue
         if opt.default is not None:
             try:
                 if opt.coerce(opt.default) != opt.default:
                     out.append(f"option {name!r}: default {opt.default!r} is not a {opt.kind.__name__}")
+                    continue
             except DriftkitError as exc:
                 out.append(f"option {name!r}: its own default is refused ({exc})")
-        if opt.choices is not None:
-            if not opt.choices:
-                out.append(f"option {name!r} declares an empty list of choices")
-            elif opt.default is not None and opt.default not in opt.choices:
-                out.append(f"option {name!r}: default {opt.default!r} is not among its choices {list(opt.choices)}")
+                continue
+        for value in [opt.default] + [c for c in (opt.choices or ()) if c != opt.default]:
+            text = opt.format(value)
+            try:
+                back = opt.coerce(text)
+            except DriftkitError as exc:
+                out.append(f"option {name!r}: {value!r} written as {text!r} is refused when read back ({exc})")
+                continue
+            if back != value:
+                out.append(f"option {name!r}: {value!r} written as {text!r} reads back as {back!r}")
     return table, out
 
 
@@ -200,18 +212,9 @@ def _check_instances(cls: type, table: dict[str, Any]) -> list[str]:
             out.append(f"the error for an unknown option does not name it: {exc}")
     except Exception as exc:  # noqa: BLE001
         out.append(f"an unknown option raised {type(exc).__name__}, not DriftkitError: {exc}")
-    for name, opt in table.items():
-        values = [opt.default] + [c for c in (opt.choices or ()) if c != opt.default]
-        for value in values:
+    for name, opt in table.items():  # each value as a CLI string through the constructor
+        for value in [opt.default] + [c for c in (opt.choices or ()) if c != opt.default]:
             text = opt.format(value)
-            try:
-                back = opt.coerce(text)
-            except DriftkitError as exc:
-                out.append(f"option {name!r}: {value!r} written as {text!r} is refused when read back ({exc})")
-                continue
-            if back != value:
-                out.append(f"option {name!r}: {value!r} written as {text!r} reads back as {back!r}")
-                continue
             try:
                 got = cls(**{name: text}).opts[name]
             except Exception as exc:  # noqa: BLE001

@@ -134,7 +134,10 @@ def load(kind: str, spec: str) -> type:
                 f"'package.module:ClassName'. Run 'driftkit plugins' to see all."
             )
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise DriftkitError(f"{spec} is not a {base.__name__} subclass; a {kind} plugin must derive from driftkit.{base.__name__}.")
+        article = "an" if base.__name__[0] in "AEIOU" else "a"
+        raise DriftkitError(
+            f"{spec} is not {article} {base.__name__} subclass; {article} {kind} plugin must derive from driftkit.{base.__name__}."
+        )
     if by_path and getattr(cls, "name", "") and cls.name not in available(kind):
         register(cls, kind)
     return cls
