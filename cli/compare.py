@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
     def compare_cmd(
         captures: list[Path] = typer.Argument(..., help="Capture files: the reference A first, then one or more to compare with it."),
         analyses: Optional[str] = typer.Option(None, "--analyses", "-a", help="Comma-separated analyses (default: every one the files support). See 'driftkit plugins'."),
-        analysis_files: list[str] = typer.Option([], "--analysis", help="An extra analysis as path/to/file.py:ClassName (repeatable)."),
+        analysis_files: list[str] = typer.Option([], "--analysis", help="An extra analysis as path/to/file.py:ClassName or package.module:ClassName (repeatable); it is then also selectable by its name in --analyses."),
         positions: str = typer.Option("auto", "--positions", help="Token positions: auto (response tokens when both captures hold responses, else all), all, prompt or response."),
         layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Residual layers: all, 0,4,8, every:4, -1, 2-5 (default: all recorded)."),
         domains: Optional[str] = typer.Option(None, "--domains", help="Comma-separated sample domains to keep (e.g. math,other)."),

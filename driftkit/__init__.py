@@ -21,6 +21,20 @@ _LAZY = {
     "compare": ("driftkit.compare.runner", "compare"),
     "Report": ("driftkit.report.report", "Report"),
     "Analysis": ("driftkit.registry.analysis", "Analysis"),
+    # the plugin author's public names (docs/plugins.md)
+    "Option": ("driftkit.registry.options", "Option"),
+    "Trainer": ("driftkit.registry.trainer", "Trainer"),
+    "TrainContext": ("driftkit.registry.trainer", "TrainContext"),
+    "TrainResult": ("driftkit.registry.trainer", "TrainResult"),
+    "Benchmark": ("driftkit.registry.benchmark", "Benchmark"),
+    "Figure": ("driftkit.registry.analysis", "Figure"),
+    "ModelLayout": ("driftkit.registry.probe", "ModelLayout"),
+    "StaticArray": ("driftkit.registry.probe", "StaticArray"),
+    "Batch": ("driftkit.registry.probe", "Batch"),
+    "first_tensor": ("driftkit.registry.probe", "first_tensor"),
+    "parse_layers": ("driftkit.registry.probe", "parse_layers"),
+    "register_plugin": ("driftkit.registry", "register"),
+    "load_plugin": ("driftkit.registry", "load"),
 }
 
 

@@ -17,6 +17,7 @@ import torch
 
 from driftkit.errors import DriftkitError
 from driftkit.registry.probe import Batch, ModelLayout, Output, Probe, Site, StaticArray
+from driftkit.registry.options import Option
 from driftkit.store import schema as S
 from driftkit.store.reader import apply_final_transform
 
@@ -101,7 +102,7 @@ def _to_hidden_storage(hidden: torch.Tensor, storage: str) -> torch.Tensor:
 class FinalProbe(Probe):
     name = "final"
     description = "lm_head input (final/hidden), unembedding, next-token logprob, entropy, top-k"
-    options: dict[str, Any] = {"topk": 20}
+    options = {"topk": Option(20, "How many most likely next tokens to store per position (final/topk_*).")}
 
     def sites(self, layout: ModelLayout) -> list[Site]:
         return [

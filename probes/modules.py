@@ -5,9 +5,8 @@ child whose name contains ``attn`` / ``mlp``), so Llama, Qwen, Gemma and GPT-2 s
 """
 from __future__ import annotations
 
-from typing import Any
-
 from driftkit.errors import DriftkitError
+from driftkit.registry.options import Option
 from driftkit.registry.probe import ModelLayout, Probe, Site, parse_layers
 
 
@@ -23,7 +22,7 @@ def _child(layout: ModelLayout, layer: int, needles: tuple[str, ...]) -> str:
 class _BlockProbe(Probe):
     prefix = ""
     needles: tuple[str, ...] = ()
-    options: dict[str, Any] = {"layers": "all"}
+    options = {"layers": Option("all", "Decoder layers to record: all, 0,4,8, every:4, -1 (from the end), 2-5.")}
 
     def sites(self, layout: ModelLayout) -> list[Site]:
         return [

@@ -139,6 +139,32 @@ def test_third_party_analysis_from_file(caps, tmp_path: Path) -> None:
     assert res["hidden_mse"]["summary"]["mse"] == pytest.approx(ref, rel=1e-5)
 
 
+def test_file_analysis_selectable_by_name(caps, tmp_path: Path, monkeypatch) -> None:
+    """--analysis FILE:Class registers the class's name for --analyses (it runs once, in that order)."""
+    a, b = caps
+    f = tmp_path / "by_name.py"
+    f.write_text(THIRD_PARTY.replace('"hidden_mse"', '"hidden_mse_by_name"'))
+    out = tmp_path / "r.json"
+    monkeypatch.chdir(tmp_path)  # a path relative to the current folder
+    r = run(a, b, "--analysis", "by_name.py:HiddenMSE", "--analyses", "kl,hidden_mse_by_name", "--positions", "all",
+            "--json", out)
+    assert r.exit_code == 0, r.output
+    assert list(json.loads(out.read_text())["analyses"]) == ["kl", "hidden_mse_by_name"]
+
+
+def test_module_analysis(caps, tmp_path: Path, monkeypatch) -> None:
+    """package.module:Class is accepted wherever a file is (here an importable module on sys.path)."""
+    a, b = caps
+    (tmp_path / "my_metrics_mod.py").write_text(THIRD_PARTY.replace('"hidden_mse"', '"hidden_mse_mod"'))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "r.json"
+    r = run(a, b, "--analyses", "my_metrics_mod:HiddenMSE", "--positions", "all", "--json", out)
+    assert r.exit_code == 0, r.output
+    assert set(json.loads(out.read_text())["analyses"]) == {"hidden_mse_mod"}
+    r = run(a, b, "--analyses", "no_such_module_xyz:Thing", "--json", out)
+    assert r.exit_code == 1 and "Cannot import the module 'no_such_module_xyz'" in r.output
+
+
 # -- comparability and input errors: exit 1, one clear message, no report file -------------------
 def _token_edit(f):
     ids = f["tokens/ids"][()]
@@ -232,7 +258,10 @@ def test_missing_sites_skipped_or_error(caps, tmp_path: Path) -> None:
         (["--positions", "middle"], "--positions must be one of"),
         (["--analyses", "nope"], "Unknown analysis 'nope'"),
         (["--opt", "cka.unit"], "analysis.option=value"),
-        (["--opt", "cka.bogus=1"], "has no option bogus"),
+        (["--opt", "cka.bogus=1"], "has no option 'bogus'"),
+        (["--opt", "cka.unti=sample"], "did you mean 'unit'?"),
+        (["--opt", "cka.unit=pooled"], "Option 'unit' of analysis 'cka' must be one of token, sample; got 'pooled'"),
+        (["--opt", "kl.top=many"], "Option 'top' of analysis 'kl' takes an int (a whole number), got 'many'"),
         (["--domains", "poetry"], "--domains poetry not found"),
         (["--layers", "7"], "Unknown layer 7"),
         (["--analyses", "cka", "--layers", "1", "--max-tokens", "2"], "at least 4"),

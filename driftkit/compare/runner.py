@@ -43,6 +43,11 @@ def resolve_analyses(
     explicit_specs = list(specs) if specs is not None else []
     if specs is None:
         specs = list(registry.available("analysis"))
+    # Extras given by file or module are imported first, which registers their names, so
+    # ``--analysis my.py:Mine --analyses kl,mine`` selects them by name; named ones run once.
+    extra = [registry.load("analysis", s.strip()) if isinstance(s, str) else s for s in extra]
+    named = {str(s).strip() for s in specs if isinstance(s, str)}
+    extra = [e for e in extra if getattr(e, "name", None) not in named]
     all_specs = list(specs) + list(extra)
     out: list[Analysis] = []
     explicit: set[str] = set()

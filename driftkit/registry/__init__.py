@@ -3,15 +3,15 @@
 Why entry points for the bundled plugins too: the core must never import a plugin by name. The
 bundled ones are declared as entry points of the ``driftkit`` distribution itself, so they are found
 exactly like a third-party package's plugins, and ``driftkit plugins`` can say where each came from.
-A plugin can also be given as ``path/to/file.py:ClassName`` on the command line.
+A plugin can also be given as ``path/to/file.py:ClassName`` or ``package.module:ClassName`` on the
+command line; it is then selectable by its ``name`` for the rest of the run (:func:`register`).
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
+import difflib
+import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from pathlib import Path
 
 from driftkit.errors import DriftkitError
 
@@ -71,50 +71,75 @@ def available(kind: str) -> dict[str, PluginInfo]:
     return dict(sorted(found.items()))
 
 
-def _load_from_file(spec: str, kind: str) -> type:
-    path_str, _, cls_name = spec.rpartition(":")
-    path = Path(path_str)
-    if not path.is_file():
-        raise DriftkitError(
-            f"The {kind} plugin file {path} does not exist. Give an existing Python file as "
-            f"'path/to/file.py:ClassName'."
-        )
-    mod_name = f"driftkit_user_{kind}_{path.stem}_{abs(hash(path.resolve()))}"
-    spec_obj = importlib.util.spec_from_file_location(mod_name, path)
-    if spec_obj is None or spec_obj.loader is None:
-        raise DriftkitError(f"Cannot import {path} as a Python module; check that it is a .py file.")
-    module = importlib.util.module_from_spec(spec_obj)
-    sys.modules[mod_name] = module
-    try:
-        spec_obj.loader.exec_module(module)
-    except Exception as exc:  # user code: report, don't crash with a traceback
-        raise DriftkitError(f"Importing the {kind} plugin file {path} failed: {exc!r}. Fix the file and retry.") from exc
-    if not hasattr(module, cls_name):
-        names = [n for n in dir(module) if not n.startswith("_")]
-        raise DriftkitError(f"{path} has no class {cls_name!r}. It defines: {', '.join(names) or 'nothing'}.")
-    return getattr(module, cls_name)
+#: plugins given by file or module in this process, by kind and name (see :func:`register`)
+_SESSION: dict[str, dict[str, type]] = {kind: {} for kind in GROUPS}
+
+
+def register(cls: type, kind: str | None = None) -> type:
+    """Make plugin class ``cls`` selectable by its ``name`` in this process.
+
+    :func:`load` calls this for every plugin it imports from a file or module, so
+    ``--analysis my.py:MyAnalysis --analyses kl,my_analysis`` works; call it yourself to use a class
+    defined in a notebook by name. A registered name never replaces an installed plugin of the same
+    name: :func:`load` looks installed names up first. Returns ``cls`` (usable as a decorator).
+    """
+    kind = kind or kind_of(cls)
+    name = getattr(cls, "name", "")
+    if not name:
+        raise DriftkitError(f"{cls.__name__} sets no 'name'; a {kind} plugin needs a short name to be selected by.")
+    _SESSION[kind][name] = cls
+    return cls
+
+
+def kind_of(cls: type) -> str:
+    for kind in GROUPS:
+        if isinstance(cls, type) and issubclass(cls, _base_class(kind)):
+            return kind
+    raise DriftkitError(
+        f"{getattr(cls, '__name__', cls)!r} is not a plugin class; derive it from driftkit.Probe, driftkit.Analysis, "
+        f"driftkit.Trainer or driftkit.Benchmark."
+    )
 
 
 def load(kind: str, spec: str) -> type:
-    """Resolve a plugin class from a registered name or ``file.py:Class``.
+    """Resolve a plugin class of ``kind`` from ``spec``.
 
+    ``spec`` is a registered name (bundled, installed through an entry point, or :func:`register`-ed),
+    ``path/to/file.py:Class`` (relative to the current folder or absolute) or ``package.module:Class``.
+    A class given by file or module is registered under its ``name`` for the rest of the process.
     Raises :class:`DriftkitError` listing the available names when ``spec`` is unknown.
     """
+    from driftkit.registry.imports import import_object
+
     base = _base_class(kind)
-    if ":" in spec and (spec.split(":")[0].endswith(".py") or "/" in spec):
-        cls = _load_from_file(spec, kind)
+    spec = str(spec).strip()
+    if ":" in spec:
+        cls = import_object(spec, f"{kind} plugin")
+        by_path = True
     else:
+        by_path = False
         plugins = available(kind)
-        if spec not in plugins:
+        if spec in plugins:
+            module_name, _, attr = plugins[spec].target.partition(":")
+            module = importlib.import_module(module_name)
+            cls = getattr(module, attr)
+        elif spec in _SESSION[kind]:
+            cls = _SESSION[kind][spec]
+        else:
+            names = sorted(set(plugins) | set(_SESSION[kind]))
+            near = difflib.get_close_matches(spec, names, n=1)
             raise DriftkitError(
-                f"Unknown {kind} {spec!r}. Available: {', '.join(plugins) or 'none'}; or pass a file "
-                f"as 'path/to/file.py:ClassName'. Run 'driftkit plugins' to see all."
+                f"Unknown {kind} {spec!r}{f' (did you mean {near[0]!r}?)' if near else ''}. Available: "
+                f"{', '.join(names) or 'none'}; or pass a file as 'path/to/file.py:ClassName' or a module as "
+                f"'package.module:ClassName'. Run 'driftkit plugins' to see all."
             )
-        module_name, _, attr = plugins[spec].target.partition(":")
-        module = importlib.import_module(module_name)
-        cls = getattr(module, attr)
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise DriftkitError(f"{spec} is not a {base.__name__} subclass; a {kind} plugin must derive from driftkit.{base.__name__}.")
+        article = "an" if base.__name__[0] in "AEIOU" else "a"
+        raise DriftkitError(
+            f"{spec} is not {article} {base.__name__} subclass; {article} {kind} plugin must derive from driftkit.{base.__name__}."
+        )
+    if by_path and getattr(cls, "name", "") and cls.name not in available(kind):
+        register(cls, kind)
     return cls
 
 

@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
+from driftkit.registry.options import Configurable
+
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import RenderableType
 
@@ -33,40 +35,22 @@ class Figure:
     caption: str = ""
 
 
-class Analysis(ABC):
+class Analysis(Configurable, ABC):
     """Base class of analysis plugins.
 
     Subclasses set ``name`` (the key under ``analyses`` in the JSON report), ``title`` and
     ``description``, implement :meth:`run`, and usually :meth:`requirements`, :meth:`summary`,
     :meth:`render` and :meth:`figures`. Plugin-specific options arrive as keyword arguments
-    (``driftkit compare --opt cka.unit=sample`` -> ``CKAAnalysis(unit="sample")``); declare them in
-    ``options`` with their defaults so unknown ones are rejected with a clear message.
+    (``driftkit compare --opt cka.unit=sample`` -> ``CKAAnalysis(unit="sample")``) and are read from
+    ``self.opts``; declare them in ``options`` as :class:`~driftkit.registry.options.Option` (or
+    plain defaults) so they are typed, validated and listed by ``driftkit plugins NAME``.
     """
 
+    plugin_kind: ClassVar[str] = "analysis"
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    #: plugin options and their defaults (values given as strings are converted to the default's type)
-    options: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, **opts: Any) -> None:
-        from driftkit.errors import DriftkitError
-
-        unknown = sorted(set(opts) - set(self.options))
-        if unknown:
-            known = ", ".join(f"{k}={v!r}" for k, v in self.options.items()) or "none"
-            raise DriftkitError(
-                f"Analysis {self.name!r} has no option {', '.join(unknown)}. Its options (with defaults): {known}."
-            )
-        self.opts: dict[str, Any] = {}
-        for key, default in self.options.items():
-            value = opts.get(key, default)
-            if isinstance(value, str) and default is not None and not isinstance(default, str):
-                try:
-                    value = type(default)(value) if not isinstance(default, bool) else value.lower() in ("1", "true", "yes")
-                except ValueError:
-                    raise DriftkitError(f"Option {self.name}.{key}={value!r} is not a valid {type(default).__name__}.") from None
-            self.opts[key] = value
+    options: ClassVar[Mapping[str, Any]] = {}
 
     # -- what it needs ---------------------------------------------------------------------------
     def requirements(self, pair: "CapturePair") -> list[str]:

@@ -25,10 +25,11 @@ import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 from urllib.parse import urlparse
 
 from driftkit.errors import DriftkitError
+from driftkit.registry.options import Configurable, Option
 
 DOMAINS = ("math", "other", "non")
 
@@ -168,14 +169,27 @@ class LoadedData:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-class Benchmark(ABC):
+class Benchmark(Configurable, ABC):
     """Base class of benchmark plugins. Subclass it, set the class attributes, implement
     :meth:`build_prompt` and :meth:`score`; override :meth:`aggregate` for metrics other than
-    accuracy, :meth:`normalize` to turn a dataset row into the item the other methods read."""
+    accuracy, :meth:`normalize` to turn a dataset row into the item the other methods read.
 
+    Options: the base options below (what ``driftkit bench`` sets for every benchmark) plus any the
+    plugin declares in ``options``; resolved values are in ``self.opts``. A plugin's own options go
+    into :meth:`prompt_template_sha256`, so two runs with different option values never compare.
+    """
+
+    plugin_kind: ClassVar[str] = "benchmark"
     name: ClassVar[str] = ""
     domain: ClassVar[str] = "other"
     description: ClassVar[str] = ""
+    options: ClassVar[Mapping[str, Any]] = {
+        "seed": Option(0, "Seed of sampling and of any shuffling of answer options."),
+        "samples_per_item": Option(1, "Answers generated per item (pass@k style metrics use several)."),
+        "revision": Option(None, "Dataset revision (commit) to load from the hub (default: the current one).", type=str),
+        "max_new_tokens": Option(None, "Generation budget in tokens (default: the benchmark's own max_new_tokens).",
+                                 type=int),
+    }
     dataset_id: ClassVar[str] = ""
     #: one config, or several (a benchmark made of subtasks, e.g. ACPBench): each row gets ``_config``
     dataset_config: ClassVar[str | tuple[str, ...] | None] = None
@@ -189,22 +203,20 @@ class Benchmark(ABC):
     #: whether the dataset needs a Hugging Face token (gated), to word the error when loading fails
     gated: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        seed: int = 0,
-        samples_per_item: int = 1,
-        revision: str | None = None,
-        max_new_tokens: int | None = None,
-        **options: Any,
-    ) -> None:
-        if max_new_tokens is not None:
-            self.max_new_tokens = int(max_new_tokens)  # type: ignore[misc]
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        if self.opts["max_new_tokens"] is not None:
+            self.max_new_tokens = int(self.opts["max_new_tokens"])  # type: ignore[misc]
         if self.domain not in DOMAINS:
             raise DriftkitError(f"Benchmark {self.name!r} declares domain {self.domain!r}; use one of {', '.join(DOMAINS)}.")
-        self.seed = int(seed)
-        self.samples_per_item = max(1, int(samples_per_item))
-        self.revision = revision
-        self.options = options
+        self.seed = int(self.opts["seed"])
+        self.samples_per_item = max(1, int(self.opts["samples_per_item"]))
+        self.revision = self.opts["revision"]
+
+    def plugin_options(self) -> dict[str, Any]:
+        """The values of the options this plugin declares beyond the base ones (they shape its prompts)."""
+        base = Benchmark.options
+        return {k: v for k, v in self.opts.items() if k not in base}
 
     # ------------------------------------------------------------------ data
     def item_id(self, item: dict[str, Any], index: int) -> str:
@@ -353,7 +365,7 @@ class Benchmark(ABC):
             src = inspect.getsource(mod) if mod is not None else inspect.getsource(type(self))
         except (OSError, TypeError):
             src = type(self).__qualname__
-        return sha256_text(src + json.dumps(self.options, sort_keys=True, default=str))
+        return sha256_text(src + json.dumps(self.plugin_options(), sort_keys=True, default=str))
 
     def aggregate(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Turn per-item results (each ``{"id", "samples": [score dicts]}``) into score records.

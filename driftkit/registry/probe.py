@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from abc import ABC
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 import torch
 
 from driftkit.errors import DriftkitError
+from driftkit.registry.options import Configurable
 
 
 def first_tensor(value: Any) -> torch.Tensor:
@@ -74,7 +75,18 @@ class StaticArray:
 
 @dataclass
 class ModelLayout:
-    """Where the standard pieces of a causal LM live, found structurally (works across archs)."""
+    """Where the standard pieces of a causal LM live, found structurally (works across archs).
+
+    This is what a probe sees of the model; its fields are public API (docs/plugins.md):
+
+    - ``num_layers``: decoder layers (``parse_layers(spec, layout.num_layers)`` resolves ``-1`` etc.);
+    - ``hidden_size``: width of the residual stream (the trailing shape of a per-token activation);
+    - ``vocab_size``: rows of the unembedding (``lm_head``);
+    - ``layers``: dotted module name of the decoder-layer list, ``layer(i)`` names layer ``i``;
+    - ``embed`` / ``lm_head``: dotted module names of the input and output embeddings;
+    - ``model``: the Hugging Face model itself (for ``model.config`` values such as ``head_dim``,
+      and for :meth:`Probe.static` arrays). Read it; never run it from a probe.
+    """
 
     num_layers: int
     hidden_size: int
@@ -85,6 +97,7 @@ class ModelLayout:
     model: Any = None  # the HF model (for static arrays and config)
 
     def layer(self, i: int) -> str:
+        """Dotted module name of decoder layer ``i`` (0-based), e.g. ``model.layers.3``."""
         return f"{self.layers}.{i}"
 
     @classmethod
@@ -164,28 +177,21 @@ class Batch:
     lengths: list[int]
 
 
-class Probe(ABC):
+class Probe(Configurable, ABC):
     """Base class of probe plugins.
 
-    Subclasses set ``name`` and ``description``, declare their options as ``options`` (name ->
-    default; the CLI passes ``--probe-opt name=value`` and ``--layers`` to probes that declare them)
-    and implement :meth:`sites` and :meth:`outputs`. Override :meth:`finalize` to derive stored arrays
-    from recorded values, :meth:`static` for once-per-file arrays and :meth:`check` to verify the
-    first batch.
+    Subclasses set ``name`` and ``description``, declare their options in ``options`` (name ->
+    :class:`~driftkit.registry.options.Option` or a plain default; the CLI passes ``--probe-opt
+    name=value`` and ``--layers`` to probes that declare them, already converted to the option's
+    type, into ``self.opts``) and implement :meth:`sites` and :meth:`outputs`. Override
+    :meth:`finalize` to derive stored arrays from recorded values, :meth:`static` for once-per-file
+    arrays and :meth:`check` to verify the first batch.
     """
 
+    plugin_kind: ClassVar[str] = "probe"
     name: ClassVar[str] = "probe"
     description: ClassVar[str] = ""
-    options: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, **options: Any) -> None:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            raise DriftkitError(
-                f"Probe {self.name!r} has no option(s) {', '.join(sorted(unknown))}; it takes: "
-                f"{', '.join(f'{k} (default {v!r})' for k, v in self.options.items()) or 'no options'}."
-            )
-        self.opts: dict[str, Any] = {**self.options, **options}
+    options: ClassVar[Mapping[str, Any]] = {}
 
     # -- what to record ----------------------------------------------------------------------------
     def sites(self, layout: ModelLayout) -> list[Site]:

@@ -30,10 +30,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError
+from driftkit.registry.options import Configurable, Option, option_table
+from driftkit.registry.options import resolve as resolve_options
 
 RUN_SCHEMA = "driftkit.run/1"
 MANIFEST = "driftkit_run.json"
@@ -47,75 +49,12 @@ VERSIONED = ("driftkit", "torch", "transformers", "trl", "datasets", "accelerate
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
-@dataclass(frozen=True)
-class Option:
-    """One trainer option: its name (CLI flag ``--name-with-dashes``), default, type and help.
-
-    ``type`` is taken from the default when not given; ``None`` defaults need an explicit type.
-    """
-
-    name: str
-    default: Any
-    help: str
-    type: type | None = None
-    choices: tuple[Any, ...] | None = None
-
-    @property
-    def kind(self) -> type:
-        if self.type is not None:
-            return self.type
-        if self.default is None:
-            return str
-        return type(self.default)
-
-    def coerce(self, value: Any, trainer: str) -> Any:
-        """Convert ``value`` (from the CLI, a TOML file or Python) to this option's type, or explain why not."""
-        if value is None:
-            return None
-        kind = self.kind
-        try:
-            if kind is bool:
-                if isinstance(value, str):
-                    low = value.strip().lower()
-                    if low not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                        raise ValueError(value)
-                    out: Any = low in ("1", "true", "yes", "on")
-                else:
-                    out = bool(value)
-            elif kind is dict:
-                out = parse_mapping(value) if isinstance(value, str) else dict(value)
-            elif kind is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            else:
-                out = kind(value)
-        except (TypeError, ValueError):
-            raise DriftkitError(
-                f"Option {self.name!r} of trainer {trainer!r} takes a {kind.__name__}, got {value!r}. {self.help}"
-            ) from None
-        if self.choices is not None and out not in self.choices:
-            raise DriftkitError(
-                f"Option {self.name!r} of trainer {trainer!r} must be one of {', '.join(map(str, self.choices))}; got {out!r}."
-            )
-        return out
-
-
-def parse_mapping(text: str) -> dict[str, str]:
-    """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (used for ``--columns``)."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, val = part.partition("=")
-        if not sep or not key.strip() or not val.strip():
-            raise DriftkitError(f"Cannot read {part!r} in {text!r}: write mappings as name=column,name=column.")
-        out[key.strip()] = val.strip()
-    return out
-
-
 #: options every trainer has (a plugin may redeclare one to change its default or help)
-BASE_OPTIONS: tuple[Option, ...] = (
-    Option("steps", 100, "Optimizer steps to train for."),
-    Option("seed", 0, "Random seed (data order, sampling, initialisation of anything new)."),
-    Option("save_steps", 0, "Save a loadable checkpoint every K steps under <out>/checkpoints/step-<N>/ (0: only the final model)."),
-)
+BASE_OPTIONS: dict[str, Option] = {
+    "steps": Option(100, "Optimizer steps to train for."),
+    "seed": Option(0, "Random seed (data order, sampling, initialisation of anything new)."),
+    "save_steps": Option(0, "Save a loadable checkpoint every K steps under <out>/checkpoints/step-<N>/ (0: only the final model)."),
+}
 
 
 @dataclass
@@ -175,35 +114,25 @@ def latest_state_checkpoint(state_dir: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-class Trainer(ABC):
+class Trainer(Configurable, ABC):
     """Base class of trainer plugins. Subclasses set ``name``, ``description``, their options and
     implement :meth:`train`; users call :meth:`run` (or the module-level :func:`train`).
 
-    Options are declared either like the other plugin kinds, ``options = {"my_option": 3}`` (name ->
-    default, type taken from the default), or with help text and checks as
-    ``option_specs = (Option("my_option", 3, "what it does"),)``. After the class is built,
-    ``options`` holds every option's default (the base options included), which is what
-    ``driftkit plugins`` lists.
+    Options are declared like the other plugin kinds, ``options = {"my_option": Option(3, "what it
+    does")}`` (or a plain default), and merged with the base options ``steps``, ``seed`` and
+    ``save_steps``. The resolved values are ``self.config`` (also ``self.opts``), which the run
+    manifest records. The former ``option_specs = (Option.named("my_option", 3, "..."),)`` form
+    still works.
     """
 
+    plugin_kind: ClassVar[str] = "trainer"
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    options: ClassVar[dict[str, Any]] = {o.name: o.default for o in BASE_OPTIONS}
-    option_specs: ClassVar[tuple[Option, ...]] = ()
-    _all_options: ClassVar[dict[str, Option]] = {o.name: o for o in BASE_OPTIONS}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        merged = dict(cls._all_options)  # the parent's, base options included
-        for key, default in dict(cls.__dict__.get("options", {}) or {}).items():
-            merged[key] = default if isinstance(default, Option) else Option(key, default, "")
-        for opt in cls.__dict__.get("option_specs", ()) or ():
-            merged[opt.name] = opt
-        cls._all_options = merged
-        cls.options = {k: o.default for k, o in merged.items()}
+    options: ClassVar[Mapping[str, Any]] = BASE_OPTIONS
 
     def __init__(self, **options: Any) -> None:
         self.config = self.resolve_options(options)
+        self.opts = self.config
         self.check(self.config)
 
     def check(self, config: dict[str, Any]) -> None:
@@ -213,24 +142,12 @@ class Trainer(ABC):
     @classmethod
     def all_options(cls) -> dict[str, Option]:
         """Base options then the plugin's own, by name (a plugin's declaration wins)."""
-        return dict(cls._all_options)
+        return option_table(cls)
 
     @classmethod
     def resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
         """Defaults overlaid with ``given`` (``None`` values mean "not given"), typed and checked."""
-        known = cls.all_options()
-        label = cls.name or cls.__name__
-        unknown = sorted(k for k, v in given.items() if v is not None and k.replace("-", "_") not in known)
-        if unknown:
-            raise DriftkitError(
-                f"Trainer {label!r} has no option {', '.join(repr(u) for u in unknown)}. Its options are: "
-                f"{', '.join(sorted(known))}. See 'driftkit train --help'."
-            )
-        config = {name: opt.default for name, opt in known.items()}
-        for key, value in given.items():
-            if value is not None:
-                name = key.replace("-", "_")
-                config[name] = known[name].coerce(value, label)
+        config = resolve_options(cls, given)
         for key in ("steps",):
             if int(config[key]) < 1:
                 raise DriftkitError(f"--steps must be at least 1 (got {config[key]}).")

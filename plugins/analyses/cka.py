@@ -19,6 +19,7 @@ from driftkit.errors import DriftkitError
 from driftkit.metrics.cka import StreamingCKA
 from driftkit.metrics.pca import SamplePooler
 from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
 from driftkit.report.terminal import sparkline
 
@@ -30,7 +31,11 @@ class CKAAnalysis(Analysis):
         "Similarity of the two models' hidden states on identical tokens, per layer: 1 = same geometry up to "
         "rotation and scale. Debiased CKA (unbiased HSIC) is not inflated by d/n and is the one to read."
     )
-    options = {"unit": "token", "cross_layer": False}
+    options = {
+        "unit": Option("token", "What one CKA observation is: a token, or a sample's mean-pooled states.",
+                       choices=("token", "sample")),
+        "cross_layer": Option(False, "Also compute the layer x layer CKA matrix (A's layer i vs B's layer j)."),
+    }
 
     def check(self, pair: Any) -> str | None:
         if self.opts["unit"] not in ("token", "sample"):

@@ -17,6 +17,7 @@ from rich.text import Text
 
 from driftkit.metrics.kl import KLWorkspace, kl_from_hidden, rows_for_budget
 from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
 from driftkit.store import schema as S
 
@@ -30,7 +31,10 @@ class KLAnalysis(Analysis):
         "Exact divergences over the full vocabulary at every selected position; kl_forward = KL(P_B||P_A) "
         "(tuned from base, the paper's direction). sampled_logratio is the paper's sampled estimator."
     )
-    options = {"chunk": 512, "top": 10}
+    options = {
+        "chunk": Option(512, "Most positions per logits block (fewer on large vocabularies: memory stays bounded)."),
+        "top": Option(10, "How many highest-KL positions to list in the result (0: none)."),
+    }
 
     def check(self, pair: Any) -> str | None:
         return pair.logits_problem()

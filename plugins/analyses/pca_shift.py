@@ -17,6 +17,7 @@ from rich.text import Text
 
 from driftkit.metrics.pca import SamplePooler, layer_point, principal_angles, shift_from_points
 from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
 from driftkit.report.terminal import bar, sparkline
 
@@ -28,7 +29,7 @@ class PCAShiftAnalysis(Analysis):
         "Per domain: PCA(2) fit on A's mean-pooled samples per layer, both models projected on A's PC1/PC2; "
         "distance between layer-averaged centroids (A at PC1Δ = 0). Larger = representations moved more."
     )
-    options = {"k": 4}
+    options = {"k": Option(4, "Dimension of the PCA subspaces whose principal angles are reported per layer.")}
 
     def check(self, pair: Any) -> str | None:
         if not pair.layer_sites():

@@ -19,6 +19,7 @@ from rich.text import Text
 from driftkit.metrics.kl import logits_into, rows_for_budget
 from driftkit.metrics.ranks import BUCKETS, rank_stats, urial_bucket
 from driftkit.registry.analysis import Analysis, Figure, fmt
+from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
 from driftkit.report.terminal import bar
 from driftkit.store import schema as S
@@ -33,7 +34,10 @@ class TokenRankAnalysis(Analysis):
         "Where B's top token ranks under A: unshifted (rank 1), marginal (2-3), shifted (>3); rank_shift is the "
         "mean of rank_A(y) - rank_B(y) over realised next tokens y (positive: B promotes what was produced)."
     )
-    options = {"chunk": 512, "top": 15}
+    options = {
+        "chunk": Option(512, "Most positions per logits block (fewer on large vocabularies: memory stays bounded)."),
+        "top": Option(15, "How many most often shifted tokens to list, by token string (0: none)."),
+    }
 
     def check(self, pair: Any) -> str | None:
         return pair.logits_problem()

@@ -22,20 +22,20 @@ from driftkit.models import load_model, load_tokenizer, resolve_model_path, weig
 from driftkit.registry.trainer import Option, TrainContext, TrainResult
 
 #: options both bundled trainers take (each adds its own; learning_rate defaults differ)
-SHARED_OPTIONS: tuple[Option, ...] = (
-    Option("batch_size", 8, "Per-device batch size (for rl: completions per step, i.e. prompts x --num-generations)."),
-    Option("grad_accum", 1, "Gradient accumulation steps; the effective batch is batch_size x grad_accum x processes."),
-    Option("lr_scheduler", "linear", "Learning-rate schedule (transformers' names: linear, cosine, constant, constant_with_warmup, ...)."),
-    Option("warmup_steps", 0, "Learning-rate warmup steps."),
-    Option("weight_decay", 0.0, "AdamW weight decay."),
-    Option("columns", {}, "Map driftkit's column names to your data's: problem=question,answer=final_answer,solution=response.", type=dict),
-    Option("limit", 0, "Use only the first N rows of the data (0: all)."),
-    Option("prompt_suffix", PROMPT_SUFFIX, "Instruction appended to every problem (the reward reads the final \\boxed{} answer)."),
-    Option("dtype", "auto", "Training dtype: auto (bf16 on GPU, float32 on CPU), float32, bfloat16.", choices=("auto", "float32", "bfloat16")),
-    Option("trust_remote_code", False, "Run the model repository's own code (only for models you trust)."),
-    Option("gradient_checkpointing", False, "Recompute activations in the backward pass (less memory, ~30% slower)."),
-    Option("save_total_limit", 1, "How many resumable trainer-state checkpoints to keep (each holds optimizer state: ~3x the model)."),
-)
+SHARED_OPTIONS: dict[str, Option] = {
+    "batch_size": Option(8, "Per-device batch size (for rl: completions per step, i.e. prompts x --num-generations)."),
+    "grad_accum": Option(1, "Gradient accumulation steps; the effective batch is batch_size x grad_accum x processes."),
+    "lr_scheduler": Option("linear", "Learning-rate schedule (transformers' names: linear, cosine, constant, constant_with_warmup, ...)."),
+    "warmup_steps": Option(0, "Learning-rate warmup steps."),
+    "weight_decay": Option(0.0, "AdamW weight decay."),
+    "columns": Option({}, "Map driftkit's column names to your data's: problem=question,answer=final_answer,solution=response.", type=dict),
+    "limit": Option(0, "Use only the first N rows of the data (0: all)."),
+    "prompt_suffix": Option(PROMPT_SUFFIX, "Instruction appended to every problem (the reward reads the final \\boxed{} answer)."),
+    "dtype": Option("auto", "Training dtype: auto (bf16 on GPU, float32 on CPU), float32, bfloat16.", choices=("auto", "float32", "bfloat16")),
+    "trust_remote_code": Option(False, "Run the model repository's own code (only for models you trust)."),
+    "gradient_checkpointing": Option(False, "Recompute activations in the backward pass (less memory, ~30% slower)."),
+    "save_total_limit": Option(1, "How many resumable trainer-state checkpoints to keep (each holds optimizer state: ~3x the model)."),
+}
 
 #: files of a TRL/transformers checkpoint that make a loadable model (no optimizer, RNG or pickled args)
 _MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".tiktoken")

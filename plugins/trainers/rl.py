@@ -13,13 +13,12 @@ Batch arithmetic (TRL's): ``batch_size`` counts completions, so each optimizer s
 """
 from __future__ import annotations
 
-import importlib
 import importlib.util
-from pathlib import Path
 from typing import Any, Callable
 
 from driftkit.errors import DriftkitError
 from driftkit.mathdata import load_math_data, prompt_for
+from driftkit.registry.imports import import_object
 from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
 from driftkit.rewards import math_accuracy_reward, math_format_reward, parse_gold
 
@@ -47,29 +46,9 @@ def _divisible_hint(completions: int, g: int) -> str:
 
 def load_function(spec: str) -> Callable[..., Any]:
     """A reward function from ``file.py:name`` or ``module:name`` (user code, imported like a plugin file)."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
-        raise DriftkitError(f"Cannot read the reward {spec!r}: write 'path/to/file.py:function' or 'module:function'.")
-    if target.endswith(".py"):
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise DriftkitError(f"The reward file {path} does not exist.")
-        mod_spec = importlib.util.spec_from_file_location(f"driftkit_user_reward_{path.stem}", path)
-        if mod_spec is None or mod_spec.loader is None:
-            raise DriftkitError(f"Cannot import {path} as a Python module.")
-        module = importlib.util.module_from_spec(mod_spec)
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:  # user code
-            raise DriftkitError(f"Importing the reward file {path} failed: {exc!r}.") from exc
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise DriftkitError(f"Cannot import the reward module {target!r}: {exc}.") from exc
-    fn = getattr(module, attr, None)
+    fn = import_object(spec, "reward")
     if not callable(fn):
-        raise DriftkitError(f"{target} has no function {attr!r} to use as a reward.")
+        raise DriftkitError(f"{spec} is not a function; a reward is a callable (prompts, completions, answer, **kwargs).")
     return fn
 
 
@@ -78,22 +57,23 @@ class GRPOTrainerPlugin(Trainer):
 
     name = "rl"
     description = "GRPO reinforcement learning with a math-verify answer-correctness reward (TRL GRPOTrainer)."
-    option_specs = SHARED_OPTIONS + (
-        Option("learning_rate", 1e-6, "Peak learning rate (AdamW)."),
-        Option("num_generations", 8, "Completions sampled per prompt (the GRPO group size)."),
-        Option("max_completion_length", 512, "Longest completion sampled, in tokens."),
-        Option("temperature", 1.0, "Sampling temperature of the completions."),
-        Option("top_p", 1.0, "Nucleus sampling of the completions."),
-        Option("beta", 0.0, "KL penalty to the base model (0: no reference model, as TRL's default and the paper)."),
-        Option("num_iterations", 1, "Optimisation passes over each generated batch (GRPO's mu)."),
-        Option("format_reward", 0.0, "Weight of an extra reward for a well-formed answer (closed reasoning block + \\boxed{}); 0: correctness only."),
-        Option("extra_rewards", "", "More reward functions, comma-separated 'file.py:function' or 'module:function' (TRL's signature: "
-               "(prompts, completions, answer, **kwargs) -> list[float | None]), each with weight 1."),
-        Option("use_vllm", False, "Generate with vLLM (GPU, vllm installed) in TRL's colocate mode."),
-        Option("vllm_mode", "colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).", choices=("colocate", "server")),
-        Option("vllm_gpu_memory_utilization", 0.3, "GPU memory share for vLLM in colocate mode."),
-        Option("log_completions", False, "Print sampled completions with their rewards every logging step."),
-    )
+    options = {
+        **SHARED_OPTIONS,
+        "learning_rate": Option(1e-6, "Peak learning rate (AdamW)."),
+        "num_generations": Option(8, "Completions sampled per prompt (the GRPO group size)."),
+        "max_completion_length": Option(512, "Longest completion sampled, in tokens."),
+        "temperature": Option(1.0, "Sampling temperature of the completions."),
+        "top_p": Option(1.0, "Nucleus sampling of the completions."),
+        "beta": Option(0.0, "KL penalty to the base model (0: no reference model, as TRL's default and the paper)."),
+        "num_iterations": Option(1, "Optimisation passes over each generated batch (GRPO's mu)."),
+        "format_reward": Option(0.0, "Weight of an extra reward for a well-formed answer (closed reasoning block + \\boxed{}); 0: correctness only."),
+        "extra_rewards": Option("", "More reward functions, comma-separated 'file.py:function' or 'module:function' (TRL's signature: "
+            "(prompts, completions, answer, **kwargs) -> list[float | None]), each with weight 1."),
+        "use_vllm": Option(False, "Generate with vLLM (GPU, vllm installed) in TRL's colocate mode."),
+        "vllm_mode": Option("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).", choices=("colocate", "server")),
+        "vllm_gpu_memory_utilization": Option(0.3, "GPU memory share for vLLM in colocate mode."),
+        "log_completions": Option(False, "Print sampled completions with their rewards every logging step."),
+    }
 
     def check(self, config: dict[str, Any]) -> None:
         cfg = config

@@ -37,13 +37,14 @@ class SFTTrainerPlugin(Trainer):
 
     name = "sft"
     description = "Supervised fine-tuning on worked solutions (TRL SFTTrainer, completion-only loss)."
-    option_specs = SHARED_OPTIONS + (
-        Option("learning_rate", 2e-5, "Peak learning rate (AdamW)."),
-        Option("max_length", 1024, "Truncate prompt+solution to this many tokens."),
-        Option("think", True, "Keep <think>...</think> reasoning in the targets (off: the paper's no-think SFT)."),
-        Option("filter_correct", True, "Train only on solutions whose final \\boxed{} answer math-verify matches the gold answer."),
-        Option("packing", False, "Pack several examples into one max_length sequence (faster on GPU with flash attention)."),
-    )
+    options = {
+        **SHARED_OPTIONS,
+        "learning_rate": Option(2e-5, "Peak learning rate (AdamW)."),
+        "max_length": Option(1024, "Truncate prompt+solution to this many tokens."),
+        "think": Option(True, "Keep <think>...</think> reasoning in the targets (off: the paper's no-think SFT)."),
+        "filter_correct": Option(True, "Train only on solutions whose final \\boxed{} answer math-verify matches the gold answer."),
+        "packing": Option(False, "Pack several examples into one max_length sequence (faster on GPU with flash attention)."),
+    }
 
     def train(self, ctx: TrainContext) -> TrainResult:
         from datasets import Dataset

@@ -11,15 +11,18 @@ input (a :class:`Site`), cuts the slice with ``select`` and declares the stored 
 """
 from __future__ import annotations
 
-from typing import Any
-
+from driftkit.registry.options import Option
 from driftkit.registry.probe import ModelLayout, Output, Probe, Site, first_tensor, parse_layers
 
 
 class AttnHeadProbe(Probe):
     name = "attn_head"
     description = "one attention head's output (input slice of o_proj) at one layer"
-    options: dict[str, Any] = {"layer": 0, "head": 0, "module": "self_attn.o_proj"}
+    options = {
+        "layer": Option(0, "Decoder layer (negative: from the end)."),
+        "head": Option(0, "Attention head index within the layer."),
+        "module": Option("self_attn.o_proj", "Module (inside the layer) whose input holds the concatenated heads."),
+    }
 
     def _geometry(self, layout: ModelLayout) -> tuple[int, int, int]:
         layer = parse_layers(str(self.opts["layer"]), layout.num_layers)[0]
