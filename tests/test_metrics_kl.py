@@ -210,3 +210,16 @@ def test_nan_logit_raises_with_position() -> None:
     with pytest.raises(DriftkitError, match="row 13") as e:
         kl_from_hidden(h, hb, un, un, chunk=4)
     assert e.value.row == 13  # type: ignore[attr-defined]
+
+
+def test_underflowing_base_entries_keep_b_mass() -> None:
+    """Entries where A's probability underflows float32 (logit range > 87) take the exp path for p_B."""
+    la, lb = _drift_pair(0.045, n=8, vocab=30_000)
+    la[:, :20] -= 120.0  # exp(l_A - max) == 0 in float32 there
+    lb[:, :20] = la[:, :20] + 70.0  # ... while B keeps (small) mass on them (u ~ 70: fast path)
+    y = torch.arange(8)
+    ref = _ref64(la, lb, y)
+    got = kl_from_logits_(la.clone(), lb.clone(), y)
+    for key in ("kl_forward", "kl_reverse", "js", "logratio"):
+        rel = ((getattr(got, key).double() - ref[key]).abs() / ref[key].abs()).max()
+        assert float(rel) < 1e-3, (key, float(rel))

@@ -178,12 +178,17 @@ def kl_from_logits_(la: torch.Tensor, lb: torch.Tensor, next_ids: torch.Tensor |
     logratio = None
     if next_ids is not None:
         logratio = u.gather(1, next_ids.view(-1, 1).to(torch.int64)).view(-1)
-    # p_B * s_A = exp(log(p_A s_A) + r): never overflows (<= s_A) and exact where p_A underflows
-    pb = torch.add(la, u, out=w).exp_()
+    # p_B * s_A = p_A s_A e^r = e_A + e_A expm1(r); where e_A underflows (l_A - max < -87) that loses B's
+    # mass, so then p_B s_A = exp((l_A - max) + r) instead (never overflows: it is <= s_A).
+    em = torch.expm1(u, out=lb)
+    if float(la.amin()) > -80.0:
+        pb = torch.addcmul(ea, ea, em, out=w)
+    else:
+        pb = torch.add(la, u, out=w).exp_()
     kl_f = rowdot(pb, u) / sa
     # JS = 1/2 sum [p_B (r - f(r)) - p_A f(r)], f(r) = log((1 + e^r) / 2) = log(m / p_A): every
     # term is O(r) and vanishes at r = 0, unlike a difference of entropy-sized sums.
-    f = torch.expm1(u, out=lb).mul_(0.5).log1p_()
+    f = em.mul_(0.5).log1p_()
     h = u.sub_(f)
     js = 0.5 * (rowdot(pb, h) - rowdot(ea, f)) / sa
     if slow is not None:
