@@ -221,3 +221,21 @@ def test_identical_captures_exact_end_to_end(pair3) -> None:
     assert an["cka"]["layers"]
     for e in an["cka"]["layers"]:
         assert e["linear_cka"] == 1.0 and e["debiased_cka"] == 1.0
+
+
+def test_nan_logits_name_sample_and_position(pair3, tmp_path: Path) -> None:
+    import shutil
+
+    from driftkit.errors import DriftkitError
+
+    a, b, _, da, _ = pair3
+    bad = tmp_path / "bad.h5"
+    shutil.copy(b, bad)
+    off = da["samples/offsets"]
+    t = int(off[4]) + 2  # third token of the fifth sample
+    with h5py.File(bad, "r+") as f:
+        row = f["final/hidden"][t]
+        row[3] = np.nan
+        f["final/hidden"][t] = row
+    with pytest.raises(DriftkitError, match=r"sample o1 position 2\b.*NaN"):
+        driftkit.compare([a, bad], analyses=["kl"])
