@@ -138,7 +138,9 @@ def pair3(tmp_path_factory, tiny_model: Path, tiny_tuned: Path):
     rows = [{"id": f"{dom[0]}{i}", "domain": dom, "text": t} for dom, ts in texts.items() for i, t in enumerate(ts)]
     prompts = d / "p.jsonl"
     prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    cap = lambda m, name: capture(CaptureConfig(model=str(m), prompts=str(prompts), out=d / name, max_batch_tokens=64))  # noqa: E731
+    def cap(m: Path, name: str) -> Path:
+        return capture(CaptureConfig(model=str(m), prompts=str(prompts), out=d / name, max_batch_tokens=64))
+
     a, b, a2 = cap(tiny_model, "a.h5"), cap(tiny_tuned, "b.h5"), cap(tiny_model, "a2.h5")
     return a, b, a2, _load(a), _load(b)
 

@@ -110,7 +110,8 @@ def _check_rows(la: torch.Tensor, lb: torch.Tensor, rows: torch.Tensor, row_offs
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             row = int(rows[i]) + row_offset
-            what = "NaN" if bool(torch.isnan(x[i]).any()) else "+inf" if bool(torch.isposinf(x[i]).any()) else "no finite"
+            what = ("NaN" if bool(torch.isnan(x[i]).any())
+                    else "+inf" if bool(torch.isposinf(x[i]).any()) else "no finite")
             raise NonFiniteLogits(
                 f"Model {name}'s logits at row {row} hold {what} value(s), so its next-token distribution is "
                 "undefined there. The capture's final/hidden or final/unembed is corrupt or the model overflowed "
@@ -134,7 +135,8 @@ def _fallback64(la: torch.Tensor, lb: torch.Tensor, ids: torch.Tensor | None) ->
     kl_r = -(pa * r).sum(1) + torch.where((nb & ~na).any(1), inf, zero)
     # f(r) = log((1 + e^r) / 2): log1p form near 0 (exact 0 at r = 0), asymptotic form for large r
     f = torch.where(r < 30, torch.log1p(torch.expm1(r.clamp(max=30)) / 2), r - LOG2 + torch.log1p(torch.exp(-r)))
-    js = 0.5 * (pb * (r - f) - pa * f).sum(1) + 0.5 * LOG2 * (torch.where(na & ~nb, pb, zero) + torch.where(nb & ~na, pa, zero)).sum(1)
+    one_sided = torch.where(na & ~nb, pb, zero) + torch.where(nb & ~na, pa, zero)  # m = p / 2 there
+    js = 0.5 * (pb * (r - f) - pa * f).sum(1) + 0.5 * LOG2 * one_sided.sum(1)
     lr = None
     if ids is not None:
         full = torch.where(na & nb, zero, lpb - lpa)

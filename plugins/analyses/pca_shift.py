@@ -15,7 +15,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from driftkit.metrics.pca import MIN_SAMPLES, SamplePooler, layer_distance, layer_point, principal_angles, shift_from_points
+from driftkit.metrics.pca import (MIN_SAMPLES, SamplePooler, layer_distance, layer_point, principal_angles,
+                                  shift_from_points)
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
 from driftkit.report.terminal import bar, sparkline
@@ -90,8 +91,9 @@ class PCAShiftAnalysis(Analysis):
             "layers": layers,
         }
         if skipped:
-            out["skipped_domains"] = {d: f"{n} sample(s) with selected tokens; the PCA shift needs at least {MIN_SAMPLES}"
-                                      for d, n in skipped.items()}
+            out["skipped_domains"] = {
+                d: f"{n} sample(s) with selected tokens; the PCA shift needs at least {MIN_SAMPLES}"
+                for d, n in skipped.items()}
         return out
 
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
@@ -112,7 +114,8 @@ class PCAShiftAnalysis(Analysis):
         per = result["per_domain"]
         top = max([v["distance"] for v in per.values()] or [1.0]) or 1.0
         for d, v in sorted(per.items(), key=lambda kv: -kv[1]["distance"]):
-            t.add_row(d, str(v["n_samples"]), fmt(v["distance"], 3), fmt(v.get("mean_layer_distance"), 3), Text(bar(v["distance"] / top, 10), style="magenta"),
+            t.add_row(d, str(v["n_samples"]), fmt(v["distance"], 3), fmt(v.get("mean_layer_distance"), 3),
+                      Text(bar(v["distance"] / top, 10), style="magenta"),
                       Text(sparkline([abs(p["pc1_shift"]) for p in v["points"]]), style="magenta"))
         parts: list[Any] = [t]
         ang = [l["mean_angle_deg"] for l in result["layers"]]

@@ -94,7 +94,8 @@ class TokenRankAnalysis(Analysis):
         return {"positions": pair.options.positions, "summary": summary, "per_domain": per_domain, "top_shifted_tokens": top}
 
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
-        return {k: result["summary"].get(k) for k in ("unshifted", "marginal", "shifted", "rank_shift", "rank_shift_top")}
+        keys = ("unshifted", "marginal", "shifted", "rank_shift", "rank_shift_top")
+        return {k: result["summary"].get(k) for k in keys}
 
     def render(self, result: Mapping[str, Any]) -> Any:
         t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -112,7 +113,8 @@ class TokenRankAnalysis(Analysis):
                 continue
             style = "bold" if dom == "all" else ""
             t.add_row(Text(dom, style=style), f"{r['n_positions']:,}", *[f"{100 * r[b]:.1f}%" for b in BUCKETS],
-                      Text(bar(r["shifted"], 10), style="red"), fmt(r["rank_shift"], 2), fmt(r.get("rank_shift_top"), 2))
+                      Text(bar(r["shifted"], 10), style="red"), fmt(r["rank_shift"], 2),
+                      fmt(r.get("rank_shift_top"), 2))
         parts: list[Any] = [t]
         if result.get("top_shifted_tokens"):
             line = Text("top shifted tokens (B's choice, not in A's top 3): ", style="bold")
