@@ -89,6 +89,11 @@ def test_token_rank_plugin_vs_argsort(pair) -> None:
     assert s["marginal"] == pytest.approx(float(((rank_top >= 2) & (rank_top <= 3)).float().mean()))
     assert s["shifted"] == pytest.approx(float((rank_top > 3).float().mean()))
     assert s["rank_shift"] == pytest.approx(float((ra - rb).double().mean()))
+    assert s["rank_shift_top"] == pytest.approx(float((rank_top - 1).double().mean()))
+    doms = np.array(da["domains"])[np.array([p[1] for p in pos])]
+    for dom, r in res["per_domain"].items():
+        sel = torch.from_numpy(doms == dom)
+        assert r["rank_shift_top"] == pytest.approx(float((rank_top[sel] - 1).double().mean()))
     counts = torch.bincount(top_b[rank_top > 3], minlength=la.shape[1])
     assert sum(x["count"] for x in res["top_shifted_tokens"]) <= int(counts.sum())
     top = res["top_shifted_tokens"][0]
@@ -118,9 +123,33 @@ def test_cka_layers_positions_and_sample_unit(pair) -> None:
     assert res["n"] == len(off) - 1
 
 
-def test_pca_shift_plugin_vs_sklearn(pair) -> None:
-    a, b, da, db = pair
+@pytest.fixture(scope="module")
+def pair3(tmp_path_factory, tiny_model: Path, tiny_tuned: Path):
+    """Captures of prompts with 3 samples in 'math' and 'other' and 2 in 'non' (which PCA shift skips),
+    plus a second capture of the base model (identical to the first)."""
+    import json
+
+    from driftkit.capture import CaptureConfig, capture
+
+    d = tmp_path_factory.mktemp("pca3")
+    texts = {"math": ["What is 2 + 3?", "Solve 2x + 4 = 10 for x.", "Compute 7 * 6 and add one."],
+             "other": ["All cats are animals. Is Tom an animal?", "def add(a, b):", "Name a blue thing."],
+             "non": ["Write a poem about the sea.", "The sea is wide and blue."]}
+    rows = [{"id": f"{dom[0]}{i}", "domain": dom, "text": t} for dom, ts in texts.items() for i, t in enumerate(ts)]
+    prompts = d / "p.jsonl"
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    def cap(m: Path, name: str) -> Path:
+        return capture(CaptureConfig(model=str(m), prompts=str(prompts), out=d / name, max_batch_tokens=64))
+
+    a, b, a2 = cap(tiny_model, "a.h5"), cap(tiny_tuned, "b.h5"), cap(tiny_model, "a2.h5")
+    return a, b, a2, _load(a), _load(b)
+
+
+def test_pca_shift_plugin_vs_sklearn(pair3) -> None:
+    a, b, _, da, db = pair3
     res = driftkit.compare([a, b], analyses=["pca_shift"]).to_dict()["analyses"]["pca_shift"]
+    assert set(res["per_domain"]) == {"math", "other"}
+    assert "non" in res["skipped_domains"] and "at least 3" in res["skipped_domains"]["non"]
     off = da["samples/offsets"]
     doms = np.array(da["domains"])
     names = ["embed"] + [f"residual.{i}" for i in range(4)]
@@ -131,11 +160,14 @@ def test_pca_shift_plugin_vs_sklearn(pair) -> None:
             fa = np.stack([da["sites"][n][off[s] : off[s + 1]].mean(0) for s in idx])
             fb = np.stack([db["sites"][n][off[s] : off[s + 1]].mean(0) for s in idx])
             c = PCA(n_components=2).fit(fa).components_
+            c = c * np.sign(c[np.arange(2), np.abs(c).argmax(1)])[:, None]  # driftkit's sign rule
             ma, mb = fa.dot(c[0]).mean(), fb.dot(c[0]).mean()
             pa.append((0.0, fa.dot(c[1]).mean()))
             pb.append((mb - ma, fb.dot(c[1]).mean()))
         expected = np.linalg.norm(np.mean(pb, 0) - np.mean(pa, 0))
         assert r["distance"] == pytest.approx(expected, rel=1e-5)
+        per_layer = np.linalg.norm(np.array(pb) - np.array(pa), axis=1)  # sign-invariant per layer
+        assert r["mean_layer_distance"] == pytest.approx(per_layer.mean(), rel=1e-5)
         assert len(r["points"]) == len(names)
     assert len(res["layers"]) == len(names)
     assert all(0 <= x <= 90.0 + 1e-9 for l in res["layers"] for x in l["principal_angles_deg"])
@@ -173,3 +205,40 @@ def test_cka_cross_layer_matrix(pair) -> None:
     # the diagonal is the per-layer result
     assert [cross["debiased_cka"][k][k] for k in range(2)] == pytest.approx([e["debiased_cka"] for e in res["layers"]], abs=1e-12)
     assert "Cross-layer debiased CKA" in rep.to_html()
+
+
+def test_identical_captures_exact_end_to_end(pair3) -> None:
+    """The same tiny model captured twice (two files): KL, JS, log-ratio, rank shift and PCA shift are
+    exactly 0 and CKA exactly 1 (==, not approx)."""
+    a, _, a2, _, _ = pair3
+    rep = driftkit.compare([a, a2], analyses=["kl", "token_rank", "pca_shift", "cka"], chunk_tokens=16)
+    an = rep.to_dict()["analyses"]
+    for part in [an["kl"]["summary"], *an["kl"]["per_domain"].values()]:
+        assert part["kl_forward"] == 0.0 and part["kl_reverse"] == 0.0 and part["js"] == 0.0
+        assert part["sampled_logratio"] == 0.0
+    tr = an["token_rank"]["summary"]
+    assert tr["unshifted"] == 1.0 and tr["rank_shift"] == 0.0 and tr["rank_shift_top"] == 0.0
+    assert an["pca_shift"]["per_domain"]
+    for v in an["pca_shift"]["per_domain"].values():
+        assert v["distance"] == 0.0 and v["mean_layer_distance"] == 0.0
+    assert an["cka"]["layers"]
+    for e in an["cka"]["layers"]:
+        assert e["linear_cka"] == 1.0 and e["debiased_cka"] == 1.0
+
+
+def test_nan_logits_name_sample_and_position(pair3, tmp_path: Path) -> None:
+    import shutil
+
+    from driftkit.errors import DriftkitError
+
+    a, b, _, da, _ = pair3
+    bad = tmp_path / "bad.h5"
+    shutil.copy(b, bad)
+    off = da["samples/offsets"]
+    t = int(off[4]) + 2  # third token of the fifth sample
+    with h5py.File(bad, "r+") as f:
+        row = f["final/hidden"][t]
+        row[3] = np.nan
+        f["final/hidden"][t] = row
+    with pytest.raises(DriftkitError, match=r"sample o1 position 2\b.*NaN"):
+        driftkit.compare([a, bad], analyses=["kl"])

@@ -109,3 +109,33 @@ def test_debiased_reference_is_shift_invariant() -> None:
     xs, ys = x + 4.0, y - 2.5
     assert _hsic_unbiased(xs @ xs.T, ys @ ys.T) == pytest.approx(raw, rel=1e-9)
     assert _stream(xs, ys, 16).debiased_cka == pytest.approx(_gram_debiased(x, y), abs=1e-12)
+
+
+def test_cka_sink_row_in_first_chunk() -> None:
+    """First chunk: one attention-sink row at 1e5 x the spread plus a few normal rows, then many
+    normal chunks. A pilot mean from that chunk was 5.6e-6 off; merged centred sums must hold 1e-6."""
+    rng = np.random.default_rng(5)
+    n, d = 600, 12
+    x = rng.normal(size=(n, d))
+    y = x @ rng.normal(size=(d, d)) * 0.3 + rng.normal(size=(n, d))
+    x[0] += 1e5 * rng.normal(size=d)
+    y[0] += 1e5 * rng.normal(size=d)
+    acc = StreamingCKA(d, d)
+    acc.update(torch.from_numpy(x[:5]), torch.from_numpy(y[:5]))
+    for s in range(5, n, 23):
+        acc.update(torch.from_numpy(x[s : s + 23]), torch.from_numpy(y[s : s + 23]))
+    r = acc.result()
+    assert r.n == n
+    assert r.linear_cka == pytest.approx(_gram_biased(x, y), abs=1e-6)
+    assert r.debiased_cka == pytest.approx(_gram_debiased(x, y), abs=1e-6)
+    # without the sink the debiased value is a different number: the row really matters
+    assert abs(_gram_debiased(x[1:], y[1:]) - r.debiased_cka) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cka_identical_is_exactly_one(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(6)
+    x = torch.from_numpy(rng.normal(size=(257, 24)) * 3 + 40).to(dtype)
+    x[0] *= 100
+    r = linear_cka(x, x.clone(), chunk=32)
+    assert r.linear_cka == 1.0 and r.debiased_cka == 1.0

@@ -97,3 +97,129 @@ def test_rows_for_budget_bounds_workspace_memory() -> None:
     big = rows_for_budget(256_000, 512)  # Gemma-size vocabulary: fewer rows, same memory bound
     assert big < 512 and big * 256_000 * 20 <= 512 * 2**20
     assert rows_for_budget(10**9, 512) == 8
+
+
+# -- precision at RL-sized drift (issue 16) ---------------------------------------------------------
+
+def _ref64(la: torch.Tensor, lb: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """float64 reference from log_softmax of the float32 logits (masked entries handled by hand)."""
+    lpa, lpb = torch.log_softmax(la.double(), -1), torch.log_softmax(lb.double(), -1)
+    pa, pb = lpa.exp(), lpb.exp()
+    lm = torch.log(0.5 * (pa + pb))
+    kl = lambda p, lp, lq: torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1)  # noqa: E731
+    return {
+        "kl_forward": kl(pb, lpb, lpa),
+        "kl_reverse": kl(pa, lpa, lpb),
+        "js": 0.5 * kl(pa, lpa, lm) + 0.5 * kl(pb, lpb, lm),
+        "logratio": (lpb - lpa).gather(1, y[:, None])[:, 0],
+    }
+
+
+def _drift_pair(eps: float, n: int = 24, vocab: int = 32_768, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    la = torch.randn(n, vocab, generator=g) * 3.0
+    lb = (la + eps * torch.randn(n, vocab, generator=g)).to(torch.float32)
+    return la, lb
+
+
+@pytest.mark.parametrize("eps,kl_size", [(0.14, 1e-2), (0.045, 1e-3), (0.014, 1e-4)])
+def test_small_drift_matches_float64(eps: float, kl_size: float) -> None:
+    la, lb = _drift_pair(eps)
+    y = torch.randint(0, la.shape[1], (la.shape[0],), generator=torch.Generator().manual_seed(2))
+    ref = _ref64(la, lb, y)
+    assert kl_size / 3 < float(ref["kl_forward"].mean()) < kl_size * 3  # the drift size we meant
+    got = kl_from_logits_(la.clone(), lb.clone(), y)
+    for key in ("kl_forward", "kl_reverse", "js", "logratio"):
+        rel = ((getattr(got, key).double() - ref[key]).abs() / ref[key].abs()).max()
+        assert float(rel) < 1e-3, (key, float(rel))
+
+
+def test_small_drift_through_hidden_and_unembedding() -> None:
+    """Through kl_from_hidden, in several chunks, vs float64 softmax of the float32 logits h @ W.T."""
+    g = torch.Generator().manual_seed(3)
+    vocab, d, n = 30_000, 64, 40
+    w = torch.randn(vocab, d, generator=g) * 0.3
+    ha = torch.randn(n, d, generator=g)
+    hb = ha + 0.01 * torch.randn(n, d, generator=g)
+    ua = Unembedding(w, None, None, None)
+    wb = w + 0.002 * torch.randn(vocab, d, generator=g)
+    ub = Unembedding(wb, None, None, None)
+    y = torch.randint(0, vocab, (n,), generator=g)
+    la, lb = ha @ w.T, hb @ wb.T  # the float32 logits the kernel rebuilds
+    ref = _ref64(la, lb, y)
+    assert 1e-4 < float(ref["kl_forward"].min())
+    got = kl_from_hidden(ha, hb, ua, ub, next_ids=y, workspace=KLWorkspace(16, vocab))
+    for key in ("kl_forward", "kl_reverse", "js", "logratio"):
+        rel = ((getattr(got, key).double() - ref[key]).abs() / ref[key].abs()).max()
+        assert float(rel) < 1e-3, (key, float(rel))
+
+
+def test_identical_inputs_give_exactly_zero() -> None:
+    la = torch.randn(9, 40_000, generator=torch.Generator().manual_seed(4)) * 4
+    la[3, :100] = float("-inf")  # masked entries too
+    y = torch.arange(9) * 7
+    got = kl_from_logits_(la.clone(), la.clone(), y)
+    for key in ("kl_forward", "kl_reverse", "js", "logratio"):
+        assert (getattr(got, key) == 0.0).all(), key
+    un = Unembedding(torch.randn(3000, 16), None, None, None)
+    h = torch.randn(33, 16)
+    st = kl_from_hidden(h, h.clone(), un, un, next_ids=torch.arange(33), chunk=8)
+    for key in ("kl_forward", "kl_reverse", "js", "logratio"):
+        assert (getattr(st, key) == 0.0).all(), key
+
+
+def test_masked_entries() -> None:
+    """-inf logits: shared ones contribute 0; B-only masks give finite KL(B||A) and KL(A||B) = +inf;
+    A-only masks give KL(B||A) = +inf; JS is always finite."""
+    la, lb = _drift_pair(0.1, n=6, vocab=2000)
+    la[:, :50] = float("-inf")
+    lb[:, :50] = float("-inf")  # shared
+    lb[1, 60:70] = float("-inf")  # only B masks: B puts no mass there
+    la[2, 80:90] = float("-inf")  # only A masks: B puts mass where A has none
+    la[3, 100:110] = float("-inf")
+    lb[3, 200:210] = float("-inf")  # different entries in each
+    y = torch.tensor([5, 65, 85, 150, 300, 400])
+    ref = _ref64(la, lb, y)
+    got = kl_from_logits_(la.clone(), lb.clone(), y)
+    for key in ("kl_forward", "kl_reverse", "js", "logratio"):
+        g = getattr(got, key)
+        assert not torch.isnan(g).any(), key
+    fin = [0, 1, 4, 5]
+    torch.testing.assert_close(got.kl_forward[fin].double(), ref["kl_forward"][fin], rtol=1e-4, atol=0)
+    assert torch.isinf(got.kl_forward[[2, 3]]).all()
+    assert torch.isinf(got.kl_reverse[[1, 3]]).all()
+    fin_r = [0, 2, 4, 5]
+    torch.testing.assert_close(got.kl_reverse[fin_r].double(), ref["kl_reverse"][fin_r], rtol=1e-4, atol=0)
+    torch.testing.assert_close(got.js.double(), ref["js"], rtol=1e-4, atol=0)
+    assert got.logratio[2] == float("inf")  # the realised token is impossible under A
+    assert got.logratio[0] == 0.0  # masked in both: defined as 0, never NaN
+    torch.testing.assert_close(got.logratio[4:].double(), ref["logratio"][4:], rtol=1e-4, atol=1e-6)
+
+
+def test_nan_logit_raises_with_position() -> None:
+    from driftkit.errors import DriftkitError
+
+    la, lb = _drift_pair(0.1, n=5, vocab=500)
+    lb[3, 17] = float("nan")
+    with pytest.raises(DriftkitError, match="row 3"):
+        kl_from_logits_(la.clone(), lb.clone())
+    un = Unembedding(torch.randn(300, 8), None, None, None)
+    h = torch.randn(20, 8)
+    hb = h.clone()
+    hb[13, 2] = float("nan")
+    with pytest.raises(DriftkitError, match="row 13") as e:
+        kl_from_hidden(h, hb, un, un, chunk=4)
+    assert e.value.row == 13  # type: ignore[attr-defined]
+
+
+def test_underflowing_base_entries_keep_b_mass() -> None:
+    """Entries where A's probability underflows float32 (logit range > 87) take the exp path for p_B."""
+    la, lb = _drift_pair(0.045, n=8, vocab=30_000)
+    la[:, :20] -= 120.0  # exp(l_A - max) == 0 in float32 there
+    lb[:, :20] = la[:, :20] + 70.0  # ... while B keeps (small) mass on them (u ~ 70: fast path)
+    y = torch.arange(8)
+    ref = _ref64(la, lb, y)
+    got = kl_from_logits_(la.clone(), lb.clone(), y)
+    for key in ("kl_forward", "kl_reverse", "js", "logratio"):
+        rel = ((getattr(got, key).double() - ref[key]).abs() / ref[key].abs()).max()
+        assert float(rel) < 1e-3, (key, float(rel))

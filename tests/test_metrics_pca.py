@@ -29,7 +29,8 @@ def test_pca_shift_matches_direct_sklearn() -> None:
         fa = np.stack([x[k].mean(0) for x, k in zip(acts_a[l], keep)])
         fb = np.stack([x[k].mean(0) for x, k in zip(acts_b[l], keep)])
         pca = PCA(n_components=2).fit(fa)
-        c1, c2 = pca.components_
+        c = pca.components_
+        c1, c2 = c * np.sign(c[np.arange(2), np.abs(c).argmax(1)])[:, None]  # largest entry positive
         pc1_o, pc2_o = fa.dot(c1).mean(), fa.dot(c2).mean()
         pc1_u, pc2_u = fb.dot(c1).mean(), fb.dot(c2).mean()
         ref_pa.append((0.0, pc2_o))
@@ -62,7 +63,55 @@ def test_pca_shift_matches_direct_sklearn() -> None:
 def test_pca_shift_zero_for_identical_models() -> None:
     rng = np.random.default_rng(1)
     f = [rng.normal(size=(6, 5)) for _ in range(2)]
-    assert pca_shift(f, [x.copy() for x in f]).distance == pytest.approx(0.0, abs=1e-12)
+    res = pca_shift(f, [x.copy() for x in f])
+    assert res.distance == 0.0 and res.mean_layer_distance == 0.0
+
+
+def _layers(seed: int, n_layers: int = 4, n: int = 9, d: int = 7) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    fa = [rng.normal(size=(n, d)) * np.linspace(3, 0.5, d) + l for l in range(n_layers)]
+    fb = [x + 0.4 * rng.normal(size=x.shape) + 0.2 for x in fa]
+    return fa, fb
+
+
+def test_component_signs_do_not_depend_on_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sklearn <= 1.4 and >= 1.5 flip components differently: flipped components give identical results."""
+    import driftkit.metrics.pca as P
+
+    fa, fb = _layers(2)
+    ref = pca_shift(fa, fb)
+    real = P._pca
+
+    for flip in ([-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]):
+        monkeypatch.setattr(P, "_pca", lambda k, flip=flip: _FlipPCA(real(k), np.array(flip)))
+        got = pca_shift(fa, fb)
+        assert got.distance == ref.distance and got.mean_layer_distance == ref.mean_layer_distance
+        assert got.layers == ref.layers
+    # flipping the data's sign: same subspace, points mirrored, same distances
+    neg = pca_shift([-x for x in fa], [-x for x in fb])
+    assert neg.distance == pytest.approx(ref.distance, rel=1e-12)
+    assert neg.mean_layer_distance == pytest.approx(ref.mean_layer_distance, rel=1e-12)
+
+
+class _FlipPCA:
+    def __init__(self, inner, flip: np.ndarray) -> None:
+        self.inner, self.flip = inner, flip
+
+    def fit(self, x: np.ndarray) -> "_FlipPCA":
+        self.components_ = self.inner.fit(x).components_ * self.flip[:, None]
+        return self
+
+
+def test_mean_layer_distance_vs_numpy() -> None:
+    fa, fb = _layers(3)
+    res = pca_shift(fa, fb)
+    d = []
+    for a, b in zip(fa, fb):
+        c = PCA(n_components=2).fit(a).components_
+        pa, pb = (a @ c.T).mean(0), (b @ c.T).mean(0)
+        d.append(np.hypot(pb[0] - pa[0], pb[1] - pa[1]))  # |B - A| per layer, any signs
+    assert res.mean_layer_distance == pytest.approx(np.mean(d), rel=1e-10)
+    assert res.mean_layer_distance >= res.distance - 1e-12  # triangle inequality over layers
 
 
 def test_pooler_counts_and_empty_samples() -> None:

@@ -51,3 +51,43 @@ def test_urial_buckets_hand_built() -> None:
     assert st.rank_b.tolist() == [2, 1, 1, 2]
     assert (st.rank_a - st.rank_b).tolist() == [0, 2, 4, -1]
     assert urial_bucket(torch.tensor([1, 2, 3, 4, 100])).tolist() == [0, 1, 1, 2, 2]
+
+
+def _argsort_min_rank(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Independent reference: 'min' rank from a stable descending sort (first index of the tied block)."""
+    vals = torch.sort(logits, dim=1, descending=True).values
+    target = logits.gather(1, ids[:, None])
+    return (vals == target).int().argmax(1) + 1
+
+
+def _tied_blocks(seed: int, n: int = 40, vocab: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    la = torch.randint(0, 12, (n, vocab), generator=g).float()  # coarse values: many ties everywhere
+    lb = torch.randint(0, 12, (n, vocab), generator=g).float()
+    y = torch.randint(0, vocab, (n,), generator=g)
+    return la, lb, y
+
+
+def test_ties_at_b_top_use_a_best_and_min_ranks() -> None:
+    la, lb, y = _tied_blocks(0)
+    st = rank_stats(la, lb, y, torch.empty(64, la.shape[1], dtype=torch.bool))
+    is_max = lb == lb.amax(1, keepdim=True)
+    assert (is_max.sum(1) > 1).all()  # every row has a tied top under B
+    best = la.masked_fill(~is_max, float("-inf")).amax(1)
+    assert torch.equal(la.gather(1, st.top_b[:, None])[:, 0], best)  # the tied top A likes best
+    assert is_max.gather(1, st.top_b[:, None]).all()
+    assert torch.equal(st.rank_a_of_top_b, _argsort_min_rank(la, st.top_b))
+    assert torch.equal(st.rank_a, _argsort_min_rank(la, y))
+    assert torch.equal(st.rank_b, _argsort_min_rank(lb, y))
+
+
+def test_vocabulary_permutation_changes_nothing() -> None:
+    la, lb, y = _tied_blocks(1)
+    perm = torch.randperm(la.shape[1], generator=torch.Generator().manual_seed(9))
+    inv = torch.argsort(perm)
+    st = rank_stats(la, lb, y)
+    sp = rank_stats(la[:, perm], lb[:, perm], inv[y])
+    assert torch.equal(st.rank_a_of_top_b, sp.rank_a_of_top_b)
+    assert torch.equal(urial_bucket(st.rank_a_of_top_b), urial_bucket(sp.rank_a_of_top_b))
+    assert torch.equal(st.rank_a - st.rank_b, sp.rank_a - sp.rank_b)
+    assert torch.equal(la.gather(1, st.top_b[:, None]), la[:, perm].gather(1, sp.top_b[:, None]))

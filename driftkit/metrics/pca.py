@@ -8,8 +8,12 @@ points are averaged over layers and the shift is the distance between the two ce
 
 Differences from the paper's script, on purpose: pooling is mask-aware (the original averaged over
 left-padding tokens too, so the statistic depended on the batch's longest prompt), and pooling is
-streamed from the capture file instead of re-running the models. The PCA itself is scikit-learn's,
-so component signs follow the same deterministic convention the paper's numbers used.
+streamed from the capture file instead of re-running the models; domains with fewer than 3 samples
+are skipped (two points always lie on one line, so PC2 is arbitrary). The PCA is scikit-learn's,
+but component signs are fixed by driftkit (:func:`fix_signs`: each component's entry of largest
+magnitude is positive), because scikit-learn >= 1.5 and <= 1.4 choose them differently and the
+paper's statistic averages points over layers, so per-layer sign choices move it.
+``mean_layer_distance`` (mean over layers of each layer's ``|B - A|``) is sign-invariant.
 
 Beyond the paper: principal angles (scipy) between A's and B's top-k PCA subspaces of the pooled
 features per layer, a rotation measure that does not depend on PC signs or on the centroid.
@@ -41,6 +45,28 @@ class SamplePooler:
         return m.numpy(), self.counts.numpy()
 
 
+#: fewest samples a domain needs for the PCA shift (PCA(2) of 2 points has an arbitrary PC2)
+MIN_SAMPLES = 3
+
+
+def fix_signs(components: np.ndarray) -> np.ndarray:
+    """Components with each row's entry of largest magnitude made positive (first such entry on an
+    exact tie), so results do not depend on the library's (version-dependent) sign convention."""
+    comps = np.array(components, dtype=np.float64, copy=True)
+    if comps.size == 0:
+        return comps
+    idx = np.abs(comps).argmax(1)
+    signs = np.sign(comps[np.arange(comps.shape[0]), idx])
+    signs[signs == 0] = 1.0
+    return comps * signs[:, None]
+
+
+def layer_distance(point: dict[str, float]) -> float:
+    """One layer's distance between B's and A's point, ``|(pc1_shift, pc2_b - pc2_a)|``: unlike the
+    centroid distance it does not depend on the components' signs."""
+    return float(np.hypot(point["pc1_shift"], point["pc2_b"] - point["pc2_a"]))
+
+
 @dataclass
 class PCAShift:
     """Result of :func:`pca_shift` for one domain."""
@@ -51,6 +77,8 @@ class PCAShift:
     #: per layer: {"pc1_shift": m_B1 - m_A1, "pc2_a": m_A2, "pc2_b": m_B2}
     layers: list[dict[str, float]] = field(default_factory=list)
     n_samples: int = 0
+    #: mean over layers of :func:`layer_distance` (sign-invariant)
+    mean_layer_distance: float = 0.0
 
 
 def _pca(n_components: int):
@@ -74,7 +102,7 @@ def layer_point(fa: np.ndarray, fb: np.ndarray) -> dict[str, float]:
     if fa.shape[0] < 2:
         raise ValueError(f"PCA shift needs at least 2 samples, got {fa.shape[0]}")
     with _one_blas_thread():
-        comps = _pca(2).fit(fa).components_  # (2, d)
+        comps = fix_signs(_pca(2).fit(fa).components_)  # (2, d)
     m_a = (fa @ comps.T).mean(0)
     m_b = (fb @ comps.T).mean(0)
     return {"pc1_shift": float(m_b[0] - m_a[0]), "pc2_a": float(m_a[1]), "pc2_b": float(m_b[1])}
@@ -93,12 +121,14 @@ def shift_from_points(layers: list[dict[str, float]], n_samples: int = 0) -> PCA
         centroid_b=(float(cb[0]), float(cb[1])),
         layers=list(layers),
         n_samples=n_samples,
+        mean_layer_distance=float(np.mean([layer_distance(p) for p in layers])),
     )
 
 
 def pca_shift(pooled_a: list[np.ndarray], pooled_b: list[np.ndarray]) -> PCAShift:
     """PCA shift between two models from per-layer (n_samples, d) pooled features (same samples,
-    same order). Needs at least 2 samples (PCA(2) of one point is undefined)."""
+    same order). Needs at least 2 samples (PCA(2) of one point is undefined); the analysis skips
+    domains with fewer than :data:`MIN_SAMPLES`."""
     if len(pooled_a) != len(pooled_b) or not pooled_a:
         raise ValueError("pca_shift needs the same non-empty list of layers for both models")
     return shift_from_points([layer_point(fa, fb) for fa, fb in zip(pooled_a, pooled_b)], pooled_a[0].shape[0])

@@ -7,7 +7,14 @@ share the better rank, which is what "how many tokens did the model prefer over 
 URIAL (Lin et al. 2023, "The Unlocking Spell on Base LLMs"): at each response position take the
 tuned model B's top token and look up its rank under the base model A: rank 1 = *unshifted*,
 2-3 = *marginal*, > 3 = *shifted*. Huan et al. 2025 add the rank shift of the realised token
-``rank_A(y_t) - rank_B(y_t)``: positive when tuning promoted the token that was actually produced.
+``rank_A(y_t) - rank_B(y_t)``: positive when tuning promoted the token that was actually produced,
+and the rank shift of B's top token ``rank_A(top_B) - 1``.
+
+Ties, independent of vocabulary order: ranks are "min" ranks (``1 + #strictly greater``), so tied
+tokens share the better rank. When B has several tied top tokens, B's "top token" is the one A ranks
+best among them (the highest A logit over B's maxima; if A ties too, the lowest id, which only
+decides which string is listed). A position's URIAL bucket and ``rank_A(top_B)`` therefore do not
+change when the vocabulary is permuted; ``argmax`` alone would pick the lowest token id.
 """
 from __future__ import annotations
 
@@ -41,7 +48,7 @@ def urial_bucket(rank: torch.Tensor) -> torch.Tensor:
 class RankStats:
     """Per-position rank quantities for one chunk (all (n,) int64)."""
 
-    top_b: torch.Tensor  # argmax token of B
+    top_b: torch.Tensor  # B's top token (among tied maxima: the one A ranks best)
     rank_a_of_top_b: torch.Tensor  # its rank under A (URIAL)
     rank_a: torch.Tensor | None  # rank of the realised next token under A
     rank_b: torch.Tensor | None  # ... and under B
@@ -56,6 +63,18 @@ def rank_stats(
     """Rank quantities between two (n, V) logit blocks of the same positions (not modified)."""
     top_b = logits_b.argmax(1)
     rank_top = rank_of(logits_a, top_b, scratch)
+    # Rows where B's maximum is tied (rare): take the tied token A ranks best. Only those rows are
+    # re-examined, so no (n, V) float temporary is made for the common untied case.
+    top_val = logits_b.amax(1, keepdim=True)
+    if scratch is None:
+        is_max = logits_b == top_val
+    else:
+        is_max = torch.eq(logits_b, top_val, out=scratch[: logits_b.shape[0]])
+    tied = (is_max.sum(1) > 1).nonzero().view(-1)
+    if tied.numel():
+        cand = logits_a[tied].masked_fill(~is_max[tied], float("-inf"))
+        top_b[tied] = cand.argmax(1)
+        rank_top[tied] = (logits_a[tied] > cand.amax(1, keepdim=True)).sum(1) + 1
     if next_ids is None:
         return RankStats(top_b, rank_top, None, None)
     return RankStats(top_b, rank_top, rank_of(logits_a, next_ids, scratch), rank_of(logits_b, next_ids, scratch))

@@ -15,7 +15,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from driftkit.metrics.kl import KLWorkspace, kl_from_hidden, rows_for_budget
+from driftkit.errors import DriftkitError
+from driftkit.metrics.kl import KLWorkspace, NonFiniteLogits, kl_from_hidden, rows_for_budget
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
@@ -57,7 +58,13 @@ class KLAnalysis(Analysis):
         total, done = int(mask.sum()), 0
         for idx, ha, hb in pair.iter_pair(S.FINAL_HIDDEN, mask):
             y = pair.next_token_ids(idx)
-            st = kl_from_hidden(ha, hb, ua, ub, next_ids=y, workspace=ws)
+            try:
+                st = kl_from_hidden(ha, hb, ua, ub, next_ids=y, workspace=ws)
+            except NonFiniteLogits as e:
+                t = int(idx[e.row])
+                smp = int(pair.token_sample[t])
+                raise DriftkitError(f"kl: sample {pair.a.sample_ids[smp]!s} position {t - int(pair.a.offsets[smp])} "
+                                    f"(token {t} of the capture): {e}") from None
             dom = pair.domain_index(idx)
             sums.index_add_(0, dom, torch.stack([st.kl_forward, st.kl_reverse, st.js], 1).double())
             counts.index_add_(0, dom, torch.ones(len(idx), dtype=torch.float64))

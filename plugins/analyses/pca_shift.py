@@ -15,7 +15,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from driftkit.metrics.pca import SamplePooler, layer_point, principal_angles, shift_from_points
+from driftkit.metrics.pca import (MIN_SAMPLES, SamplePooler, layer_distance, layer_point, principal_angles,
+                                  shift_from_points)
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
@@ -58,10 +59,11 @@ class PCAShiftAnalysis(Analysis):
             valid = (ca > 0) & pair.sample_selected
             for d in doms:
                 rows = valid & (sample_dom == d)
-                if rows.sum() < 2:
+                if rows.sum() < MIN_SAMPLES:
                     skipped[d] = int(rows.sum())
                     continue
-                points[d].append({"layer": layer, **layer_point(fa[rows], fb[rows])})
+                pt = layer_point(fa[rows], fb[rows])
+                points[d].append({"layer": layer, **pt, "distance": layer_distance(pt)})
             angles = principal_angles(fa[valid], fb[valid], k) if valid.sum() >= 2 else np.zeros(0)
             layers.append({
                 "layer": layer,
@@ -77,7 +79,8 @@ class PCAShiftAnalysis(Analysis):
                 continue
             n = int(((pair.sample_selected) & (sample_dom == d)).sum())
             res = shift_from_points(points[d], n)
-            per_domain[d] = {"distance": res.distance, "centroid_a": list(res.centroid_a), "centroid_b": list(res.centroid_b),
+            per_domain[d] = {"distance": res.distance, "mean_layer_distance": res.mean_layer_distance,
+                             "centroid_a": list(res.centroid_a), "centroid_b": list(res.centroid_b),
                              "n_samples": n, "points": points[d]}
         dists = [v["distance"] for v in per_domain.values()]
         out: dict[str, Any] = {
@@ -89,13 +92,16 @@ class PCAShiftAnalysis(Analysis):
             "layers": layers,
         }
         if skipped:
-            out["skipped_domains"] = {d: f"{n} sample(s) with selected tokens; PCA(2) needs at least 2" for d, n in skipped.items()}
+            out["skipped_domains"] = {
+                d: f"{n} sample(s) with selected tokens; the PCA shift needs at least {MIN_SAMPLES}"
+                for d, n in skipped.items()}
         return out
 
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
         s = dict(result["summary"])
         for d, v in result["per_domain"].items():
             s[f"distance_{d}"] = v["distance"]
+            s[f"mean_layer_distance_{d}"] = v.get("mean_layer_distance")
         return s
 
     def render(self, result: Mapping[str, Any]) -> Any:
@@ -103,12 +109,14 @@ class PCAShiftAnalysis(Analysis):
         t.add_column("domain")
         t.add_column("samples", justify="right")
         t.add_column("shift distance", justify="right")
+        t.add_column("mean layer dist", justify="right")
         t.add_column("")
         t.add_column("|PC1Δ| by layer")
         per = result["per_domain"]
         top = max([v["distance"] for v in per.values()] or [1.0]) or 1.0
         for d, v in sorted(per.items(), key=lambda kv: -kv[1]["distance"]):
-            t.add_row(d, str(v["n_samples"]), fmt(v["distance"], 3), Text(bar(v["distance"] / top, 10), style="magenta"),
+            t.add_row(d, str(v["n_samples"]), fmt(v["distance"], 3), fmt(v.get("mean_layer_distance"), 3),
+                      Text(bar(v["distance"] / top, 10), style="magenta"),
                       Text(sparkline([abs(p["pc1_shift"]) for p in v["points"]]), style="magenta"))
         parts: list[Any] = [t]
         ang = [l["mean_angle_deg"] for l in result["layers"]]

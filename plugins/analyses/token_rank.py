@@ -2,8 +2,10 @@
 
 At each selected position: B's top token is looked up in A's distribution (rank 1 unshifted, 2-3
 marginal, > 3 shifted; Lin et al. 2023), and the realised next token's rank under both models gives
-the rank shift ``rank_A(y) - rank_B(y)`` (Huan et al. 2025). Ranks are counts of larger logits
-(:mod:`driftkit.metrics.ranks`), never a sort. The tokens B most often puts on top where A did not
+the rank shift ``rank_A(y) - rank_B(y)`` (``rank_shift``, Huan et al. 2025); ``rank_shift_top`` is the
+paper's ``rank_A(top_B) - 1``. Ranks are "min" ranks, counts of strictly larger logits
+(:mod:`driftkit.metrics.ranks`), never a sort; a tie at B's top is resolved by A's preference, never
+by vocabulary order. The tokens B most often puts on top where A did not
 rank them in its top 3 are listed with readable strings.
 """
 from __future__ import annotations
@@ -32,7 +34,8 @@ class TokenRankAnalysis(Analysis):
     title = "Token rank shift (URIAL buckets)"
     description = (
         "Where B's top token ranks under A: unshifted (rank 1), marginal (2-3), shifted (>3); rank_shift is the "
-        "mean of rank_A(y) - rank_B(y) over realised next tokens y (positive: B promotes what was produced)."
+        "mean of rank_A(y) - rank_B(y) over realised next tokens y (positive: B promotes what was produced); "
+        "rank_shift_top is the mean of rank_A(top_B) - 1."
     )
     options = {
         "chunk": Option(512, "Most positions per logits block (fewer on large vocabularies: memory stays bounded)."),
@@ -53,6 +56,7 @@ class TokenRankAnalysis(Analysis):
         nd = len(pair.domain_names)
         buckets = torch.zeros(nd, 3, dtype=torch.int64)
         shift_sum = torch.zeros(nd, dtype=torch.float64)
+        top_sum = torch.zeros(nd, dtype=torch.float64)
         counts = torch.zeros(nd, dtype=torch.int64)
         shifted_tokens = torch.zeros(vocab, dtype=torch.int64)
         total, done = int(mask.sum()), 0
@@ -68,19 +72,23 @@ class TokenRankAnalysis(Analysis):
                 dom = dom_all[s:e]
                 buckets.index_put_((dom, b), torch.ones_like(b), accumulate=True)
                 shift_sum.index_add_(0, dom, (st.rank_a - st.rank_b).double())  # type: ignore[operator]
+                top_sum.index_add_(0, dom, (st.rank_a_of_top_b - 1).double())
                 counts.index_add_(0, dom, torch.ones_like(dom))
                 shifted_tokens += torch.bincount(st.top_b[b == 2], minlength=vocab)
             done += len(idx)
             pair.progress("token_rank", done, total)
 
-        def row(bk: torch.Tensor, ssum: float, n: int) -> dict[str, Any]:
+        def row(bk: torch.Tensor, ssum: float, tsum: float, n: int) -> dict[str, Any]:
             if n == 0:
-                return {"unshifted": None, "marginal": None, "shifted": None, "rank_shift": None, "n_positions": 0}
+                return {"unshifted": None, "marginal": None, "shifted": None, "rank_shift": None,
+                        "rank_shift_top": None, "n_positions": 0}
             f = (bk.double() / n).tolist()
-            return {"unshifted": f[0], "marginal": f[1], "shifted": f[2], "rank_shift": ssum / n, "n_positions": n}
+            return {"unshifted": f[0], "marginal": f[1], "shifted": f[2], "rank_shift": ssum / n,
+                    "rank_shift_top": tsum / n, "n_positions": n}
 
-        per_domain = {d: row(buckets[i], float(shift_sum[i]), int(counts[i])) for i, d in enumerate(pair.domain_names)}
-        summary = row(buckets.sum(0), float(shift_sum.sum()), int(counts.sum()))
+        per_domain = {d: row(buckets[i], float(shift_sum[i]), float(top_sum[i]), int(counts[i]))
+                      for i, d in enumerate(pair.domain_names)}
+        summary = row(buckets.sum(0), float(shift_sum.sum()), float(top_sum.sum()), int(counts.sum()))
         k = int(self.opts["top"])
         top: list[dict[str, Any]] = []
         if k > 0 and int(shifted_tokens.sum()) > 0:
@@ -90,7 +98,8 @@ class TokenRankAnalysis(Analysis):
         return {"positions": pair.positions, "summary": summary, "per_domain": per_domain, "top_shifted_tokens": top}
 
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
-        return {k: result["summary"][k] for k in ("unshifted", "marginal", "shifted", "rank_shift")}
+        keys = ("unshifted", "marginal", "shifted", "rank_shift", "rank_shift_top")
+        return {k: result["summary"].get(k) for k in keys}
 
     def render(self, result: Mapping[str, Any]) -> Any:
         t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
@@ -101,13 +110,15 @@ class TokenRankAnalysis(Analysis):
         t.add_column("shifted", justify="right")
         t.add_column("shifted share")
         t.add_column("rank shift", justify="right")
+        t.add_column("top shift", justify="right")
         items = list(result["per_domain"].items()) + [("all", result["summary"])]
         for dom, r in items:
             if not r["n_positions"]:
                 continue
             style = "bold" if dom == "all" else ""
             t.add_row(Text(dom, style=style), f"{r['n_positions']:,}", *[f"{100 * r[b]:.1f}%" for b in BUCKETS],
-                      Text(bar(r["shifted"], 10), style="red"), fmt(r["rank_shift"], 2))
+                      Text(bar(r["shifted"], 10), style="red"), fmt(r["rank_shift"], 2),
+                      fmt(r.get("rank_shift_top"), 2))
         parts: list[Any] = [t]
         if result.get("top_shifted_tokens"):
             line = Text("top shifted tokens (B's choice, not in A's top 3): ", style="bold")
