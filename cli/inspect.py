@@ -13,9 +13,18 @@ def describe(path: Path) -> dict:
     """A JSON-able description of a capture file (used by ``inspect --json`` and the table)."""
     import h5py
 
+    from driftkit.capture.lock import busy_message, holder_of
+    from driftkit.errors import DriftkitError
     from driftkit.store.reader import CaptureReader
 
-    with CaptureReader(path, allow_incomplete=True) as r:
+    try:
+        reader = CaptureReader(path, allow_incomplete=True)
+    except DriftkitError as exc:
+        holder = holder_of(path)  # HDF5 refuses a file open for writing elsewhere; say who writes it
+        if holder is not None:
+            raise DriftkitError(busy_message(path, holder).split(". Wait")[0] + "; inspect it once that capture has finished.") from exc
+        raise
+    with reader as r:
         arrays = []
 
         def visit(name: str, obj: object) -> None:

@@ -266,7 +266,8 @@ class CaptureWriter:
                 for path in arrays:
                     if path in self.site_cols:
                         self.written[rows, self.site_cols[path]] = True
-                self.f[S.SAMPLES_SITES_WRITTEN][...] = self.written
+                idx = np.unique(rows)  # only this batch's rows: the record can be N x hundreds of sites
+                self.f[S.SAMPLES_SITES_WRITTEN][idx, :] = self.written[idx]
                 self.done[rows] = self.written[rows].all(axis=1)
             else:
                 self.done[rows] = True
