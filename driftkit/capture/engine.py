@@ -337,8 +337,9 @@ class CaptureEngine:
             want = [s.path for s in self.specs]
             if sorted(had) != sorted(want):
                 gone, new = sorted(set(had) - set(want)), sorted(set(want) - set(had))
-                diffs.append(("datasets", f"{len(had)} ({', '.join(gone[:4]) or 'same'} not written now)",
-                              f"{len(want)} ({', '.join(new[:4]) or 'no new ones'} new)"))
+                change = ([f"would not write {', '.join(gone[:4])}{' …' if len(gone) > 4 else ''}"] if gone else []) + \
+                         ([f"would add {', '.join(new[:4])}{' …' if len(new) > 4 else ''}"] if new else [])
+                diffs.append(("datasets", len(had), f"{len(want)} ({'; '.join(change)})"))
         old_hash = str(reader.attrs.get("prompts_sha256", ""))
         if not old_hash:
             raise DriftkitError(
