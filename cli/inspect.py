@@ -22,7 +22,8 @@ def describe(path: Path) -> dict:
     except DriftkitError as exc:
         holder = holder_of(path)  # HDF5 refuses a file open for writing elsewhere; say who writes it
         if holder is not None:
-            raise DriftkitError(busy_message(path, holder).split(". Wait")[0] + "; inspect it once that capture has finished.") from exc
+            busy = busy_message(path, holder).split(". Wait")[0]
+            raise DriftkitError(f"{busy}; inspect it once that capture has finished.") from exc
         raise
     with reader as r:
         arrays = []
@@ -70,7 +71,8 @@ def _verify(path: Path, json_out: bool) -> None:
 
     holder = holder_of(path)
     if holder is not None:
-        raise DriftkitError(busy_message(path, holder).split(". Wait")[0] + "; verify it once that capture has finished.")
+        busy = busy_message(path, holder).split(". Wait")[0]
+        raise DriftkitError(f"{busy}; verify it once that capture has finished.")
     with CaptureReader(path, allow_incomplete=True) as r:
         check = verify_file(r.h5)
         flagged = r.complete
@@ -82,8 +84,8 @@ def _verify(path: Path, json_out: bool) -> None:
     if not check.ok:
         if json_out:
             raise typer.Exit(1)
-        raise DriftkitError(f"{check.message(path)} Finish it with 'driftkit capture ... --resume --out {path}' (with the "
-                            f"settings it was made with), or capture it again with --overwrite.")
+        raise DriftkitError(f"{check.message(path)} Finish it with 'driftkit capture ... --resume --out {path}' "
+                            f"(with the settings it was made with), or capture it again with --overwrite.")
 
 
 def register(app: typer.Typer) -> None:
@@ -93,8 +95,8 @@ def register(app: typer.Typer) -> None:
     def inspect_cmd(
         path: Path = typer.Argument(..., help="Capture file."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-        verify: bool = typer.Option(False, "--verify", help="Check that every sample of every per-token dataset was written: "
-                                    "exit 0 'verified', or exit 1 naming what is missing."),
+        verify: bool = typer.Option(False, "--verify", help="Check that every sample of every per-token dataset was "
+                                    "written: exit 0 'verified', or exit 1 naming what is missing."),
     ) -> None:
         """Show a capture's model, settings, sites, shapes, token counts, size on disk and completeness."""
         from rich.table import Table

@@ -264,13 +264,13 @@ def ti_notes(res: dict[str, Any]) -> list[str]:
         math = {b: x for b, x in r["benchmarks"].items() if x["group"] == "math"}
         sig = r.get("sigma", {}).get("math")
         if math and all(x["delta"] == 0 for x in math.values()):
-            why = (f"TI is undefined for {m}: no math score changed from the base ({', '.join(math)}: delta 0), so DI_math "
-                   f"= 0 and TI = 100 * DI_g / DI_math divides by zero")
+            why = (f"TI is undefined for {m}: no math score changed from the base ({', '.join(math)}: delta 0), "
+                   f"so DI_math = 0 and TI = 100 * DI_g / DI_math divides by zero")
             if sig == 0:
                 why += " (the math sigma, the spread of the score changes, is 0 too)"
         else:
-            why = (f"TI is undefined for {m}: its math gains and losses cancel exactly (DI_math = 0), and TI = 100 * DI_g / "
-                   f"DI_math divides by zero")
+            why = (f"TI is undefined for {m}: its math gains and losses cancel exactly (DI_math = 0), and "
+                   f"TI = 100 * DI_g / DI_math divides by zero")
         r["ti_undefined_reason"] = why + "."
         notes.append(why + "; DI per group is still reported.")
     return notes

@@ -77,7 +77,8 @@ def build_tiny_model(
     common = dict(vocab_size=V, tie_word_embeddings=tie_word_embeddings, bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if arch == "gpt2":
-        cfg = AutoConfig.for_model("gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=max_positions, **common)
+        cfg = AutoConfig.for_model("gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=max_positions,
+                                   **common)
     else:
         extra = {"final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0, "head_dim": 16} if arch == "gemma2" else {}
         cfg = AutoConfig.for_model(

@@ -70,7 +70,8 @@ def loaded(model_copy: Path):
 
 
 def _resume(out: Path, model: Path, prompts: Path, loaded, **kw) -> Path:
-    return capture(CaptureConfig(model=str(model), prompts=str(prompts), out=out, resume=True, max_batch_tokens=64, **kw), loaded)
+    cfg = CaptureConfig(model=str(model), prompts=str(prompts), out=out, resume=True, max_batch_tokens=64, **kw)
+    return capture(cfg, loaded)
 
 
 @pytest.mark.parametrize("change, named", [
@@ -198,8 +199,8 @@ def test_over_long_prompt_refused_before_the_file(short_model, long_prompts, tmp
 
 def test_generate_counts_max_new_tokens(short_model, long_prompts, tmp_path) -> None:
     with pytest.raises(DriftkitError, match=r"'ok' \(\d+ tokens = prompt \d+ \+ up to 30 generated\)"):
-        capture(CaptureConfig(model=str(short_model), prompts=str(long_prompts), limit=1, generate=True, max_new_tokens=30,
-                              out=tmp_path / "g.h5"))
+        capture(CaptureConfig(model=str(short_model), prompts=str(long_prompts), limit=1, generate=True,
+                              max_new_tokens=30, out=tmp_path / "g.h5"))
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -207,8 +208,10 @@ def test_truncate_cuts_and_records(short_model, long_prompts, tmp_path, side) ->
     from driftkit.models import load_tokenizer
     from driftkit.store.reader import CaptureReader
 
-    out = capture(CaptureConfig(model=str(short_model), prompts=str(long_prompts), out=tmp_path / f"{side}.h5", truncate=side))
-    full = load_tokenizer(str(short_model))("The quick brown fox jumps over the lazy dog. " * 12, add_special_tokens=False)["input_ids"]
+    out = capture(CaptureConfig(model=str(short_model), prompts=str(long_prompts), out=tmp_path / f"{side}.h5",
+                                truncate=side))
+    text = "The quick brown fox jumps over the lazy dog. " * 12
+    full = load_tokenizer(str(short_model))(text, add_special_tokens=False)["input_ids"]
     with CaptureReader(out) as r:
         assert r.complete and r.attrs["truncate"] == side
         cut = r.h5[S.SAMPLES_TRUNCATED][()]
@@ -219,7 +222,8 @@ def test_truncate_cuts_and_records(short_model, long_prompts, tmp_path, side) ->
 
 
 # -- locks --------------------------------------------------------------------------------------------
-_HOLD = "import sys, time; from driftkit.capture.lock import CaptureLock; CaptureLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+_HOLD = ("import sys, time; from driftkit.capture.lock import CaptureLock; CaptureLock(sys.argv[1]).acquire(); "
+         "print('held', flush=True); time.sleep(60)")
 
 
 def test_second_capture_sees_the_live_one(tiny_model, tiny_prompts, tmp_path) -> None:
@@ -233,7 +237,8 @@ def test_second_capture_sees_the_live_one(tiny_model, tiny_prompts, tmp_path) ->
         for extra in ([], ["--overwrite"], ["--resume"]):
             r = cli("capture", tiny_model, "--prompts", tiny_prompts, "--out", out, *extra)
             text = " ".join(r.output.split())
-            assert r.exit_code == 1 and f"is being written by another driftkit capture (pid {p.pid} on host" in text, text
+            busy = f"is being written by another driftkit capture (pid {p.pid} on host"
+            assert r.exit_code == 1 and busy in text, text
         assert out.read_bytes() == b"partially written"  # --overwrite wiped nothing
     finally:
         p.send_signal(signal.SIGKILL)

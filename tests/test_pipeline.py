@@ -162,7 +162,8 @@ def test_bad_experiment_files_are_clear_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[experiment]\nbase = "x"\n[capture]\nprompt = "probes:math"\n')
     r = CliRunner().invoke(app, ["run", str(bad)])
-    assert r.exit_code == 1 and "[capture]: unknown key 'prompt' (did you mean 'prompts'?)" in " ".join(r.output.split())
+    text = " ".join(r.output.split())
+    assert r.exit_code == 1 and "[capture]: unknown key 'prompt' (did you mean 'prompts'?)" in text
     bad.write_text("[experiment\n")
     r = CliRunner().invoke(app, ["run", str(bad)])
     assert r.exit_code == 1 and "not valid TOML" in r.output
@@ -184,8 +185,10 @@ def test_run_lists_every_problem_before_starting(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["run", str(bad)])
     text = " ".join(r.output.split())
     assert r.exit_code == 1, text
-    for part in ("[experiment]: unknown key 'nmae' (did you mean 'name'?)", "[experiment]: 'seed' must be an integer, got 'abc'",
-                 "[[train]] entry 1: unknown key 'dataa' (did you mean 'data'?)", "[[train]] entry 1: 'data' is required",
+    for part in ("[experiment]: unknown key 'nmae' (did you mean 'name'?)",
+                 "[experiment]: 'seed' must be an integer, got 'abc'",
+                 "[[train]] entry 1: unknown key 'dataa' (did you mean 'data'?)",
+                 "[[train]] entry 1: 'data' is required",
                  "[[models]] entry 1: unknown key 'colour'", "[bench]: unknown key 'limt' (did you mean 'limit'?)",
                  "[capture]: 'max_new_tokens' must be an integer", "unknown section [drifft] (did you mean 'drift'?)",
                  "8 problem(s)"):

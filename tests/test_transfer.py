@@ -218,13 +218,14 @@ def test_zero_pooled_sigma_says_why_ti_is_undefined(tmp_path) -> None:
 
     (tmp_path / "base.json").write_text(json.dumps(doc("base")))
     (tmp_path / "same.json").write_text(json.dumps(doc("tuned")))
-    r = CliRunner().invoke(app, ["transfer", "--base", str(tmp_path / "base.json"), str(tmp_path / "same.json"), "--json", "-"])
+    args = ["transfer", "--base", str(tmp_path / "base.json"), str(tmp_path / "same.json")]
+    r = CliRunner().invoke(app, [*args, "--json", "-"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     m = res["models"]["tuned"]
     assert m["ti"] == {"other": None, "non": None} and res["sigma"]["math"] == 0.0
     assert "no math score changed" in m["ti_undefined_reason"] and "DI_math = 0" in m["ti_undefined_reason"]
     assert len(res["notes"]) == 1 and "TI is undefined for tuned" in res["notes"][0]
-    r = CliRunner().invoke(app, ["transfer", "--base", str(tmp_path / "base.json"), str(tmp_path / "same.json")])
+    r = CliRunner().invoke(app, args)
     text = " ".join(r.output.split())
     assert r.exit_code == 0 and "note: TI is undefined for tuned: no math score changed" in text, text

@@ -163,17 +163,20 @@ def fit_lengths(ids: Sequence[str], prompts: list[list[int]], responses: list[li
     if truncate is None:
         names = ", ".join(what(i) for i in over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
         raise DriftkitError(
-            f"{len(over)} sample(s) are longer than the model's maximum of {limit} positions: {names}. Nothing was computed "
-            f"and no file was written. Shorten or drop them, lower --max-new-tokens, or pass --truncate left|right to cut "
+            f"{len(over)} sample(s) are longer than the model's maximum of {limit} positions: {names}. Nothing was "
+            "computed "
+            "and no file was written. Shorten or drop them, lower --max-new-tokens, or pass --truncate left|right "
+            "to cut "
             f"them to {limit} tokens (the file records how many tokens each sample lost in samples/truncated)."
         )
     if truncate not in TRUNCATE_MODES:
-        raise DriftkitError(f"Unknown --truncate {truncate!r}; use left (drop the oldest tokens) or right (drop the newest).")
+        raise DriftkitError(f"Unknown --truncate {truncate!r}; use left (drop the oldest tokens) or right "
+                            f"(the newest).")
     for i in over:
         room = limit - room_for[i]
         if room <= 0:
-            raise DriftkitError(f"--max-new-tokens {room_for[i]} leaves no room for a prompt in the model's {limit} positions "
-                                f"(sample {ids[i]!r}); lower --max-new-tokens below {limit}.")
+            raise DriftkitError(f"--max-new-tokens {room_for[i]} leaves no room for a prompt in the model's {limit} "
+                                f"positions (sample {ids[i]!r}); lower --max-new-tokens below {limit}.")
         seq, P = prompts[i] + responses[i], len(prompts[i])
         cut[i] = len(seq) - room
         if truncate == "right":
@@ -257,7 +260,8 @@ class CaptureEngine:
         if cfg.max_batch_tokens <= 0:
             raise DriftkitError(f"--max-batch-tokens must be positive, got {cfg.max_batch_tokens}.")
         if cfg.truncate is not None and cfg.truncate not in TRUNCATE_MODES:
-            raise DriftkitError(f"Unknown --truncate {cfg.truncate!r}; use left (drop the oldest tokens) or right (drop the newest).")
+            raise DriftkitError(f"Unknown --truncate {cfg.truncate!r}; use left (drop the oldest tokens) or right "
+                                f"(the newest).")
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
@@ -309,7 +313,8 @@ class CaptureEngine:
         if cfg.tokens_from:
             with CaptureReader(cfg.tokens_from) as r:
                 ids = [str(x) for x in r.sample_ids]
-                return _tokens_sha256(ids, [r.sample_tokens(i).tolist() for i in range(r.n_samples)], [int(x) for x in r.prompt_len])
+                tokens = [r.sample_tokens(i).tolist() for i in range(r.n_samples)]
+                return _tokens_sha256(ids, tokens, [int(x) for x in r.prompt_len])
         if cfg.prompts is None:
             return ""
         return prompts_sha256(load_prompts(cfg.prompts, limit=cfg.limit, seed=cfg.prompt_seed))
@@ -337,19 +342,23 @@ class CaptureEngine:
             want = [s.path for s in self.specs]
             if sorted(had) != sorted(want):
                 gone, new = sorted(set(had) - set(want)), sorted(set(want) - set(had))
-                change = ([f"would not write {', '.join(gone[:4])}{' …' if len(gone) > 4 else ''}"] if gone else []) + \
-                         ([f"would add {', '.join(new[:4])}{' …' if len(new) > 4 else ''}"] if new else [])
+                more = lambda xs: ", ".join(xs[:4]) + (" …" if len(xs) > 4 else "")  # noqa: E731
+                change = [f"would not write {more(gone)}"] if gone else []
+                change += [f"would add {more(new)}"] if new else []
                 diffs.append(("datasets", len(had), f"{len(want)} ({'; '.join(change)})"))
         old_hash = str(reader.attrs.get("prompts_sha256", ""))
         if not old_hash:
             raise DriftkitError(
                 f"Cannot resume {self.out}: it was made by a driftkit version that did not record the prompts' content "
-                f"hash (prompts_sha256), so an edit to the prompt texts could not be detected. Start over with --overwrite."
+                "hash (prompts_sha256), so an edit to the prompt texts could not be detected. Start over with "
+                "--overwrite."
             )
         new_hash = self._content_sha256()
         if old_hash != new_hash:
             diffs.append(("prompt contents (sha256)", old_hash[:12], new_hash[:12]))
-        for key, new in (("weights_sha256", weights_sha256(self.loaded.path)), ("tokenizer_sha256", tokenizer_sha256(self.loaded.tokenizer))):
+        model_ids = (("weights_sha256", weights_sha256(self.loaded.path)),
+                     ("tokenizer_sha256", tokenizer_sha256(self.loaded.tokenizer)))
+        for key, new in model_ids:
             if str(reader.attrs.get(key, "")) != new:
                 diffs.append((f"model {key}", str(reader.attrs.get(key, ""))[:12], new[:12]))
         dt = str(self.loaded.dtype).replace("torch.", "")
@@ -368,9 +377,12 @@ class CaptureEngine:
                 diffs = self._resume_diffs(reader)
                 if diffs:
                     raise DriftkitError(
-                        f"Cannot resume {self.out}: these settings differ from the ones it was made with: {'; '.join(diffs)}. "
-                        f"Resuming would leave holes or mix two captures in one file. Either rerun with --resume and the "
-                        f"original settings (see 'driftkit inspect {self.out}'), or pass --overwrite to start over with the new ones."
+                        f"Cannot resume {self.out}: these settings differ from the ones it was made with: "
+                        f"{'; '.join(diffs)}. "
+                        "Resuming would leave holes or mix two captures in one file. Either rerun with --resume and "
+                        "the "
+                        f"original settings (see 'driftkit inspect {self.out}'), or pass --overwrite to start over "
+                        "with the new ones."
                     )
                 samples = SampleSet([str(x) for x in reader.sample_ids], [str(d) for d in reader.domains],
                                     [reader.sample_tokens(i).tolist() for i in range(reader.n_samples)], [int(x) for x in reader.prompt_len])
@@ -380,8 +392,9 @@ class CaptureEngine:
             if self.out.exists():
                 self.out.unlink()  # --overwrite (checked in __init__; the lock says nobody else writes it)
             attrs = {**self._attrs(), "prompts_sha256": samples.content_sha256}
-            writer = CaptureWriter.create(self.out, attrs, samples.ids, samples.domains, samples.tokens, samples.prompt_len,
-                                          self.specs, cfg.storage_dtype, cfg.compression, truncated=samples.truncated)
+            writer = CaptureWriter.create(self.out, attrs, samples.ids, samples.domains, samples.tokens,
+                                          samples.prompt_len, self.specs, cfg.storage_dtype, cfg.compression,
+                                          truncated=samples.truncated)
         self.opened = True
         # Static arrays are written when missing, also on resume: a run killed before its first flush
         # may have lost them. Existing ones are left alone (rewriting would touch HDF5 metadata).

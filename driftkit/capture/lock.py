@@ -93,7 +93,8 @@ class CaptureLock:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise DriftkitError(busy_message(self.out, _read_holder(path) or {})) from exc
-                raise DriftkitError(f"Cannot lock {path} ({exc.strerror}); choose an --out on a local file system.") from exc
+                raise DriftkitError(f"Cannot lock {path} ({exc.strerror}); choose an --out on a local file "
+                                    f"system.") from exc
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:

@@ -109,12 +109,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
     "train": {"name": _STR, "trainer": _STR, "data": _STR + (Path,), "options": _TABLE},
     "models": {"name": _STR, "path": _STR + (Path,)},
     "bench": {"suite": _STR, "benchmarks": _LIST, "limit": _INT, "data": _STR, "options": _TABLE, "enabled": _BOOL},
-    "capture": {"prompts": _STR, "chat_prompts": _STR, "chat_limit": _INT, "max_new_tokens": _INT, "layers": _STR + _INT,
-                "max_batch_tokens": _INT, "storage_dtype": _STR},
+    "capture": {"prompts": _STR, "chat_prompts": _STR, "chat_limit": _INT, "max_new_tokens": _INT,
+                "layers": _STR + _INT, "max_batch_tokens": _INT, "storage_dtype": _STR},
     "compare": {"raw_analyses": _LIST, "gen_analyses": _LIST, "options": _TABLE},
     "transfer": {"sigma": _STR + _TABLE},
     "drift": {"enabled": _BOOL, "bench": _LIST, "bench_limit": _INT, "layers": _STR + _INT},
 }
+OPTIONAL_NONE = ("chat_limit", "bench_limit", "benchmarks")  # may be given as None from Python
 REQUIRED = {"experiment": ("base",), "train": ("name", "trainer", "data"), "models": ("name", "path")}
 
 
@@ -132,7 +133,8 @@ def _type_ok(value: Any, types: tuple[Any, ...]) -> bool:
 
 
 def _type_name(types: tuple[Any, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", "list": "a list of strings", Path: "a path"}
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", "list": "a list of strings",
+             Path: "a path"}
     return " or ".join(names[t] for t in types)
 
 
@@ -156,7 +158,8 @@ def validate_dict(d: Any) -> list[str]:
     for sec in SECTIONS:
         if sec not in d:
             if sec == "experiment":
-                problems.append("[experiment] is missing; it needs 'base' (the base model: an HF id, a folder or smollm2-135m)")
+                problems.append("[experiment] is missing; it needs 'base' (the base model: an HF id, a folder or "
+                                "smollm2-135m)")
             continue
         value = d[sec]
         array = sec in ("train", "models")
@@ -175,7 +178,7 @@ def validate_dict(d: Any) -> list[str]:
             for key, v in table.items():
                 if key not in known:
                     problems.append(f"{where}: unknown key '{key}'{_suggest(key, known)}; known: {', '.join(known)}")
-                elif not (v is None and key in ("chat_limit", "bench_limit", "benchmarks")) and not _type_ok(v, known[key]):
+                elif not (v is None and key in OPTIONAL_NONE) and not _type_ok(v, known[key]):
                     problems.append(f"{where}: '{key}' must be {_type_name(known[key])}, got {v!r}")
             for key in REQUIRED.get(sec, ()):
                 if key not in table:

@@ -49,7 +49,8 @@ def per_token_paths(f: h5py.File) -> list[str]:
     out: list[str] = []
 
     def visit(name: str, obj: object) -> None:
-        if isinstance(obj, h5py.Dataset) and name.split("/")[0] in ("sites", "final") and obj.attrs.get("per") != "file":
+        top = name.split("/")[0]
+        if isinstance(obj, h5py.Dataset) and top in ("sites", "final") and obj.attrs.get("per") != "file":
             out.append(name)
 
     f.visititems(visit)

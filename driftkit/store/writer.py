@@ -299,8 +299,8 @@ class CaptureWriter:
         except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
         if not check.ok:
-            raise DriftkitError(f"{check.message(self.path)} The file is left incomplete; rerun the same command with --resume "
-                                f"to capture what is missing.")
+            raise DriftkitError(f"{check.message(self.path)} The file is left incomplete; rerun the same command "
+                                f"with --resume to capture what is missing.")
 
     def close(self) -> None:
         try:
