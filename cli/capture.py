@@ -59,6 +59,9 @@ def register(app: typer.Typer) -> None:
         revision: Optional[str] = typer.Option(None, "--revision"),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted capture of the same settings."),
+        truncate: Optional[str] = typer.Option(
+            None, "--truncate", help="left | right: cut samples longer than the model's maximum positions "
+            "(default: refuse them before any compute)."),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
     ) -> None:
         """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
@@ -74,7 +77,9 @@ def register(app: typer.Typer) -> None:
             prompt_seed=prompt_seed, dtype=dtype, device=device, storage_dtype=storage_dtype,
             compression=None if compression == "none" else compression, max_batch_tokens=max_batch_tokens,
             trust_remote_code=trust_remote_code, revision=revision, overwrite=overwrite, resume=resume,
+            truncate=truncate,
         )
+        engine: CaptureEngine | None = None
         with progress_bar() as bar:
             tasks: dict[str, int] = {}
             labels = {"convert": "converting model", "generate": "generating", "capture": "capturing tokens"}
@@ -85,8 +90,20 @@ def register(app: typer.Typer) -> None:
                     tasks[phase] = bar.add_task(labels.get(phase, phase), total=total, completed=done, info="", unit=unit)
                 bar.update(tasks[phase], completed=done, total=total)
 
-            engine = CaptureEngine(cfg, progress=progress)
-            path = engine.run()
+            try:
+                engine = CaptureEngine(cfg, progress=progress)
+                path = engine.run()
+            except KeyboardInterrupt:
+                if engine is not None and engine.opened:
+                    raise  # a file holds completed samples: the generic "rerun with --resume" is right
+                bar.stop()
+                if resume and out.exists():
+                    err_console.print(f"[yellow]interrupted[/] before {out} was reopened: it is unchanged; "
+                                      f"rerun with --resume to continue.")
+                else:
+                    err_console.print(f"[yellow]interrupted[/] before any capture file was written ({out} was not "
+                                      f"{'changed' if out.exists() else 'created'}); rerun the same command to start.")
+                raise typer.Exit(130)
         with CaptureReader(path) as r:
             summary = {"out": str(path), "model": r.model, "samples": r.n_samples, "tokens": r.n_tokens,
                        "sites": r.sites(), "bytes": path.stat().st_size, "complete": r.complete}

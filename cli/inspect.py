@@ -14,9 +14,19 @@ def describe(path: Path) -> dict:
     """A JSON-able description of a capture file (used by ``inspect --json`` and the table)."""
     import h5py
 
+    from driftkit.capture.lock import busy_message, holder_of
+    from driftkit.errors import DriftkitError
     from driftkit.store.reader import CaptureReader
 
-    with CaptureReader(path, allow_incomplete=True) as r:
+    try:
+        reader = CaptureReader(path, allow_incomplete=True)
+    except DriftkitError as exc:
+        holder = holder_of(path)  # HDF5 refuses a file open for writing elsewhere; say who writes it
+        if holder is not None:
+            busy = busy_message(path, holder).split(". Wait")[0]
+            raise DriftkitError(f"{busy}; inspect it once that capture has finished.") from exc
+        raise
+    with reader as r:
         arrays = []
 
         def visit(name: str, obj: object) -> None:
@@ -53,15 +63,48 @@ def describe(path: Path) -> dict:
         }
 
 
+def _verify(path: Path, json_out: bool) -> None:
+    """``inspect --verify``: the same check the capture runs before it sets ``complete``."""
+    from driftkit.capture.lock import busy_message, holder_of
+    from driftkit.errors import DriftkitError
+    from driftkit.store.reader import CaptureReader
+    from driftkit.store.verify import verify_file
+
+    holder = holder_of(path)
+    if holder is not None:
+        busy = busy_message(path, holder).split(". Wait")[0]
+        raise DriftkitError(f"{busy}; verify it once that capture has finished.")
+    with CaptureReader(path, allow_incomplete=True) as r:
+        check = verify_file(r.h5)
+        flagged = r.complete
+    if json_out:
+        print(json.dumps({"path": str(path), "verified": check.ok, "complete_attr": flagged, "problems": check.problems,
+                          "checked": check.checked}, indent=2))
+    elif check.ok:
+        console.print(check.message(path), highlight=False, soft_wrap=True)
+    if not check.ok:
+        if json_out:
+            raise typer.Exit(1)
+        raise DriftkitError(f"{check.message(path)} Finish it with 'driftkit capture ... --resume --out {path}' "
+                            f"(with the settings it was made with), or capture it again with --overwrite.")
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("inspect", epilog="Examples:\n\n  driftkit inspect base.h5\n\n  driftkit inspect base.h5 --json")
+    @app.command("inspect", epilog="Examples:\n\n  driftkit inspect base.h5\n\n  driftkit inspect base.h5 --json\n\n"
+                 "  driftkit inspect --verify base.h5")
     @handle_errors
     def inspect_cmd(
         path: Path = typer.Argument(..., help="Capture file."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+        verify: bool = typer.Option(False, "--verify", help="Check that every sample of every per-token dataset was "
+                                    "written: exit 0 'verified', or exit 1 naming what is missing."),
     ) -> None:
         """Show a capture's model, settings, sites, shapes, token counts, size on disk and completeness."""
         from rich.table import Table
+
+        if verify:
+            _verify(path, json_out)
+            return
 
         d = describe(path)
         if json_out:

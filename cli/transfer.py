@@ -80,6 +80,8 @@ def register(app: typer.Typer) -> None:
             return
         console.print(scores_table(res))
         console.print(transfer_table(res))
+        for note in res.get("notes", []):
+            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
         if json_out:
             p = atomic_write(json_out, text + "\n")
             console.print(f"wrote {p}")

@@ -78,6 +78,14 @@ def read_jsonl(path: Path, label: str | None = None) -> list[Prompt]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise DriftkitError(f"Prompt file {label} is not UTF-8 text ({exc}); save it as UTF-8 JSONL.") from exc
+    first = next((ln.strip() for ln in lines if ln.strip()), "")
+    if first.startswith("["):
+        # A JSON array (a common export format) reads as "line 1 is not valid JSON" otherwise, which hides the fix.
+        raise DriftkitError(
+            f"Prompt file {label} looks like a JSON array, but prompts are read as JSONL: one JSON object per line, "
+            f"e.g. {{\"id\": \"q1\", \"domain\": \"math\", \"text\": \"What is 2+2?\"}}. Convert it, e.g. "
+            f"jq -c '.[]' {path.name} > {path.stem}.jsonl."
+        )
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue

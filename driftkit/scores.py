@@ -240,10 +240,37 @@ def transfer(
     for (doc, f), n in zip(loaded, names):
         res["models"][n]["scores"] = model_vals[n]
         res["models"][n]["file"] = f
+    notes = ti_notes(res)
     return {
         "schema": "driftkit.transfer/1",
         "base": {"model": bdoc["model"], "file": bfile, "scores": base_vals},
         "benchmarks": dict(sorted(domains.items(), key=lambda kv: (DOMAINS.index(kv[1]), kv[0]))),
         **res,
         "forced": forced,
+        "notes": notes,
     }
+
+
+def ti_notes(res: dict[str, Any]) -> list[str]:
+    """Say why a TI is null (``models.<m>.ti_undefined_reason`` and a top-level note), never leave it bare.
+
+    TI_g = 100 * DI_g / DI_math is undefined when DI_math is 0. The usual cause is that no math
+    score moved: then every delta is 0, the (pooled) sigma is 0 and every normalised change is 0.
+    """
+    notes: list[str] = []
+    for m, r in res["models"].items():
+        if all(v is not None for v in r["ti"].values()) or r["di"].get("math") is None:
+            continue
+        math = {b: x for b, x in r["benchmarks"].items() if x["group"] == "math"}
+        sig = r.get("sigma", {}).get("math")
+        if math and all(x["delta"] == 0 for x in math.values()):
+            why = (f"TI is undefined for {m}: no math score changed from the base ({', '.join(math)}: delta 0), "
+                   f"so DI_math = 0 and TI = 100 * DI_g / DI_math divides by zero")
+            if sig == 0:
+                why += " (the math sigma, the spread of the score changes, is 0 too)"
+        else:
+            why = (f"TI is undefined for {m}: its math gains and losses cancel exactly (DI_math = 0), and "
+                   f"TI = 100 * DI_g / DI_math divides by zero")
+        r["ti_undefined_reason"] = why + "."
+        notes.append(why + "; DI per group is still reported.")
+    return notes

@@ -75,8 +75,11 @@ def build_tiny_model(
     seed: int = 0,
     vocab_size: int = 320,
     tie_word_embeddings: bool = False,
+    max_positions: int = 4096,
 ) -> Path:
-    """Write a random-weight ``arch`` causal LM (safetensors) plus the fixture tokenizer to ``out_dir``."""
+    """Write a random-weight ``arch`` causal LM (safetensors) plus the fixture tokenizer to ``out_dir``.
+
+    ``max_positions``: the config's max_position_embeddings / n_positions (small values test length checks)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -87,7 +90,8 @@ def build_tiny_model(
     common = dict(vocab_size=V, tie_word_embeddings=tie_word_embeddings, bos_token_id=tok.bos_token_id,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     if arch == "gpt2":
-        cfg = AutoConfig.for_model("gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=4096, **common)
+        cfg = AutoConfig.for_model("gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=max_positions,
+                                   **common)
     else:
         extra = _EXTRA.get(arch, {})
         cfg = AutoConfig.for_model(
@@ -97,7 +101,7 @@ def build_tiny_model(
             intermediate_size=hidden_size * 2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            max_position_embeddings=4096,
+            max_position_embeddings=max_positions,
             **extra,
             **common,
         )

@@ -201,3 +201,31 @@ def test_no_change_over_a_math_loss_is_zero_not_negative_zero():
     assert ti == {"other": 0.0, "non": 0.0}
     assert all(math.copysign(1.0, v) == 1.0 and f"{v:.1f}" == "0.0" for v in ti.values())
     assert res["models"]["sft"]["ti"] == {"other": None, "non": None}  # sft did not change math: undefined
+
+
+def test_zero_pooled_sigma_says_why_ti_is_undefined(tmp_path) -> None:
+    """No score moved: sigma 0, DI_math 0, TI null -- with the reason in the JSON and the terminal."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from driftkit.cli.main import app
+
+    def doc(model: str) -> dict:
+        return {"schema": "driftkit.scores/1", "model": model, "provenance": {}, "scores": [
+            {"benchmark": "m1", "domain": "math", "metric": "accuracy", "value": 50.0, "n": 10},
+            {"benchmark": "o1", "domain": "other", "metric": "accuracy", "value": 40.0, "n": 10}]}
+
+    (tmp_path / "base.json").write_text(json.dumps(doc("base")))
+    (tmp_path / "same.json").write_text(json.dumps(doc("tuned")))
+    args = ["transfer", "--base", str(tmp_path / "base.json"), str(tmp_path / "same.json")]
+    r = CliRunner().invoke(app, [*args, "--json", "-"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    m = res["models"]["tuned"]
+    assert m["ti"] == {"other": None, "non": None} and res["sigma"]["math"] == 0.0
+    assert "no math score changed" in m["ti_undefined_reason"] and "DI_math = 0" in m["ti_undefined_reason"]
+    assert len(res["notes"]) == 1 and "TI is undefined for tuned" in res["notes"][0]
+    r = CliRunner().invoke(app, args)
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "note: TI is undefined for tuned: no math score changed" in text, text

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 #: fields that must match for --resume to continue a file (the rest are run-time knobs)
+#: (probes' resolved options, prompt contents, weights and compute dtype are compared too: see engine._resume_diffs)
 RESUME_KEYS = ("model", "prompts", "probes", "chat", "generate", "max_new_tokens", "temperature", "top_p", "seed",
-               "tokens_from", "storage_dtype", "limit", "prompt_seed", "revision")
+               "tokens_from", "storage_dtype", "limit", "prompt_seed", "revision", "compression", "truncate")
+TRUNCATE_MODES = ("left", "right")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class CaptureConfig:
     overwrite: bool = False
     resume: bool = False
     check_logits: bool = True
+    truncate: str | None = None  # left | right: cut samples longer than the model's positions instead of refusing
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

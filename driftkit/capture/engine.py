@@ -8,9 +8,10 @@ batches, so memory is flat in the number of prompts.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,12 +20,14 @@ import torch
 
 from driftkit import __version__
 from driftkit.capture.batching import token_budget_batches
-from driftkit.capture.config import RESUME_KEYS, CaptureConfig
+from driftkit.capture.config import RESUME_KEYS, TRUNCATE_MODES, CaptureConfig
+from driftkit.capture.lock import CaptureLock, busy_message, holder_of
 from driftkit.errors import DriftkitError
 from driftkit.models import LoadedModel, load_model, tokenizer_sha256, weights_sha256
-from driftkit.prompts import encode_prompt, encode_response, load_prompts
+from driftkit.prompts import Prompt, encode_prompt, encode_response, load_prompts
 from driftkit.registry import load as load_plugin
 from driftkit.registry.probe import Batch, ModelLayout, Probe, Site
+from driftkit.store import schema as S
 from driftkit.store.dtypes import STORAGE_DTYPES
 from driftkit.store.reader import CaptureReader
 from driftkit.store.writer import ArraySpec, BackgroundWriter, CaptureWriter
@@ -38,6 +41,8 @@ class SampleSet:
     domains: list[str]
     tokens: list[list[int]]
     prompt_len: list[int]
+    content_sha256: str = ""  # hash of the prompt records (or source tokens) the samples came from
+    truncated: list[int] | None = field(default=None)  # tokens cut per sample (--truncate), None when not asked
 
 
 # -- probes -----------------------------------------------------------------------------------------
@@ -103,6 +108,85 @@ def _envoy(nn_model: Any, dotted: str) -> Any:
 
 
 # -- samples ----------------------------------------------------------------------------------------
+def prompts_sha256(prompts: Sequence[Prompt]) -> str:
+    """Hash of what shapes the samples: each prompt's id, domain, text/messages and response, in order.
+
+    Stored as the root attr ``prompts_sha256`` so ``--resume`` notices prompts edited in place
+    under the same ids (ids alone would let an edit through silently)."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(json.dumps(p.as_dict(), sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _tokens_sha256(ids: Sequence[str], tokens: Sequence[Sequence[int]], prompt_len: Sequence[int]) -> str:
+    h = hashlib.sha256()
+    for i, t, n in zip(ids, tokens, prompt_len):
+        h.update(json.dumps([i, n, list(t)]).encode())
+    return h.hexdigest()
+
+
+def max_positions(model: Any) -> int | None:
+    """The model's maximum sequence length from its config (max_position_embeddings / n_positions), or None."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def fit_lengths(ids: Sequence[str], prompts: list[list[int]], responses: list[list[int]], room_for: Sequence[int],
+                limit: int | None, truncate: str | None) -> list[int]:
+    """Check every sample against the model's ``limit`` positions before any compute; cut in place with ``truncate``.
+
+    ``room_for[i]``: tokens still to be generated after sample i's prompt (``--max-new-tokens`` when the
+    model answers it, else 0). Without ``truncate`` an over-long sample is refused (DriftkitError naming
+    it, its length and the limit); with ``left`` the oldest tokens go, with ``right`` the newest. Returns
+    the tokens cut per sample.
+    """
+    cut = [0] * len(ids)
+    if limit is None:
+        return cut
+    need = [len(p) + len(r) + g for p, r, g in zip(prompts, responses, room_for)]
+    over = [i for i, n in enumerate(need) if n > limit]
+    if not over:
+        return cut
+    def what(i: int) -> str:
+        gen = f" = prompt {len(prompts[i])} + up to {room_for[i]} generated" if room_for[i] else ""
+        return f"{ids[i]!r} ({need[i]} tokens{gen})"
+    if truncate is None:
+        names = ", ".join(what(i) for i in over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
+        raise DriftkitError(
+            f"{len(over)} sample(s) are longer than the model's maximum of {limit} positions: {names}. Nothing was "
+            "computed "
+            "and no file was written. Shorten or drop them, lower --max-new-tokens, or pass --truncate left|right "
+            "to cut "
+            f"them to {limit} tokens (the file records how many tokens each sample lost in samples/truncated)."
+        )
+    if truncate not in TRUNCATE_MODES:
+        raise DriftkitError(f"Unknown --truncate {truncate!r}; use left (drop the oldest tokens) or right "
+                            f"(the newest).")
+    for i in over:
+        room = limit - room_for[i]
+        if room <= 0:
+            raise DriftkitError(f"--max-new-tokens {room_for[i]} leaves no room for a prompt in the model's {limit} "
+                                f"positions (sample {ids[i]!r}); lower --max-new-tokens below {limit}.")
+        seq, P = prompts[i] + responses[i], len(prompts[i])
+        cut[i] = len(seq) - room
+        if truncate == "right":
+            seq, P = seq[:room], min(P, room)
+        else:
+            seq, P = seq[cut[i]:], max(0, P - cut[i])
+        prompts[i], responses[i] = seq[:P], seq[P:]
+    return cut
+
+
 def _samples_from_capture(path: str | Path, tok_hash: str) -> SampleSet:
     with CaptureReader(path) as r:
         other = str(r.attrs.get("tokenizer_sha256", ""))
@@ -114,19 +198,31 @@ def _samples_from_capture(path: str | Path, tok_hash: str) -> SampleSet:
             )
         ids = [str(x) for x in r.sample_ids]
         tokens = [r.sample_tokens(i).tolist() for i in range(r.n_samples)]
-        return SampleSet(ids, [str(d) for d in r.domains], tokens, [int(x) for x in r.prompt_len])
+        plen = [int(x) for x in r.prompt_len]
+        return SampleSet(ids, [str(d) for d in r.domains], tokens, plen, _tokens_sha256(ids, tokens, plen))
 
 
 def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | None = None) -> SampleSet:
     """Token ids of every sample: from another capture, or prompts (+ given or generated responses)."""
+    limit = max_positions(loaded.model)
     if cfg.tokens_from:
-        return _samples_from_capture(cfg.tokens_from, tokenizer_sha256(loaded.tokenizer))
+        s = _samples_from_capture(cfg.tokens_from, tokenizer_sha256(loaded.tokenizer))
+        ps = [t[:n] for t, n in zip(s.tokens, s.prompt_len)]
+        rs = [t[n:] for t, n in zip(s.tokens, s.prompt_len)]
+        cut = fit_lengths(s.ids, ps, rs, [0] * len(ps), limit, cfg.truncate)
+        return SampleSet(s.ids, s.domains, [a + b for a, b in zip(ps, rs)], [len(a) for a in ps], s.content_sha256,
+                         cut if cfg.truncate else None)
     if cfg.prompts is None:
         raise DriftkitError("No prompts given. Pass --prompts FILE.jsonl, --prompts probes:general-mix, or --tokens-from CAPTURE.h5.")
     prompts = load_prompts(cfg.prompts, limit=cfg.limit, seed=cfg.prompt_seed)
     tok = loaded.tokenizer
     prompt_ids = [encode_prompt(tok, p, cfg.chat) for p in prompts]
     responses: list[list[int]] = [encode_response(tok, p.response, cfg.chat) if p.response is not None else [] for p in prompts]
+    empty = [p.id for p, ids in zip(prompts, prompt_ids) if not ids]
+    if empty:
+        raise DriftkitError(f"Prompt {empty[0]!r} tokenizes to nothing; give it some text.")
+    room = [cfg.max_new_tokens if cfg.generate and p.response is None else 0 for p in prompts]
+    cut = fit_lengths([p.id for p in prompts], prompt_ids, responses, room, limit, cfg.truncate)
     if cfg.generate:
         from driftkit.generate import HFGenerator
 
@@ -142,14 +238,13 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         outs = gen.generate([prompt_ids[i] for i in todo], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, progress=tick)
         for i, o in zip(todo, outs):
             responses[i] = o
-    empty = [p.id for p, ids in zip(prompts, prompt_ids) if not ids]
-    if empty:
-        raise DriftkitError(f"Prompt {empty[0]!r} tokenizes to nothing; give it some text.")
     return SampleSet(
         ids=[p.id for p in prompts],
         domains=[p.domain for p in prompts],
         tokens=[a + b for a, b in zip(prompt_ids, responses)],
         prompt_len=[len(a) for a in prompt_ids],
+        content_sha256=prompts_sha256(prompts),
+        truncated=cut if cfg.truncate else None,
     )
 
 
@@ -164,9 +259,16 @@ class CaptureEngine:
             raise DriftkitError("--overwrite and --resume contradict each other; pick one.")
         if cfg.max_batch_tokens <= 0:
             raise DriftkitError(f"--max-batch-tokens must be positive, got {cfg.max_batch_tokens}.")
+        if cfg.truncate is not None and cfg.truncate not in TRUNCATE_MODES:
+            raise DriftkitError(f"Unknown --truncate {cfg.truncate!r}; use left (drop the oldest tokens) or right "
+                                f"(the newest).")
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
+        self.opened = False  # True once the output file was created or reopened (an interrupt then leaves a file)
+        holder = holder_of(self.out)  # checked first: a file being written is neither "existing" nor "crashed"
+        if holder is not None:
+            raise DriftkitError(busy_message(self.out, holder))
         if self.out.exists() and not (cfg.overwrite or cfg.resume):
             raise DriftkitError(f"{self.out} already exists. Pass --overwrite to replace it, or --resume to continue an interrupted capture.")
         if self.out.is_dir():
@@ -199,10 +301,70 @@ class CaptureEngine:
             "dtype": str(lm.dtype).replace("torch.", ""),
             "device": str(lm.device),
             "config_json": json.dumps({**cfg.as_json(), "probe_details": [p.describe() for p in self.probes]}, default=str),
+            "truncate": cfg.truncate or "",
             "num_layers": self.layout.num_layers,
             "hidden_size": self.layout.hidden_size,
             "vocab_size": self.layout.vocab_size,
         }
+
+    def _content_sha256(self) -> str:
+        """The prompts' (or source capture's tokens') content hash, without tokenizing or generating."""
+        cfg = self.cfg
+        if cfg.tokens_from:
+            with CaptureReader(cfg.tokens_from) as r:
+                ids = [str(x) for x in r.sample_ids]
+                tokens = [r.sample_tokens(i).tolist() for i in range(r.n_samples)]
+                return _tokens_sha256(ids, tokens, [int(x) for x in r.prompt_len])
+        if cfg.prompts is None:
+            return ""
+        return prompts_sha256(load_prompts(cfg.prompts, limit=cfg.limit, seed=cfg.prompt_seed))
+
+    def _resume_diffs(self, reader: CaptureReader) -> list[str]:
+        """Every setting that shapes the file and differs from the file's: 'name: file X, now Y'.
+
+        Beyond the plain config keys: each probe's resolved options (``--layers``, ``--probe-opt``),
+        the set of datasets they write, the prompts' content hash, the weights hash, the model's
+        compute dtype (final/hidden is stored at it) and the tokenizer."""
+        old, now = reader.config, self.cfg.as_json()
+        diffs = [(k, old.get(k), now.get(k)) for k in RESUME_KEYS if str(old.get(k)) != str(now.get(k))]
+        norm = lambda x: json.dumps(x, sort_keys=True, default=str)  # noqa: E731
+        old_p = {d.get("name"): d.get("options", {}) for d in old.get("probe_details") or []}
+        new_p = {p.name: p.describe()["options"] for p in self.probes}
+        for name in sorted(set(old_p) | set(new_p)):
+            a, b = old_p.get(name), new_p.get(name)
+            if a is None or b is None:
+                continue  # a probe added or dropped shows in 'probes' above
+            for opt in sorted(set(a) | set(b)):
+                if norm(a.get(opt)) != norm(b.get(opt)):
+                    diffs.append((f"{name} option {opt}", a.get(opt), b.get(opt)))
+        if S.SAMPLES_SITES_WRITTEN in reader.h5:
+            had = json.loads(reader.h5[S.SAMPLES_SITES_WRITTEN].attrs["sites"])
+            want = [s.path for s in self.specs]
+            if sorted(had) != sorted(want):
+                gone, new = sorted(set(had) - set(want)), sorted(set(want) - set(had))
+                more = lambda xs: ", ".join(xs[:4]) + (" …" if len(xs) > 4 else "")  # noqa: E731
+                change = [f"would not write {more(gone)}"] if gone else []
+                change += [f"would add {more(new)}"] if new else []
+                diffs.append(("datasets", len(had), f"{len(want)} ({'; '.join(change)})"))
+        old_hash = str(reader.attrs.get("prompts_sha256", ""))
+        if not old_hash:
+            raise DriftkitError(
+                f"Cannot resume {self.out}: it was made by a driftkit version that did not record the prompts' content "
+                "hash (prompts_sha256), so an edit to the prompt texts could not be detected. Start over with "
+                "--overwrite."
+            )
+        new_hash = self._content_sha256()
+        if old_hash != new_hash:
+            diffs.append(("prompt contents (sha256)", old_hash[:12], new_hash[:12]))
+        model_ids = (("weights_sha256", weights_sha256(self.loaded.path)),
+                     ("tokenizer_sha256", tokenizer_sha256(self.loaded.tokenizer)))
+        for key, new in model_ids:
+            if str(reader.attrs.get(key, "")) != new:
+                diffs.append((f"model {key}", str(reader.attrs.get(key, ""))[:12], new[:12]))
+        dt = str(self.loaded.dtype).replace("torch.", "")
+        if str(reader.attrs.get("dtype")) != dt:
+            diffs.append(("model dtype", reader.attrs.get("dtype"), dt))
+        return [f"{k}: file {a!r}, now {b!r}" for k, a, b in diffs]
 
     def _open(self) -> tuple[CaptureWriter, SampleSet]:
         cfg = self.cfg
@@ -212,24 +374,28 @@ class CaptureEngine:
             except DriftkitError as exc:
                 raise DriftkitError(f"Cannot resume {self.out}: {exc} Start over with --overwrite.") from exc
             with reader:
-                old = reader.config
-                diffs = [k for k in RESUME_KEYS if str(old.get(k)) != str(cfg.as_json().get(k))]
+                diffs = self._resume_diffs(reader)
                 if diffs:
                     raise DriftkitError(
-                        f"Cannot resume {self.out}: it was made with different settings ({', '.join(f'{k}={old.get(k)!r}' for k in diffs)}). "
-                        f"Rerun with the same settings, or --overwrite to start over."
+                        f"Cannot resume {self.out}: these settings differ from the ones it was made with: "
+                        f"{'; '.join(diffs)}. "
+                        "Resuming would leave holes or mix two captures in one file. Either rerun with --resume and "
+                        "the "
+                        f"original settings (see 'driftkit inspect {self.out}'), or pass --overwrite to start over "
+                        "with the new ones."
                     )
-                if str(reader.attrs.get("tokenizer_sha256")) != tokenizer_sha256(self.loaded.tokenizer):
-                    raise DriftkitError(f"Cannot resume {self.out}: it was captured with another tokenizer/model. Use --overwrite.")
                 samples = SampleSet([str(x) for x in reader.sample_ids], [str(d) for d in reader.domains],
                                     [reader.sample_tokens(i).tolist() for i in range(reader.n_samples)], [int(x) for x in reader.prompt_len])
             writer = CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype)
         else:
             samples = build_samples(cfg, self.loaded, self.progress)
             if self.out.exists():
-                self.out.unlink()  # --overwrite (checked in __init__)
-            writer = CaptureWriter.create(self.out, self._attrs(), samples.ids, samples.domains, samples.tokens, samples.prompt_len,
-                                          self.specs, cfg.storage_dtype, cfg.compression)
+                self.out.unlink()  # --overwrite (checked in __init__; the lock says nobody else writes it)
+            attrs = {**self._attrs(), "prompts_sha256": samples.content_sha256}
+            writer = CaptureWriter.create(self.out, attrs, samples.ids, samples.domains, samples.tokens,
+                                          samples.prompt_len, self.specs, cfg.storage_dtype, cfg.compression,
+                                          truncated=samples.truncated)
+        self.opened = True
         # Static arrays are written when missing, also on resume: a run killed before its first flush
         # may have lost them. Existing ones are left alone (rewriting would touch HDF5 metadata).
         for p in self.probes:
@@ -252,6 +418,14 @@ class CaptureEngine:
         from nnsight import TransformersModel
 
         cfg = self.cfg
+        lock = CaptureLock(self.out).acquire()
+        try:
+            return self._run_locked(nn_model_cls=TransformersModel)
+        finally:
+            lock.release()
+
+    def _run_locked(self, nn_model_cls: Any) -> Path:
+        cfg = self.cfg
         writer, samples = self._open()
         lengths = [len(t) for t in samples.tokens]
         todo = [i for i in range(len(lengths)) if not writer.done[i]]
@@ -269,7 +443,7 @@ class CaptureEngine:
             if missing:
                 raise DriftkitError(f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the model never calls.")
             ordered = sorted(self.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
-            nn_model = TransformersModel(model, tokenizer=self.loaded.tokenizer)
+            nn_model = nn_model_cls(model, tokenizer=self.loaded.tokenizer)
         bg = BackgroundWriter(writer)
         checked = not cfg.check_logits
         if self.progress:  # start the clock (rate, ETA) before the first batch, not after it

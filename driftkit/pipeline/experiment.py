@@ -49,6 +49,7 @@ result feeds the hash of the steps that depend on it, so editing one setting red
 """
 from __future__ import annotations
 
+import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,40 +102,110 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 SECTIONS = ("experiment", "train", "models", "bench", "capture", "compare", "transfer", "drift")
 
+#: accepted keys and their types, per table; a tuple of types means any of them ("list" = list of str)
+_STR, _INT, _BOOL, _TABLE, _LIST = (str,), (int,), (bool,), (dict,), ("list",)
+SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
+    "experiment": {"name": _STR, "base": _STR + (Path,), "out": _STR + (Path,), "seed": _INT},
+    "train": {"name": _STR, "trainer": _STR, "data": _STR + (Path,), "options": _TABLE},
+    "models": {"name": _STR, "path": _STR + (Path,)},
+    "bench": {"suite": _STR, "benchmarks": _LIST, "limit": _INT, "data": _STR, "options": _TABLE, "enabled": _BOOL},
+    "capture": {"prompts": _STR, "chat_prompts": _STR, "chat_limit": _INT, "max_new_tokens": _INT,
+                "layers": _STR + _INT, "max_batch_tokens": _INT, "storage_dtype": _STR},
+    "compare": {"raw_analyses": _LIST, "gen_analyses": _LIST, "options": _TABLE},
+    "transfer": {"sigma": _STR + _TABLE},
+    "drift": {"enabled": _BOOL, "bench": _LIST, "bench_limit": _INT, "layers": _STR + _INT},
+}
+OPTIONAL_NONE = ("chat_limit", "bench_limit", "benchmarks")  # may be given as None from Python
+REQUIRED = {"experiment": ("base",), "train": ("name", "trainer", "data"), "models": ("name", "path")}
 
-def _merge(section: str, given: Any, where: str) -> dict[str, Any]:
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        raise DriftkitError(f"{where}: [{section}] must be a table.")
-    unknown = set(given) - set(DEFAULTS[section])
-    if unknown:
-        raise DriftkitError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} in [{section}]; known: {', '.join(DEFAULTS[section])}.")
-    return {**DEFAULTS[section], **given}
+
+def _type_ok(value: Any, types: tuple[Any, ...]) -> bool:
+    for t in types:
+        if t == "list":
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return True
+        elif t is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+        elif isinstance(value, t):
+            return True
+    return False
+
+
+def _type_name(types: tuple[Any, ...]) -> str:
+    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", "list": "a list of strings",
+             Path: "a path"}
+    return " or ".join(names[t] for t in types)
+
+
+def _suggest(key: str, known: Any) -> str:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def validate_dict(d: Any) -> list[str]:
+    """Every problem of an experiment document at once: unknown sections and keys (with did-you-mean
+    suggestions), missing required keys, and values of the wrong type. Empty when the document is valid.
+
+    Why all at once: a study runs for hours; finding the second typo only after fixing the first
+    (or after training has started) wastes a run."""
+    if not isinstance(d, dict):
+        return ["the document must be a TOML table"]
+    problems: list[str] = []
+    for sec in d:
+        if sec not in SECTIONS:
+            problems.append(f"unknown section [{sec}]{_suggest(sec, SECTIONS)}; known: {', '.join(SECTIONS)}")
+    for sec in SECTIONS:
+        if sec not in d:
+            if sec == "experiment":
+                problems.append("[experiment] is missing; it needs 'base' (the base model: an HF id, a folder or "
+                                "smollm2-135m)")
+            continue
+        value = d[sec]
+        array = sec in ("train", "models")
+        if array:
+            if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+                problems.append(f"[[{sec}]] must be an array of tables ([[{sec}]] blocks)")
+                continue
+            entries = [(f"[[{sec}]] entry {i + 1}", t) for i, t in enumerate(value)]
+        else:
+            if not isinstance(value, dict):
+                problems.append(f"[{sec}] must be a table")
+                continue
+            entries = [(f"[{sec}]", value)]
+        known = SCHEMA[sec]
+        for where, table in entries:
+            for key, v in table.items():
+                if key not in known:
+                    problems.append(f"{where}: unknown key '{key}'{_suggest(key, known)}; known: {', '.join(known)}")
+                elif not (v is None and key in OPTIONAL_NONE) and not _type_ok(v, known[key]):
+                    problems.append(f"{where}: '{key}' must be {_type_name(known[key])}, got {v!r}")
+            for key in REQUIRED.get(sec, ()):
+                if key not in table:
+                    problems.append(f"{where}: '{key}' is required")
+    return problems
+
+
+def _merge(section: str, given: Any) -> dict[str, Any]:
+    return {**DEFAULTS[section], **(given or {})}
 
 
 def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = None) -> Experiment:
-    unknown = set(d) - set(SECTIONS)
-    if unknown:
-        raise DriftkitError(f"{where}: unknown section(s) {', '.join(sorted(unknown))}; known: {', '.join(SECTIONS)}.")
+    problems = validate_dict(d)
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise DriftkitError(f"{where} has {len(problems)} problem(s); nothing was run:\n{listed}\nSee docs/pipeline.md "
+                            f"for every accepted key.")
     ex = d.get("experiment") or {}
-    for key in ("base",):
-        if key not in ex:
-            raise DriftkitError(f"{where}: [experiment] needs '{key}' (the base model: an HF id, a folder or smollm2-135m).")
     name = str(ex.get("name", "experiment"))
     out = Path(ex.get("out", f"runs/{name}"))
     if base_dir is not None and not out.is_absolute():
         out = base_dir / out
     train, models = [], []
     names: set[str] = {"base"}
-    for i, t in enumerate(d.get("train") or []):
-        missing = [k for k in ("name", "trainer", "data") if k not in t]
-        if missing:
-            raise DriftkitError(f"{where}: [[train]] entry {i + 1} lacks {', '.join(missing)}.")
+    for t in d.get("train") or []:
         train.append(TrainSpec(str(t["name"]), str(t["trainer"]), str(t["data"]), dict(t.get("options") or {})))
-    for i, m in enumerate(d.get("models") or []):
-        if "name" not in m or "path" not in m:
-            raise DriftkitError(f"{where}: [[models]] entry {i + 1} needs 'name' and 'path'.")
+    for m in d.get("models") or []:
         path = str(m["path"])
         if base_dir is not None and path.startswith("."):
             path = str((base_dir / path).resolve())
@@ -143,7 +214,7 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
         if n in names or not n.replace("-", "").replace("_", "").isalnum():
             raise DriftkitError(f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - and _).")
         names.add(n)
-    sections = {k: _merge(k, d.get(k), where) for k in DEFAULTS}
+    sections = {k: _merge(k, d.get(k)) for k in DEFAULTS}
     if not train and not models:
         raise DriftkitError(f"{where}: nothing to compare. Add [[train]] runs that make tuned checkpoints, or [[models]] that exist.")
     return Experiment(name=name, base=str(ex["base"]), out=out, seed=int(ex.get("seed", 0)), train=train, models=models,

@@ -12,6 +12,10 @@ SAMPLES_OFFSETS = "samples/offsets"
 SAMPLES_PROMPT_LEN = "samples/prompt_len"
 SAMPLES_DONE = "samples/done"
 TOKEN_IDS = "tokens/ids"
+#: (N, S) bool: sample i was written to per-token dataset j (attr ``sites``: JSON list of the S paths)
+SAMPLES_SITES_WRITTEN = "samples/sites_written"
+#: (N,) int32: tokens cut from sample i by ``--truncate`` (root attr ``truncate``: left | right)
+SAMPLES_TRUNCATED = "samples/truncated"
 
 SITES_GROUP = "sites"
 FINAL_HIDDEN = "final/hidden"

@@ -7,11 +7,13 @@ writes its samples straight into their final rows. Batches can then run in lengt
 for speed while the file stays in the user's sample order, and resuming is just "skip samples
 whose ``done`` flag is set". The file is flushed after every batch, and ``done`` is written after
 the data it vouches for, so a killed run loses at most the batch in flight. The ``complete``
-attribute is set only by :meth:`CaptureWriter.finalize`.
+attribute is set only by :meth:`CaptureWriter.finalize`, after :func:`~driftkit.store.verify.verify_file`
+finds every row of every per-token dataset written (``samples/sites_written`` records that per site).
 """
 from __future__ import annotations
 
 import errno
+import json
 import queue
 import threading
 from dataclasses import dataclass
@@ -117,6 +119,13 @@ class CaptureWriter:
         self.storage_dtype = storage_dtype
         self.offsets = np.asarray(f[S.SAMPLES_OFFSETS][()], dtype=np.int64)
         self.done = np.asarray(f[S.SAMPLES_DONE][()], dtype=bool)
+        # Per-site record of written rows (absent in files of older versions: then ``done`` alone rules).
+        self.site_cols: dict[str, int] = {}
+        self.written: np.ndarray | None = None
+        if S.SAMPLES_SITES_WRITTEN in f:
+            cols = json.loads(f[S.SAMPLES_SITES_WRITTEN].attrs["sites"])
+            self.site_cols = {p: j for j, p in enumerate(cols)}
+            self.written = np.asarray(f[S.SAMPLES_SITES_WRITTEN][()], dtype=bool)
 
     # -- creation --------------------------------------------------------------------------------
     @classmethod
@@ -131,7 +140,10 @@ class CaptureWriter:
         specs: Sequence[ArraySpec],
         storage_dtype: str = "float16",
         compression: str | None = None,
+        truncated: Sequence[int] | None = None,
     ) -> "CaptureWriter":
+        """Create the file with every dataset preallocated. ``truncated``: tokens cut per sample by
+        ``--truncate`` (stored as ``samples/truncated`` so a reader knows which samples are not whole)."""
         path = Path(path)
         lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -165,6 +177,12 @@ class CaptureWriter:
             f.create_dataset(S.SAMPLES_PROMPT_LEN, data=np.asarray(prompt_len, dtype=np.int32))
             done = f.create_dataset(S.SAMPLES_DONE, shape=(len(lengths),), dtype=bool, dcpl=_early_alloc_dcpl())
             done[...] = False
+            written = f.create_dataset(S.SAMPLES_SITES_WRITTEN, shape=(len(lengths), len(specs)), dtype=bool,
+                                       dcpl=_early_alloc_dcpl())
+            written[...] = False
+            written.attrs["sites"] = json.dumps([s.path for s in specs])
+            if truncated is not None:
+                f.create_dataset(S.SAMPLES_TRUNCATED, data=np.asarray(truncated, dtype=np.int32))
             flat = np.fromiter((t for seq in token_ids for t in seq), dtype=np.int32, count=T)
             f.create_dataset(S.TOKEN_IDS, data=flat, chunks=_chunks(max(T, 1), (), 4) if T else None)
             for spec in specs:
@@ -197,6 +215,9 @@ class CaptureWriter:
                 f"Start over with --overwrite."
             ) from exc
         missing = [s.path for s in specs if s.path not in f]
+        if S.SAMPLES_SITES_WRITTEN in f:  # the record names exactly the datasets the file was made with
+            recorded = json.loads(f[S.SAMPLES_SITES_WRITTEN].attrs["sites"])
+            missing += [p for p in recorded if p not in {s.path for s in specs}]
         if missing:
             f.close()
             raise DriftkitError(f"Cannot resume {path}: it lacks {', '.join(missing[:5])}, so it was made with other probes or layers. Use --overwrite.")
@@ -256,8 +277,18 @@ class CaptureWriter:
                     else:
                         ds[a:b] = t.detach().cpu().numpy().astype(ds.dtype, copy=False)
             done = self.f[S.SAMPLES_DONE]
-            for i in samples:
-                self.done[i] = True
+            rows = np.asarray(list(samples), dtype=np.int64)
+            if self.written is not None:
+                # A sample is done only when every per-token dataset holds its rows, so a batch
+                # that lacks a dataset leaves the sample to be redone instead of a silent hole.
+                for path in arrays:
+                    if path in self.site_cols:
+                        self.written[rows, self.site_cols[path]] = True
+                idx = np.unique(rows)  # only this batch's rows: the record can be N x hundreds of sites
+                self.f[S.SAMPLES_SITES_WRITTEN][idx, :] = self.written[idx]
+                self.done[rows] = self.written[rows].all(axis=1)
+            else:
+                self.done[rows] = True
             done[...] = self.done
             self.f.flush()
         except (OSError, RuntimeError) as exc:
@@ -270,13 +301,24 @@ class CaptureWriter:
             raise _io_error(self.path, exc) from exc
 
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
+        """Mark the file complete, only after :func:`verify_file` finds every row written.
+
+        Raises DriftkitError naming what is missing otherwise (the file stays incomplete, and
+        ``--resume`` redoes the samples whose rows are missing)."""
+        from driftkit.store.verify import verify_file
+
         try:
             for k, v in (extra_attrs or {}).items():
                 self.f.attrs[k] = v
-            self.f.attrs["complete"] = bool(self.done.all())
+            self.f.flush()
+            check = verify_file(self.f)
+            self.f.attrs["complete"] = check.ok
             self.f.flush()
         except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
+        if not check.ok:
+            raise DriftkitError(f"{check.message(self.path)} The file is left incomplete; rerun the same command "
+                                f"with --resume to capture what is missing.")
 
     def close(self) -> None:
         try:
