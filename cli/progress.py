@@ -86,16 +86,25 @@ class PlainProgress:
     def advance(self, task_id: int, advance: float = 1) -> None:
         self.update(task_id, advance=advance)
 
-    def __enter__(self) -> "PlainProgress":
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._heartbeat, name="driftkit-progress", daemon=True)
-        self._thread.start()
-        return self
+    def start(self) -> None:
+        """Start the heartbeat (rich's ``Progress.start``)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._heartbeat, name="driftkit-progress", daemon=True)
+            self._thread.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def stop(self) -> None:
+        """Stop the heartbeat (rich's ``Progress.stop``), e.g. before printing an error."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+
+    def __enter__(self) -> "PlainProgress":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
 
     # -- internals -------------------------------------------------------------------------------
     def line(self, t: _Task) -> str:

@@ -52,3 +52,11 @@ def test_off_a_terminal_the_factory_gives_plain_lines(monkeypatch) -> None:
     assert isinstance(progress_bar(con), PlainProgress)  # pytest's stderr is not a terminal
     monkeypatch.setenv("DRIFTKIT_PROGRESS", "1")
     assert not isinstance(progress_bar(con), PlainProgress)
+
+
+def test_plain_progress_has_rich_start_and_stop() -> None:
+    con, _ = _console()
+    p = PlainProgress(con, interval=0.01)
+    p.start()
+    p.stop()
+    p.stop()  # idempotent, like rich's
