@@ -10,15 +10,9 @@ from driftkit.cli.common import err_console, handle_errors, progress_bar
 
 
 def parse_probe_opts(items: list[str]) -> dict[str, str]:
-    from driftkit.errors import DriftkitError
+    from driftkit.parsing import parse_kv
 
-    out: dict[str, str] = {}
-    for it in items:
-        if "=" not in it:
-            raise DriftkitError(f"--probe-opt {it!r} must look like name=value (e.g. --probe-opt topk=50).")
-        k, v = it.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return parse_kv(items, what="--probe-opt", example="topk=50", allow_empty=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,15 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 import typer
 
 from driftkit.cli.common import console, handle_errors, progress_bar
-from driftkit.errors import DriftkitError
+from driftkit.parsing import load_toml, parse_kv
 
 HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER (sft, rl or a plugin).
 
@@ -43,12 +38,7 @@ Examples:
 
 def _read_config(path: Path, trainer: str) -> dict[str, Any]:
     """Options from a TOML file: top-level keys, overlaid by a table named after the trainer."""
-    if not path.is_file():
-        raise DriftkitError(f"Config file {path} does not exist.")
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise DriftkitError(f"Config file {path} is not valid TOML ({exc}). Fix it and retry.") from None
+    doc = load_toml(path, "Config file")
     opts = {k: v for k, v in doc.items() if not isinstance(v, dict)}
     section = doc.get(trainer)
     if isinstance(section, dict):
@@ -59,13 +49,8 @@ def _read_config(path: Path, trainer: str) -> dict[str, Any]:
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise DriftkitError(f"Cannot read -o {pair!r}: write -o name=value.")
-        out[key.strip().replace("-", "_")] = value
-    return out
+    parsed = parse_kv(pairs, what="-o", example="my_option=3", allow_empty=True)
+    return {key.replace("-", "_"): value for key, value in parsed.items()}
 
 
 class _Progress:

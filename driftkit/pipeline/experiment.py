@@ -50,7 +50,6 @@ result feeds the hash of the steps that depend on it, so editing one setting red
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,11 +221,9 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
 
 
 def load_experiment(path: str | Path) -> Experiment:
+    from driftkit.parsing import load_toml
+
     p = Path(path)
     if not p.is_file():
         raise DriftkitError(f"Experiment file {p} does not exist. Start from the example in docs/pipeline.md.")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise DriftkitError(f"Experiment file {p} is not valid TOML: {exc}.") from exc
-    return from_dict(data, str(p), p.parent)
+    return from_dict(load_toml(p, "Experiment file"), str(p), p.parent)
