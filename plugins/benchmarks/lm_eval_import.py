@@ -16,13 +16,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from driftkit.errors import DriftkitError
+from driftkit.parsing import iter_jsonl, loads_toml, parse_kv
 
 DOMAINS = ("math", "other", "non")
 
@@ -43,10 +42,7 @@ class Rule:
 
 
 def _parse_rules(text: str, where: str) -> list[Rule]:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise DriftkitError(f"The lm-eval mapping {where} is not valid TOML ({exc}). Fix the file.") from exc
+    doc = loads_toml(text, f"The lm-eval mapping {where}")
     rules = []
     for i, r in enumerate(doc.get("rule", [])):
         missing = [k for k in ("task", "metric", "benchmark", "domain") if k not in r]
@@ -70,12 +66,11 @@ def _parse_rules(text: str, where: str) -> list[Rule]:
 
 
 def default_rules() -> list[Rule]:
-    """The bundled mapping (``driftkit/plugins/benchmarks/lm_eval_map.toml``), read as package data."""
-    try:
-        text = resources.files("driftkit.plugins.benchmarks").joinpath("lm_eval_map.toml").read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError):
+    """The bundled mapping, ``lm_eval_map.toml`` beside this module."""
+    path = Path(__file__).with_name("lm_eval_map.toml")
+    if not path.is_file():
         return []
-    return _parse_rules(text, "bundled lm_eval_map.toml")
+    return _parse_rules(path.read_text(encoding="utf-8"), "bundled lm_eval_map.toml")
 
 
 def load_rules(user_map: str | Path | None = None) -> list[Rule]:
@@ -105,11 +100,11 @@ def _model_name(doc: dict[str, Any]) -> str | None:
     args = (doc.get("config") or {}).get("model_args") or ""
     if isinstance(args, dict):
         return args.get("pretrained") or args.get("model")
-    for part in str(args).split(","):
-        k, _, v = part.partition("=")
-        if k.strip() in ("pretrained", "model"):
-            return v.strip()
-    return None
+    try:  # lm-eval's own "pretrained=x,dtype=y" string; anything else names no model
+        pairs = parse_kv(str(args), what="model_args", example="pretrained=MODEL", allow_empty=True)
+    except DriftkitError:
+        return None
+    return pairs.get("pretrained") or pairs.get("model")
 
 
 def _samples_for(results_file: Path, task: str) -> Path | None:
@@ -218,21 +213,17 @@ def import_lm_eval(
             sp = _samples_for(latest[t][0], t)
             if sp is None:
                 continue
-            with open(sp, encoding="utf-8") as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    s = json.loads(line)
-                    metrics = {m: s[m] for m in (s.get("metrics") or []) if m in s}
-                    resp = s.get("filtered_resps")
-                    items.append(
-                        {
-                            "benchmark": bench,
-                            "id": f"{t}/{s.get('doc_id')}",
-                            "config": t,
-                            "samples": [{"output": resp[0] if isinstance(resp, list) and resp else resp, "filter": s.get("filter"), "target": s.get("target"), **metrics}],
-                        }
-                    )
+            for _, s in iter_jsonl(sp, "lm-eval samples file"):
+                metrics = {m: s[m] for m in (s.get("metrics") or []) if m in s}
+                resp = s.get("filtered_resps")
+                items.append(
+                    {
+                        "benchmark": bench,
+                        "id": f"{t}/{s.get('doc_id')}",
+                        "config": t,
+                        "samples": [{"output": resp[0] if isinstance(resp, list) and resp else resp, "filter": s.get("filter"), "target": s.get("target"), **metrics}],
+                    }
+                )
     cfg = any_doc.get("config") or {}
     provenance = {
         "tool": "driftkit bench --import-lm-eval",
