@@ -25,14 +25,14 @@ versions, per-step loss/reward).
 
 Examples:
 
-  driftkit train sft smollm2-135m --data probes:math-train --out ckpt/sft --steps 200
-  driftkit train rl  smollm2-135m --data probes:math-train --out ckpt/rl --steps 50 --num-generations 4
+  driftkit train sft smollm2-135m --data bundled:math-train --out ckpt/sft --steps 200
+  driftkit train rl  smollm2-135m --data bundled:math-train --out ckpt/rl --steps 50 --num-generations 4
   driftkit train sft Qwen/Qwen3-14B-Base --data hf:ReasoningTransferability/math_40k:train --config sft.toml
   driftkit train sft ./base --data my.jsonl --columns problem=question,answer=final,solution=response --no-think
   driftkit train my_trainer.py:MyTrainer ./base --data my.jsonl --out ckpt/mine -o my_option=3
   accelerate launch --config_file zero3.yaml -m driftkit.cli.main train rl ...   (beyond one GPU)
 
---data: a JSONL file, hf:DATASET[:CONFIG]:SPLIT, or probes:math-train (bundled).
+--data: a JSONL file, hf:DATASET[:CONFIG]:SPLIT, or bundled:math-train (bundled).
 """
 
 
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         trainer: str = typer.Argument(..., help="Trainer: sft, rl, a plugin name (driftkit plugins) or file.py:Class."),
         model: str = typer.Argument(..., help="Base model: bundled name (smollm2-135m), local folder or Hugging Face id."),
-        data: str = typer.Option("probes:math-train", "--data", "-d", help="JSONL file, hf:DATASET[:CONFIG]:SPLIT or probes:math-train."),
+        data: str = typer.Option("bundled:math-train", "--data", "-d", help="JSONL file, hf:DATASET[:CONFIG]:SPLIT or bundled:math-train."),
         out: Path = typer.Option(..., "--out", help="Run folder to create (final model, checkpoints/, driftkit_run.json)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps [default: 100]."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-device batch (rl: completions per step) [default: 8]."),

@@ -146,3 +146,15 @@ def test_stratified_subset_covers_every_domain() -> None:
     assert len(sub) == 7 and {p.domain for p in sub} == {"math", "other", "non"}
     assert [p.id for p in sub] == [p.id for p in ps if p in sub]  # file order kept
     assert stratified(ps, None) == ps
+
+
+def test_old_probes_prefix_still_works_with_a_note(tiny_model: Path, tmp_path: Path) -> None:
+    """``probes:NAME`` was renamed ``bundled:NAME``; the old spelling keeps working for now."""
+    out = tmp_path / "old.h5"
+    r = run("capture", tiny_model, "--prompts", "probes:math", "--limit", "2", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert "note:" in r.output and "bundled:math" in r.output
+    from driftkit.prompts import load_prompts
+
+    with pytest.warns(DeprecationWarning, match="bundled:general-mix"):
+        assert len(load_prompts("probes:general-mix")) == 90

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitDeprecation, DriftkitError
 
 GROUP = "driftkit.data"
 PREFIX = "bundled:"
@@ -56,7 +56,8 @@ def data_sets(kind: str | None = None) -> dict[str, DataSet]:
 def bundled_name(spec: str) -> str | None:
     """The set name in ``bundled:NAME`` (or the deprecated ``probes:NAME``), else ``None``.
 
-    The deprecated prefix warns with a ``DeprecationWarning`` that names the replacement.
+    The deprecated prefix warns with a :class:`~driftkit.errors.DriftkitDeprecation` (a
+    ``DeprecationWarning``) that names the replacement.
     """
     if spec.startswith(PREFIX):
         return spec[len(PREFIX) :]
@@ -64,7 +65,7 @@ def bundled_name(spec: str) -> str | None:
         rest = spec[len(DEPRECATED_PREFIX) :]
         warnings.warn(
             f"The data prefix 'probes:' is deprecated; write '{PREFIX}{rest}' instead of '{spec}'.",
-            DeprecationWarning,
+            DriftkitDeprecation,
             stacklevel=3,
         )
         return rest
