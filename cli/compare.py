@@ -30,7 +30,8 @@ def parse_plugin_options(items: list[str]) -> dict[str, dict[str, str]]:
     for key, value in parse_kv(items, what="--opt", example="cka.unit=sample", allow_empty=True).items():
         name, dot, opt = key.partition(".")
         if not dot or not name or not opt:
-            raise DriftkitError(f"--opt {key}={value} must look like analysis.option=value (e.g. --opt cka.unit=sample).")
+            raise DriftkitError(f"--opt {key}={value} must look like analysis.option=value "
+                                f"(e.g. --opt cka.unit=sample).")
         out.setdefault(name.strip(), {})[opt.strip()] = value
     return out
 

@@ -68,7 +68,8 @@ def parse_budget(spec: str | int | None) -> int | dict[str, int] | None:
         return spec
     spec = spec.strip()
     if "=" in spec:
-        return parse_kv(spec, what="--max-new-tokens", example="math500=128,ifeval=96", convert=int, expect="a whole number")
+        return parse_kv(spec, what="--max-new-tokens", example="math500=128,ifeval=96", convert=int,
+                        expect="a whole number")
     try:
         return int(spec)
     except ValueError:
@@ -185,7 +186,9 @@ def check_settings(s: BenchSettings) -> None:
         )
 
 
-def load_data(benches: Sequence[Benchmark], s: BenchSettings, log: Callable[[str], None] | None) -> dict[str, LoadedData]:
+def load_data(
+    benches: Sequence[Benchmark], s: BenchSettings, log: Callable[[str], None] | None
+) -> dict[str, LoadedData]:
     """Every benchmark's items, loaded before the model: a dataset problem should stop the run
     before minutes of model loading. Fixture fallbacks are reported through ``log``."""
     datas: dict[str, LoadedData] = {}
@@ -205,13 +208,16 @@ class Requests:
     prompt_lens: list[int]  # per item
 
 
-def render_requests(benches: Sequence[Benchmark], datas: dict[str, LoadedData], tok: Any, s: BenchSettings) -> dict[str, Requests]:
+def render_requests(
+    benches: Sequence[Benchmark], datas: dict[str, LoadedData], tok: Any, s: BenchSettings
+) -> dict[str, Requests]:
     """Each benchmark's prompts through the model's chat template (see :func:`render_prompt`), tokenized."""
     out: dict[str, Requests] = {}
     for b in benches:
         texts = [render_prompt(tok, b.build_prompt(it), s.chat_template, s.think) for it in datas[b.name].items]
         prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in texts]
-        out[b.name] = Requests([pid for pid in prompt_ids for _ in range(b.samples_per_item)], [len(p) for p in prompt_ids])
+        ids = [pid for pid in prompt_ids for _ in range(b.samples_per_item)]
+        out[b.name] = Requests(ids, [len(p) for p in prompt_ids])
     return out
 
 
@@ -242,7 +248,9 @@ def generate_group(
     return gen, time.perf_counter() - t0
 
 
-def score_benchmark(b: Benchmark, data: LoadedData, gen: Sequence[Sequence[int]], tok: Any, req: Requests) -> list[dict[str, Any]]:
+def score_benchmark(
+    b: Benchmark, data: LoadedData, gen: Sequence[Sequence[int]], tok: Any, req: Requests
+) -> list[dict[str, Any]]:
     """Per-item results of one benchmark: each sample decoded, think-stripped and scored by the plugin."""
     results = []
     for i, it in enumerate(data.items):
@@ -269,7 +277,9 @@ def timing_record(seconds: float, generation_s: float, n_items: int, results: li
     }
 
 
-def record_provenance(model: _Model, s: BenchSettings, bench_prov: dict[str, Any], timing: dict[str, Any]) -> dict[str, Any]:
+def record_provenance(
+    model: _Model, s: BenchSettings, bench_prov: dict[str, Any], timing: dict[str, Any]
+) -> dict[str, Any]:
     """The provenance of a score file: tool, model identity, the compared settings and the runtime."""
     try:
         from importlib.metadata import version
@@ -302,7 +312,8 @@ def _template_notices(tok: Any, s: BenchSettings, log: Callable[[str], None] | N
     if not log:
         return
     if s.think is not None and "enable_thinking" not in str(getattr(tok, "chat_template", "") or ""):
-        log("the model's chat template has no enable_thinking switch; --think/--no-think has no effect (think blocks are still stripped).")
+        log("the model's chat template has no enable_thinking switch; --think/--no-think has no effect "
+            "(think blocks are still stripped).")
     if s.chat_template and not getattr(tok, "chat_template", None):
         log("the tokenizer has no chat template; prompts are given as plain text.")
 
@@ -351,7 +362,8 @@ def run_benchmarks(
             # A pooled batch's generation time is shared out by request count, so items/s stays per benchmark.
             share = t_gen * n / max(1, n_pooled)
             bench_prov[b.name] = {**datas[b.name].provenance, **b.settings()}
-            timing[b.name] = timing_record(share + time.perf_counter() - t1, share, len(datas[b.name].items), results, group)
+            seconds = share + time.perf_counter() - t1
+            timing[b.name] = timing_record(seconds, share, len(datas[b.name].items), results, group)
     provenance = record_provenance(model, s, bench_prov, timing)
     return write_scores(out, model_name or model_spec, all_scores, provenance, items_out)
 

@@ -113,7 +113,8 @@ def iter_jsonl(
                 if first and line.lstrip().startswith("["):
                     raise DriftkitError(
                         f"{what} {name} looks like a JSON array, but it is read as JSONL: one JSON object per line"
-                        f"{', e.g. ' + example if example else ''}. Convert it, e.g. jq -c '.[]' {p.name} > {p.stem}.jsonl."
+                        f"{', e.g. ' + example if example else ''}. Convert it, e.g. "
+                        f"jq -c '.[]' {p.name} > {p.stem}.jsonl."
                     )
                 first = False
                 try:

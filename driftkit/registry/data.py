@@ -80,5 +80,7 @@ def bundled(name: str, kind: str) -> DataSet:
         raise DriftkitError(f"Unknown bundled data set '{PREFIX}{name}'. Bundled {kind} sets: {known}.")
     missing = [str(f) for f in sets[name].files if not Path(f).is_file()]
     if missing:
-        raise DriftkitError(f"The bundled data file(s) {', '.join(missing)} of '{PREFIX}{name}' are missing; reinstall driftkit.")
+        raise DriftkitError(
+            f"The bundled data file(s) {', '.join(missing)} of '{PREFIX}{name}' are missing; reinstall driftkit."
+        )
     return sets[name]

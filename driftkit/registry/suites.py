@@ -38,7 +38,9 @@ def read_suites(path: str | Path) -> dict[str, Suite]:
             )
         stray = [b for b in budgets if b not in names]
         if stray:
-            raise DriftkitError(f"Suite file {path}: [suite.{name}] sets max_new_tokens for {', '.join(stray)}, not in its benchmarks.")
+            raise DriftkitError(
+                f"Suite file {path}: [suite.{name}] sets max_new_tokens for {', '.join(stray)}, not in its benchmarks."
+            )
         out[name] = {n: (int(budgets[n]) if n in budgets else None) for n in names}
     return out
 
@@ -58,6 +60,7 @@ def resolve_suite(name: str) -> Suite:
     known = suites()
     if name not in known:
         raise DriftkitError(
-            f"Unknown suite {name!r}; available suites: {', '.join(known) or 'none'}. Or list benchmarks with --benchmarks a,b."
+            f"Unknown suite {name!r}; available suites: {', '.join(known) or 'none'}. "
+            f"Or list benchmarks with --benchmarks a,b."
         )
     return dict(known[name])
