@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/capture_overhead.py
+	$(BIN)/python perf/capture_overhead.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -31,9 +31,9 @@ def scores_table(doc: dict[str, Any]) -> Any:
 
 def _suites_text() -> str:
     """The bundled suites as the help shows them, read from the suite table so the two cannot differ."""
-    from driftkit.bench import SUITES
+    from driftkit.registry.suites import suites
 
-    return ", ".join(f"{name} ({', '.join(benchmarks)})" for name, benchmarks in SUITES.items())
+    return ", ".join(f"{name} ({', '.join(benchmarks)})" for name, benchmarks in suites().items())
 
 
 def register(app: typer.Typer) -> None:
@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
             raise DriftkitError(f"MODEL {model_arg!r} and --model {model_opt!r} disagree; give the model once.")
         model = model_arg or model_opt
         if import_lm_eval is not None:
-            from driftkit.lm_eval_import import import_to_file
+            from driftkit.plugins.benchmarks.lm_eval_import import import_to_file
 
             path, unmapped = import_to_file(import_lm_eval, out, model=name or model, user_map=lm_eval_map)
             if unmapped:

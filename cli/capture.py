@@ -10,15 +10,9 @@ from driftkit.cli.common import err_console, handle_errors, progress_bar
 
 
 def parse_probe_opts(items: list[str]) -> dict[str, str]:
-    from driftkit.errors import DriftkitError
+    from driftkit.parsing import parse_kv
 
-    out: dict[str, str] = {}
-    for it in items:
-        if "=" not in it:
-            raise DriftkitError(f"--probe-opt {it!r} must look like name=value (e.g. --probe-opt topk=50).")
-        k, v = it.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return parse_kv(items, what="--probe-opt", example="topk=50", allow_empty=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,10 +20,10 @@ def register(app: typer.Typer) -> None:
         "capture",
         epilog=(
             "Examples:\n\n"
-            "  driftkit capture smollm2-135m --prompts probes:general-mix --out base.h5\n\n"
+            "  driftkit capture smollm2-135m --prompts bundled:general-mix --out base.h5\n\n"
             "  driftkit capture ./ckpt/sft --prompts my_prompts.jsonl --chat --generate --max-new-tokens 256 --out sft.h5\n\n"
             "  driftkit capture smollm2-135m --tokens-from sft.h5 --out base_on_sft.h5\n\n"
-            "  driftkit capture smollm2-135m --prompts probes:math --probe probes/examples/attn_head.py:AttnHeadProbe "
+            "  driftkit capture smollm2-135m --prompts bundled:math --probe probes/examples/attn_head.py:AttnHeadProbe "
             "--probe-opt layer=3 --probe-opt head=1 --out head.h5"
         ),
     )
@@ -37,7 +31,7 @@ def register(app: typer.Typer) -> None:
     def capture_cmd(
         model: str = typer.Argument(..., help="HF id, local safetensors folder, or a bundled model (smollm2-135m)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file."),
-        prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="JSONL file, probes:NAME (math, other, non, general-mix) or hf:DATASET[:CONFIG]:SPLIT:FIELD."),
+        prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="JSONL file, bundled:NAME (math, other, non, general-mix) or hf:DATASET[:CONFIG]:SPLIT:FIELD."),
         tokens_from: Optional[Path] = typer.Option(None, "--tokens-from", help="Reuse another capture's exact samples and token ids."),
         probe: list[str] = typer.Option(["residual", "final"], "--probe", help="Probe name or file.py:Class (repeatable)."),
         probe_opt: list[str] = typer.Option([], "--probe-opt", help="name=value option for the probes that take it (repeatable)."),

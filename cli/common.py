@@ -8,13 +8,14 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import warnings
 from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitDeprecation, DriftkitError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -38,6 +39,19 @@ def _quiet_hdf5_unraisable(hook: Any) -> Any:
     return filtered
 
 
+def _deprecation_notes(show: Any) -> Any:
+    """``warnings.showwarning`` that prints driftkit's own deprecations as one ``note:`` line
+    (a user typing an old spelling needs the new one, not a warning with a source location)."""
+
+    def shown(message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, DriftkitDeprecation):
+            err_console.print(f"[yellow]note:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return shown
+
+
 def handle_errors(fn: F) -> F:
     """Wrap a command: DriftkitError -> message + exit 1; other exceptions -> exit 2."""
 
@@ -46,6 +60,10 @@ def handle_errors(fn: F) -> F:
         if not getattr(sys.unraisablehook, "_driftkit", False):
             sys.unraisablehook = _quiet_hdf5_unraisable(sys.unraisablehook)
             sys.unraisablehook._driftkit = True  # type: ignore[attr-defined]
+        warnings.simplefilter("default", DriftkitDeprecation)  # shown once per place, even outside __main__
+        if not getattr(warnings.showwarning, "_driftkit", False):
+            warnings.showwarning = _deprecation_notes(warnings.showwarning)
+            warnings.showwarning._driftkit = True  # type: ignore[attr-defined]
         try:
             return fn(*args, **kwargs)
         except typer.Exit:

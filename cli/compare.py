@@ -24,14 +24,15 @@ EPILOG = (
 def parse_plugin_options(items: list[str]) -> dict[str, dict[str, str]]:
     """``["cka.unit=sample", "kl.top=20"]`` -> ``{"cka": {"unit": "sample"}, "kl": {"top": "20"}}``."""
     from driftkit.errors import DriftkitError
+    from driftkit.parsing import parse_kv
 
     out: dict[str, dict[str, str]] = {}
-    for it in items:
-        key, sep, value = it.partition("=")
+    for key, value in parse_kv(items, what="--opt", example="cka.unit=sample", allow_empty=True).items():
         name, dot, opt = key.partition(".")
-        if not sep or not dot or not name or not opt:
-            raise DriftkitError(f"--opt {it!r} must look like analysis.option=value (e.g. --opt cka.unit=sample).")
-        out.setdefault(name.strip(), {})[opt.strip()] = value.strip()
+        if not dot or not name or not opt:
+            raise DriftkitError(f"--opt {key}={value} must look like analysis.option=value "
+                                f"(e.g. --opt cka.unit=sample).")
+        out.setdefault(name.strip(), {})[opt.strip()] = value
     return out
 
 

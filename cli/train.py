@@ -12,15 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
-
 import typer
 
 from driftkit.cli.common import console, handle_errors, progress_bar
-from driftkit.errors import DriftkitError
+from driftkit.parsing import load_toml, parse_kv
 
 HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER (sft, rl or a plugin).
 
@@ -30,25 +25,20 @@ versions, per-step loss/reward).
 
 Examples:
 
-  driftkit train sft smollm2-135m --data probes:math-train --out ckpt/sft --steps 200
-  driftkit train rl  smollm2-135m --data probes:math-train --out ckpt/rl --steps 50 --num-generations 4
+  driftkit train sft smollm2-135m --data bundled:math-train --out ckpt/sft --steps 200
+  driftkit train rl  smollm2-135m --data bundled:math-train --out ckpt/rl --steps 50 --num-generations 4
   driftkit train sft Qwen/Qwen3-14B-Base --data hf:ReasoningTransferability/math_40k:train --config sft.toml
   driftkit train sft ./base --data my.jsonl --columns problem=question,answer=final,solution=response --no-think
   driftkit train my_trainer.py:MyTrainer ./base --data my.jsonl --out ckpt/mine -o my_option=3
   accelerate launch --config_file zero3.yaml -m driftkit.cli.main train rl ...   (beyond one GPU)
 
---data: a JSONL file, hf:DATASET[:CONFIG]:SPLIT, or probes:math-train (bundled).
+--data: a JSONL file, hf:DATASET[:CONFIG]:SPLIT, or bundled:math-train (bundled).
 """
 
 
 def _read_config(path: Path, trainer: str) -> dict[str, Any]:
     """Options from a TOML file: top-level keys, overlaid by a table named after the trainer."""
-    if not path.is_file():
-        raise DriftkitError(f"Config file {path} does not exist.")
-    try:
-        doc = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise DriftkitError(f"Config file {path} is not valid TOML ({exc}). Fix it and retry.") from None
+    doc = load_toml(path, "Config file")
     opts = {k: v for k, v in doc.items() if not isinstance(v, dict)}
     section = doc.get(trainer)
     if isinstance(section, dict):
@@ -59,13 +49,8 @@ def _read_config(path: Path, trainer: str) -> dict[str, Any]:
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise DriftkitError(f"Cannot read -o {pair!r}: write -o name=value.")
-        out[key.strip().replace("-", "_")] = value
-    return out
+    parsed = parse_kv(pairs, what="-o", example="my_option=3", allow_empty=True)
+    return {key.replace("-", "_"): value for key, value in parsed.items()}
 
 
 class _Progress:
@@ -100,7 +85,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         trainer: str = typer.Argument(..., help="Trainer: sft, rl, a plugin name (driftkit plugins) or file.py:Class."),
         model: str = typer.Argument(..., help="Base model: bundled name (smollm2-135m), local folder or Hugging Face id."),
-        data: str = typer.Option("probes:math-train", "--data", "-d", help="JSONL file, hf:DATASET[:CONFIG]:SPLIT or probes:math-train."),
+        data: str = typer.Option("bundled:math-train", "--data", "-d", help="JSONL file, hf:DATASET[:CONFIG]:SPLIT or bundled:math-train."),
         out: Path = typer.Option(..., "--out", help="Run folder to create (final model, checkpoints/, driftkit_run.json)."),
         steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps [default: 100]."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-device batch (rl: completions per step) [default: 8]."),

@@ -20,21 +20,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from driftkit.errors import DriftkitError
-from driftkit.registry.benchmark import THINK_RULE, Benchmark, strip_think
-
-#: named suites: benchmark -> generation budget (None: the benchmark's own default). ``default`` is
-#: one benchmark per bundled task (math, science QA, planning, coding, instructions); ``quick`` is
-#: the cheapest cover of the three groups with small budgets, for CPU demos (scores are then
-#: dominated by truncation: use it to exercise the pipeline, not to rank models). Its math
-#: benchmark is ``math_heldout``: at 48 tokens every small model sits at MATH-500's floor.
-SUITES: dict[str, dict[str, int | None]] = {
-    "default": {"math500": None, "gpqa": None, "acpbench": None, "humaneval": None, "ifeval": None},
-    "quick": {"math_heldout": 48, "gpqa": 32, "ifeval": 48},
-    "math": {"math500": None},
-    "other": {"gpqa": None, "acpbench": None, "humaneval": None},
-    "non": {"ifeval": None},
-}
-
+from driftkit.parsing import parse_kv
+from driftkit.answers import THINK_RULE, strip_think
+from driftkit.registry.benchmark import Benchmark, LoadedData
+from driftkit.registry.suites import resolve_suite
 
 @dataclass
 class BenchSettings:
@@ -63,16 +52,14 @@ class BenchSettings:
 
 
 def resolve_benchmarks(names: Sequence[str] | str | None, suite: str | None = "default") -> dict[str, int | None]:
-    """Benchmark names (-> the suite's budget, or None) from a comma list or a suite name, order kept."""
+    """Benchmark names (-> the suite's budget, or None) from a comma list or a suite name, order kept.
+
+    Suites are data (:mod:`driftkit.registry.suites`): this module names no benchmark."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if names:
         return {n: None for n in dict.fromkeys(names)}
-    if suite is None:
-        suite = "default"
-    if suite not in SUITES:
-        raise DriftkitError(f"Unknown suite {suite!r}; available suites: {', '.join(SUITES)}. Or list benchmarks with --benchmarks a,b.")
-    return dict(SUITES[suite])
+    return resolve_suite(suite or "default")
 
 
 def parse_budget(spec: str | int | None) -> int | dict[str, int] | None:
@@ -80,16 +67,15 @@ def parse_budget(spec: str | int | None) -> int | dict[str, int] | None:
     if spec is None or isinstance(spec, int):
         return spec
     spec = spec.strip()
+    if "=" in spec:
+        return parse_kv(spec, what="--max-new-tokens", example="math500=128,ifeval=96", convert=int,
+                        expect="a whole number")
     try:
-        if "=" not in spec:
-            return int(spec)
-        out = {}
-        for part in spec.split(","):
-            k, _, v = part.partition("=")
-            out[k.strip()] = int(v)
-        return out
-    except ValueError as exc:
-        raise DriftkitError(f"Cannot read --max-new-tokens {spec!r}: give a number (64) or name=number pairs (math500=128,ifeval=96).") from exc
+        return int(spec)
+    except ValueError:
+        raise DriftkitError(
+            f"Cannot read --max-new-tokens {spec!r}: give a number (64) or name=number pairs (math500=128,ifeval=96)."
+        ) from None
 
 
 def load_benchmarks(names: Sequence[str] | dict[str, int | None], settings: BenchSettings) -> list[Benchmark]:
@@ -189,6 +175,149 @@ def generation_groups(benches: Sequence[Benchmark], s: BenchSettings) -> list[li
     return list(groups.values())
 
 
+def check_settings(s: BenchSettings) -> None:
+    """Refuse sampling settings that cannot work, before anything is loaded."""
+    if s.temperature < 0 or not (0 < s.top_p <= 1):
+        raise DriftkitError(f"temperature must be >= 0 and top_p in (0, 1]; got temperature={s.temperature}, top_p={s.top_p}.")
+    if s.samples_per_item > 1 and s.temperature == 0:
+        raise DriftkitError(
+            f"--samples {s.samples_per_item} with greedy decoding would repeat the same answer; set --temperature > 0 "
+            f"(e.g. 0.6) for pass@k with several samples, or use --samples 1."
+        )
+
+
+def load_data(
+    benches: Sequence[Benchmark], s: BenchSettings, log: Callable[[str], None] | None
+) -> dict[str, LoadedData]:
+    """Every benchmark's items, loaded before the model: a dataset problem should stop the run
+    before minutes of model loading. Fixture fallbacks are reported through ``log``."""
+    datas: dict[str, LoadedData] = {}
+    for b in benches:
+        datas[b.name] = b.load(s.data, s.limit)
+        fb = datas[b.name].provenance.get("fallback")
+        if fb and log:
+            log(f"{b.name}: {fb} ({len(datas[b.name].items)} fixture items; not comparable with real-dataset scores).")
+    return datas
+
+
+@dataclass
+class Requests:
+    """The rendered prompts of one benchmark as token ids: one request per (item, sample)."""
+
+    ids: list[list[int]]
+    prompt_lens: list[int]  # per item
+
+
+def render_requests(
+    benches: Sequence[Benchmark], datas: dict[str, LoadedData], tok: Any, s: BenchSettings
+) -> dict[str, Requests]:
+    """Each benchmark's prompts through the model's chat template (see :func:`render_prompt`), tokenized."""
+    out: dict[str, Requests] = {}
+    for b in benches:
+        texts = [render_prompt(tok, b.build_prompt(it), s.chat_template, s.think) for it in datas[b.name].items]
+        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in texts]
+        ids = [pid for pid in prompt_ids for _ in range(b.samples_per_item)]
+        out[b.name] = Requests(ids, [len(p) for p in prompt_ids])
+    return out
+
+
+def generate_group(
+    model: _Model,
+    group: Sequence[Benchmark],
+    requests: dict[str, Requests],
+    s: BenchSettings,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[list[list[int]], float]:
+    """Generate the pooled requests of one group (see :func:`generation_groups`); returns the
+    generated ids in request order and the seconds it took."""
+    label = "+".join(b.name for b in group)
+    pooled = [r for b in group for r in requests[b.name].ids]
+    done = 0
+
+    def _tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(label, done, len(pooled))
+
+    if progress:
+        progress(label, 0, len(pooled))
+    t0 = time.perf_counter()
+    gen = model.generator.generate(pooled, max_new_tokens=group[0].max_new_tokens, temperature=s.temperature,
+                                   top_p=s.top_p, seed=s.seed, progress=_tick)
+    return gen, time.perf_counter() - t0
+
+
+def score_benchmark(
+    b: Benchmark, data: LoadedData, gen: Sequence[Sequence[int]], tok: Any, req: Requests
+) -> list[dict[str, Any]]:
+    """Per-item results of one benchmark: each sample decoded, think-stripped and scored by the plugin."""
+    results = []
+    for i, it in enumerate(data.items):
+        samples = []
+        for j in range(b.samples_per_item):
+            ids = gen[i * b.samples_per_item + j]
+            raw, ans = decode_answer(tok, ids)
+            samples.append({"output": raw, "answer": ans, "new_tokens": len(ids), **b.score(it, ans)})
+        results.append({"benchmark": b.name, "id": it["_id"], "config": it.get("_config"),
+                        "prompt_tokens": req.prompt_lens[i], "samples": samples})
+    return results
+
+
+def timing_record(seconds: float, generation_s: float, n_items: int, results: list[dict[str, Any]],
+                  group: Sequence[Benchmark]) -> dict[str, Any]:
+    """The ``timing`` entry of one benchmark in the provenance."""
+    return {
+        "seconds": round(seconds, 3),
+        "generation_seconds": round(generation_s, 3),
+        "items": n_items,
+        "items_per_s": round(n_items / seconds, 4) if seconds > 0 else None,
+        "new_tokens": sum(smp["new_tokens"] for r in results for smp in r["samples"]),
+        **({"generated_with": [x.name for x in group]} if len(group) > 1 else {}),
+    }
+
+
+def record_provenance(
+    model: _Model, s: BenchSettings, bench_prov: dict[str, Any], timing: dict[str, Any]
+) -> dict[str, Any]:
+    """The provenance of a score file: tool, model identity, the compared settings and the runtime."""
+    try:
+        from importlib.metadata import version
+
+        dk_version = version("driftkit")
+    except Exception:
+        dk_version = "unknown"
+    tok = model.tokenizer
+    think_supported = "enable_thinking" in str(getattr(tok, "chat_template", "") or "")
+    return {
+        "tool": "driftkit bench",
+        "driftkit_version": dk_version,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": model.info,
+        "settings": {
+            "chat_template": bool(s.chat_template and getattr(tok, "chat_template", None)),
+            "think": s.think if think_supported else None,
+            "think_strip_rule": THINK_RULE,
+            "generation": {"temperature": s.temperature, "top_p": s.top_p, "seed": s.seed},
+        },
+        "benchmarks": bench_prov,
+        "runtime": {"backend": s.backend, "batch_size": s.batch_size, "dtype": model.dtype, "device": model.device,
+                    "tensor_parallel_size": s.tensor_parallel_size},
+        "timing": timing,
+    }
+
+
+def _template_notices(tok: Any, s: BenchSettings, log: Callable[[str], None] | None) -> None:
+    """Tell the user when a chat/think setting cannot take effect with this tokenizer."""
+    if not log:
+        return
+    if s.think is not None and "enable_thinking" not in str(getattr(tok, "chat_template", "") or ""):
+        log("the model's chat template has no enable_thinking switch; --think/--no-think has no effect "
+            "(think blocks are still stripped).")
+    if s.chat_template and not getattr(tok, "chat_template", None):
+        log("the tokenizer has no chat template; prompts are given as plain text.")
+
+
 def run_benchmarks(
     model_spec: str,
     benchmarks: Sequence[str] | str | None = None,
@@ -201,119 +330,41 @@ def run_benchmarks(
 ) -> Path:
     """Benchmark one checkpoint and write ``out`` (summary) + ``<out stem>.items.jsonl``.
 
+    The steps: load every benchmark's data (:func:`load_data`), render the prompts
+    (:func:`render_requests`), generate per pooled group (:func:`generate_group`), score
+    (:func:`score_benchmark`) and record (:func:`record_provenance`, :func:`driftkit.scores.write_scores`).
     ``progress(benchmark, done, total)`` is called as items are generated; ``log(message)`` for
     notices (fixture fallback, think mode unsupported). Returns the summary path.
     """
     from driftkit.scores import write_scores
 
     s = settings or BenchSettings()
-    if s.temperature < 0 or not (0 < s.top_p <= 1):
-        raise DriftkitError(f"temperature must be >= 0 and top_p in (0, 1]; got temperature={s.temperature}, top_p={s.top_p}.")
-    if s.samples_per_item > 1 and s.temperature == 0:
-        raise DriftkitError(
-            f"--samples {s.samples_per_item} with greedy decoding would repeat the same answer; set --temperature > 0 "
-            f"(e.g. 0.6) for pass@k with several samples, or use --samples 1."
-        )
-    names = resolve_benchmarks(benchmarks, suite)
-    benches = load_benchmarks(names, s)
-    # Load all data first: a dataset problem should stop the run before minutes of model loading.
-    datas = {}
-    for b in benches:
-        datas[b.name] = b.load(s.data, s.limit)
-        fb = datas[b.name].provenance.get("fallback")
-        if fb and log:
-            log(f"{b.name}: {fb} ({len(datas[b.name].items)} fixture items; not comparable with real-dataset scores).")
+    check_settings(s)
+    benches = load_benchmarks(resolve_benchmarks(benchmarks, suite), s)
+    datas = load_data(benches, s, log)
     model = _Model(model_spec, s, (lambda m: log(m)) if log else None)
-    tok = model.tokenizer
-    think_supported = "enable_thinking" in str(getattr(tok, "chat_template", "") or "")
-    if s.think is not None and not think_supported and log:
-        log("the model's chat template has no enable_thinking switch; --think/--no-think has no effect (think blocks are still stripped).")
-    has_template = bool(getattr(tok, "chat_template", None))
-    if s.chat_template and not has_template and log:
-        log("the tokenizer has no chat template; prompts are given as plain text.")
-
+    _template_notices(model.tokenizer, s, log)
+    requests = render_requests(benches, datas, model.tokenizer, s)
     all_scores: list[dict[str, Any]] = []
     items_out: list[dict[str, Any]] = []
     bench_prov: dict[str, Any] = {}
     timing: dict[str, Any] = {}
-    requests: dict[str, list[list[int]]] = {}
-    prompt_lens: dict[str, list[int]] = {}
-    for b in benches:
-        prompts_text = [render_prompt(tok, b.build_prompt(it), s.chat_template, s.think) for it in datas[b.name].items]
-        prompt_ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts_text]
-        prompt_lens[b.name] = [len(p) for p in prompt_ids]
-        requests[b.name] = [pid for pid in prompt_ids for _ in range(b.samples_per_item)]
-
     for group in generation_groups(benches, s):
-        label = "+".join(b.name for b in group)
-        pooled = [r for b in group for r in requests[b.name]]
-        done = 0
-
-        def _tick(n: int, _label: str = label, _tot: int = len(pooled)) -> None:
-            nonlocal done
-            done += n
-            if progress:
-                progress(_label, done, _tot)
-
-        if progress:
-            progress(label, 0, len(pooled))
-        t0 = time.perf_counter()
-        gen_all = model.generator.generate(pooled, max_new_tokens=group[0].max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                           seed=s.seed, progress=_tick)
-        t_gen = time.perf_counter() - t0
-        offset = 0
+        gen_all, t_gen = generate_group(model, group, requests, s, progress)
+        n_pooled, offset = sum(len(requests[b.name].ids) for b in group), 0
         for b in group:
             t1 = time.perf_counter()
-            data = datas[b.name]
-            gen = gen_all[offset : offset + len(requests[b.name])]
-            offset += len(requests[b.name])
-            results = []
-            new_tokens = 0
-            for i, it in enumerate(data.items):
-                samples = []
-                for j in range(b.samples_per_item):
-                    ids = gen[i * b.samples_per_item + j]
-                    new_tokens += len(ids)
-                    raw, ans = decode_answer(tok, ids)
-                    sc = b.score(it, ans)
-                    samples.append({"output": raw, "answer": ans, "new_tokens": len(ids), **sc})
-                rec = {"benchmark": b.name, "id": it["_id"], "config": it.get("_config"), "prompt_tokens": prompt_lens[b.name][i], "samples": samples}
-                results.append(rec)
-                items_out.append(rec)
+            n = len(requests[b.name].ids)
+            results = score_benchmark(b, datas[b.name], gen_all[offset : offset + n], model.tokenizer, requests[b.name])
+            offset += n
+            items_out.extend(results)
             all_scores.extend(b.aggregate(results))
             # A pooled batch's generation time is shared out by request count, so items/s stays per benchmark.
-            share = t_gen * len(requests[b.name]) / max(1, len(pooled))
-            elapsed = share + time.perf_counter() - t1
-            bench_prov[b.name] = {**data.provenance, **b.settings()}
-            timing[b.name] = {
-                "seconds": round(elapsed, 3),
-                "generation_seconds": round(share, 3),
-                "items": len(data.items),
-                "items_per_s": round(len(data.items) / elapsed, 4) if elapsed > 0 else None,
-                "new_tokens": new_tokens,
-                **({"generated_with": [x.name for x in group]} if len(group) > 1 else {}),
-            }
-    try:
-        from importlib.metadata import version
-
-        dk_version = version("driftkit")
-    except Exception:
-        dk_version = "unknown"
-    provenance = {
-        "tool": "driftkit bench",
-        "driftkit_version": dk_version,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": model.info,
-        "settings": {
-            "chat_template": bool(s.chat_template and has_template),
-            "think": s.think if think_supported else None,
-            "think_strip_rule": THINK_RULE,
-            "generation": {"temperature": s.temperature, "top_p": s.top_p, "seed": s.seed},
-        },
-        "benchmarks": bench_prov,
-        "runtime": {"backend": s.backend, "batch_size": s.batch_size, "dtype": model.dtype, "device": model.device, "tensor_parallel_size": s.tensor_parallel_size},
-        "timing": timing,
-    }
+            share = t_gen * n / max(1, n_pooled)
+            bench_prov[b.name] = {**datas[b.name].provenance, **b.settings()}
+            seconds = share + time.perf_counter() - t1
+            timing[b.name] = timing_record(seconds, share, len(datas[b.name].items), results, group)
+    provenance = record_provenance(model, s, bench_prov, timing)
     return write_scores(out, model_name or model_spec, all_scores, provenance, items_out)
 
 

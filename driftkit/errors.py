@@ -17,6 +17,11 @@ class DriftkitError(Exception):
     exit_code = 1
 
 
+class DriftkitDeprecation(DeprecationWarning):
+    """A spelling driftkit still accepts but will drop (e.g. the ``probes:`` data prefix); the CLI
+    shows it as a one-line note, library users get an ordinary ``DeprecationWarning``."""
+
+
 class IncompatibleCaptures(DriftkitError):
     """Two capture files cannot be compared (different samples, tokens, sites or incomplete)."""
 

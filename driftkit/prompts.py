@@ -1,29 +1,21 @@
-"""Prompt sets: JSONL files, Hugging Face datasets, and the bundled ``probes:`` sets.
+"""Prompt sets: JSONL files, Hugging Face datasets, and the bundled ``bundled:`` sets.
 
 A prompt is ``{"id", "domain", "text"}`` (raw text, the paper's PCA inputs) or
 ``{"id", "domain", "messages"}`` (chat), optionally with a ``"response"`` that is appended and
 teacher-forced. The bundled sets carry the paper's three domain labels: ``math``, ``other``
-(other reasoning: science, logic, coding, planning) and ``non`` (non-reasoning).
+(other reasoning: science, logic, coding, planning) and ``non`` (non-reasoning); they are declared by
+the package that ships them (:mod:`driftkit.registry.data`), so this module names no file of theirs.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
 from driftkit.errors import DriftkitError
-
-#: bundled set name -> files (under driftkit.probes/prompts) it concatenates
-BUNDLED_SETS: dict[str, tuple[str, ...]] = {
-    "math": ("math.jsonl",),
-    "other": ("other.jsonl",),
-    "non": ("non.jsonl",),
-    "general-mix": ("math.jsonl", "other.jsonl", "non.jsonl"),
-}
-
+from driftkit.parsing import iter_jsonl
+from driftkit.registry.data import PREFIX, bundled, bundled_name, data_sets
 
 @dataclass
 class Prompt:
@@ -72,27 +64,11 @@ def _from_record(rec: Any, where: str, index: int) -> Prompt:
 
 
 def read_jsonl(path: Path, label: str | None = None) -> list[Prompt]:
+    """Prompts of a JSONL file; errors name the file (or ``label``) and the line."""
     label = label or str(path)
     out: list[Prompt] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DriftkitError(f"Prompt file {label} is not UTF-8 text ({exc}); save it as UTF-8 JSONL.") from exc
-    first = next((ln.strip() for ln in lines if ln.strip()), "")
-    if first.startswith("["):
-        # A JSON array (a common export format) reads as "line 1 is not valid JSON" otherwise, which hides the fix.
-        raise DriftkitError(
-            f"Prompt file {label} looks like a JSON array, but prompts are read as JSONL: one JSON object per line, "
-            f"e.g. {{\"id\": \"q1\", \"domain\": \"math\", \"text\": \"What is 2+2?\"}}. Convert it, e.g. "
-            f"jq -c '.[]' {path.name} > {path.stem}.jsonl."
-        )
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DriftkitError(f"Prompt file {label} line {n} is not valid JSON ({exc.msg} at column {exc.colno}). Fix or remove that line.") from exc
+    example = '{"id": "q1", "domain": "math", "text": "What is 2+2?"}'
+    for n, rec in iter_jsonl(path, "Prompt file", label, example=example):
         out.append(_from_record(rec, f"Prompt file {label} line {n}", len(out)))
     if not out:
         raise DriftkitError(f"Prompt file {label} has no prompts. Add JSON lines like {{\"id\": \"q1\", \"domain\": \"math\", \"text\": \"What is 2+2?\"}}.")
@@ -104,13 +80,9 @@ def read_jsonl(path: Path, label: str | None = None) -> list[Prompt]:
 
 
 def _bundled(name: str) -> list[Prompt]:
-    if name not in BUNDLED_SETS:
-        raise DriftkitError(f"Unknown bundled prompt set 'probes:{name}'. Available: {', '.join('probes:' + n for n in BUNDLED_SETS)}.")
-    root = resources.files("driftkit.probes") / "prompts"
     out: list[Prompt] = []
-    for fname in BUNDLED_SETS[name]:
-        with resources.as_file(root / fname) as p:
-            out.extend(read_jsonl(Path(p), f"probes:{name} ({fname})"))
+    for path in bundled(name, "prompts").files:
+        out.extend(read_jsonl(Path(path), f"{PREFIX}{name} ({Path(path).name})"))
     return out
 
 
@@ -139,7 +111,7 @@ def _hf(spec: str) -> list[Prompt]:
 
 
 def load_prompts(spec: str | Path | Iterable[dict[str, Any]], limit: int | None = None, seed: int | None = None) -> list[Prompt]:
-    """Load a prompt set from a JSONL path, ``probes:NAME``, ``hf:...`` or a list of dicts.
+    """Load a prompt set from a JSONL path, ``bundled:NAME``, ``hf:...`` or a list of dicts.
 
     ``limit`` keeps the first N (after a seeded shuffle when ``seed`` is given), so a small run on a
     big dataset is still reproducible.
@@ -150,15 +122,16 @@ def load_prompts(spec: str | Path | Iterable[dict[str, Any]], limit: int | None 
             raise DriftkitError("The prompt list is empty.")
     else:
         s = str(spec)
-        if s.startswith("probes:"):
-            prompts = _bundled(s[len("probes:") :])
+        name = bundled_name(s)
+        if name is not None:
+            prompts = _bundled(name)
         elif s.startswith("hf:"):
             prompts = _hf(s[len("hf:") :])
         else:
             p = Path(s)
             if not p.is_file():
                 raise DriftkitError(
-                    f"Prompt file {s} does not exist. Give a JSONL file, a bundled set ({', '.join('probes:' + n for n in BUNDLED_SETS)}) "
+                    f"Prompt file {s} does not exist. Give a JSONL file, a bundled set ({', '.join(PREFIX + n for n in data_sets('prompts'))}) "
                     f"or a dataset as hf:DATASET[:CONFIG]:SPLIT:FIELD."
                 )
             prompts = read_jsonl(p)

@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError
@@ -117,20 +117,31 @@ def read_scores(path: str | Path) -> dict[str, Any]:
     return validate(doc, f"score file {p}")
 
 
+def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std, ddof=1) of per-item values."""
+    n = len(values)
+    if n == 0:
+        return float("nan"), float("nan")
+    mu = sum(values) / n
+    if n < 2:
+        return mu, 0.0
+    var = sum((v - mu) ** 2 for v in values) / (n - 1)
+    return mu, math.sqrt(var / n)
+
+
+def sha256_text(text: str) -> str:
+    """Hex SHA-256 of a text's UTF-8 bytes (provenance hashes of item ids and prompt templates)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def read_items(summary_path: str | Path) -> list[dict[str, Any]]:
     """The per-item results beside a summary (empty list when the summary has none, e.g. lm-eval imports without samples)."""
     ip = items_path(summary_path)
     if not ip.is_file():
         return []
-    out = []
-    with open(ip, encoding="utf-8") as fh:
-        for ln, line in enumerate(fh, 1):
-            if line.strip():
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DriftkitError(f"{ip} line {ln} is not valid JSON ({exc}).") from exc
-    return out
+    from driftkit.parsing import read_jsonl
+
+    return read_jsonl(ip, "Per-item file")
 
 
 def primary_scores(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:

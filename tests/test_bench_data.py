@@ -46,7 +46,7 @@ def test_gated_dataset_error_says_how_to_log_in(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_hub_error_is_not_silently_replaced_by_fixtures(monkeypatch: pytest.MonkeyPatch):
-    import driftkit.registry.benchmark as rb
+    import driftkit.registry.benchmark_data as rb
 
     def fake_load(*a, **k):
         raise FileNotFoundError("dataset not found")

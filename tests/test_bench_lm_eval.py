@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from driftkit.lm_eval_import import import_lm_eval
+from driftkit.plugins.benchmarks.lm_eval_import import import_lm_eval
 from driftkit.scores import read_items, read_scores
 
 

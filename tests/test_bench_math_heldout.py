@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from driftkit.mathdata import load_math_data
+from driftkit.plugins.trainers.mathdata import load_math_data
 from driftkit.plugins.benchmarks.math_heldout import MathHeldout
 
 
@@ -19,7 +19,7 @@ def test_bundled_data_in_every_mode_without_a_fallback_note(mode: str, monkeypat
 
 def test_items_are_heldout_and_never_trained_on():
     items = MathHeldout().load("auto").items
-    train_problems = {r["problem"] for r in load_math_data("probes:math-train").rows}
+    train_problems = {r["problem"] for r in load_math_data("bundled:math-train").rows}
     assert len(items) == 300 and all(it["_id"].startswith("math-heldout-") for it in items)
     assert not train_problems & {it["problem"] for it in items}
 

@@ -20,7 +20,7 @@ def run(*args: str):
 
 def test_capture_and_inspect(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.h5"
-    r = run("capture", tiny_model, "--prompts", "probes:math", "--limit", "5", "--layers", "every:2", "--out", out, "--json")
+    r = run("capture", tiny_model, "--prompts", "bundled:math", "--limit", "5", "--layers", "every:2", "--out", out, "--json")
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["samples"] == 5 and summary["sites"] == ["embed", "residual.0", "residual.2"]
@@ -50,7 +50,7 @@ def _assert_user_error(r, *needles: str) -> None:
 
 
 def test_model_path_missing(tmp_path: Path) -> None:
-    _assert_user_error(run("capture", tmp_path / "nope", "--prompts", "probes:math", "--out", tmp_path / "o.h5"), "does not exist")
+    _assert_user_error(run("capture", tmp_path / "nope", "--prompts", "bundled:math", "--out", tmp_path / "o.h5"), "does not exist")
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -59,7 +59,7 @@ def test_model_folder_without_safetensors(tiny_model: Path, tmp_path: Path) -> N
     shutil.copytree(tiny_model, d)
     for f in d.glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))
-    _assert_user_error(run("capture", d, "--prompts", "probes:math", "--out", tmp_path / "o.h5"), "no *.safetensors", "pickle")
+    _assert_user_error(run("capture", d, "--prompts", "bundled:math", "--out", tmp_path / "o.h5"), "no *.safetensors", "pickle")
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -77,14 +77,14 @@ def test_empty_and_malformed_prompt_files(tiny_model: Path, tmp_path: Path) -> N
 
 
 def test_unknown_layer_lists_valid_ones(tiny_model: Path, tmp_path: Path) -> None:
-    _assert_user_error(run("capture", tiny_model, "--prompts", "probes:math", "--layers", "0,9", "--out", tmp_path / "o.h5"),
+    _assert_user_error(run("capture", tiny_model, "--prompts", "bundled:math", "--layers", "0,9", "--out", tmp_path / "o.h5"),
                        "Unknown layer 9", "0..3")
 
 
 def test_output_exists_needs_overwrite_or_resume(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.h5"
     out.write_bytes(b"precious")
-    _assert_user_error(run("capture", tiny_model, "--prompts", "probes:math", "--out", out), "already exists", "--overwrite", "--resume")
+    _assert_user_error(run("capture", tiny_model, "--prompts", "bundled:math", "--out", out), "already exists", "--overwrite", "--resume")
     assert out.read_bytes() == b"precious"
 
 
@@ -93,7 +93,7 @@ def test_tokens_from_other_tokenizer(tiny_model: Path, tmp_path: Path) -> None:
 
     other = build_tiny_model(tmp_path / "other", "llama", vocab_size=300)
     src = tmp_path / "src.h5"
-    assert run("capture", other, "--prompts", "probes:math", "--limit", "2", "--out", src).exit_code == 0
+    assert run("capture", other, "--prompts", "bundled:math", "--limit", "2", "--out", src).exit_code == 0
     _assert_user_error(run("capture", tiny_model, "--tokens-from", src, "--out", tmp_path / "o.h5"), "another tokenizer")
     assert not (tmp_path / "o.h5").exists()
 
@@ -110,7 +110,7 @@ def _cli_in_subprocess(*args: str) -> subprocess.CompletedProcess:
 def test_unwritable_output(tiny_model: Path, tmp_path: Path) -> None:
     not_a_dir = tmp_path / "a_file"
     not_a_dir.write_text("x")
-    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "probes:math", "--limit", "2", "--out", not_a_dir / "o.h5")
+    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "bundled:math", "--limit", "2", "--out", not_a_dir / "o.h5")
     assert p.returncode == 1 and "Writing the capture file" in " ".join(p.stderr.split()), p.stderr[-2000:]
 
 
@@ -125,7 +125,7 @@ def small_disk(tmp_path: Path):
 
 
 def test_disk_full_is_a_clear_error(tiny_model: Path, small_disk: Path) -> None:
-    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "probes:general-mix", "--out", small_disk / "o.h5")
+    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "bundled:general-mix", "--out", small_disk / "o.h5")
     text = " ".join(p.stderr.split())
     assert p.returncode == 1 and "disk is too full" in text and "choose another --out" in text, p.stderr[-2000:]
     assert not (small_disk / "o.h5").exists()
@@ -133,7 +133,7 @@ def test_disk_full_is_a_clear_error(tiny_model: Path, small_disk: Path) -> None:
 
 def test_disk_full_mid_write_is_a_clear_error(tiny_model: Path, small_disk: Path) -> None:
     """When the disk fills up after the size check (compressed files skip it), the write error is still clear."""
-    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "probes:general-mix", "--out", small_disk / "o.h5", "--compression", "lzf")
+    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "bundled:general-mix", "--out", small_disk / "o.h5", "--compression", "lzf")
     text = " ".join(p.stderr.split())
     assert p.returncode == 1 and "disk is full" in text and "--resume" in text, p.stderr[-2000:]
 
@@ -141,8 +141,20 @@ def test_disk_full_mid_write_is_a_clear_error(tiny_model: Path, small_disk: Path
 def test_stratified_subset_covers_every_domain() -> None:
     from driftkit.prompts import load_prompts, stratified
 
-    ps = load_prompts("probes:general-mix")
+    ps = load_prompts("bundled:general-mix")
     sub = stratified(ps, 7)
     assert len(sub) == 7 and {p.domain for p in sub} == {"math", "other", "non"}
     assert [p.id for p in sub] == [p.id for p in ps if p in sub]  # file order kept
     assert stratified(ps, None) == ps
+
+
+def test_old_probes_prefix_still_works_with_a_note(tiny_model: Path, tmp_path: Path) -> None:
+    """``probes:NAME`` was renamed ``bundled:NAME``; the old spelling keeps working for now."""
+    out = tmp_path / "old.h5"
+    r = run("capture", tiny_model, "--prompts", "probes:math", "--limit", "2", "--out", out, "--json")
+    assert r.exit_code == 0, r.output
+    assert "note:" in r.output and "bundled:math" in r.output
+    from driftkit.prompts import load_prompts
+
+    with pytest.warns(DeprecationWarning, match="bundled:general-mix"):
+        assert len(load_prompts("probes:general-mix")) == 90

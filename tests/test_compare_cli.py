@@ -257,7 +257,7 @@ def test_missing_sites_skipped_or_error(caps, tmp_path: Path) -> None:
     [
         (["--positions", "middle"], "--positions must be one of"),
         (["--analyses", "nope"], "Unknown analysis 'nope'"),
-        (["--opt", "cka.unit"], "analysis.option=value"),
+        (["--opt", "cka.unit"], "e.g. --opt cka.unit=sample"),
         (["--opt", "cka.bogus=1"], "has no option 'bogus'"),
         (["--opt", "cka.unti=sample"], "did you mean 'unit'?"),
         (["--opt", "cka.unit=pooled"], "Option 'unit' of analysis 'cka' must be one of token, sample; got 'pooled'"),

@@ -14,7 +14,7 @@ def test_inspect_table_lists_every_site_once(tmp_path: Path) -> None:
     from fixtures.tiny import build_tiny_model
 
     model = build_tiny_model(tmp_path / "m", "llama", num_layers=12, hidden_size=32)
-    out = capture(CaptureConfig(model=str(model), prompts="probes:math", limit=2, out=tmp_path / "c.h5"))
+    out = capture(CaptureConfig(model=str(model), prompts="bundled:math", limit=2, out=tmp_path / "c.h5"))
     r = CliRunner().invoke(app, ["inspect", str(out)], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     listed = re.findall(r"(sites/\S+|final/\S+|tokens/\S+)", r.output)

@@ -160,7 +160,7 @@ def test_bad_experiment_files_are_clear_errors(tmp_path: Path) -> None:
     from driftkit.cli.main import app
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('[experiment]\nbase = "x"\n[capture]\nprompt = "probes:math"\n')
+    bad.write_text('[experiment]\nbase = "x"\n[capture]\nprompt = "bundled:math"\n')
     r = CliRunner().invoke(app, ["run", str(bad)])
     text = " ".join(r.output.split())
     assert r.exit_code == 1 and "[capture]: unknown key 'prompt' (did you mean 'prompts'?)" in text
@@ -180,7 +180,7 @@ def test_run_lists_every_problem_before_starting(tmp_path: Path) -> None:
 
     bad = tmp_path / "bad.toml"
     bad.write_text('[experiment]\nbase = "x"\nnmae = "typo"\nseed = "abc"\n\n[[train]]\nname = "sft"\ntrainer = "sft"\n'
-                   'dataa = "probes:math-train"\n\n[[models]]\nname = "t"\npath = "y"\ncolour = 1\n\n[bench]\n'
+                   'dataa = "bundled:math-train"\n\n[[models]]\nname = "t"\npath = "y"\ncolour = 1\n\n[bench]\n'
                    'benchmarks = ["math500"]\nlimt = 3\n\n[capture]\nmax_new_tokens = "64"\n\n[drifft]\n')
     r = CliRunner().invoke(app, ["run", str(bad)])
     text = " ".join(r.output.split())

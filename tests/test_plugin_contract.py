@@ -279,7 +279,7 @@ def test_reward_function_uses_the_same_importer(tmp_path: Path) -> None:
 
     (tmp_path / "rw.py").write_text("def reward(prompts, completions, answer, **kw):\n    return [1.0] * len(completions)\n")
     assert load_function(f"{tmp_path / 'rw.py'}:reward")([], ["a"], []) == [1.0]
-    assert load_function("driftkit.rewards:math_accuracy_reward").__name__ == "math_accuracy_reward"
+    assert load_function("driftkit.plugins.trainers.rewards:math_accuracy_reward").__name__ == "math_accuracy_reward"
     with pytest.raises(DriftkitError, match="has no 'nope'"):
         load_function(f"{tmp_path / 'rw.py'}:nope")
 

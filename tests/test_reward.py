@@ -1,4 +1,4 @@
-"""The math answer-correctness reward (driftkit.rewards) on hand-written cases."""
+"""The math answer-correctness reward (driftkit.plugins.trainers.rewards) on hand-written cases."""
 from __future__ import annotations
 
 import threading
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from driftkit.rewards import (
+from driftkit.plugins.trainers.rewards import (
     accuracy,
     answer_reward,
     extract_answer,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from driftkit.sandbox import SandboxLimits, _pids_of_uid, run_python
+from driftkit.plugins.benchmarks.sandbox import SandboxLimits, _pids_of_uid, run_python
 
 FAST = SandboxLimits(wall_seconds=3.0, cpu_seconds=2, memory_bytes=256 << 20, max_processes=8, file_size_bytes=1 << 20)
 

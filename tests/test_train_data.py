@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from driftkit.errors import DriftkitError
-from driftkit.mathdata import bundled_file, load_math_data, plain_prompt, render_prompt, rows_sha256, strip_think
-from driftkit.rewards import answer_reward
+from driftkit.plugins.trainers.mathdata import bundled_file, load_math_data, plain_prompt, render_prompt, rows_sha256, strip_think
+from driftkit.plugins.trainers.rewards import answer_reward
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -19,8 +19,8 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_bundled_set_splits_are_disjoint_and_solutions_correct() -> None:
-    train = load_math_data("probes:math-train", need=("problem", "answer", "solution"))
-    heldout = load_math_data("probes:math-train:heldout", need=("problem", "answer", "solution"))
+    train = load_math_data("bundled:math-train", need=("problem", "answer", "solution"))
+    heldout = load_math_data("bundled:math-train:heldout", need=("problem", "answer", "solution"))
     assert len(train) >= 2000 and len(heldout) >= 100
     assert not {r["problem"] for r in train.rows} & {r["problem"] for r in heldout.rows}
     # every worked solution ends in a \boxed{} answer math-verify accepts (a sample: ~5 ms each)
@@ -75,9 +75,9 @@ def test_bad_specs(tmp_path: Path) -> None:
     with pytest.raises(DriftkitError, match="Cannot find the data"):
         load_math_data(str(tmp_path / "missing.jsonl"))
     with pytest.raises(DriftkitError, match="Unknown bundled"):
-        load_math_data("probes:nope")
+        load_math_data("bundled:nope")
     with pytest.raises(DriftkitError, match="Unknown split"):
-        load_math_data("probes:math-train:test")
+        load_math_data("bundled:math-train:test")
     with pytest.raises(DriftkitError, match="hf:DATASET"):
         load_math_data("hf:a:b:c:d")
 

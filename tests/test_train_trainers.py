@@ -52,7 +52,7 @@ def sft_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sft") / "run"
     steps: list[int] = []
     path = train(
-        "sft", str(tiny_model), "probes:math-train", out,
+        "sft", str(tiny_model), "bundled:math-train", out,
         steps=2, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128,
         progress=lambda s, t, m: steps.append(s),
     )
@@ -67,7 +67,7 @@ def test_sft_saves_a_loadable_changed_model_and_manifest(sft_run: Path, tiny_mod
     m = read_manifest(sft_run)
     assert m["schema"] == RUN_SCHEMA and m["trainer"] == "sft" and m["steps"] == 2 and m["seed"] == 0
     assert m["base_model"] == str(tiny_model) and len(m["base"]["weights_sha256"]) == 64
-    assert m["data"]["spec"] == "probes:math-train" and len(m["data"]["sha256"]) == 64
+    assert m["data"]["spec"] == "bundled:math-train" and len(m["data"]["sha256"]) == 64
     assert m["data"]["n_items"] == 4  # steps x batch rows, all with correct solutions
     assert m["config"]["learning_rate"] == 1e-3 and m["config"]["think"] is True
     assert m["versions"]["trl"] and m["versions"]["torch"]
@@ -83,7 +83,7 @@ def test_sft_saves_a_loadable_changed_model_and_manifest(sft_run: Path, tiny_mod
 def test_sft_resume_continues_from_the_saved_step(sft_run: Path, tiny_model: Path) -> None:
     before = _weights(sft_run)
     path = train(
-        "sft", str(tiny_model), "probes:math-train", sft_run, resume=True,
+        "sft", str(tiny_model), "bundled:math-train", sft_run, resume=True,
         steps=4, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128,
     )
     m = read_manifest(path)
@@ -173,13 +173,13 @@ def test_cli_bad_inputs_exit_1(tiny_model: Path, tmp_path: Path) -> None:
     assert "'problem'" in r.output and "'solution'" in r.output and "--columns" in r.output
     assert not out.exists()  # nothing left behind
 
-    r = _cli("train", "sft", str(tmp_path / "no-model"), "--data", "probes:math-train", "--out", str(out), "--steps", "1")
+    r = _cli("train", "sft", str(tmp_path / "no-model"), "--data", "bundled:math-train", "--out", str(out), "--steps", "1")
     assert r.exit_code == 1 and "does not exist" in r.output
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
     (broken / "model.safetensors").write_bytes(b"not safetensors")
-    r = _cli("train", "sft", str(broken), "--data", "probes:math-train", "--out", str(out), "--steps", "1")
+    r = _cli("train", "sft", str(broken), "--data", "bundled:math-train", "--out", str(out), "--steps", "1")
     assert r.exit_code == 1 and "Could not load model" in r.output
     assert not out.exists()
 
@@ -259,7 +259,7 @@ def test_config_file_and_python_api_errors(tiny_model: Path, tmp_path: Path) -> 
         GRPOTrainerPlugin(steps=0)
     out = tmp_path / "short"
     with pytest.raises(DriftkitError, match="--max-length 8 leaves no solution token"):
-        train("sft", str(tiny_model), "probes:math-train", out, steps=1, batch_size=2, max_length=8)
+        train("sft", str(tiny_model), "bundled:math-train", out, steps=1, batch_size=2, max_length=8)
     assert not out.exists()
     cfg = tmp_path / "rl.toml"
     cfg.write_text('steps = 1\n[rl]\nbatch_size = 6\nnum_generations = 4\n')

@@ -21,7 +21,7 @@ TRUNCATE_MODES = ("left", "right")
 class CaptureConfig:
     model: str
     out: str | Path
-    prompts: Any = None  # JSONL path, probes:NAME, hf:..., or a list of dicts
+    prompts: Any = None  # JSONL path, bundled:NAME, hf:..., or a list of dicts
     probes: list[Any] = field(default_factory=lambda: ["residual", "final"])  # names, file.py:Class, or Probe instances
     probe_options: dict[str, Any] = field(default_factory=dict)  # option -> value, given to probes that declare it
     layers: str | None = None  # shortcut for probe_options["layers"]

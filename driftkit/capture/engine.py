@@ -213,7 +213,7 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         return SampleSet(s.ids, s.domains, [a + b for a, b in zip(ps, rs)], [len(a) for a in ps], s.content_sha256,
                          cut if cfg.truncate else None)
     if cfg.prompts is None:
-        raise DriftkitError("No prompts given. Pass --prompts FILE.jsonl, --prompts probes:general-mix, or --tokens-from CAPTURE.h5.")
+        raise DriftkitError("No prompts given. Pass --prompts FILE.jsonl, --prompts bundled:general-mix, or --tokens-from CAPTURE.h5.")
     prompts = load_prompts(cfg.prompts, limit=cfg.limit, seed=cfg.prompt_seed)
     tok = loaded.tokenizer
     prompt_ids = [encode_prompt(tok, p, cfg.chat) for p in prompts]

@@ -30,6 +30,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from driftkit.errors import DriftkitError
+from driftkit.parsing import parse_kv
 
 GROUPS = ("math", "other", "non")
 SIGMA_MODES = ("pooled", "per-model")
@@ -45,18 +46,12 @@ def parse_sigma(spec: str | Mapping[str, float]) -> str | dict[str, float]:
             return s
         if s == "per_model":
             return "per-model"
-        vals = {}
-        for part in s.split(","):
-            if "=" not in part:
-                raise DriftkitError(
-                    f"Cannot read --sigma {spec!r}: use 'pooled', 'per-model', or explicit values like "
-                    f"'math=16.1,other=18.4,non=20.5'."
-                )
-            k, _, v = part.partition("=")
-            try:
-                vals[k.strip()] = float(v)
-            except ValueError as exc:
-                raise DriftkitError(f"--sigma value {v!r} for {k.strip()!r} is not a number; write e.g. 'math=16.1,other=18.4,non=20.5'.") from exc
+        if "=" not in s:
+            raise DriftkitError(
+                f"Cannot read --sigma {spec!r}: use 'pooled', 'per-model', or explicit values like "
+                f"'math=16.1,other=18.4,non=20.5'."
+            )
+        vals = parse_kv(s, what="--sigma", example="math=16.1,other=18.4,non=20.5", convert=float, expect="a number")
     bad = [k for k in vals if k not in GROUPS]
     if bad:
         raise DriftkitError(f"--sigma names unknown group(s) {', '.join(bad)}; the groups are {', '.join(GROUPS)}.")

@@ -12,8 +12,8 @@ from typing import Any
 from driftkit.pipeline.experiment import Experiment, from_dict
 
 # SFT on worked solutions and GRPO with a math-verify reward, on the same bundled math problems,
-# sized so the whole demo stays well under 15 min cold on a 2-core CPU (benchmarks/demo_time.py: 12.5
-# to 14.5 min across runs at 12 SFT + 10 RL steps, hence 10 + 8). From benchmarks/train_speed.py:
+# sized so the whole demo stays well under 15 min cold on a 2-core CPU (perf/demo_time.py: 12.5
+# to 14.5 min across runs at 12 SFT + 10 RL steps, hence 10 + 8). From perf/train_speed.py:
 # SFT ~12.7 s/step; at lr 1e-4 its loss falls 1.98 -> 0.12 by step 10-12 and held-out accuracy goes
 # 0% -> 28%. GRPO ~24 s/step (half of it decoding). RL adds a half-weight format reward (exactly one
 # \boxed{} answer): the base model boxes ~6% of its sampled answers, too rarely for correctness alone
@@ -34,24 +34,24 @@ def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
         return {
             "experiment": {"name": "demo-quick", "base": str(base_dir), "out": str(out), "seed": 0},
             "train": [
-                {"name": "sft", "trainer": "sft", "data": "probes:math-train", "options": {**tiny, "steps": 4, "learning_rate": 1e-3, "max_length": 128}},
-                {"name": "rl", "trainer": "rl", "data": "probes:math-train",
+                {"name": "sft", "trainer": "sft", "data": "bundled:math-train", "options": {**tiny, "steps": 4, "learning_rate": 1e-3, "max_length": 128}},
+                {"name": "rl", "trainer": "rl", "data": "bundled:math-train",
                  "options": {**tiny, "steps": 2, "num_generations": 2, "max_completion_length": 8, "learning_rate": 1e-4}},
             ],
             "bench": {"suite": "default", "limit": 2, "data": "fixtures", "options": {"max_new_tokens": 8, "batch_size": 8}},
-            "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 9, "max_new_tokens": 8},
+            "capture": {"prompts": "bundled:general-mix", "chat_prompts": "bundled:general-mix", "chat_limit": 9, "max_new_tokens": 8},
             "drift": {"enabled": True, "bench": ["math_heldout"], "layers": "all"},
         }
     return {
         "experiment": {"name": "demo", "base": "smollm2-135m", "out": str(out), "seed": 0},
         "train": [
-            {"name": "sft", "trainer": "sft", "data": "probes:math-train", "options": DEMO_SFT},
-            {"name": "rl", "trainer": "rl", "data": "probes:math-train", "options": DEMO_RL},
+            {"name": "sft", "trainer": "sft", "data": "bundled:math-train", "options": DEMO_SFT},
+            {"name": "rl", "trainer": "rl", "data": "bundled:math-train", "options": DEMO_RL},
         ],
         # the "quick" suite (math_heldout, gpqa, ifeval) with short generation budgets; drift is scored
         # on math_heldout too (at 48 tokens this model scored MATH-500's floor, 1 of 16, before and after)
         "bench": {"suite": "quick", "limit": 16, "data": "fixtures", "options": {}},
-        "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": 24, "max_new_tokens": 48},
+        "capture": {"prompts": "bundled:general-mix", "chat_prompts": "bundled:general-mix", "chat_limit": 24, "max_new_tokens": 48},
         "drift": {"enabled": True, "bench": ["math_heldout"], "layers": "every:3"},
     }
 

@@ -10,7 +10,7 @@ seed = 0
 [[train]]                 # tuned checkpoints made by a trainer plugin
 name = "sft"
 trainer = "sft"
-data = "probes:math-train"
+data = "bundled:math-train"
 options = { steps = 60, batch_size = 8, save_steps = 20 }
 
 [[models]]                # tuned checkpoints that already exist (folders or HF ids)
@@ -24,8 +24,8 @@ data = "auto"             # auto | fixtures | hub
 options = {}              # BenchSettings fields (max_new_tokens, batch_size, ...)
 
 [capture]
-prompts = "probes:general-mix"   # raw-text prompts (PCA shift, CKA)
-chat_prompts = "probes:general-mix"  # prompts each tuned model answers (KL, token ranks)
+prompts = "bundled:general-mix"   # raw-text prompts (PCA shift, CKA)
+chat_prompts = "bundled:general-mix"  # prompts each tuned model answers (KL, token ranks)
 chat_limit = 30           # taken round-robin over domains
 max_new_tokens = 64
 layers = "all"
@@ -50,7 +50,6 @@ result feeds the hash of the steps that depend on it, so editing one setting red
 from __future__ import annotations
 
 import difflib
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +93,7 @@ class Experiment:
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "bench": {"suite": "default", "limit": 20, "data": "auto", "options": {}, "enabled": True},
-    "capture": {"prompts": "probes:general-mix", "chat_prompts": "probes:general-mix", "chat_limit": None,
+    "capture": {"prompts": "bundled:general-mix", "chat_prompts": "bundled:general-mix", "chat_limit": None,
                 "max_new_tokens": 64, "layers": "all", "max_batch_tokens": 4096, "storage_dtype": "float16"},
     "compare": {"raw_analyses": ["cka", "pca_shift"], "gen_analyses": ["kl", "token_rank"], "options": {}},
     "transfer": {"sigma": "pooled"},
@@ -222,11 +221,9 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
 
 
 def load_experiment(path: str | Path) -> Experiment:
+    from driftkit.parsing import load_toml
+
     p = Path(path)
     if not p.is_file():
         raise DriftkitError(f"Experiment file {p} does not exist. Start from the example in docs/pipeline.md.")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise DriftkitError(f"Experiment file {p} is not valid TOML: {exc}.") from exc
-    return from_dict(data, str(p), p.parent)
+    return from_dict(load_toml(p, "Experiment file"), str(p), p.parent)

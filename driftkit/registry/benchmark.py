@@ -6,6 +6,11 @@ stripping and aggregation into ``driftkit.scores/1`` records are the same for al
 be identical across models, or the transferability index would compare apples with pears. So the
 base class owns those parts and a plugin only fills in ``build_prompt`` and ``score``.
 
+This module is the contract only. The shared parts live beside it: loading and provenance in
+:mod:`driftkit.registry.benchmark_data`, answer extraction (``strip_think``, ``last_boxed``,
+``extract_choice``, ``extract_yes_no``, math equivalence) in :mod:`driftkit.answers`, the mean and
+its standard error in :mod:`driftkit.scores`. Their former names here still import.
+
 A plugin declares:
 
 - ``name``, ``domain`` (``math`` | ``other`` | ``non``: the paper's three groups),
@@ -16,149 +21,23 @@ A plugin declares:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import re
-import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
-from urllib.parse import urlparse
+from typing import Any, ClassVar, Mapping
 
+from driftkit.answers import THINK_RULE, extract_choice, extract_yes_no, last_boxed, strip_think  # noqa: F401
 from driftkit.errors import DriftkitError
 from driftkit.registry.options import Configurable, Option
+from driftkit.scores import mean_stderr, sha256_text  # noqa: F401  (former names, kept importable)
 
 DOMAINS = ("math", "other", "non")
 
 #: how the data of a benchmark is obtained: ``auto`` tries the hub and falls back to the fixture
 #: (saying so in the provenance and on stderr); ``hub`` never falls back; ``fixtures`` never goes online.
 DATA_SOURCES = ("auto", "hub", "fixtures")
-
-THINK_RULE = (
-    "remove every <think>...</think> block; text before a lone </think> is reasoning and dropped; "
-    "an unclosed <think> means the answer was never given (empty answer)"
-)
-
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
-
-
-def strip_think(text: str) -> str:
-    """Return only the answer part of a reasoning model's output (rule: :data:`THINK_RULE`).
-
-    Why the unclosed case is empty: a reasoning trace cut by ``max_new_tokens`` often contains
-    candidate answers ("maybe it is 5"); scoring those would reward unfinished reasoning.
-    """
-    out = _THINK_BLOCK.sub("", text)
-    low = out.lower()
-    if "</think>" in low:  # template put <think> in the prompt: everything before the close is reasoning
-        out = out[low.rfind("</think>") + len("</think>") :]
-        low = out.lower()
-    if "<think>" in low:
-        out = out[: low.find("<think>")]
-    return out.strip()
-
-
-# --------------------------------------------------------------------------------------- extraction
-_BOXED = "\\boxed"
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (balanced braces) or ``\\boxed X`` in ``text``, else None."""
-    i = text.rfind(_BOXED)
-    if i < 0:
-        i = text.rfind("\\fbox")
-        if i < 0:
-            return None
-    j = text.find("{", i)
-    if j < 0 or text[i:j].strip() not in ("\\boxed", "\\fbox"):
-        m = re.match(r"\\boxed\s+([^\s$]+)", text[i:])
-        return m.group(1) if m else None
-    depth = 0
-    for k in range(j, len(text)):
-        if text[k] == "{":
-            depth += 1
-        elif text[k] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[j + 1 : k]
-    return None
-
-
-def extract_choice(text: str, letters: str = "ABCD") -> str | None:
-    """The chosen option letter in a free-form answer, or None when none can be found.
-
-    Order (most to least explicit): the last ``\\boxed{X}``; the last "answer is (X)" /
-    "answer: X" / "Answer X"; the last standalone capital letter among ``letters``. Taking the
-    *last* match of each kind is what makes "Is it (A)? No... the answer is (C)" score as C.
-    """
-    cls = f"[{letters}]"
-    boxed = last_boxed(text)
-    if boxed is not None:
-        m = re.search(rf"\b({cls})\b", re.sub(r"\\text\{(.*?)\}", r"\1", boxed))
-        if m:
-            return m.group(1)
-    # "answer" case-insensitive, the letter itself case-sensitive ("the answer is a bit..." is no A)
-    pats = [rf"answer\**\s*(?:is|:)?\s*\**\s*(?:option\s*)?[\(\[]?\$?\s*((?-i:{cls}))\s*\**[\)\]]?(?![A-Za-z0-9])"]
-    found: list[tuple[int, str]] = []
-    for p in pats:
-        for m in re.finditer(p, text, re.IGNORECASE):
-            if m.group(1).upper() in letters:
-                found.append((m.start(), m.group(1).upper()))
-    if found:
-        return max(found)[1]
-    standalone = re.findall(rf"(?<![A-Za-z0-9_'])\(?({cls})\)?(?![A-Za-z0-9_'])", text)
-    return standalone[-1] if standalone else None
-
-
-def extract_yes_no(text: str) -> str | None:
-    """``"yes"``/``"no"`` from a free-form answer: the last "answer is yes/no", else the last
-    standalone yes/no word; None when neither appears."""
-    m = list(re.finditer(r"answer\**\s*(?:is|:)\s*\**\s*\"?(yes|no)\b", text, re.IGNORECASE))
-    if m:
-        return m[-1].group(1).lower()
-    boxed = last_boxed(text)
-    if boxed is not None:
-        b = re.search(r"\b(yes|no)\b", boxed, re.IGNORECASE)
-        if b:
-            return b.group(1).lower()
-    words = re.findall(r"\b(yes|no)\b", text, re.IGNORECASE)
-    return words[-1].lower() if words else None
-
-
-# ---------------------------------------------------------------------------------------- scoring
-def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (sample std, ddof=1) of per-item values."""
-    n = len(values)
-    if n == 0:
-        return float("nan"), float("nan")
-    mu = sum(values) / n
-    if n < 2:
-        return mu, 0.0
-    var = sum((v - mu) ** 2 for v in values) / (n - 1)
-    return mu, math.sqrt(var / n)
-
-
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the dataset hub answers a TCP connection quickly.
-
-    Why: without network, ``datasets.load_dataset`` retries for ~30 s per dataset before failing;
-    in ``auto`` mode we check once and go straight to the fixtures when the hub is unreachable.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 @dataclass
@@ -230,116 +109,28 @@ class Benchmark(Configurable, ABC):
         """Turn a raw dataset row into the item :meth:`build_prompt`/:meth:`score` read (default: as is)."""
         return row
 
-    def _configs(self) -> list[str | None]:
-        c = self.dataset_config
-        return list(c) if isinstance(c, (tuple, list)) else [c]
-
     def load_fixture(self) -> list[dict[str, Any]]:
-        if self.fixture is None or not Path(self.fixture).is_file():
-            raise DriftkitError(f"Benchmark {self.name!r} has no offline fixture file ({self.fixture}); use --data hub with network access.")
-        rows: list[dict[str, Any]] = []
-        with open(self.fixture, encoding="utf-8") as fh:
-            for ln, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DriftkitError(f"Fixture {self.fixture} line {ln} is not valid JSON ({exc}). Fix the line.") from exc
-        return rows
+        """Rows of the offline fixture (a JSONL file of dataset rows)."""
+        from driftkit.registry import benchmark_data
+
+        return benchmark_data.fixture_rows(self)
 
     def load_hub(self) -> list[dict[str, Any]]:
         """Rows from :func:`datasets.load_dataset` (all configs of a multi-config benchmark)."""
-        import datasets
+        from driftkit.registry import benchmark_data
 
-        rows: list[dict[str, Any]] = []
-        for cfg in self._configs():
-            try:
-                ds = datasets.load_dataset(self.dataset_id, cfg, split=self.split, revision=self.revision)
-            except Exception as exc:  # hub errors come in many types (ConnectionError, GatedRepoError, ...)
-                text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                gated_hint = ""
-                if self.gated or "gated" in text.lower() or "401" in text or "403" in text:
-                    gated_hint = (
-                        f" {self.dataset_id} is a gated dataset: accept its terms on the Hugging Face hub page, then "
-                        f"log in with 'huggingface-cli login' or set HF_TOKEN."
-                    )
-                raise DriftkitError(
-                    f"Could not load dataset {self.dataset_id}{'/' + cfg if cfg else ''} (split {self.split}) for benchmark "
-                    f"{self.name!r}: {text}.{gated_hint} To run offline on the small bundled fixture instead, pass "
-                    f"--data fixtures (scores on fixtures are not comparable with scores on the real dataset)."
-                ) from exc
-            for row in ds:
-                r = dict(row)
-                if len(self._configs()) > 1:
-                    r["_config"] = cfg
-                rows.append(r)
-        return rows
+        return benchmark_data.hub_rows(self)
 
     def load(self, data: str = "auto", limit: int | None = None) -> LoadedData:
         """Load items from the hub or the fixture (``data`` in :data:`DATA_SOURCES`), keep the first ``limit``.
 
         Items of multi-config benchmarks are interleaved round-robin over configs before the limit,
-        so ``--limit 20`` on 14 subtasks still covers every subtask.
+        so ``--limit 20`` on 14 subtasks still covers every subtask. See
+        :func:`driftkit.registry.benchmark_data.load_items`.
         """
-        if data not in DATA_SOURCES:
-            raise DriftkitError(f"Unknown data source {data!r}; use one of {', '.join(DATA_SOURCES)}.")
-        prov: dict[str, Any] = {
-            "dataset": self.dataset_id,
-            "config": list(self._configs()) if len(self._configs()) > 1 else self._configs()[0],
-            "split": self.split,
-        }
-        fallback = None
-        if not self.dataset_id:
-            # Bundled data set (no hub copy exists): the file is the benchmark itself, not a stand-in,
-            # so it is used in every mode and its scores carry no "not comparable" note.
-            rows, source = self.load_fixture(), "bundled"
-        elif data == "fixtures":
-            rows, source = self.load_fixture(), "fixture"
-        elif data == "hub" or hub_reachable():
-            rows, source = self.load_hub(), "hub"
-        else:
-            rows, source = self.load_fixture(), "fixture"
-            fallback = "the dataset hub was unreachable (or HF_HUB_OFFLINE is set), so the bundled fixture was used"
-        prov["source"] = source
-        if source in ("fixture", "bundled"):
-            raw = Path(self.fixture).read_bytes()  # type: ignore[arg-type]
-            prov["fixture"] = Path(self.fixture).name  # type: ignore[arg-type]
-            prov["fixture_sha256"] = hashlib.sha256(raw).hexdigest()
-            prov["revision"] = None
-        else:
-            prov["revision"] = self._hub_revision()
-        if fallback:
-            prov["fallback"] = fallback
-        items = [self.normalize(r) for r in rows]
-        if len(self._configs()) > 1:
-            # round-robin over subtasks, so any limit keeps every subtask (near-)equally represented
-            groups: dict[Any, list[dict[str, Any]]] = {}
-            for it in items:
-                groups.setdefault(it.get("_config"), []).append(it)
-            lists = list(groups.values())
-            items = [g[k] for k in range(max(map(len, lists), default=0)) for g in lists if k < len(g)]
-        if limit is not None and limit > 0:
-            items = items[:limit]
-        if not items:
-            raise DriftkitError(f"Benchmark {self.name!r} loaded no items from {source}; check --limit and the dataset.")
-        for i, it in enumerate(items):
-            it.setdefault("_id", self.item_id(it, i))
-        prov["limit"] = limit
-        prov["n_items"] = len(items)
-        prov["item_ids_sha256"] = sha256_text("\n".join(str(it["_id"]) for it in items))
-        return LoadedData(items, prov)
+        from driftkit.registry import benchmark_data
 
-    def _hub_revision(self) -> str | None:
-        """The dataset commit that was loaded: the user's ``revision`` or the hub's current sha (best effort)."""
-        if self.revision:
-            return self.revision
-        try:
-            from huggingface_hub import HfApi
-
-            return HfApi().dataset_info(self.dataset_id).sha
-        except Exception:
-            return None
+        return benchmark_data.load_items(self, data, limit)
 
     # ------------------------------------------------------------------ prompts and scoring
     @abstractmethod
@@ -400,8 +191,3 @@ class Benchmark(Configurable, ABC):
             "prompt_template_sha256": self.prompt_template_sha256(),
             "primary_metric": self.primary_metric,
         }
-
-
-def iter_chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]

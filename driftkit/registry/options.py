@@ -167,13 +167,12 @@ def _convert(value: Any, kind: type) -> Any:
 
 def parse_mapping(text: str) -> dict[str, str]:
     """``"a=b,c=d"`` -> ``{"a": "b", "c": "d"}`` (dict-typed options such as the trainers' ``columns``)."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, val = part.partition("=")
-        if not sep or not key.strip() or not val.strip():
-            raise ValueError(f"Cannot read {part!r} in {text!r}: write mappings as name=value,name=value.")
-        out[key.strip()] = val.strip()
-    return out
+    from driftkit.parsing import parse_kv
+
+    try:
+        return parse_kv(text, what="mapping", example="name=value,name=value")
+    except DriftkitError as exc:  # Option.coerce turns ValueError into its own message naming the option
+        raise ValueError(str(exc)) from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -12,38 +12,38 @@ same things behind so the rest of driftkit (capture, compare, the pipeline) can 
 
 The base class enforces the folder policy (an existing folder is an error unless ``overwrite`` or
 ``resume``), stages the final model in a temporary folder that is moved into place only after
-training succeeded, and writes the manifest. A plugin only implements :meth:`Trainer.train`.
+training succeeded, and writes the manifest. A plugin only implements :meth:`Trainer.train`. This
+module is the contract; the run-folder mechanics are :mod:`driftkit.registry.run_folder`.
 
 A third-party trainer is a subclass registered under the ``driftkit.trainers`` entry-point group
 (or given as ``file.py:Class``); it then works with ``driftkit train <name>`` and :func:`train`.
 """
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
-import json
-import os
 import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping
 
-from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError
 from driftkit.registry.options import Configurable, Option, option_table
 from driftkit.registry.options import resolve as resolve_options
-
-RUN_SCHEMA = "driftkit.run/1"
-MANIFEST = "driftkit_run.json"
-CHECKPOINTS_DIR = "checkpoints"
-STATE_DIR = "trainer_state"
-
-#: distributions whose versions go into every manifest (missing ones are recorded as null)
-VERSIONED = ("driftkit", "torch", "transformers", "trl", "datasets", "accelerate", "math-verify", "deepspeed", "vllm")
+from driftkit.registry.run_folder import (  # noqa: F401  (the run-folder names, kept importable from here)
+    CHECKPOINTS_DIR,
+    MANIFEST,
+    RUN_SCHEMA,
+    STATE_DIR,
+    install_final,
+    latest_state_checkpoint,
+    library_versions,
+    prepare_out,
+    read_manifest,
+    write_json_atomic,
+    write_manifest,
+)
 
 #: progress callback: (step, total_steps, metrics of that step)
 ProgressFn = Callable[[int, int, dict[str, float]], None]
@@ -85,33 +85,6 @@ class TrainResult:
     data: dict[str, Any]  # {"spec", "sha256", "n_items", ...}: what was trained on
     base: dict[str, Any] = field(default_factory=dict)  # {"path", "weights_sha256", ...}
     extra: dict[str, Any] = field(default_factory=dict)  # anything else worth keeping (device, dtype, ...)
-
-
-def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in VERSIONED:
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _is_run_folder(path: Path) -> bool:
-    """Whether ``path`` looks like something a trainer wrote (so ``overwrite`` may delete it)."""
-    return any((path / name).exists() for name in (MANIFEST, CHECKPOINTS_DIR, STATE_DIR))
-
-
-def latest_state_checkpoint(state_dir: Path) -> Path | None:
-    """The newest resumable ``checkpoint-<N>`` folder in ``state_dir`` (highest N), if any."""
-    if not state_dir.is_dir():
-        return None
-    found = []
-    for p in state_dir.glob("checkpoint-*"):
-        suffix = p.name.rpartition("-")[2]
-        if p.is_dir() and suffix.isdigit():
-            found.append((int(suffix), p))
-    return max(found)[1] if found else None
 
 
 class Trainer(Configurable, ABC):
@@ -175,7 +148,7 @@ class Trainer(Configurable, ABC):
     ) -> Path:
         """Train and leave a complete run folder at ``out``; returns ``out``."""
         out = Path(out).expanduser()
-        resume_from = self._prepare_out(out, overwrite=overwrite, resume=resume)
+        resume_from = prepare_out(out, overwrite=overwrite, resume=resume)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         final_dir = Path(tempfile.mkdtemp(prefix=".final-", dir=out))
@@ -195,7 +168,7 @@ class Trainer(Configurable, ABC):
             result = self.train(ctx)
             if not any(final_dir.glob("*.safetensors")):
                 raise RuntimeError(f"trainer {self.name!r} saved no *.safetensors into the final folder")
-            self._install_final(final_dir, out)
+            install_final(final_dir, out)
         except BaseException:
             shutil.rmtree(final_dir, ignore_errors=True)
             # A run that failed before saving anything resumable leaves no folder behind; one that
@@ -204,91 +177,8 @@ class Trainer(Configurable, ABC):
                 shutil.rmtree(out, ignore_errors=True)
             raise
         shutil.rmtree(final_dir, ignore_errors=True)
-        manifest = {
-            "schema": RUN_SCHEMA,
-            "trainer": self.name or type(self).__name__,
-            "base_model": model,
-            "base": result.base,
-            "data": result.data,
-            "config": self.config,
-            "seed": self.config.get("seed"),
-            "steps": result.steps,
-            "resumed_from": str(resume_from.relative_to(out)) if resume_from else None,
-            "checkpoints": sorted(
-                (str(p.relative_to(out)) for p in ctx.checkpoints_dir.glob("step-*") if p.is_dir()),
-                key=lambda s: int(s.rpartition("-")[2]) if s.rpartition("-")[2].isdigit() else -1,
-            ),
-            "log": result.log,
-            "versions": library_versions(),
-            "started": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).isoformat(),
-            "wall_s": round(time.time() - started, 3),
-            **({"extra": result.extra} if result.extra else {}),
-        }
-        write_json_atomic(out / MANIFEST, manifest)
+        write_manifest(out, self, model, result, resume_from, started)
         return out
-
-    @staticmethod
-    def _prepare_out(out: Path, *, overwrite: bool, resume: bool) -> Path | None:
-        """Apply the folder policy; returns the checkpoint to resume from (or None)."""
-        if overwrite and resume:
-            raise DriftkitError("--overwrite and --resume contradict each other: --resume continues the run in the folder, --overwrite deletes it. Pass one.")
-        if out.exists() and not out.is_dir():
-            raise DriftkitError(f"--out {out} is a file; give a folder path for the run.")
-        exists = out.is_dir() and any(out.iterdir())
-        if resume:
-            ckpt = latest_state_checkpoint(out / STATE_DIR)
-            if ckpt is None:
-                raise DriftkitError(
-                    f"--resume: {out} holds no resumable checkpoint ({STATE_DIR}/checkpoint-<N>). Checkpoints are "
-                    f"written every --save-steps steps; start the run without --resume (and with --save-steps K to be able to resume later)."
-                )
-            return ckpt
-        if exists:
-            if not overwrite:
-                raise DriftkitError(
-                    f"Output folder {out} already exists and is not empty. Pass --overwrite to replace it, --resume to "
-                    f"continue the run saved there, or choose another --out."
-                )
-            if not _is_run_folder(out):
-                raise DriftkitError(
-                    f"--overwrite refuses to delete {out}: it does not look like a driftkit training folder (no "
-                    f"{MANIFEST}, {CHECKPOINTS_DIR}/ or {STATE_DIR}/). Choose another --out or delete it yourself."
-                )
-            shutil.rmtree(out)
-        return None
-
-    @staticmethod
-    def _install_final(staged: Path, out: Path) -> None:
-        """Move the staged final model files into ``out`` (replacing a previous final model)."""
-        for old in out.iterdir():
-            if old.is_file() and old.name != MANIFEST:
-                old.unlink()
-        for item in staged.iterdir():
-            os.replace(item, out / item.name)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp name in the same folder and rename: readers never see half a file."""
-    atomic_write(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    return str(obj)
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """The ``driftkit_run.json`` of a finished run folder."""
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise DriftkitError(f"{run_dir} has no {MANIFEST}: it is not a finished driftkit training run.")
-    return json.loads(path.read_text())
-
 
 def train(
     trainer_name: str,

@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from driftkit.registry.benchmark import Benchmark, extract_choice, extract_yes_no, mean_stderr
+from driftkit.answers import extract_choice, extract_yes_no
+from driftkit.registry.benchmark import Benchmark
+from driftkit.scores import mean_stderr
 
 TASKS = ("app", "areach", "just", "land", "prog", "reach", "val")
 CONFIGS = tuple(f"acp_{t}_{kind}" for t in TASKS for kind in ("bool", "mcq"))

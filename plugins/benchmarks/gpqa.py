@@ -15,7 +15,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from driftkit.registry.benchmark import Benchmark, extract_choice
+from driftkit.answers import extract_choice
+from driftkit.registry.benchmark import Benchmark
 
 LETTERS = "ABCD"
 PROMPT = (

@@ -15,8 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from driftkit.registry.benchmark import Benchmark, mean_stderr
-from driftkit.sandbox import SandboxLimits, run_python
+from driftkit.registry.benchmark import Benchmark
+from driftkit.scores import mean_stderr
+
+from driftkit.plugins.benchmarks.sandbox import SandboxLimits, run_python
 
 PROMPT = (
     "Complete the following Python function. Reply with the complete function, including its signature, in one "

@@ -14,7 +14,8 @@ from typing import Any
 
 from driftkit.errors import DriftkitError
 from driftkit.plugins.benchmarks.ifeval_checks import CHECKERS, check
-from driftkit.registry.benchmark import Benchmark, mean_stderr
+from driftkit.registry.benchmark import Benchmark
+from driftkit.scores import mean_stderr
 
 METRICS = ("prompt_level_strict_acc", "prompt_level_loose_acc", "inst_level_strict_acc", "inst_level_loose_acc")
 

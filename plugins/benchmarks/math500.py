@@ -1,15 +1,16 @@
 """MATH-500 (math group): competition problems, final answer in ``\\boxed{}``, scored with math-verify.
 
 Dataset: ``HuggingFaceH4/MATH-500`` (split ``test``; fields problem, solution, answer, subject,
-level, unique_id). Scoring follows math-verify's convention, gold first: ``verify(gold, pred)``,
-with the gold answer parsed from ``\\boxed{answer}`` and the prediction parsed from the model's
-answer after the reasoning block is stripped, so a number inside ``<think>`` never counts.
+level, unique_id). Scoring is :func:`driftkit.answers.score_math`, the same rules as the RL reward:
+the last boxed answer after the reasoning block, math-verify equivalence with the gold answer (gold
+first). The benchmark's one leniency: an answer with no box is looked for in the text by math-verify.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from driftkit.answers import score_math
 from driftkit.registry.benchmark import Benchmark
 
 PROMPT = "{problem}\n\nPlease reason step by step, and put your final answer within \\boxed{{}}."
@@ -32,17 +33,11 @@ class Math500(Benchmark):
         return [{"role": "user", "content": PROMPT.format(problem=item["problem"])}]
 
     def score(self, item: dict[str, Any], answer: str) -> dict[str, Any]:
-        # math-verify uses signal-based timeouts; parse/verify are called from the main thread.
-        from math_verify import parse, verify
-
-        gold = parse("\\boxed{" + str(item["answer"]) + "}")
-        pred = parse(answer) if answer.strip() else []
         try:
-            ok = bool(gold) and bool(pred) and bool(verify(gold, pred))
+            res = score_math(answer, str(item["answer"]), boxed_only=False)
         except Exception:  # a pathological expression must not stop a whole run
-            ok = False
-        extracted = str(pred[-1]) if pred else None
-        return {"correct": ok, "extracted": extracted, "extraction_failed": not pred}
+            return {"correct": False, "extracted": None, "extraction_failed": True}
+        return {"correct": bool(res.correct), "extracted": res.extracted, "extraction_failed": res.extracted is None}
 
     def aggregate(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         recs = super().aggregate(results)

@@ -17,9 +17,10 @@ import torch
 
 from driftkit.atomic import atomic_dir
 from driftkit.errors import DriftkitError
-from driftkit.mathdata import PROMPT_SUFFIX, MathData, rows_sha256
 from driftkit.models import load_model, load_tokenizer, resolve_model_path, weights_sha256
 from driftkit.registry.trainer import Option, TrainContext, TrainResult
+
+from driftkit.plugins.trainers.mathdata import PROMPT_SUFFIX, MathData, rows_sha256
 
 #: options both bundled trainers take (each adds its own; learning_rate defaults differ)
 SHARED_OPTIONS: dict[str, Option] = {

@@ -2,7 +2,7 @@
 
 The paper's RL recipe: the same base and the same math problems as SFT, but no solutions: the model
 samples a group of completions per problem and is rewarded only for a correct final answer
-(math-verify on the last ``\\boxed{}`` after any reasoning block, see :mod:`driftkit.rewards`). KL
+(math-verify on the last ``\\boxed{}`` after any reasoning block, see :mod:`driftkit.answers`). KL
 beta defaults to 0 (no reference model), as in TRL's default and the paper. An optional format reward
 (weight ``format_reward``) pays for a well-formed answer, which helps tiny models that rarely box
 their answer get any signal at all.
@@ -17,11 +17,11 @@ import importlib.util
 from typing import Any, Callable
 
 from driftkit.errors import DriftkitError
-from driftkit.mathdata import load_math_data, prompt_for
 from driftkit.registry.imports import import_object
 from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
-from driftkit.rewards import math_accuracy_reward, math_format_reward, parse_gold
 
+from driftkit.plugins.trainers.mathdata import load_math_data, prompt_for
+from driftkit.plugins.trainers.rewards import math_accuracy_reward, math_format_reward, parse_gold
 from driftkit.plugins.trainers.common import (
     train_and_finish,
     SHARED_OPTIONS,

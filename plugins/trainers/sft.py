@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from driftkit.errors import DriftkitError
-from driftkit.mathdata import load_math_data, prompt_for, strip_think
 from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
-from driftkit.rewards import answer_reward
 
+from driftkit.plugins.trainers.mathdata import load_math_data, prompt_for, strip_think
+from driftkit.plugins.trainers.rewards import answer_reward
 from driftkit.plugins.trainers.common import (
     train_and_finish,
     SHARED_OPTIONS,

@@ -2,7 +2,7 @@
 
 Use it as a template::
 
-    driftkit capture smollm2-135m --prompts probes:general-mix \\
+    driftkit capture smollm2-135m --prompts bundled:general-mix \\
         --probe probes/examples/attn_head.py:AttnHeadProbe --probe-opt layer=3 --probe-opt head=2 --out head.h5
 
 An attention block's ``o_proj`` input is the concatenation of every head's output, so head ``h`` is

@@ -1,4 +1,4 @@
-"""Generate the bundled math training set ``probes:math-train`` (``math_train.jsonl``).
+"""Generate the bundled math training set ``bundled:math-train`` (``math_train.jsonl``).
 
 Why generated, not downloaded: driftkit must train the default model offline, and the demo needs
 problems a 135M-parameter model can learn within a few minutes on a CPU. Arithmetic and short word

@@ -1,7 +1,7 @@
 """Precision of ``driftkit compare`` at small drift, against a float64 reference (prints figures).
 
-    python benchmarks/precision.py                     # three drift sizes, V = 32,000
-    python benchmarks/precision.py --vocab 151936      # a Qwen-sized vocabulary
+    python perf/precision.py                     # three drift sizes, V = 32,000
+    python perf/precision.py --vocab 151936      # a Qwen-sized vocabulary
 
 Why this script exists (issue 16): an RL-tuned model drifts little (the demo's RL model: KL 0.009
 nats), so the instrument must be exact where the numbers are smallest. For each drift size it builds
@@ -100,7 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--eps", default="0.1,0.03,0.01", help="relative weight noise of the tuned copies")
-    ap.add_argument("--prompts", default="probes:general-mix")
+    ap.add_argument("--prompts", default="bundled:general-mix")
     ap.add_argument("--limit", type=int, default=30)
     args = ap.parse_args()
     torch.set_num_threads(2)

@@ -1,9 +1,9 @@
 """Scale figures for ``driftkit compare`` (prints them; no assertions).
 
-    python benchmarks/compare_scale.py                 # everything
-    python benchmarks/compare_scale.py --only cka      # streaming CKA vs gram-space reference, RSS
-    python benchmarks/compare_scale.py --only kl       # exact KL over V=49,152 vs a bare matmul
-    python benchmarks/compare_scale.py --only compare  # compare of two captures of the default model
+    python perf/compare_scale.py                 # everything
+    python perf/compare_scale.py --only cka      # streaming CKA vs gram-space reference, RSS
+    python perf/compare_scale.py --only kl       # exact KL over V=49,152 vs a bare matmul
+    python perf/compare_scale.py --only compare  # compare of two captures of the default model
 
 Figures (issue 3):
   * debiased linear CKA, d = 576: streaming kernel vs the gram-space formula at N = 20,000 (equal to

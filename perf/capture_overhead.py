@@ -6,7 +6,7 @@
 2. peak RSS of a capture of N prompts vs 10 N prompts (separate processes);
 3. file size per token, all layers, float16, without and with compression.
 
-Usage: python benchmarks/capture_overhead.py [--model smollm2-135m] [--repeats 3] [--n 45]
+Usage: python perf/capture_overhead.py [--model smollm2-135m] [--repeats 3] [--n 45]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrs
 def prompts_file(d: Path, n: int) -> Path:
     from driftkit.prompts import load_prompts
 
-    base = load_prompts("probes:general-mix")
+    base = load_prompts("bundled:general-mix")
     p = d / f"prompts-{n}.jsonl"
     with p.open("w") as f:
         for i in range(n):
@@ -64,7 +64,7 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}, cpus: {os.cpu_count()}")
     lm = load_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="dk-bench-"))
-    cfg = CaptureConfig(model=args.model, prompts="probes:general-mix", out=tmp / "c.h5", overwrite=True, max_batch_tokens=args.max_batch_tokens)
+    cfg = CaptureConfig(model=args.model, prompts="bundled:general-mix", out=tmp / "c.h5", overwrite=True, max_batch_tokens=args.max_batch_tokens)
     samples = build_samples(cfg, lm)
     lengths = [len(t) for t in samples.tokens]
     batches = token_budget_batches(lengths, range(len(lengths)), args.max_batch_tokens)
@@ -86,7 +86,7 @@ def main() -> None:
 
     def captured(compression: str | None = None) -> tuple[float, Path, dict]:
         out = tmp / f"c-{compression or 'none'}.h5"
-        c = CaptureConfig(model=args.model, prompts="probes:general-mix", out=out, overwrite=True,
+        c = CaptureConfig(model=args.model, prompts="bundled:general-mix", out=out, overwrite=True,
                           max_batch_tokens=args.max_batch_tokens, compression=compression)
         eng = CaptureEngine(c, loaded=lm)
         t0 = time.perf_counter()

@@ -16,13 +16,12 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from driftkit.errors import DriftkitError
+from driftkit.parsing import iter_jsonl, loads_toml, parse_kv
 
 DOMAINS = ("math", "other", "non")
 
@@ -43,10 +42,7 @@ class Rule:
 
 
 def _parse_rules(text: str, where: str) -> list[Rule]:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise DriftkitError(f"The lm-eval mapping {where} is not valid TOML ({exc}). Fix the file.") from exc
+    doc = loads_toml(text, f"The lm-eval mapping {where}")
     rules = []
     for i, r in enumerate(doc.get("rule", [])):
         missing = [k for k in ("task", "metric", "benchmark", "domain") if k not in r]
@@ -70,12 +66,11 @@ def _parse_rules(text: str, where: str) -> list[Rule]:
 
 
 def default_rules() -> list[Rule]:
-    """The bundled mapping (``driftkit/plugins/benchmarks/lm_eval_map.toml``), read as package data."""
-    try:
-        text = resources.files("driftkit.plugins.benchmarks").joinpath("lm_eval_map.toml").read_text(encoding="utf-8")
-    except (ModuleNotFoundError, FileNotFoundError):
+    """The bundled mapping, ``lm_eval_map.toml`` beside this module."""
+    path = Path(__file__).with_name("lm_eval_map.toml")
+    if not path.is_file():
         return []
-    return _parse_rules(text, "bundled lm_eval_map.toml")
+    return _parse_rules(path.read_text(encoding="utf-8"), "bundled lm_eval_map.toml")
 
 
 def load_rules(user_map: str | Path | None = None) -> list[Rule]:
@@ -105,11 +100,11 @@ def _model_name(doc: dict[str, Any]) -> str | None:
     args = (doc.get("config") or {}).get("model_args") or ""
     if isinstance(args, dict):
         return args.get("pretrained") or args.get("model")
-    for part in str(args).split(","):
-        k, _, v = part.partition("=")
-        if k.strip() in ("pretrained", "model"):
-            return v.strip()
-    return None
+    try:  # lm-eval's own "pretrained=x,dtype=y" string; anything else names no model
+        pairs = parse_kv(str(args), what="model_args", example="pretrained=MODEL", allow_empty=True)
+    except DriftkitError:
+        return None
+    return pairs.get("pretrained") or pairs.get("model")
 
 
 def _samples_for(results_file: Path, task: str) -> Path | None:
@@ -121,15 +116,16 @@ def _samples_for(results_file: Path, task: str) -> Path | None:
     return found[-1] if found else None
 
 
-def import_lm_eval(
-    path: str | Path, model: str | None = None, user_map: str | Path | None = None
-) -> tuple[str, list[dict[str, Any]], dict[str, Any], list[dict[str, Any]], list[str]]:
-    """Read lm-eval output at ``path`` -> (model name, score records, provenance, per-item records, unmapped tasks)."""
-    rules = load_rules(user_map)
-    files = _results_files(Path(path))
-    latest: dict[str, tuple[Path, dict[str, Any], dict[str, Any]]] = {}  # task -> (file, task results, whole doc)
+_Latest = dict[str, tuple[Path, dict[str, Any], dict[str, Any]]]  # task -> (file, task results, whole doc)
+_Acc = dict[tuple[str, str], list[tuple[str, float, "float | None", int]]]  # (benchmark, metric) -> rows
+
+
+def _read_results(files: list[Path]) -> tuple[_Latest, set[str]]:
+    """The latest results of each task (files sorted by name = by timestamp: later runs replace
+    earlier ones; group aggregates skipped) and the model names the files give."""
+    latest: _Latest = {}
     names = set()
-    for f in files:  # sorted by name = by timestamp: later runs of a task replace earlier ones
+    for f in files:
         try:
             doc = json.loads(f.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -143,16 +139,20 @@ def import_lm_eval(
             latest[task] = (f, res, doc)
         if (n := _model_name(doc)) is not None:
             names.add(n)
-    if model is None:
-        if len(names) > 1:
-            raise DriftkitError(f"The lm-eval results under {path} are for several models ({', '.join(sorted(names))}); import one model's folder, or name it with --model.")
-        model = next(iter(names), None) or Path(path).name
-    # (benchmark, metric) -> list of (task, value, stderr, n)
-    acc: dict[tuple[str, str], list[tuple[str, float, float | None, int]]] = {}
+    return latest, names
+
+
+def _map_tasks(
+    latest: _Latest, rules: list[Rule]
+) -> tuple[_Acc, dict[tuple[str, str], Rule], dict[str, list[tuple[str, str, str]]], list[str]]:
+    """Each task's metrics through the first matching rule: per (benchmark, metric) the rows
+    ``(task, value, stderr, n)``, the rule, the (task, metric, filter) used per benchmark, and the
+    tasks no rule matched."""
+    acc: _Acc = {}
     meta: dict[tuple[str, str], Rule] = {}
     used: dict[str, list[tuple[str, str, str]]] = {}
     unmapped: list[str] = []
-    for task, (f, res, doc) in sorted(latest.items()):
+    for task, (_, res, doc) in sorted(latest.items()):
         mapped = False
         n_eff = ((doc.get("n-samples") or {}).get(task) or {}).get("effective")
         for key, val in res.items():
@@ -176,11 +176,11 @@ def import_lm_eval(
             mapped = True
         if not mapped:
             unmapped.append(task)
-    if not acc:
-        raise DriftkitError(
-            f"None of the lm-eval tasks under {path} ({', '.join(sorted(latest)) or 'none'}) matches a mapping rule. Add "
-            f"[[rule]] entries for them in a TOML file and pass it with --lm-eval-map."
-        )
+    return acc, meta, used, unmapped
+
+
+def _score_records(acc: _Acc, meta: dict[tuple[str, str], Rule]) -> list[dict[str, Any]]:
+    """Score records: tasks mapped to one (benchmark, metric) macro-averaged; one primary per benchmark."""
     scores: list[dict[str, Any]] = []
     for (bench, name), rows in acc.items():
         rule = meta[(bench, name)]
@@ -188,20 +188,38 @@ def import_lm_eval(
         ses = [s for _, _, s, _ in rows]
         value = sum(vals) / len(vals)  # macro average over subtasks
         stderr = (math.sqrt(sum(s * s for s in ses)) / len(ses)) if all(s is not None for s in ses) else None
-        rec = {"benchmark": bench, "domain": rule.domain, "metric": name, "value": min(100.0, max(0.0, value)), "n": sum(n for *_, n in rows), "stderr": stderr}
+        rec = {"benchmark": bench, "domain": rule.domain, "metric": name, "value": min(100.0, max(0.0, value)),
+               "n": sum(n for *_, n in rows), "stderr": stderr}
         if rule.primary:
             rec["primary"] = True
         scores.append(rec)
-    # one primary per benchmark: keep the first flagged one
-    seen: set[str] = set()
+    seen: set[str] = set()  # one primary per benchmark: keep the first flagged one
     for rec in scores:
         if rec.get("primary"):
             if rec["benchmark"] in seen:
                 del rec["primary"]
             seen.add(rec["benchmark"])
+    return scores
+
+
+def _items_of(bench: str, task: str, samples_file: Path) -> list[dict[str, Any]]:
+    """Per-item records of one task from lm-eval's ``samples_<task>_*.jsonl``."""
+    items = []
+    for _, s in iter_jsonl(samples_file, "lm-eval samples file"):
+        metrics = {m: s[m] for m in (s.get("metrics") or []) if m in s}
+        resp = s.get("filtered_resps")
+        output = resp[0] if isinstance(resp, list) and resp else resp
+        items.append({"benchmark": bench, "id": f"{task}/{s.get('doc_id')}", "config": task,
+                      "samples": [{"output": output, "filter": s.get("filter"), "target": s.get("target"), **metrics}]})
+    return items
+
+
+def _bench_provenance(
+    latest: _Latest, used: dict[str, list[tuple[str, str, str]]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Per benchmark: the tasks, metrics, versions and shots it came from; and the per-item records."""
     bench_prov: dict[str, Any] = {}
     items: list[dict[str, Any]] = []
-    any_doc = next(iter(latest.values()))[2]
     for bench, triples in used.items():
         tasks = sorted({t for t, _, _ in triples})
         docs = {t: latest[t][2] for t in tasks}
@@ -216,23 +234,33 @@ def import_lm_eval(
         }
         for t in tasks:
             sp = _samples_for(latest[t][0], t)
-            if sp is None:
-                continue
-            with open(sp, encoding="utf-8") as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    s = json.loads(line)
-                    metrics = {m: s[m] for m in (s.get("metrics") or []) if m in s}
-                    resp = s.get("filtered_resps")
-                    items.append(
-                        {
-                            "benchmark": bench,
-                            "id": f"{t}/{s.get('doc_id')}",
-                            "config": t,
-                            "samples": [{"output": resp[0] if isinstance(resp, list) and resp else resp, "filter": s.get("filter"), "target": s.get("target"), **metrics}],
-                        }
-                    )
+            if sp is not None:
+                items.extend(_items_of(bench, t, sp))
+    return bench_prov, items
+
+
+def import_lm_eval(
+    path: str | Path, model: str | None = None, user_map: str | Path | None = None
+) -> tuple[str, list[dict[str, Any]], dict[str, Any], list[dict[str, Any]], list[str]]:
+    """Read lm-eval output at ``path`` -> (model name, score records, provenance, per-item records, unmapped tasks)."""
+    files = _results_files(Path(path))
+    latest, names = _read_results(files)
+    if model is None:
+        if len(names) > 1:
+            raise DriftkitError(
+                f"The lm-eval results under {path} are for several models ({', '.join(sorted(names))}); import one "
+                f"model's folder, or name it with --model."
+            )
+        model = next(iter(names), None) or Path(path).name
+    acc, meta, used, unmapped = _map_tasks(latest, load_rules(user_map))
+    if not acc:
+        raise DriftkitError(
+            f"None of the lm-eval tasks under {path} ({', '.join(sorted(latest)) or 'none'}) matches a mapping rule. Add "
+            f"[[rule]] entries for them in a TOML file and pass it with --lm-eval-map."
+        )
+    scores = _score_records(acc, meta)
+    bench_prov, items = _bench_provenance(latest, used)
+    any_doc = next(iter(latest.values()))[2]
     cfg = any_doc.get("config") or {}
     provenance = {
         "tool": "driftkit bench --import-lm-eval",

@@ -4,7 +4,7 @@ Prints, for each benchmark of the suite: items, generated tokens, seconds, items
 the primary score; then the whole suite's wall time (model load included). Offline by default
 (the bundled fixtures). Usage:
 
-    python benchmarks/bench_speed.py [--model smollm2-135m] [--limit 20] [--batch-size 32] [--threads N] [--data fixtures]
+    python perf/bench_speed.py [--model smollm2-135m] [--limit 20] [--batch-size 32] [--threads N] [--data fixtures]
 """
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ pointed at an empty temp folder), so the GGUF -> safetensors conversion of the d
 included. "Warm" reruns the same command on the finished folder. Each run is a child process;
 peak RSS is the child's ``ru_maxrss``. No assertions: timings depend on the machine and its load.
 
-    .venv/bin/python benchmarks/demo_time.py            # the full demo (~12-13 min on an idle 2-core CPU)
-    .venv/bin/python benchmarks/demo_time.py --quick    # the tiny-model smoke version (~1 min)
+    .venv/bin/python perf/demo_time.py            # the full demo (~12-13 min on an idle 2-core CPU)
+    .venv/bin/python perf/demo_time.py --quick    # the tiny-model smoke version (~1 min)
 """
 from __future__ import annotations
 

@@ -1,12 +1,12 @@
 """Training figures on the default model: seconds per SFT / GRPO step, held-out accuracy before and
 after each run, and the RL reward curve. Prints them (no assertions: timings depend on the machine).
 
-    .venv/bin/python benchmarks/train_speed.py                       # the demo's settings
-    .venv/bin/python benchmarks/train_speed.py --sft-steps 10 --rl-steps 4 --eval-n 32   # quicker look
+    .venv/bin/python perf/train_speed.py                       # the demo's settings
+    .venv/bin/python perf/train_speed.py --sft-steps 10 --rl-steps 4 --eval-n 32   # quicker look
 
-Accuracy: greedy generation on the first ``--eval-n`` problems of ``probes:math-train:heldout``
+Accuracy: greedy generation on the first ``--eval-n`` problems of ``bundled:math-train:heldout``
 (problems never seen in training), scored by math-verify on the final ``\\boxed{}`` answer
-(:func:`driftkit.rewards.answer_reward`), i.e. exactly what the RL reward pays for.
+(:func:`driftkit.plugins.trainers.rewards.answer_reward`), i.e. exactly what the RL reward pays for.
 Both runs start from the same base (base -> SFT, base -> RL), as in the paper.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from driftkit.mathdata import load_math_data, render_prompt
+from driftkit.plugins.trainers.mathdata import load_math_data, render_prompt
 from driftkit.models import DEFAULT_MODEL, load_model
 from driftkit.registry.trainer import read_manifest, train
-from driftkit.rewards import answer_reward, extract_answer
+from driftkit.plugins.trainers.rewards import answer_reward, extract_answer
 
 from driftkit.pipeline.demo import DEMO_RL, DEMO_SFT  # the demo's settings: one source of truth
 
@@ -71,7 +71,7 @@ def timed_train(name: str, model: str, out: Path, options: dict[str, Any]) -> tu
         shown = " ".join(f"{k}={metrics[k]:.3f}" for k in ("loss", "reward") if k in metrics)
         print(f"  [{name}] step {step}/{total} {shown}", flush=True)
 
-    path = train(name, model, "probes:math-train", out, overwrite=True, progress=progress, **options)
+    path = train(name, model, "bundled:math-train", out, overwrite=True, progress=progress, **options)
     wall = time.perf_counter() - t0
     deltas = [b - a for a, b in zip(stamps, stamps[1:])]  # deltas[0] includes loading the model and data
     return path, deltas, wall
@@ -104,7 +104,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     out = a.out or Path(tempfile.mkdtemp(prefix="driftkit-train-bench-"))
-    heldout = load_math_data("probes:math-train:heldout").rows[: a.eval_n]
+    heldout = load_math_data("bundled:math-train:heldout").rows[: a.eval_n]
     figures: dict[str, Any] = {"model": a.model, "threads": torch.get_num_threads(), "eval_n": len(heldout),
                                "load_average_at_start": os.getloadavg()[0]}
 
