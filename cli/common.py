@@ -11,6 +11,7 @@ import sys
 from typing import Any, Callable, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -97,9 +98,26 @@ def json_option(what: str = "the result") -> Any:
     """The one ``--json`` option every verb takes: ``--json PATH`` writes ``what`` there, ``--json -``
     prints it to stdout; a bare ``--json`` (followed by nothing or another option) means stdout too, so
     scripts written when some verbs had a ``--json`` flag keep working."""
-    return typer.Option(None, "--json", metavar="PATH", is_flag=False, flag_value="-",
+    return typer.Option(None, "--json", metavar="PATH",
                         help=f"Write {what} as JSON to PATH; '-' (or a bare --json as the last option) prints it "
                         f"to stdout instead of the terminal output.")
+
+
+def bare_json_to_stdout(args: list[str]) -> list[str]:
+    """``--json`` with no value (last, or followed by another option) means ``--json -``."""
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--json" and (i + 1 == len(args) or (args[i + 1].startswith("-") and args[i + 1] != "-")):
+            out.append("-")
+    return out
+
+
+class DriftkitCommand(typer.core.TyperCommand):
+    """Every verb's command class (set in ``driftkit.cli.main``): reads a bare ``--json`` as stdout."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, bare_json_to_stdout(list(args)))
 
 
 def emit_json(dest: str | None, text: str) -> bool:

@@ -7,7 +7,6 @@ code 1 (the user can fix it), while any other exception is a bug and exits 2 wit
 from __future__ import annotations
 
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any, Iterator
 
 
@@ -44,22 +43,24 @@ class StorageError(DriftkitError):
 # ``--overwrite`` on the command line, ``overwrite=True`` in Python. The CLI's ``handle_errors`` marks
 # the call as a CLI call; library code spells every option through :func:`opt`, so one mechanism
 # covers every message (no per-message special cases).
-_INTERFACE: ContextVar[str] = ContextVar("driftkit_interface", default="python")
+# A process-wide depth count, not a ContextVar: messages are also built in worker threads (the capture
+# writer's), which do not inherit the calling thread's context.
+_CLI_DEPTH = [0]
 
 
 def interface() -> str:
     """``"cli"`` inside a ``driftkit`` command, ``"python"`` otherwise."""
-    return _INTERFACE.get()
+    return "cli" if _CLI_DEPTH[0] > 0 else "python"
 
 
 @contextmanager
 def cli_interface() -> Iterator[None]:
     """Within this block, :func:`opt` spells options as command-line flags."""
-    token = _INTERFACE.set("cli")
+    _CLI_DEPTH[0] += 1
     try:
         yield
     finally:
-        _INTERFACE.reset(token)
+        _CLI_DEPTH[0] -= 1
 
 
 def opt(name: str, value: Any = True, flag: str | None = None) -> str:
