@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+from driftkit.cli.common import console, emit_json, err_console, handle_errors, json_option, progress_bar
 
 
 def scores_table(doc: dict[str, Any]) -> Any:
@@ -68,8 +68,8 @@ def register(app: typer.Typer) -> None:
         samples: int = typer.Option(1, "--samples", help="Samples per item (pass@k; needs --temperature > 0)."),
         chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Wrap prompts in the model's chat template (default on)."),
         think: Optional[bool] = typer.Option(None, "--think/--no-think", help="Set enable_thinking in templates that support it; <think> blocks are always stripped before scoring."),
-        dtype: str = typer.Option("auto", "--dtype"),
-        device: str = typer.Option("auto", "--device"),
+        dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+        device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repo's own code to run (off by default)."),
         revision: Optional[str] = typer.Option(None, "--revision", help="Model revision."),
         dataset_revision: Optional[str] = typer.Option(None, "--dataset-revision", help="Dataset revision (commit) to load from the hub."),
@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         import_lm_eval: Optional[Path] = typer.Option(None, "--import-lm-eval", help="Import an lm-evaluation-harness --output_path folder (or results_*.json) instead of generating."),
         model_opt: Optional[str] = typer.Option(None, "--model", help="Model (same as MODEL); with --import-lm-eval, the name to record."),
         lm_eval_map: Optional[Path] = typer.Option(None, "--lm-eval-map", help="TOML file with extra [[rule]] task->benchmark mappings, tried before the bundled table."),
-        as_json: bool = typer.Option(False, "--json", help="Print the score document as JSON on stdout."),
+        as_json: Optional[str] = json_option("the score document (driftkit.scores/1)"),
     ) -> None:
         """Score a checkpoint on benchmark plugins (one per domain by default) and write driftkit.scores/1."""
         from driftkit.errors import DriftkitError
@@ -116,8 +116,6 @@ def register(app: typer.Typer) -> None:
                     progress=_progress, log=lambda m: err_console.print(f"[yellow]note:[/] {m}", highlight=False),
                 )
         doc = read_scores(path)
-        if as_json:
-            print(json.dumps(doc, indent=2))
-        else:
+        if not emit_json(as_json, doc.to_json()):
             console.print(scores_table(doc))
             console.print(f"wrote {path}")

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from driftkit.cli.common import err_console, handle_errors, progress_bar
+from driftkit.cli.common import emit_json, err_console, handle_errors, json_option, progress_bar
 
 
 def parse_probe_opts(items: list[str]) -> dict[str, str]:
@@ -45,18 +45,18 @@ def register(app: typer.Typer) -> None:
         limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
         prompt_seed: Optional[int] = typer.Option(None, "--prompt-seed", help="Shuffle prompts with this seed before --limit."),
         dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
-        device: str = typer.Option("auto", "--device"),
+        device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
         storage_dtype: str = typer.Option("float16", "--storage-dtype", help="Activation storage: float16 or bfloat16."),
         compression: str = typer.Option("none", "--compression", help="none, lzf or gzip."),
         max_batch_tokens: int = typer.Option(4096, "--max-batch-tokens", help="Token budget per forward batch (rows x longest)."),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repo's own code to run (off by default)."),
-        revision: Optional[str] = typer.Option(None, "--revision"),
+        revision: Optional[str] = typer.Option(None, "--revision", help="Model revision (branch, tag or commit) of a hub model."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted capture of the same settings."),
         truncate: Optional[str] = typer.Option(
             None, "--truncate", help="left | right: cut samples longer than the model's maximum positions "
             "(default: refuse them before any compute)."),
-        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
+        json_out: Optional[str] = json_option("a summary (out, model, samples, tokens, sites, bytes, complete)"),
     ) -> None:
         """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
         import json
@@ -101,9 +101,7 @@ def register(app: typer.Typer) -> None:
         with CaptureReader(path) as r:
             summary = {"out": str(path), "model": r.model, "samples": r.n_samples, "tokens": r.n_tokens,
                        "sites": r.sites(), "bytes": path.stat().st_size, "complete": r.complete}
-        if json_out:
-            print(json.dumps(summary))
-        else:
+        if not emit_json(json_out, json.dumps(summary)):
             err_console.print(
                 f"[green]wrote[/] {path}: {summary['samples']} samples, {summary['tokens']} tokens, "
                 f"{len(summary['sites'])} sites, {summary['bytes'] / 1e6:.1f} MB"

@@ -12,10 +12,11 @@ import warnings
 from typing import Any, Callable, TypeVar
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
-from driftkit.errors import DriftkitDeprecation, DriftkitError
+from driftkit.errors import DriftkitDeprecation, DriftkitError, cli_interface
 
 console = Console()
 err_console = Console(stderr=True)
@@ -65,7 +66,8 @@ def handle_errors(fn: F) -> F:
             warnings.showwarning = _deprecation_notes(warnings.showwarning)
             warnings.showwarning._driftkit = True  # type: ignore[attr-defined]
         try:
-            return fn(*args, **kwargs)
+            with cli_interface():  # messages spell options as flags (driftkit.errors.opt)
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except DriftkitError as exc:
@@ -103,3 +105,62 @@ def progress_bar(**kwargs: Any) -> Any:
     from driftkit.cli.progress import progress_bar as make
 
     return make(err_console, **kwargs)
+
+
+# -- --json PATH on every verb ------------------------------------------------------------------------
+JSON_HELP = ("Write the result as JSON to PATH; '-' (or a bare --json as the last option) prints it to stdout "
+             "instead of the terminal output.")
+
+
+def json_option(what: str = "the result") -> Any:
+    """The one ``--json`` option every verb takes: ``--json PATH`` writes ``what`` there, ``--json -``
+    prints it to stdout; a bare ``--json`` (followed by nothing or another option) means stdout too, so
+    scripts written when some verbs had a ``--json`` flag keep working."""
+    return typer.Option(None, "--json", metavar="PATH",
+                        help=f"Write {what} as JSON to PATH; '-' (or a bare --json as the last option) prints it "
+                        f"to stdout instead of the terminal output.")
+
+
+def bare_json_to_stdout(args: list[str]) -> list[str]:
+    """``--json`` with no value (last, or followed by another option) means ``--json -``."""
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if a == "--json" and (i + 1 == len(args) or (args[i + 1].startswith("-") and args[i + 1] != "-")):
+            out.append("-")
+    return out
+
+
+class DriftkitCommand(typer.core.TyperCommand):
+    """Every verb's command class (set in ``driftkit.cli.main``): reads a bare ``--json`` as stdout."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, bare_json_to_stdout(list(args)))
+
+
+def emit_json(dest: str | None, text: str) -> bool:
+    """Send JSON ``text`` where ``--json`` says; True when it went to stdout (the caller then prints
+    nothing else there, so the output parses).
+
+    Refuses to replace an existing file that is not ``.json``: ``driftkit inspect --json x.h5`` would
+    otherwise read ``x.h5`` as the JSON destination and overwrite the capture.
+    """
+    from pathlib import Path
+
+    from driftkit.atomic import atomic_write
+
+    if dest is None:
+        return False
+    if not text.endswith("\n"):
+        text += "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return True
+    p = Path(dest)
+    if p.exists() and p.suffix.lower() not in (".json", ".jsonl"):
+        raise DriftkitError(f"--json {p} names an existing file that is not .json; refusing to overwrite it. Give a "
+                            f"new .json path, or '--json -' for stdout (put a bare --json last, after the arguments).")
+    atomic_write(p, text)
+    err_console.print(f"wrote {p}", highlight=False)
+    return False

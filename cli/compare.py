@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import typer
 
-from driftkit.cli.common import console, handle_errors, progress_bar
+from driftkit.cli.common import console, handle_errors, json_option, progress_bar
 
 EPILOG = (
     "Examples:\n\n"
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the --max-tokens subsample."),
         allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Use only the samples captured in both files of unfinished captures."),
         opt: list[str] = typer.Option([], "--opt", help="Analysis option analysis.key=value (repeatable), e.g. cka.unit=sample, kl.top=20."),
-        json_out: Optional[str] = typer.Option(None, "--json", help="Write the report JSON (driftkit.report/1) to this file; '-' prints it to stdout instead of the terminal report."),
+        json_out: Optional[str] = json_option("the report (driftkit.report/1)"),
         html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report with figures."),
         chunk_tokens: int = typer.Option(4096, "--chunk-tokens", help="Tokens read per chunk (memory vs. speed)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal report."),

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import typer
 
-from driftkit.cli.common import console, handle_errors
+from typing import Optional
+
+from driftkit.cli.common import console, emit_json, handle_errors, json_option
 
 
 def describe(path: Path) -> dict:
@@ -63,7 +65,7 @@ def describe(path: Path) -> dict:
         }
 
 
-def _verify(path: Path, json_out: bool) -> None:
+def _verify(path: Path, json_out: Optional[str]) -> None:
     """``inspect --verify``: the same check the capture runs before it sets ``complete``."""
     from driftkit.capture.lock import busy_message, holder_of
     from driftkit.errors import DriftkitError
@@ -77,13 +79,12 @@ def _verify(path: Path, json_out: bool) -> None:
     with CaptureReader(path, allow_incomplete=True) as r:
         check = verify_file(r.h5)
         flagged = r.complete
-    if json_out:
-        print(json.dumps({"path": str(path), "verified": check.ok, "complete_attr": flagged, "problems": check.problems,
-                          "checked": check.checked}, indent=2))
-    elif check.ok:
+    to_stdout = emit_json(json_out, json.dumps({"path": str(path), "verified": check.ok, "complete_attr": flagged,
+                                                "problems": check.problems, "checked": check.checked}, indent=2))
+    if check.ok and not to_stdout:
         console.print(check.message(path), highlight=False, soft_wrap=True)
     if not check.ok:
-        if json_out:
+        if to_stdout:
             raise typer.Exit(1)
         raise DriftkitError(f"{check.message(path)} Finish it with 'driftkit capture ... --resume --out {path}' "
                             f"(with the settings it was made with), or capture it again with --overwrite.")
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def inspect_cmd(
         path: Path = typer.Argument(..., help="Capture file."),
-        json_out: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+        json_out: Optional[str] = json_option("the description (or with --verify, the check)"),
         verify: bool = typer.Option(False, "--verify", help="Check that every sample of every per-token dataset was "
                                     "written: exit 0 'verified', or exit 1 naming what is missing."),
     ) -> None:
@@ -107,8 +108,7 @@ def register(app: typer.Typer) -> None:
             return
 
         d = describe(path)
-        if json_out:
-            print(json.dumps(d, indent=2, default=str))
+        if emit_json(json_out, json.dumps(d, indent=2, default=str)):
             return
         head = Table(title=f"{path}", show_header=False, title_justify="left")
         head.add_column(style="bold cyan")

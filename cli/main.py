@@ -5,6 +5,7 @@ import importlib
 import os
 
 import typer
+import typer.core
 
 app = typer.Typer(
     name="driftkit",
@@ -59,7 +60,11 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
 
     from rich.markup import escape
 
+    from driftkit.cli.common import DriftkitCommand
+
     for cmd in typer_app.registered_commands:
+        if cmd.cls in (None, typer.core.TyperCommand):  # a bare --json means stdout on every verb (see cli/common.json_option)
+            cmd.cls = DriftkitCommand
         cmd.help = escape(cmd.help or inspect.getdoc(cmd.callback) or "") or None
         if cmd.epilog:
             cmd.epilog = escape(cmd.epilog)

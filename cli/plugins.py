@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from driftkit.cli.common import console, handle_errors
+from driftkit.cli.common import console, emit_json, handle_errors, json_option
 
 EPILOG = (
     "Examples:\n\n"
@@ -99,7 +99,7 @@ def register(app: typer.Typer) -> None:
     def plugins_cmd(
         name: Optional[str] = typer.Argument(None, help="Show one plugin: a name, path/to/file.py:Class or package.module:Class."),
         kind: str = typer.Option(None, "--kind", help="probe, analysis, trainer or benchmark."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: Optional[str] = json_option("the plugin list (or the one plugin)"),
     ) -> None:
         """List plugins (bundled ones and those installed through entry points), or show one with its options."""
         from rich.markup import escape
@@ -112,9 +112,7 @@ def register(app: typer.Typer) -> None:
             raise DriftkitError(f"Unknown plugin kind {kind!r}; use one of {', '.join(registry.GROUPS)}.")
         if name:
             row = _one(name, kind)
-            if json_out:
-                print(json.dumps(row, indent=2, default=str))
-            else:
+            if not emit_json(json_out, json.dumps(row, indent=2, default=str)):
                 _show_one(row)
             return
         rows = []
@@ -126,8 +124,7 @@ def register(app: typer.Typer) -> None:
             except Exception as exc:  # a broken third-party plugin must not hide the others
                 rows.append({"kind": info.kind, "name": info.name, "source": info.source, "target": info.target,
                              "description": "", "error": f"cannot load: {exc}", "options": {}})
-        if json_out:
-            print(json.dumps(rows, indent=2, default=str))
+        if emit_json(json_out, json.dumps(rows, indent=2, default=str)):
             return
         t = Table(title="driftkit plugins", title_justify="left")
         for c in ("kind", "name", "source", "description", "options"):

@@ -7,10 +7,10 @@ from typing import Optional
 
 import typer
 
-from driftkit.cli.common import console, err_console, handle_errors, progress_bar
+from driftkit.cli.common import console, emit_json, err_console, handle_errors, json_option, progress_bar
 
 
-def _execute(ex, resume: bool, json_out: bool) -> None:
+def _execute(ex, resume: bool, json_out: Optional[str]) -> None:
     import time
 
     from driftkit.pipeline.runner import run_experiment
@@ -28,9 +28,8 @@ def _execute(ex, resume: bool, json_out: bool) -> None:
         result = run_experiment(ex, resume=resume, log=lambda m: err_console.print(m, highlight=False), progress=progress)
     data = json.loads(result.report_json.read_text())
     findings = data.pop("findings", [])
-    if json_out:
-        print(json.dumps({"out": str(result.out), "html": str(result.report_html), "executed": result.executed,
-                          "skipped": result.skipped, "findings": findings}, indent=2))
+    if emit_json(json_out, json.dumps({"out": str(result.out), "html": str(result.report_html), "executed": result.executed,
+                                       "skipped": result.skipped, "findings": findings}, indent=2)):
         return
     Study(data, findings).show(console)
     console.print(f"\n{len(result.executed)} step(s) run, {len(result.skipped)} cached, {time.perf_counter() - t0:.0f} s. "
@@ -45,7 +44,7 @@ def register(app: typer.Typer) -> None:
         config: Path = typer.Argument(..., help="Experiment TOML file."),
         resume: bool = typer.Option(False, "--resume", help="Continue interrupted steps (captures, training) instead of redoing them."),
         out: Optional[Path] = typer.Option(None, "--out", help="Override [experiment].out."),
-        json_out: bool = typer.Option(False, "--json", help="Print a JSON summary instead of the report."),
+        json_out: Optional[str] = json_option("a summary (out, html, executed, skipped, findings)"),
     ) -> None:
         """Run the whole study: train -> bench -> capture -> compare -> transfer -> report, cached by input hashes."""
         from driftkit.pipeline.experiment import load_experiment
@@ -61,7 +60,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (reruns reuse its cache)."),
         quick: bool = typer.Option(False, "--quick", help="Tiny random model, seconds-scale settings: a smoke test of the pipeline."),
         resume: bool = typer.Option(False, "--resume", help="Continue interrupted steps."),
-        json_out: bool = typer.Option(False, "--json"),
+        json_out: Optional[str] = json_option("a summary (out, html, executed, skipped, findings)"),
     ) -> None:
         """The paper's study on the bundled SmolLM2-135M: SFT and RL on math, benchmarks, drift, report."""
         from driftkit.pipeline.demo import demo_experiment

@@ -8,13 +8,15 @@ name, options a trainer does not have are refused by that trainer, and ``-o name
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from driftkit.cli.common import console, handle_errors, progress_bar
+from driftkit.cli.common import DriftkitCommand, console, emit_json, err_console, handle_errors, json_option, progress_bar
+from driftkit.errors import DriftkitError
 from driftkit.parsing import load_toml, parse_kv
 
 HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER (sft, rl or a plugin).
@@ -61,6 +63,17 @@ class _Progress:
         self.label = label
         self.bar = progress_bar()
         self.task: Any = None
+        self.t0 = 0.0  # set at the first phase line: the seconds shown count from there
+
+    def phase(self, text: str) -> None:
+        """What happens before step 1 (loading the model, preparing data: about a minute on a CPU),
+        one line each with the time since the command started, so that minute is not silent (the
+        trainer calls it through plugins/trainers/common.report_phase)."""
+        import time
+
+        if not self.t0:
+            self.t0 = time.perf_counter()
+        err_console.print(f"{self.label}: {text} ({time.perf_counter() - self.t0:.0f} s)", highlight=False)
 
     def __enter__(self) -> "_Progress":
         self.bar.__enter__()
@@ -76,11 +89,45 @@ class _Progress:
         info = " ".join(shown)
         if self.task is None:
             self.task = self.bar.add_task(self.label, total=total, info=info, unit="steps")
-        self.bar.update(self.task, completed=step, total=total, info=info)
+        self.bar.update(self.task, description=self.label, completed=step, total=total, info=info)
+
+
+_DEFAULT_TAG = re.compile(r"\s*\\?\[(default: [^\]]*|sft [^\]]*)\]\.?$")
+
+
+def _defaults_text(name: str, trainers: dict[str, dict[str, Any]]) -> str:
+    """``[default: 100]`` when every bundled trainer that has option ``name`` agrees, else
+    ``[sft 2e-05, rl 1e-06]``; empty when no trainer has it."""
+    vals = {t: opts[name].default for t, opts in trainers.items() if name in opts}
+    if not vals:
+        return ""
+    shown = {t: ("none" if v in ("", None) else v) for t, v in vals.items()}
+    if len(set(map(repr, shown.values()))) == 1:
+        return f"[default: {next(iter(shown.values()))}]"
+    return "[" + ", ".join(f"{t} {v}" for t, v in shown.items()) + "]"
+
+
+class _TrainCommand(DriftkitCommand):
+    """``train --help`` with each option's default read from the bundled trainers' Options at help time
+    (so help and behaviour cannot differ, and plain ``driftkit`` start-up does not import the trainers)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        try:
+            from driftkit.registry import load
+
+            trainers = {t: load("trainer", t).all_options() for t in ("sft", "rl")}
+        except Exception:  # noqa: BLE001 - help must render even if a trainer cannot load
+            trainers = {}
+        for p in self.params:
+            if p.name and getattr(p, "help", None) is not None:
+                tag = _defaults_text(p.name, trainers)
+                if tag:
+                    p.help = _DEFAULT_TAG.sub("", p.help).rstrip(". ") + ". " + tag.replace("[", "\\[")
+        super().format_help(ctx, formatter)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", help=HELP, no_args_is_help=True)
+    @app.command("train", help=HELP, no_args_is_help=True, cls=_TrainCommand)
     @handle_errors
     def train_cmd(
         trainer: str = typer.Argument(..., help="Trainer: sft, rl, a plugin name (driftkit plugins) or file.py:Class."),
@@ -105,12 +152,14 @@ def register(app: typer.Typer) -> None:
         format_reward: Optional[float] = typer.Option(None, "--format-reward", help="rl: weight of a well-formed-answer reward [default: 0]."),
         use_vllm: Optional[bool] = typer.Option(None, "--use-vllm/--no-vllm", help="rl: generate with vLLM (GPU, colocate mode)."),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16."),
+        device: Optional[str] = typer.Option(None, "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
+        revision: Optional[str] = typer.Option(None, "--revision", help="Model revision (branch, tag or commit) of a hub model."),
         trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run the model repository's own code."),
         config: Optional[Path] = typer.Option(None, "--config", help="TOML file of options (top-level keys and/or a [sft]/[rl] table)."),
         option: list[str] = typer.Option([], "--option", "-o", help="Any trainer option as name=value (repeatable)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
         resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT (same command, same or more --steps)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+        as_json: Optional[str] = json_option("the run summary"),
     ) -> None:
         from driftkit.registry import load
         from driftkit.registry.trainer import read_manifest
@@ -123,7 +172,7 @@ def register(app: typer.Typer) -> None:
             lr_scheduler=lr_scheduler, seed=seed, save_steps=save_steps, columns=columns, limit=limit, think=think,
             max_length=max_length, num_generations=num_generations, max_completion_length=max_completion_length,
             temperature=temperature, beta=beta, format_reward=format_reward, use_vllm=use_vllm, dtype=dtype,
-            trust_remote_code=trust_remote_code,
+            trust_remote_code=trust_remote_code, device=device, revision=revision,
         )
         options.update({k: v for k, v in flags.items() if v is not None})
         instance = cls(**options)
@@ -141,8 +190,7 @@ def register(app: typer.Typer) -> None:
             "data_sha256": manifest["data"].get("sha256"),
             "wall_s": manifest["wall_s"],
         }
-        if as_json:
-            sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+        if emit_json(as_json, json.dumps(summary, indent=2)):
             return
         final = ", ".join(f"{k} {v:.4g}" for k, v in summary["final"].items())
         console.print(

@@ -7,8 +7,7 @@ from typing import Any, Optional
 
 import typer
 
-from driftkit.atomic import atomic_write
-from driftkit.cli.common import console, err_console, handle_errors
+from driftkit.cli.common import console, emit_json, err_console, handle_errors, json_option
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -23,7 +22,9 @@ def transfer_table(res: dict[str, Any]) -> Any:
         sig_txt = "per model"
     else:
         sig_txt = ", ".join(f"{g}={v:.2f}" for g, v in sig.items())
-    t = Table(title=f"transferability vs base {res['base']['model']}  (sigma {res['sigma_mode']}: {sig_txt})", title_justify="left")
+    name = str(res["base"]["model"])
+    against = "the base" if name == "base" else f"the base {name}"  # not "vs base base"
+    t = Table(title=f"transferability vs {against}  (sigma {res['sigma_mode']}: {sig_txt})", title_justify="left")
     t.add_column("model")
     for col in ("DI math", "DI other", "DI non", "TI other", "TI non"):
         t.add_column(col, justify="right")
@@ -67,21 +68,18 @@ def register(app: typer.Typer) -> None:
         sigma: str = typer.Option("pooled", "--sigma", help="pooled | per-model | math=16.1,other=18.4,non=20.5"),
         ddof: int = typer.Option(0, "--ddof", help="Degrees of freedom of the sigma standard deviation (0: population, as numpy)."),
         force: bool = typer.Option(False, "--force", help="Compute even when benchmarks or settings differ (on the common benchmarks; differences are recorded)."),
-        json_out: Optional[str] = typer.Option(None, "--json", help="Write the driftkit.transfer/1 result to this file ('-' for stdout)."),
+        json_out: Optional[str] = json_option("the result (driftkit.transfer/1)"),
     ) -> None:
         """The paper's transferability index of each model relative to the base, per group (other reasoning, non-reasoning)."""
         from driftkit.scores import transfer
 
         res = transfer(base, list(models), sigma=sigma, force=force, ddof=ddof,
                        warn=lambda p: err_console.print(f"[yellow]forced:[/] {p}", highlight=False))
-        text = json.dumps(res, indent=2)
         if json_out == "-":
-            print(text)
+            emit_json(json_out, res.to_json())
             return
         console.print(scores_table(res))
         console.print(transfer_table(res))
         for note in res.get("notes", []):
             console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
-        if json_out:
-            p = atomic_write(json_out, text + "\n")
-            console.print(f"wrote {p}")
+        emit_json(json_out, res.to_json())

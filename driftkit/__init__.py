@@ -34,6 +34,13 @@ _LAZY = {
     "first_tensor": ("driftkit.registry.probe", "first_tensor"),
     "parse_layers": ("driftkit.registry.probe", "parse_layers"),
     "register_plugin": ("driftkit.registry", "register"),
+    # results as Python objects with to_frame()/to_json() (docs/python.md)
+    "read_scores": ("driftkit.scores", "read_scores"),
+    "Scores": ("driftkit.scores", "Scores"),
+    "transferability": ("driftkit.scores", "transfer"),
+    "TransferResult": ("driftkit.metrics.transfer", "TransferResult"),
+    "load_study": ("driftkit.results", "load_study"),
+    "StudyResult": ("driftkit.results", "StudyResult"),
     "load_plugin": ("driftkit.registry", "load"),
 }
 

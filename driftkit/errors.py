@@ -6,6 +6,9 @@ code 1 (the user can fix it), while any other exception is a bug and exits 2 wit
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Any, Iterator
+
 
 class DriftkitError(Exception):
     """A problem with the user's input or environment, with the fix in the message.
@@ -37,3 +40,49 @@ class StorageError(DriftkitError):
     """
 
     end_process = True
+
+
+# -- naming the interface the user called ------------------------------------------------------------
+# Why: the same check (say "the output exists") is reached from ``driftkit capture --out x.h5`` and from
+# ``driftkit.capture(CaptureConfig(out="x.h5"))``. Its fix must be spelled the way that user can type it:
+# ``--overwrite`` on the command line, ``overwrite=True`` in Python. The CLI's ``handle_errors`` marks
+# the call as a CLI call; library code spells every option through :func:`opt`, so one mechanism
+# covers every message (no per-message special cases).
+# A process-wide depth count, not a ContextVar: messages are also built in worker threads (the capture
+# writer's), which do not inherit the calling thread's context.
+_CLI_DEPTH = [0]
+
+
+def interface() -> str:
+    """``"cli"`` inside a ``driftkit`` command, ``"python"`` otherwise."""
+    return "cli" if _CLI_DEPTH[0] > 0 else "python"
+
+
+@contextmanager
+def cli_interface() -> Iterator[None]:
+    """Within this block, :func:`opt` spells options as command-line flags."""
+    _CLI_DEPTH[0] += 1
+    try:
+        yield
+    finally:
+        _CLI_DEPTH[0] -= 1
+
+
+def opt(name: str, value: Any = True, flag: str | None = None) -> str:
+    """An option as the user types it: ``opt("overwrite")`` is ``--overwrite`` in the CLI and
+    ``overwrite=True`` in Python; ``opt("layers", "every:4")`` is ``--layers every:4`` or
+    ``layers='every:4'``. ``value=None`` names the option alone (``--sigma`` / ``sigma=``).
+
+    ``name`` is the Python parameter; the flag is derived (underscores become dashes) unless ``flag``
+    gives it (for flags spelled differently from the parameter).
+    """
+    if interface() == "cli":
+        f = flag or "--" + name.replace("_", "-")
+        if value is None or value is True:
+            return f
+        if value is False:
+            return "--no-" + f[2:]
+        return f"{f} {value}"
+    if value is None:
+        return f"{name}="
+    return f"{name}={value!r}"

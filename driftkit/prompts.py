@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.parsing import iter_jsonl
 from driftkit.registry.data import PREFIX, bundled, bundled_name, data_sets
 
@@ -140,7 +140,7 @@ def load_prompts(spec: str | Path | Iterable[dict[str, Any]], limit: int | None 
         random.Random(seed).shuffle(prompts)
     if limit is not None:
         if limit <= 0:
-            raise DriftkitError(f"--limit must be positive, got {limit}.")
+            raise DriftkitError(f"{opt('limit', None)} must be positive, got {limit}.")
         prompts = prompts[:limit]
     return prompts
 
@@ -168,7 +168,8 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, chat: bool) -> list[int]:
     template with the generation prompt appended."""
     if chat:
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DriftkitError("--chat needs a tokenizer with a chat template; this tokenizer has none. Capture in raw-text mode instead.")
+            raise DriftkitError(f"{opt('chat')} needs a tokenizer with a chat template; this tokenizer has none. "
+                                "Capture in raw-text mode instead.")
         messages = prompt.messages if prompt.messages is not None else [{"role": "user", "content": prompt.text}]
         enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
         return list(enc["input_ids"])

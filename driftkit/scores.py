@@ -23,11 +23,50 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from driftkit.atomic import atomic_write
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 
 SCHEMA = "driftkit.scores/1"
 DOMAINS = ("math", "other", "non")
 _REQUIRED = ("benchmark", "domain", "metric", "value", "n")
+
+
+#: columns of :meth:`Scores.to_frame`, one row per score record
+SCORE_COLUMNS = ("model", "benchmark", "domain", "metric", "value", "n", "stderr", "primary")
+
+
+class Scores(dict):
+    """A ``driftkit.scores/1`` document: the plain dict (``doc["scores"]``, JSON as written) plus views.
+
+    Why a dict subclass: score documents are read, indexed and re-serialised by scripts and by
+    ``driftkit transfer``; the subclass keeps all of that working and adds the views every driftkit
+    result offers (:meth:`to_frame`, :meth:`to_json`).
+    """
+
+    @property
+    def model(self) -> str:
+        return str(self["model"])
+
+    def primary(self) -> dict[str, dict[str, Any]]:
+        """One record per benchmark (see :func:`primary_scores`)."""
+        return primary_scores(self)
+
+    def to_frame(self) -> Any:
+        """Tidy table, one row per score record; columns :data:`SCORE_COLUMNS` (``primary``: the
+        record is its benchmark's headline metric, the one ``driftkit transfer`` uses)."""
+        import pandas as pd
+
+        prim = {id(r) for r in primary_scores(self).values()}
+        rows = [{"model": self["model"], "benchmark": r["benchmark"], "domain": r["domain"], "metric": r["metric"],
+                 "value": float(r["value"]), "n": r.get("n"), "stderr": r.get("stderr"), "primary": id(r) in prim}
+                for r in self["scores"]]
+        return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
+
+    def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
+        """The document as JSON text; written atomically to ``path`` when given."""
+        text = json.dumps(dict(self), indent=indent, ensure_ascii=False, default=str) + "\n"
+        if path is not None:
+            atomic_write(path, text)
+        return text
 
 
 def items_path(summary_path: str | Path) -> Path:
@@ -105,8 +144,8 @@ def write_scores(
     return path
 
 
-def read_scores(path: str | Path) -> dict[str, Any]:
-    """Read and validate a score summary."""
+def read_scores(path: str | Path) -> Scores:
+    """Read and validate a score summary (a :class:`Scores`: a dict with ``to_frame``/``to_json``)."""
     p = Path(path)
     if not p.is_file():
         raise DriftkitError(f"Score file {p} does not exist. Create it with 'driftkit bench MODEL --out {p}'.")
@@ -114,7 +153,7 @@ def read_scores(path: str | Path) -> dict[str, Any]:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DriftkitError(f"Score file {p} is not valid JSON ({exc}); it may be truncated. Re-create it with 'driftkit bench'.") from exc
-    return validate(doc, f"score file {p}")
+    return Scores(validate(doc, f"score file {p}"))
 
 
 def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
@@ -199,15 +238,16 @@ def transfer(
     force: bool = False,
     ddof: int = 0,
     warn: Any = None,
-) -> dict[str, Any]:
+) -> "TransferResult":
     """The transferability index of each model against ``base`` from score files or documents.
 
     Refuses (DriftkitError) when benchmarks or settings differ between base and a model, naming
     each difference, unless ``force``: then the common benchmarks are used and the differences are
     listed under ``forced`` in the result (and passed to ``warn`` if given). Returns a
-    ``driftkit.transfer/1`` document.
+    ``driftkit.transfer/1`` document as a :class:`~driftkit.metrics.transfer.TransferResult` (a dict
+    with ``to_frame``/``to_json``).
     """
-    from driftkit.metrics.transfer import transferability
+    from driftkit.metrics.transfer import TransferResult, transferability
 
     def _load(x: Any) -> tuple[dict[str, Any], str | None]:
         if isinstance(x, dict):
@@ -216,7 +256,7 @@ def transfer(
 
     bdoc, bfile = _load(base)
     if not models:
-        raise DriftkitError("Give at least one tuned model's score file besides --base.")
+        raise DriftkitError(f"Give at least one tuned model's score file besides {opt('base', None)}.")
     loaded = [_load(m) for m in models]
     names: list[str] = []
     for doc, f in loaded:
@@ -231,7 +271,7 @@ def transfer(
             raise DriftkitError(
                 f"The scores of {n} and the base {bdoc['model']} are not comparable: " + "; ".join(probs[:8])
                 + ("; ..." if len(probs) > 8 else "")
-                + ". Re-run 'driftkit bench' with the same benchmarks and settings for both, or pass --force to compute on "
+                + f". Re-run 'driftkit bench' with the same benchmarks and settings for both, or pass {opt('force')} to compute on "
                 "the common benchmarks anyway (the differences are recorded in the result)."
             )
         forced += [f"{n}: {p}" for p in probs]
@@ -252,14 +292,14 @@ def transfer(
         res["models"][n]["scores"] = model_vals[n]
         res["models"][n]["file"] = f
     notes = ti_notes(res)
-    return {
+    return TransferResult({
         "schema": "driftkit.transfer/1",
         "base": {"model": bdoc["model"], "file": bfile, "scores": base_vals},
         "benchmarks": dict(sorted(domains.items(), key=lambda kv: (DOMAINS.index(kv[1]), kv[0]))),
         **res,
         "forced": forced,
         "notes": notes,
-    }
+    })
 
 
 def ti_notes(res: dict[str, Any]) -> list[str]:

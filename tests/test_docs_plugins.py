@@ -6,24 +6,12 @@ not exist, say).
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from docs_blocks import python_blocks, run_blocks
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
-SKIP = "<!-- docs-test: skip -->"
-BLOCK = re.compile(r"(?P<before>[^\n]*)\n```python\n(?P<code>.*?)\n```", re.DOTALL)
-
-
-def python_blocks(text: str) -> list[tuple[int, str]]:
-    """(line number, code) of every ```python block not marked to skip."""
-    out = []
-    for m in BLOCK.finditer(text):
-        if m.group("before").strip() == SKIP:
-            continue
-        out.append((text[: m.start("code")].count("\n") + 1, m.group("code")))
-    return out
 
 
 def test_doc_has_runnable_blocks() -> None:
@@ -34,9 +22,4 @@ def test_doc_has_runnable_blocks() -> None:
 
 def test_plugins_md_python_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    namespace: dict = {"__name__": "docs_plugins"}
-    for line, code in python_blocks(DOC.read_text()):
-        try:
-            exec(compile(code, f"{DOC.name}:{line}", "exec"), namespace)
-        except Exception as exc:  # name the block that failed
-            raise AssertionError(f"docs/plugins.md block at line {line} failed: {exc!r}") from exc
+    run_blocks(DOC.read_text(), "docs/plugins.md", {"__name__": "docs_plugins"})

@@ -22,7 +22,7 @@ from driftkit import __version__
 from driftkit.capture.batching import token_budget_batches
 from driftkit.capture.config import RESUME_KEYS, TRUNCATE_MODES, CaptureConfig
 from driftkit.capture.lock import CaptureLock, busy_message, holder_of
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.models import LoadedModel, load_model, tokenizer_sha256, weights_sha256
 from driftkit.prompts import Prompt, encode_prompt, encode_response, load_prompts
 from driftkit.registry import load as load_plugin
@@ -254,13 +254,13 @@ class CaptureEngine:
 
     def __init__(self, cfg: CaptureConfig, loaded: LoadedModel | None = None, progress: Progress | None = None) -> None:
         if cfg.storage_dtype not in STORAGE_DTYPES:
-            raise DriftkitError(f"Unknown --storage-dtype {cfg.storage_dtype!r}; use float16 or bfloat16.")
+            raise DriftkitError(f"Unknown {opt('storage_dtype', cfg.storage_dtype)}; use float16 or bfloat16.")
         if cfg.overwrite and cfg.resume:
-            raise DriftkitError("--overwrite and --resume contradict each other; pick one.")
+            raise DriftkitError(f"{opt('overwrite')} and {opt('resume')} contradict each other; pick one.")
         if cfg.max_batch_tokens <= 0:
-            raise DriftkitError(f"--max-batch-tokens must be positive, got {cfg.max_batch_tokens}.")
+            raise DriftkitError(f"{opt('max_batch_tokens', None)} must be positive, got {cfg.max_batch_tokens}.")
         if cfg.truncate is not None and cfg.truncate not in TRUNCATE_MODES:
-            raise DriftkitError(f"Unknown --truncate {cfg.truncate!r}; use left (drop the oldest tokens) or right "
+            raise DriftkitError(f"Unknown {opt('truncate', cfg.truncate)}; use left (drop the oldest tokens) or right "
                                 f"(the newest).")
         self.cfg = cfg
         self.out = Path(cfg.out)
@@ -270,9 +270,10 @@ class CaptureEngine:
         if holder is not None:
             raise DriftkitError(busy_message(self.out, holder))
         if self.out.exists() and not (cfg.overwrite or cfg.resume):
-            raise DriftkitError(f"{self.out} already exists. Pass --overwrite to replace it, or --resume to continue an interrupted capture.")
+            raise DriftkitError(f"{self.out} already exists. Pass {opt('overwrite')} to replace it, or {opt('resume')} to "
+                                 f"continue an interrupted capture.")
         if self.out.is_dir():
-            raise DriftkitError(f"--out {self.out} is a folder; give a file name like {self.out / 'capture.h5'}.")
+            raise DriftkitError(f"{opt('out', str(self.out))} is a folder; give a file name like {self.out / 'capture.h5'}.")
         options = dict(cfg.probe_options)
         if cfg.layers is not None:
             options["layers"] = cfg.layers
@@ -351,7 +352,7 @@ class CaptureEngine:
             raise DriftkitError(
                 f"Cannot resume {self.out}: it was made by a driftkit version that did not record the prompts' content "
                 "hash (prompts_sha256), so an edit to the prompt texts could not be detected. Start over with "
-                "--overwrite."
+                f"{opt('overwrite')}."
             )
         new_hash = self._content_sha256()
         if old_hash != new_hash:
@@ -372,16 +373,16 @@ class CaptureEngine:
             try:
                 reader = CaptureReader(self.out, allow_incomplete=True)
             except DriftkitError as exc:
-                raise DriftkitError(f"Cannot resume {self.out}: {exc} Start over with --overwrite.") from exc
+                raise DriftkitError(f"Cannot resume {self.out}: {exc} Start over with {opt('overwrite')}.") from exc
             with reader:
                 diffs = self._resume_diffs(reader)
                 if diffs:
                     raise DriftkitError(
                         f"Cannot resume {self.out}: these settings differ from the ones it was made with: "
                         f"{'; '.join(diffs)}. "
-                        "Resuming would leave holes or mix two captures in one file. Either rerun with --resume and "
-                        "the "
-                        f"original settings (see 'driftkit inspect {self.out}'), or pass --overwrite to start over "
+                        "Resuming would leave holes or mix two captures in one file. Either rerun with "
+                        f"{opt('resume')} and the "
+                        f"original settings (see 'driftkit inspect {self.out}'), or pass {opt('overwrite')} to start over "
                         "with the new ones."
                     )
                 samples = SampleSet([str(x) for x in reader.sample_ids], [str(d) for d in reader.domains],

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 
 
 def lock_path(out: str | Path) -> Path:
@@ -40,9 +40,9 @@ def busy_message(out: str | Path, holder: dict[str, Any]) -> str:
     """The one message for "another live capture writes this file" (also used by --overwrite)."""
     who = f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, started {holder.get('started', '?')}"
     return (
-        f"{out} is being written by another driftkit capture ({who}). Wait for it to finish (then --resume "
-        f"continues it if it was interrupted), stop that process, or choose another --out. --overwrite never "
-        f"replaces a file a running capture holds."
+        f"{out} is being written by another driftkit capture ({who}). Wait for it to finish (then {opt('resume')} "
+        f"continues it if it was interrupted), stop that process, or choose another {opt('out', None)}. "
+        f"{opt('overwrite')} never replaces a file a running capture holds."
     )
 
 

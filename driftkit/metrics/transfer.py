@@ -24,12 +24,14 @@ a gain counts more where the base had more room to improve.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.parsing import parse_kv
 
 GROUPS = ("math", "other", "non")
@@ -48,17 +50,62 @@ def parse_sigma(spec: str | Mapping[str, float]) -> str | dict[str, float]:
             return "per-model"
         if "=" not in s:
             raise DriftkitError(
-                f"Cannot read --sigma {spec!r}: use 'pooled', 'per-model', or explicit values like "
+                f"Cannot read {opt('sigma', spec)}: use 'pooled', 'per-model', or explicit values like "
                 f"'math=16.1,other=18.4,non=20.5'."
             )
-        vals = parse_kv(s, what="--sigma", example="math=16.1,other=18.4,non=20.5", convert=float, expect="a number")
+        vals = parse_kv(s, what=opt("sigma", None), example="math=16.1,other=18.4,non=20.5", convert=float, expect="a number")
     bad = [k for k in vals if k not in GROUPS]
     if bad:
-        raise DriftkitError(f"--sigma names unknown group(s) {', '.join(bad)}; the groups are {', '.join(GROUPS)}.")
+        raise DriftkitError(f"{opt('sigma', None)} names unknown group(s) {', '.join(bad)}; the groups are {', '.join(GROUPS)}.")
     nonpos = [k for k, v in vals.items() if not (v > 0 and math.isfinite(v))]
     if nonpos:
-        raise DriftkitError(f"--sigma for {', '.join(nonpos)} must be a positive number.")
+        raise DriftkitError(f"{opt('sigma', None)} for {', '.join(nonpos)} must be a positive number.")
     return vals
+
+
+#: columns of :meth:`TransferResult.to_frame`
+TRANSFER_COLUMNS = ("model", "scope", "item", "metric", "value")
+
+
+class TransferResult(dict):
+    """A ``driftkit.transfer/1`` document (what :func:`driftkit.scores.transfer` returns) with views.
+
+    A dict subclass so ``res["models"]["rl"]["ti"]["other"]`` and ``json.dumps(res)`` keep working.
+    """
+
+    def to_frame(self) -> Any:
+        """Tidy table, columns :data:`TRANSFER_COLUMNS`. Rows with ``scope="group"`` hold each model's
+        ``di``, ``ti`` and ``sigma`` per group (``item`` = math/other/non; TI of math is not defined
+        and omitted); rows with ``scope="benchmark"`` hold ``score`` (the base model too), ``delta``,
+        ``z``, ``s`` and ``w`` per benchmark (DESIGN.md section 4 names)."""
+        import pandas as pd
+
+        rows: list[tuple[Any, ...]] = []
+        base = self.get("base", {})
+        for b, v in (base.get("scores") or {}).items():
+            rows.append((base.get("model"), "benchmark", b, "score", v))
+        for m, r in self["models"].items():
+            for g in GROUPS:
+                if g in r.get("di", {}):
+                    rows.append((m, "group", g, "di", r["di"][g]))
+                if g in r.get("ti", {}):
+                    rows.append((m, "group", g, "ti", r["ti"][g]))
+                if g in (r.get("sigma") or {}):
+                    rows.append((m, "group", g, "sigma", r["sigma"][g]))
+            for b, v in (r.get("scores") or {}).items():
+                rows.append((m, "benchmark", b, "score", v))
+            for b, x in r.get("benchmarks", {}).items():
+                rows += [(m, "benchmark", b, k, x[k]) for k in ("delta", "z", "s", "w") if k in x]
+        return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))
+
+    def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
+        """The document as JSON text; written atomically to ``path`` when given."""
+        from driftkit.atomic import atomic_write
+
+        text = json.dumps(dict(self), indent=indent) + "\n"
+        if path is not None:
+            atomic_write(path, text)
+        return text
 
 
 def _std(values: list[float], ddof: int) -> float:
@@ -105,7 +152,7 @@ def transferability(
     if isinstance(mode, dict):
         missing = [g for g in GROUPS if by_group[g] and g not in mode]
         if missing:
-            raise DriftkitError(f"--sigma gives no value for group(s) {', '.join(missing)}, which have benchmarks; add e.g. '{missing[0]}=18.0'.")
+            raise DriftkitError(f"{opt('sigma', None)} gives no value for group(s) {', '.join(missing)}, which have benchmarks; add e.g. '{missing[0]}=18.0'.")
         sig = {m: {g: mode[g] for g in GROUPS if by_group[g]} for m in models}
     elif mode == "pooled":
         pooled = {g: _std([deltas[m][b] for m in models for b in by_group[g]], ddof) for g in GROUPS if by_group[g]}
@@ -136,7 +183,7 @@ def transferability(
                         f"sigma for group {g} is {sg} (model {m}): the standard deviation of score changes over "
                         f"{len(bs)} benchmark(s){' and ' + str(len(models)) + ' model(s)' if mode == 'pooled' else ''} is "
                         f"zero or undefined, so the changes cannot be normalised. Add benchmarks or models, or give "
-                        f"sigma explicitly, e.g. --sigma math=16.1,other=18.4,non=20.5."
+                        f"sigma explicitly, e.g. {opt('sigma', 'math=16.1,other=18.4,non=20.5')}."
                     )
             else:
                 z = d / sg

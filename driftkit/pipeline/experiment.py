@@ -104,9 +104,9 @@ SECTIONS = ("experiment", "train", "models", "bench", "capture", "compare", "tra
 #: accepted keys and their types, per table; a tuple of types means any of them ("list" = list of str)
 _STR, _INT, _BOOL, _TABLE, _LIST = (str,), (int,), (bool,), (dict,), ("list",)
 SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
-    "experiment": {"name": _STR, "base": _STR + (Path,), "out": _STR + (Path,), "seed": _INT},
+    "experiment": {"name": _STR, "base": _STR + (Path,), "out": _STR + (Path,), "seed": _INT, "revision": _STR},
     "train": {"name": _STR, "trainer": _STR, "data": _STR + (Path,), "options": _TABLE},
-    "models": {"name": _STR, "path": _STR + (Path,)},
+    "models": {"name": _STR, "path": _STR + (Path,), "revision": _STR},
     "bench": {"suite": _STR, "benchmarks": _LIST, "limit": _INT, "data": _STR, "options": _TABLE, "enabled": _BOOL},
     "capture": {"prompts": _STR, "chat_prompts": _STR, "chat_limit": _INT, "max_new_tokens": _INT,
                 "layers": _STR + _INT, "max_batch_tokens": _INT, "storage_dtype": _STR},

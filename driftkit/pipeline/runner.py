@@ -65,6 +65,12 @@ class RunResult:
     def report_json(self) -> Path:
         return self.out / "report" / "study.json"
 
+    def study(self) -> Any:
+        """The finished study as a :class:`driftkit.results.StudyResult` (``to_frame()``, ``to_json()``)."""
+        from driftkit.results import load_study
+
+        return load_study(self.report_json)
+
 
 # -- model identities -------------------------------------------------------------------------------
 def _model_identity(spec: str) -> dict[str, Any]:

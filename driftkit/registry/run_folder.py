@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from driftkit.atomic import atomic_write
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 
 RUN_SCHEMA = "driftkit.run/1"
 MANIFEST = "driftkit_run.json"
@@ -59,31 +59,35 @@ def latest_state_checkpoint(state_dir: Path) -> Path | None:
 def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> Path | None:
     """Apply the folder policy; returns the checkpoint to resume from (or None)."""
     if overwrite and resume:
-        raise DriftkitError("--overwrite and --resume contradict each other: --resume continues the run in the folder, --overwrite deletes it. Pass one.")
+        raise DriftkitError(f"{opt('overwrite')} and {opt('resume')} contradict each other: {opt('resume')} continues the "
+                            f"run in the folder, {opt('overwrite')} deletes it. Pass one.")
     if out.exists() and not out.is_dir():
-        raise DriftkitError(f"--out {out} is a file; give a folder path for the run.")
+        raise DriftkitError(f"{opt('out', str(out))} is a file; give a folder path for the run.")
     exists = out.is_dir() and any(out.iterdir())
     if resume:
         ckpt = latest_state_checkpoint(out / STATE_DIR)
         if ckpt is None:
             raise DriftkitError(
-                f"--resume: {out} holds no resumable checkpoint ({STATE_DIR}/checkpoint-<N>). Checkpoints are "
-                f"written every --save-steps steps; start the run without --resume (and with --save-steps K to be able to resume later)."
+                f"{opt('resume')}: {out} holds no resumable checkpoint ({STATE_DIR}/checkpoint-<N>). Checkpoints are "
+                f"written every {opt('save_steps', None)} steps; start the run without {opt('resume')} (and with "
+                f"{opt('save_steps', 'K')} to be able to resume later)."
             )
         return ckpt
     if exists:
         if not overwrite:
             raise DriftkitError(
-                f"Output folder {out} already exists and is not empty. Pass --overwrite to replace it, --resume to "
-                f"continue the run saved there, or choose another --out."
+                f"Output folder {out} already exists and is not empty. Pass {opt('overwrite')} to replace it, "
+                f"{opt('resume')} to continue the run saved there, or choose another {opt('out', None)}."
             )
         if not _is_run_folder(out):
             raise DriftkitError(
-                f"--overwrite refuses to delete {out}: it does not look like a driftkit training folder (no "
-                f"{MANIFEST}, {CHECKPOINTS_DIR}/ or {STATE_DIR}/). Choose another --out or delete it yourself."
+                f"{opt('overwrite')} refuses to delete {out}: it does not look like a driftkit training folder (no "
+                f"{MANIFEST}, {CHECKPOINTS_DIR}/ or {STATE_DIR}/). Choose another {opt('out', None)} or delete it "
+                f"yourself."
             )
         shutil.rmtree(out)
     return None
+
 
 def install_final(staged: Path, out: Path) -> None:
     """Move the staged final model files into ``out`` (replacing a previous final model)."""

@@ -9,17 +9,34 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import h5py
 import numpy as np
 import torch
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, interface, opt
 from driftkit.store import schema as S
 from driftkit.store.dtypes import from_storage
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
 POSITIONS = ("all", "prompt", "response")
+
+
+def _json_default(x: object) -> object:
+    """numpy scalars (from pandas records and HDF5 attributes) as plain Python numbers."""
+    if isinstance(x, np.generic):
+        return x.item()
+    return str(x)
+
+
+def resume_hint(path: Path) -> str:
+    """How to finish an interrupted capture, in the interface the user is in."""
+    if interface() == "cli":
+        return f"'driftkit capture ... --resume --out {path}'"
+    return f"driftkit.capture(CaptureConfig(..., out='{path}', resume=True))"
 
 
 @dataclass(frozen=True)
@@ -69,7 +86,7 @@ class CaptureReader:
             except OSError:
                 raise DriftkitError(
                     f"{self.path} is not a readable HDF5 capture file ({exc}). It may be truncated by a crash "
-                    f"or not a driftkit file; re-run the capture with --resume or --overwrite."
+                    f"or not a driftkit file; re-run the capture with {opt('resume')} or {opt('overwrite')}."
                 ) from exc
         self.attrs: dict = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._f.attrs.items()}
         schema = self.attrs.get("schema")
@@ -80,7 +97,7 @@ class CaptureReader:
             n_done = int(np.asarray(self._f[S.SAMPLES_DONE]).sum())
             raise DriftkitError(
                 f"{self.path} is incomplete ({n_done}/{len(self._f[S.SAMPLES_DONE])} samples captured). "
-                f"Finish it with 'driftkit capture ... --resume --out {self.path}', or pass --allow-incomplete "
+                f"Finish it with {resume_hint(self.path)}, or pass {opt('allow_incomplete')} "
                 f"to use only the captured samples."
             )
         self.sample_ids = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in self._f[S.SAMPLES_ID][()]], dtype=object)
@@ -162,6 +179,48 @@ class CaptureReader:
     def shape(self, path: str) -> tuple[int, ...]:
         return tuple(self._f[path].shape)
 
+    # -- result views (the same two every driftkit result offers) ----------------------------------
+    #: columns of :meth:`to_frame`, one row per sample
+    FRAME_COLUMNS = ("sample", "id", "domain", "start", "stop", "n_tokens", "prompt_len", "response_len", "done")
+
+    def to_frame(self) -> "pd.DataFrame":
+        """The sample index as a tidy table, one row per sample; columns :attr:`FRAME_COLUMNS`.
+
+        ``start``/``stop`` are the sample's token rows in every per-token array (``read(path, start,
+        stop)``). The arrays themselves stay on disk: a frame of every activation would not fit in
+        memory for a real model, so read them with :meth:`read` / :meth:`iter_chunks`.
+        """
+        import pandas as pd
+
+        n_tok = np.diff(self.offsets)
+        return pd.DataFrame({
+            "sample": np.arange(self.n_samples), "id": self.sample_ids.astype(str), "domain": self.domains.astype(str),
+            "start": self.offsets[:-1], "stop": self.offsets[1:], "n_tokens": n_tok, "prompt_len": self.prompt_len,
+            "response_len": np.maximum(n_tok - self.prompt_len, 0), "done": self.done,
+        }, columns=list(self.FRAME_COLUMNS))
+
+    def to_dict(self) -> dict:
+        """What the file holds, JSON-able: provenance attributes, capture settings, arrays and samples."""
+        arrays = {p: {"shape": list(self._f[p].shape), "dtype": str(self._f[p].attrs.get("dtype", self._f[p].dtype))}
+                  for p in self.datasets()}
+        if S.FINAL_UNEMBED in self._f:
+            arrays[S.FINAL_UNEMBED] = {"shape": list(self._f[S.FINAL_UNEMBED].shape),
+                                       "dtype": str(self._f[S.FINAL_UNEMBED].dtype)}
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.attrs.items() if k != "config_json"}
+        return {"path": str(self.path), **{k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))},
+                "complete": self.complete, "n_samples": self.n_samples, "n_tokens": self.n_tokens,
+                "config": self.config, "sites": self.sites(), "arrays": arrays,
+                "samples": self.to_frame().to_dict(orient="records")}
+
+    def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
+        """:meth:`to_dict` as JSON text; written atomically to ``path`` when given."""
+        from driftkit.atomic import atomic_write
+
+        text = json.dumps(self.to_dict(), indent=indent, default=_json_default) + "\n"
+        if path is not None:
+            atomic_write(path, text)
+        return text
+
     # -- masks -----------------------------------------------------------------------------------
     def sample_index(self) -> np.ndarray:
         """(T,) index of the sample that owns each token."""
@@ -183,7 +242,7 @@ class CaptureReader:
         for next-token metrics by :meth:`predictive_mask`, not here.
         """
         if positions not in POSITIONS:
-            raise DriftkitError(f"--positions must be one of {', '.join(POSITIONS)}, not {positions!r}.")
+            raise DriftkitError(f"{opt('positions', None)} must be one of {', '.join(POSITIONS)}, not {positions!r}.")
         if positions == "all":
             return self.done_mask()
         rel = np.arange(self.n_tokens) - np.repeat(self.offsets[:-1], np.diff(self.offsets))
@@ -212,7 +271,7 @@ class CaptureReader:
         elif positions == "all":
             m = np.ones(self.n_tokens, dtype=bool)
         else:
-            raise DriftkitError(f"--positions must be one of {', '.join(POSITIONS)}, not {positions!r}.")
+            raise DriftkitError(f"{opt('positions', None)} must be one of {', '.join(POSITIONS)}, not {positions!r}.")
         return m & ~last & self.done_mask()
 
     # -- arrays ----------------------------------------------------------------------------------

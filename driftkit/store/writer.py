@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import torch
 
-from driftkit.errors import DriftkitError, StorageError
+from driftkit.errors import DriftkitError, StorageError, opt
 from driftkit.store import schema as S
 from driftkit.store.dtypes import numpy_storage_dtype, to_storage
 
@@ -58,13 +58,13 @@ def _io_error(path: Path, exc: BaseException) -> StorageError:
     text = str(exc)
     if code == errno.ENOSPC or "No space" in text or "no space" in text or "errno = 28" in text:
         why = "the disk is full"
-        fix = "Free space (or choose another --out) and rerun with --resume: completed samples are kept."
+        fix = f"Free space (or choose another {opt('out', None)}) and rerun with {opt('resume')}: completed samples are kept."
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in text or "read-only" in text.lower() or "errno = 13" in text:
         why = "permission denied"
-        fix = "Choose an --out in a folder you can write to."
+        fix = f"Choose an {opt('out', None)} in a folder you can write to."
     else:
         why = text.splitlines()[0] if text else type(exc).__name__
-        fix = "Check the output location; completed samples are kept and --resume continues."
+        fix = f"Check the output location; completed samples are kept and {opt('resume')} continues."
     return StorageError(f"Writing the capture file {path} failed: {why}. {fix}")
 
 
@@ -90,7 +90,8 @@ def _check_free_space(path: Path, n_tokens: int, specs: Sequence[ArraySpec], sto
     if need > free:
         raise DriftkitError(
             f"The capture needs about {need / 1e6:.1f} MB but only {free / 1e6:.1f} MB is free at {path.parent}: the disk is "
-            f"too full. Free space, choose another --out, record fewer layers (--layers every:4) or pass --compression lzf."
+            f"too full. Free space, choose another {opt('out', None)}, record fewer layers ({opt('layers', 'every:4')}) or pass "
+            f"{opt('compression', 'lzf')}."
         )
 
 
@@ -212,7 +213,7 @@ class CaptureWriter:
         except (OSError, RuntimeError) as exc:
             raise DriftkitError(
                 f"Cannot reopen {path} to resume ({str(exc).splitlines()[0]}); the file was probably cut mid-write. "
-                f"Start over with --overwrite."
+                f"Start over with {opt('overwrite')}."
             ) from exc
         missing = [s.path for s in specs if s.path not in f]
         if S.SAMPLES_SITES_WRITTEN in f:  # the record names exactly the datasets the file was made with
@@ -220,14 +221,15 @@ class CaptureWriter:
             missing += [p for p in recorded if p not in {s.path for s in specs}]
         if missing:
             f.close()
-            raise DriftkitError(f"Cannot resume {path}: it lacks {', '.join(missing[:5])}, so it was made with other probes or layers. Use --overwrite.")
+            raise DriftkitError(f"Cannot resume {path}: it lacks {', '.join(missing[:5])}, so it was made with other probes or layers. "
+                                f"Use {opt('overwrite')}.")
         # e.g. final/hidden (now at the model's own dtype) in a file made when it was stored at float16
         stored_as = {s.path: (f[s.path].dtype, _attr_str(f[s.path].attrs.get("dtype"))) for s in specs}
         wrong = [s.path for s in specs if stored_as[s.path] != _stored_as(s, storage_dtype)]
         if wrong:
             f.close()
             raise DriftkitError(f"Cannot resume {path}: {', '.join(wrong[:5])} is stored at another dtype than this run "
-                                f"writes (the file was made by another driftkit version or model dtype). Use --overwrite.")
+                                f"writes (the file was made by another driftkit version or model dtype). Use {opt('overwrite')}.")
         return cls(path, f, {s.path: s for s in specs}, storage_dtype)
 
     # -- writing ---------------------------------------------------------------------------------

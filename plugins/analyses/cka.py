@@ -130,9 +130,14 @@ class CKAAnalysis(Analysis):
             ("   lowest ", ""), (fmt(s["min_debiased_cka"]), "bold red"), (f" at layer {s['min_layer']}", ""),
             (f"   ({result['n']:,} {result['unit']}s)", "dim"),
         )
+        # 1 - CKA in 2 significant digits: near-identical checkpoints give CKA 0.99998 vs 0.99990, which
+        # any fixed number of decimals prints as "1.000" for every layer, hiding which layers moved
+        def gap(v: Any) -> str:
+            return "n/a" if v is None or v != v else f"{max(0.0, 1.0 - v):.2g}"
+
         movers = sorted(layers, key=lambda e: e["debiased_cka"] if e["debiased_cka"] == e["debiased_cka"] else 9)[:5]
-        mv = Text("biggest movers: ", style="bold")
-        mv.append("  ".join(f"{e['layer']}: {fmt(e['debiased_cka'], 3)}" for e in movers))
+        mv = Text("biggest movers (1 − debiased CKA): ", style="bold")
+        mv.append("  ".join(f"{e['layer']}: {gap(e['debiased_cka'])}" for e in movers))
         return Group(head, t, mv)
 
     def figures(self, results: Mapping[str, Mapping[str, Any]]) -> list[Figure]:

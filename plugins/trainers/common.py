@@ -34,6 +34,8 @@ SHARED_OPTIONS: dict[str, Option] = {
     "prompt_suffix": Option(PROMPT_SUFFIX, "Instruction appended to every problem (the reward reads the final \\boxed{} answer)."),
     "dtype": Option("auto", "Training dtype: auto (bf16 on GPU, float32 on CPU), float32, bfloat16.", choices=("auto", "float32", "bfloat16")),
     "trust_remote_code": Option(False, "Run the model repository's own code (only for models you trust)."),
+    "device": Option("auto", "Where to train: auto (the GPU when there is one), cpu, cuda or cuda:N."),
+    "revision": Option("", "Model revision (branch, tag or commit) of a hub model; empty: the default branch."),
     "gradient_checkpointing": Option(False, "Recompute activations in the backward pass (less memory, ~30% slower)."),
     "save_total_limit": Option(1, "How many resumable trainer-state checkpoints to keep (each holds optimizer state: ~3x the model)."),
 }
@@ -43,15 +45,29 @@ _MODEL_FILE_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt", ".t
 _NOT_MODEL_FILES = {"trainer_state.json"}
 
 
-def on_gpu() -> bool:
+def on_gpu(config: dict[str, Any] | None = None) -> bool:
+    """Whether training runs on a GPU: the one asked for by the ``device`` option (checked: asking for
+    a GPU that does not exist is a clear error), else any GPU there is."""
+    if config is not None and config.get("device", "auto") != "auto":
+        from driftkit.models import pick_device
+
+        return pick_device(str(config["device"])).type == "cuda"
     return torch.cuda.is_available()
+
+
+def report_phase(ctx: TrainContext, text: str) -> None:
+    """Say what happens before step 1 (loading the model, preparing data: a minute on a CPU), through
+    the progress callback when it can show it (the CLI's has a ``phase`` method), else not at all."""
+    phase = getattr(ctx.progress, "phase", None)
+    if callable(phase):
+        phase(text)
 
 
 def train_dtype(config: dict[str, Any]) -> str:
     """The dtype to load the model in: bf16 on a GPU that has it, float32 on CPU (TRL needs bf16=False there)."""
     if config["dtype"] != "auto":
         return config["dtype"]
-    if on_gpu() and torch.cuda.is_bf16_supported():
+    if on_gpu(config) and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
 
@@ -74,9 +90,11 @@ def load_base(ctx: TrainContext) -> tuple[Any, Any, dict[str, Any]]:
     if zero3_enabled():
         # every rank would otherwise hold the whole model in CPU memory before sharding it
         path = resolve_model_path(ctx.model)
-        tok = load_tokenizer(path, trust_remote_code=cfg["trust_remote_code"])
+        tok = load_tokenizer(path, revision=cfg.get("revision") or None, trust_remote_code=cfg["trust_remote_code"])
         return None, tok, {"path": path, "weights_sha256": weights_sha256(path), "dtype": dtype}
-    lm = load_model(ctx.model, dtype=dtype, device="cpu", trust_remote_code=cfg["trust_remote_code"])
+    report_phase(ctx, f"loading model {ctx.model}")
+    lm = load_model(ctx.model, dtype=dtype, device="cpu", trust_remote_code=cfg["trust_remote_code"],
+                    revision=cfg.get("revision") or None)
     info = {"path": lm.path, "weights_sha256": weights_sha256(lm.path), "dtype": dtype, **lm.info}
     tok = lm.tokenizer
     model = lm.model
@@ -119,7 +137,7 @@ def common_args(ctx: TrainContext, learning_rate: float) -> dict[str, Any]:
         save_only_model=False,
         report_to="none",
         disable_tqdm=True,
-        use_cpu=not on_gpu(),
+        use_cpu=not on_gpu(cfg),
         bf16=dtype == "bfloat16",
         fp16=False,
         # transformers 5 renamed it; pass both so TRL's default (True) cannot win and nothing warns.

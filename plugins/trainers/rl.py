@@ -27,6 +27,7 @@ from driftkit.plugins.trainers.common import (
     SHARED_OPTIONS,
     common_args,
     load_base,
+    report_phase,
     attach,
     quiet_libraries,
     on_gpu,
@@ -100,6 +101,7 @@ class GRPOTrainerPlugin(Trainer):
         cfg = ctx.config
         if ctx.progress is not None:
             quiet_libraries()
+        report_phase(ctx, f"reading data {ctx.data}")
         data = load_math_data(ctx.data, columns=cfg["columns"], need=("problem", "answer"))
         model, tok, base = load_base(ctx)
         tok.padding_side = "left"  # generation pads on the left
@@ -139,6 +141,7 @@ class GRPOTrainerPlugin(Trainer):
             log_completions=bool(cfg["log_completions"]),
             **vllm,
         )
+        report_phase(ctx, f"preparing {len(dataset)} training examples (tokenizing)")
         trainer = GRPOTrainer(
             model=model if model is not None else base["path"],
             reward_funcs=reward_funcs,

@@ -25,6 +25,7 @@ from driftkit.plugins.trainers.common import (
     SHARED_OPTIONS,
     common_args,
     load_base,
+    report_phase,
     attach,
     quiet_libraries,
     select_rows,
@@ -54,6 +55,7 @@ class SFTTrainerPlugin(Trainer):
         if ctx.progress is not None:
             quiet_libraries()
         need = ("problem", "solution", "answer") if cfg["filter_correct"] else ("problem", "solution")
+        report_phase(ctx, f"reading data {ctx.data}")
         data = load_math_data(ctx.data, columns=cfg["columns"], need=need)
         model, tok, base = load_base(ctx)
 
@@ -84,6 +86,7 @@ class SFTTrainerPlugin(Trainer):
             packing=bool(cfg["packing"]),
             dataset_num_proc=None,
         )
+        report_phase(ctx, f"preparing {len(dataset)} training examples (tokenizing)")
         trainer = SFTTrainer(
             model=model if model is not None else base["path"],
             args=args,
