@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the only modules of the pipeline allowed to name plugins: the demo's and the defaults' settings
 CONFIG_FILES = {"driftkit/pipeline/demo.py", "driftkit/pipeline/defaults.py"}
 #: bundled result keys the core used to read by name
-RESULT_KEYS = {"kl_forward", "linear_cka", "pca_distance", "shifted", "top_shifted_tokens", "points"}
+RESULT_KEYS = {"kl_forward", "linear_cka", "pca_distance", "shifted", "top_shifted_tokens"}
 
 
 def _string_literals(path: Path) -> set[str]:
@@ -24,7 +24,8 @@ def _string_literals(path: Path) -> set[str]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docs.add(id(first.value))
-    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs}
+    return {n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs}
 
 
 def test_no_plugin_name_in_pipeline_or_report() -> None:
@@ -143,10 +144,15 @@ def test_umap_is_a_plugin_that_streams_through_compare(tiny_capture_pair) -> Non
     check_plugin(cls)
     defaults, _ = resolve_analyses(None, {})
     assert "umap" not in {a.name for a in defaults}  # not on a plain compare
-    rep = compare(list(tiny_capture_pair), analyses=["umap"]).to_dict()
+    rep = compare(list(tiny_capture_pair), analyses=["umap"], positions="all").to_dict()
     res = rep["analyses"]["umap"]
     assert res["summary"]["n_samples"] == 6 and len(res["points"]) == 12
     assert {p["side"] for p in res["points"]} == {"a", "b"} and res["layer"] == 2
-    again = compare(list(tiny_capture_pair), analyses=["umap"]).to_dict()["analyses"]["umap"]
+    again = compare(list(tiny_capture_pair), analyses=["umap"], positions="all").to_dict()["analyses"]["umap"]
     assert again["points"] == res["points"]  # seeded: the same picture twice
     assert cls().figures({"tuned": res})[0].svg.startswith("<svg")
+    # response positions: one sample per model has a response, too few to embed: a clear refusal
+    from driftkit.errors import DriftkitError
+
+    with pytest.raises(DriftkitError, match="needs at least 6 pooled samples"):
+        compare(list(tiny_capture_pair), analyses=["umap"], positions="response")

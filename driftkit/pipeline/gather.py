@@ -97,7 +97,8 @@ def drift_table(ran: list[Ran], tuned: list[str]) -> list[dict[str, Any]]:
             if model not in r.results:
                 continue
             for label, value, spec in r.analysis.study_rows(r.results[model]):
-                row = rows.setdefault((r.name, label), {"analysis": r.name, "measure": label, "format": spec, "values": {}})
+                row = rows.setdefault((r.name, label),
+                                      {"analysis": r.name, "measure": label, "format": spec, "values": {}})
                 row["values"][model] = value
     return list(rows.values())
 
@@ -115,7 +116,8 @@ def drift_vs_transfer(ran: list[Ran], tuned: list[str], scores: dict[str, Any]) 
             dR = None
             if scores:
                 base = scores["base"]
-                dR = mean([scores[n][b]["value"] - base[b]["value"] for b in base if base[b]["domain"] == d and b in scores[n]])
+                dR = mean([scores[n][b]["value"] - base[b]["value"] for b in base
+                           if base[b]["domain"] == d and b in scores[n]])
             rows.append({"model": n, "domain": d, "score_change": dR,
                          **{m: per.get(d) for m, per in by_model.get(n, {}).items()}})
     return rows
@@ -139,8 +141,10 @@ def gather(ctx: "Ctx") -> tuple[dict[str, Any], list[Ran]]:
         for model, result in r.results.items():
             data[r.section][model].update(r.analysis.study_entry(result))
     data["drift_table"] = drift_table(ran, tuned)
-    data["drift_measures"] = {n: {k: v for r in ran if n in r.results for k, v in r.analysis.drift_measures(r.results[n]).items()}
-                              for n in tuned}
+    data["drift_measures"] = {n: {} for n in tuned}
+    for r in ran:
+        for model, result in r.results.items():
+            data["drift_measures"][model].update(r.analysis.drift_measures(result))
     data["drift"] = {}
     for t in ex.train:
         st = man.step(f"drift.{t.name}")

@@ -254,8 +254,8 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
             path = ctx.path(rel)
             raw, tf = work / f"{path.name}.raw.h5", work / f"{path.name}.tf.h5"
             common = dict(overwrite=True, storage_dtype=ctx.ex.capture["storage_dtype"])
-            capture(CaptureConfig(model=str(path), prompts=ctx.ex.capture["prompts"], layers=d["layers"], probes=["residual"],
-                                  out=raw, **common))
+            capture(CaptureConfig(model=str(path), prompts=ctx.ex.capture["prompts"], layers=d["layers"],
+                                  probes=["residual"], out=raw, **common))
             capture(CaptureConfig(model=str(path), tokens_from=gen, probes=["final"], out=tf, **common))
             step = int(path.name.split("-")[1])
             points.append({"step": step, "checkpoint": rel, **measures(raw, tf),
@@ -268,7 +268,8 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
         points.append({"step": final_step, "checkpoint": ctx.outputs(f"train.{name}")["model"], **measures(final_raw, gen),
                        "score": _drift_scores(ctx, name, _tuned_path(ctx, name), name, f"bench.{name}")})
         rel_out = f"drift/{name}.json"
-        atomic_write(ctx.path(rel_out), json.dumps({"model": name, "points": sorted(points, key=lambda p: p["step"])}, indent=2))
+        points.sort(key=lambda p: p["step"])
+        atomic_write(ctx.path(rel_out), json.dumps({"model": name, "points": points}, indent=2))
         return {"outputs": {"drift": rel_out}, "summary": {}}
 
     return run
@@ -354,8 +355,8 @@ def plan(ex: Experiment) -> list[Step]:
                 steps.append(Step(f"drift.{t.name}", {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"],
                                                          "compare": ex.compare}, deps, _drift(t.name),
                                   f"drift over training ({t.name})"))
-    steps.append(Step("report", {"version": 2, "name": ex.name, "study": ex.study, "headline": ex.drift.get("headline")},
-                      [s.id for s in steps], _report, "study report"))
+    report = {"version": 2, "name": ex.name, "study": ex.study, "headline": ex.drift.get("headline")}
+    steps.append(Step("report", report, [s.id for s in steps], _report, "study report"))
     return steps
 
 

@@ -51,7 +51,8 @@ def drift_figure(data: dict[str, Any]) -> Figure | None:
     for j, (n, pts) in enumerate(drift.items()):
         ax = axes[0, j]
         steps = [p["step"] for p in pts]
-        keys = [k for k, v in pts[0].items() if k not in ("step", "checkpoint", "score") and isinstance(v, (int, float))]
+        keys = [k for k, v in pts[0].items()
+                if k not in ("step", "checkpoint", "score") and isinstance(v, (int, float))]
         for i, k in enumerate(keys):
             ax.plot(steps, [abs(p[k] - pts[0][k]) if p.get(k) is not None else np.nan for p in pts], "-o", ms=3,
                     label=f"{k} (change from base)", color=COLORS[i % len(COLORS)])
@@ -87,8 +88,8 @@ def drift_vs_transfer_figure(data: dict[str, Any]) -> Figure | None:
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xlabel(key)
         ax.set_ylabel("mean score change")
-    return Figure("Drift vs transfer", to_svg(fig), "Drift vs transfer: each point is one (model, domain); y is the mean "
-                  "score change on that domain's benchmarks.")
+    return Figure("Drift vs transfer", to_svg(fig), "Drift vs transfer: each point is one (model, domain); y is "
+                  "the mean score change on that domain's benchmarks.")
 
 
 def figures(data: dict[str, Any], ran: list["Ran"]) -> list[Figure]:

@@ -55,8 +55,10 @@ def render_html(study: "Study") -> str:
     name = html.escape(d["experiment"])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>driftkit study: {name}</title>"
              f"<style>{CSS}</style></head><body>", f"<h1>driftkit study: {name}</h1>",
-             f"<p class='muted'>base <b>{html.escape(str(d['base']))}</b>; tuned: {html.escape(', '.join(d['models'][1:]))}</p>",
-             "<h2>Findings</h2><ul class='findings'>" + "".join(f"<li>{html.escape(f)}</li>" for f in study.findings) + "</ul>"]
+             f"<p class='muted'>base <b>{html.escape(str(d['base']))}</b>; "
+             f"tuned: {html.escape(', '.join(d['models'][1:]))}</p>",
+             "<h2>Findings</h2><ul class='findings'>"
+             + "".join(f"<li>{html.escape(f)}</li>" for f in study.findings) + "</ul>"]
     h, rows = score_rows(d)
     if rows:
         parts.append("<h2>Scores and transferability</h2>" + table(h, rows))
@@ -67,11 +69,12 @@ def render_html(study: "Study") -> str:
     dvt = d.get("drift_vs_transfer", [])
     keys = list(dict.fromkeys(k for r in dvt for k in r if k not in ("model", "domain", "score_change")))
     if dvt:
-        rows = [[r["model"], r["domain"], fmt(r["score_change"], ".1f"), *[fmt(r.get(k), ".3f") for k in keys]] for r in dvt]
+        rows = [[r["model"], r["domain"], fmt(r["score_change"], ".1f"), *[fmt(r.get(k), ".3f") for k in keys]]
+                for r in dvt]
         parts.append("<h2>Drift vs transfer</h2>" + table(["model", "domain", "score change", *keys], rows))
     steps = d.get("steps", {})
-    parts.append("<h2>Run</h2>" + table(["step", "seconds", "executions"],
-                                        [[k, fmt(v.get("seconds"), ".1f"), v.get("executions")] for k, v in steps.items()]))
+    run_rows = [[k, fmt(v.get("seconds"), ".1f"), v.get("executions")] for k, v in steps.items()]
+    parts.append("<h2>Run</h2>" + table(["step", "seconds", "executions"], run_rows))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -98,4 +101,5 @@ def render_terminal(study: "Study", console: Any) -> None:
     for j, name in enumerate(h[1:], start=1):
         t.add_row(name, *[str(r[j]) for r in rows])
     console.print(t)
-    console.print(Panel("\n".join(f"• {f}" for f in study.findings) or "(no findings)", title="findings", title_align="left"))
+    console.print(Panel("\n".join(f"• {f}" for f in study.findings) or "(no findings)", title="findings",
+                        title_align="left"))

@@ -171,11 +171,11 @@ class CKAAnalysis(Analysis):
 
     # -- the study report --------------------------------------------------------------------------
     def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        return {"cka_layers": [{"layer": x["layer"], "linear_cka": x["linear_cka"], "debiased_cka": x.get("debiased_cka")}
-                               for x in result["layers"]]}
+        keep = ("layer", "linear_cka", "debiased_cka")
+        return {"cka_layers": [{k: x.get(k) for k in keep} for x in result["layers"]]}
 
     def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
-        vals = [x["linear_cka"] for x in result["layers"] if x["linear_cka"] is not None and math.isfinite(x["linear_cka"])]
+        vals = [v for x in result["layers"] if (v := x["linear_cka"]) is not None and math.isfinite(v)]
         return [("mean CKA", float(np.mean(vals)) if vals else None, ".3f")]
 
     def findings(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -193,6 +193,6 @@ class CKAAnalysis(Analysis):
             low = np.argsort(vals)[:k]
             rest = np.setdiff1d(np.arange(len(vals)), low)
             lo_layers = sorted(str(layers[i]["layer"]) for i in low)
-            out.append(f"{lab}: lowest CKA to the base at layer(s) {', '.join(lo_layers)} (mean {vals[low].mean():.3f} vs "
-                       f"{vals[rest].mean() if rest.size else float('nan'):.3f} elsewhere).")
+            out.append(f"{lab}: lowest CKA to the base at layer(s) {', '.join(lo_layers)} "
+                       f"(mean {vals[low].mean():.3f} vs {vals[rest].mean() if rest.size else float('nan'):.3f} elsewhere).")
         return out

@@ -162,7 +162,8 @@ class KLAnalysis(Analysis):
             kl = r["summary"].get("kl_forward")
             if kl is None:
                 continue
-            where = "its response tokens" if r.get("positions") == "response" else f"{r.get('positions', 'all')} positions"
+            pos = r.get("positions", "all")
+            where = "its response tokens" if pos == "response" else f"{pos} positions"
             out.append(f"{lab}: mean KL(P_tuned||P_base) over {where} {kl:.3f} nats"
                        + (f" ({NO_CHANGE})." if negligible(kl) else "."))
         return out

@@ -45,10 +45,13 @@ class UMAPAnalysis(Analysis):
 
     def check(self, pair: Any) -> str | None:
         if self._site(pair) is None:
-            return (f"needs residual layer {self.opts['layer']} recorded in both captures" if int(self.opts["layer"]) >= 0
-                    else "needs residual sites recorded in both captures (capture with --probe residual)")
-        if pair.n_samples * 2 < MIN_SAMPLES:
-            return f"needs at least {MIN_SAMPLES} pooled samples (A and B together)"
+            if int(self.opts["layer"]) >= 0:
+                return f"needs residual layer {self.opts['layer']} recorded in both captures"
+            return "needs residual sites recorded in both captures (capture with --probe residual)"
+        n = len(np.unique(pair.token_sample[np.flatnonzero(pair.mask("states"))]))
+        if n * 2 < MIN_SAMPLES:
+            return (f"needs at least {MIN_SAMPLES} pooled samples (A and B together); {n} per model have selected "
+                    f"tokens at positions '{pair.positions}'")
         return None
 
     def run(self, pair: Any) -> dict[str, Any]:
