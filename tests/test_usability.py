@@ -41,12 +41,12 @@ def test_existing_output_message_per_interface(tiny_model: Path, tmp_path: Path)
     import driftkit
 
     out = tmp_path / "c.h5"
-    cfg = dict(model=str(tiny_model), prompts="probes:math", limit=2, layers="0", out=out)
+    cfg = dict(model=str(tiny_model), prompts="bundled:math", limit=2, layers="0", out=out)
     driftkit.capture(driftkit.CaptureConfig(**cfg))
     with pytest.raises(DriftkitError) as e:
         driftkit.capture(driftkit.CaptureConfig(**cfg))
     assert "overwrite=True" in str(e.value) and "--overwrite" not in str(e.value)
-    r = runner.invoke(app, ["capture", str(tiny_model), "--prompts", "probes:math", "--limit", "2", "--out", str(out)])
+    r = runner.invoke(app, ["capture", str(tiny_model), "--prompts", "bundled:math", "--limit", "2", "--out", str(out)])
     text = " ".join(r.output.split())
     assert r.exit_code == 1 and "--overwrite" in text and "overwrite=True" not in text
 

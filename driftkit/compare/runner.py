@@ -41,8 +41,8 @@ def resolve_analyses(
     from driftkit import registry
 
     explicit_specs = list(specs) if specs is not None else []
-    if specs is None:
-        specs = list(registry.available("analysis"))
+    if specs is None:  # every registered analysis that runs by default (``Analysis.default``)
+        specs = [n for n in registry.available("analysis") if getattr(registry.load("analysis", n), "default", True)]
     # Extras given by file or module are imported first, which registers their names, so
     # ``--analysis my.py:Mine --analyses kl,mine`` selects them by name; named ones run once.
     extra = [registry.load("analysis", s.strip()) if isinstance(s, str) else s for s in extra]

@@ -42,6 +42,12 @@ sigma = "pooled"
 enabled = true
 bench = ["math500"]        # scored at every checkpoint
 bench_limit = 10           # default: [bench].limit (then the base's and final model's scores are reused)
+measures = { cka = "cka.mean_linear_cka", kl = "kl.kl_forward", shifted = "token_rank.shifted" }
+headline = "kl"            # the measure whose half-way step the findings quote
+
+[study]
+expect = ["sft > other"]   # each "A > B": A is expected to drift more than B (checked on every drift measure)
+expect_why = "The expected pattern"
 ```
 
 Why TOML and a dataclass: the file is the unit of reproducibility; every field that changes a
@@ -55,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from driftkit.errors import DriftkitError
+from driftkit.pipeline.defaults import DEFAULTS
 
 
 @dataclass
@@ -84,6 +91,7 @@ class Experiment:
     compare: dict[str, Any] = field(default_factory=dict)
     transfer: dict[str, Any] = field(default_factory=dict)
     drift: dict[str, Any] = field(default_factory=dict)
+    study: dict[str, Any] = field(default_factory=dict)
     source: str = "<python>"
 
     @property
@@ -91,15 +99,7 @@ class Experiment:
         return [t.name for t in self.train] + [m.name for m in self.models]
 
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "bench": {"suite": "default", "limit": 20, "data": "auto", "options": {}, "enabled": True},
-    "capture": {"prompts": "bundled:general-mix", "chat_prompts": "bundled:general-mix", "chat_limit": None,
-                "max_new_tokens": 64, "layers": "all", "max_batch_tokens": 4096, "storage_dtype": "float16"},
-    "compare": {"raw_analyses": ["cka", "pca_shift"], "gen_analyses": ["kl", "token_rank"], "options": {}},
-    "transfer": {"sigma": "pooled"},
-    "drift": {"enabled": True, "bench": ["math500"], "bench_limit": None, "layers": "every:4"},
-}
-SECTIONS = ("experiment", "train", "models", "bench", "capture", "compare", "transfer", "drift")
+SECTIONS = ("experiment", "train", "models", "bench", "capture", "compare", "transfer", "drift", "study")
 
 #: accepted keys and their types, per table; a tuple of types means any of them ("list" = list of str)
 _STR, _INT, _BOOL, _TABLE, _LIST = (str,), (int,), (bool,), (dict,), ("list",)
@@ -112,7 +112,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
                 "layers": _STR + _INT, "max_batch_tokens": _INT, "storage_dtype": _STR},
     "compare": {"raw_analyses": _LIST, "gen_analyses": _LIST, "options": _TABLE},
     "transfer": {"sigma": _STR + _TABLE},
-    "drift": {"enabled": _BOOL, "bench": _LIST, "bench_limit": _INT, "layers": _STR + _INT},
+    "drift": {"enabled": _BOOL, "bench": _LIST, "bench_limit": _INT, "layers": _STR + _INT, "measures": _TABLE,
+              "headline": _STR},
+    "study": {"expect": _LIST, "expect_why": _STR},
 }
 OPTIONAL_NONE = ("chat_limit", "bench_limit", "benchmarks")  # may be given as None from Python
 REQUIRED = {"experiment": ("base",), "train": ("name", "trainer", "data"), "models": ("name", "path")}
@@ -214,10 +216,37 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
             raise DriftkitError(f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - and _).")
         names.add(n)
     sections = {k: _merge(k, d.get(k)) for k in DEFAULTS}
+    drift_runs = sections["drift"]["enabled"] and any(int(t.options.get("save_steps", 0) or 0) > 0 for t in train)
+    problems = _check_study(sections, [t.name for t in train] + [m.name for m in models], drift_runs)
+    if problems:
+        raise DriftkitError(f"{where}: " + " ".join(problems) + " See docs/pipeline.md.")
     if not train and not models:
         raise DriftkitError(f"{where}: nothing to compare. Add [[train]] runs that make tuned checkpoints, or [[models]] that exist.")
     return Experiment(name=name, base=str(ex["base"]), out=out, seed=int(ex.get("seed", 0)), train=train, models=models,
                       source=where, **sections)
+
+
+def _check_study(sections: dict[str, dict[str, Any]], tuned: list[str], drift_runs: bool) -> list[str]:
+    """Problems of the keys that refer to other parts of the file: drift measures (when drift over
+    training runs) name an analysis of [compare] and one of its summary keys; expectations name two
+    tuned models."""
+    out = []
+    measures = sections["drift"]["measures"] if drift_runs else {}
+    ran = list(sections["compare"]["raw_analyses"]) + list(sections["compare"]["gen_analyses"])
+    for key, spec in measures.items():
+        an, _, stat = str(spec).partition(".")
+        if not stat or an not in ran:
+            out.append(f"[drift] measures: {key} = {spec!r} must be 'analysis.summary_key' with the analysis one of "
+                       f"[compare] raw_analyses or gen_analyses ({', '.join(ran)}).")
+    if measures and sections["drift"]["headline"] not in measures:
+        out.append(f"[drift] headline {sections['drift']['headline']!r} is not one of its measures "
+                   f"({', '.join(sections['drift']['measures'])}).")
+    for e in sections["study"]["expect"]:
+        a, sep, b = (x.strip() for x in e.partition(">"))
+        if not sep or a not in tuned or b not in tuned or a == b:
+            out.append(f"[study] expect {e!r} must read 'A > B' with A and B two different tuned models "
+                       f"({', '.join(tuned)}).")
+    return out
 
 
 def load_experiment(path: str | Path) -> Experiment:

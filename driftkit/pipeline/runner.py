@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError
 from driftkit.pipeline.experiment import Experiment
 from driftkit.pipeline.manifest import Manifest, stable_hash
@@ -196,56 +197,62 @@ def _transfer(ctx: Ctx) -> dict[str, Any]:
         ctx.log(f"[yellow]transferability index undefined:[/] {exc}")
         res = {"schema": "driftkit.transfer/1", "models": {}, "error": str(exc)}
     rel = "transfer.json"
-    ctx.path(rel).write_text(json.dumps(res, indent=2, default=str))
+    atomic_write(ctx.path(rel), json.dumps(res, indent=2, default=str))
     return {"outputs": {"transfer": rel}, "summary": {}}
+
+
+def _measures(ctx: Ctx, base_raw: Path, base_tf: Path) -> Callable[[Path, Path], dict[str, float]]:
+    """The drift measures of one checkpoint, from each analysis's summary.
+
+    ``[drift] measures`` maps each point's key to ``analysis.summary_key``; an analysis of
+    ``[compare] raw_analyses`` is run on the raw-text captures (over ``[drift] layers``), one of
+    ``gen_analyses`` on the teacher-forced captures of the final model's answers (response tokens).
+    """
+    d, cmp = ctx.ex.drift, ctx.ex.compare
+    specs = {k: str(v).partition(".")[::2] for k, v in d["measures"].items()}
+    wanted = {an for an, _ in specs.values()}
+    raw_an = [a for a in cmp["raw_analyses"] if a in wanted]
+    gen_an = [a for a in cmp["gen_analyses"] if a in wanted]
+
+    def options(names: list[str]) -> dict[str, dict[str, Any]] | None:
+        return {k: v for k, v in (cmp["options"] or {}).items() if k in names} or None
+
+    def run(raw: Path, tf: Path) -> dict[str, float]:
+        from driftkit.compare.runner import compare
+
+        summaries: dict[str, dict[str, float]] = {}
+        for names, paths, kw in ((raw_an, [base_raw, raw], {"layers": d["layers"]}),
+                                 (gen_an, [base_tf, tf], {"positions": "response"})):
+            if names:
+                rep = compare(paths, analyses=names, options=options(names), **kw)
+                summaries.update({n: rep.analysis(n).summary(rep.to_dict()["analyses"][n]) for n in names})
+        return {k: summaries[an][stat] for k, (an, stat) in specs.items()}
+
+    return run
 
 
 def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
     """Capture and compare each intermediate checkpoint of a training run against the base.
 
-    Every point uses the same measures: mean linear CKA over ``drift.layers`` on the raw prompts,
-    KL and shifted-token fraction on the *final* model's own response tokens (so all checkpoints
-    are scored on identical text), and the math score. The final checkpoint reuses the main
-    captures and scores instead of recomputing them.
+    Every point uses the same measures (``[drift] measures``, see :func:`_measures`): analyses of the
+    raw prompts over ``drift.layers``, analyses of the *final* model's own response tokens (so all
+    checkpoints are scored on identical text), and the drift benchmarks' scores. The base point is
+    the base compared with itself; the final checkpoint reuses the main captures and scores instead of
+    recomputing them.
     """
 
     def run(ctx: Ctx) -> dict[str, Any]:
-        from driftkit.bench import run_suite
         from driftkit.capture import CaptureConfig, capture
-        from driftkit.compare.runner import compare
-        from driftkit.scores import primary_scores, read_scores
 
         d = ctx.ex.drift
-        bench_on = ctx.ex.bench.get("enabled", True) and bool(d["bench"])
-        same_limit = d["bench_limit"] in (None, ctx.ex.bench["limit"])
         work = ctx.path(f"drift/{name}")
         work.mkdir(parents=True, exist_ok=True)
         base_raw = ctx.path(ctx.outputs("capture.raw.base")["capture"])
         gen = ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"])
         base_on = ctx.path(ctx.outputs(f"capture.base_on.{name}")["capture"])
-
-        def bench_scores(model: str, label: str, reuse_step: str | None) -> dict[str, float]:
-            if not bench_on:
-                return {}
-            if reuse_step and same_limit:
-                sp = ctx.path(ctx.outputs(reuse_step)["scores"])
-            else:
-                sp = work / f"{label}.scores.json"
-                run_suite(model, benchmarks=list(d["bench"]), limit=d["bench_limit"] or ctx.ex.bench["limit"], out=sp,
-                          data=ctx.ex.bench["data"], model_name=label, **ctx.ex.bench["options"])
-            ps = primary_scores(read_scores(sp))
-            return {b: ps[b]["value"] for b in d["bench"] if b in ps}
-
-        def measures(raw: Path, tf: Path) -> dict[str, float]:
-            rep_raw = compare([base_raw, raw], analyses=["cka"], layers=d["layers"]).to_dict()
-            rep_tf = compare([base_on, tf], analyses=["kl", "token_rank"], positions="response").to_dict()
-            ck = rep_raw["analyses"]["cka"]["layers"]
-            return {"cka": sum(x["linear_cka"] for x in ck) / max(1, len(ck)),
-                    "kl": rep_tf["analyses"]["kl"]["summary"]["kl_forward"],
-                    "shifted": rep_tf["analyses"]["token_rank"]["summary"]["shifted"]}
-
-        points: list[dict[str, Any]] = [{"step": 0, "checkpoint": "base", "cka": 1.0, "kl": 0.0, "shifted": 0.0,
-                                         "score": bench_scores(ctx.ex.base, "base", "bench.base")}]
+        measures = _measures(ctx, base_raw, base_on)
+        points: list[dict[str, Any]] = [{"step": 0, "checkpoint": "base", **measures(base_raw, base_on),
+                                         "score": _drift_scores(ctx, name, ctx.ex.base, "base", "bench.base")}]
         ckpts = list(ctx.manifest.step(f"train.{name}")["summary"]["checkpoints"])
         final_step = _final_step(ctx, name)
         ckpts = [c for c in ckpts if int(Path(c).name.split("-")[1]) < final_step]
@@ -253,22 +260,43 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
             path = ctx.path(rel)
             raw, tf = work / f"{path.name}.raw.h5", work / f"{path.name}.tf.h5"
             common = dict(overwrite=True, storage_dtype=ctx.ex.capture["storage_dtype"])
-            capture(CaptureConfig(model=str(path), prompts=ctx.ex.capture["prompts"], layers=d["layers"], probes=["residual"], out=raw, **common))
+            capture(CaptureConfig(model=str(path), prompts=ctx.ex.capture["prompts"], layers=d["layers"],
+                                  probes=["residual"], out=raw, **common))
             capture(CaptureConfig(model=str(path), tokens_from=gen, probes=["final"], out=tf, **common))
             step = int(path.name.split("-")[1])
-            points.append({"step": step, "checkpoint": rel, **measures(raw, tf), "score": bench_scores(str(path), f"{name}@{step}", None)})
+            points.append({"step": step, "checkpoint": rel, **measures(raw, tf),
+                           "score": _drift_scores(ctx, name, str(path), f"{name}@{step}", None)})
             raw.unlink(missing_ok=True)
             tf.unlink(missing_ok=True)
             if ctx.progress:
                 ctx.progress(f"drift {name}", i + 1, len(ckpts) + 1)
         final_raw = ctx.path(ctx.outputs(f"capture.raw.{name}")["capture"])
         points.append({"step": final_step, "checkpoint": ctx.outputs(f"train.{name}")["model"], **measures(final_raw, gen),
-                       "score": bench_scores(_tuned_path(ctx, name), name, f"bench.{name}")})
+                       "score": _drift_scores(ctx, name, _tuned_path(ctx, name), name, f"bench.{name}")})
         rel_out = f"drift/{name}.json"
-        ctx.path(rel_out).write_text(json.dumps({"model": name, "points": sorted(points, key=lambda p: p["step"])}, indent=2))
+        points.sort(key=lambda p: p["step"])
+        atomic_write(ctx.path(rel_out), json.dumps({"model": name, "points": points}, indent=2))
         return {"outputs": {"drift": rel_out}, "summary": {}}
 
     return run
+
+
+def _drift_scores(ctx: Ctx, name: str, model: str, label: str, reuse_step: str | None) -> dict[str, float]:
+    """The drift benchmarks' scores of one checkpoint (reusing the main bench step's at the same limit)."""
+    from driftkit.bench import run_suite
+    from driftkit.scores import primary_scores, read_scores
+
+    d = ctx.ex.drift
+    if not (ctx.ex.bench.get("enabled", True) and d["bench"]):
+        return {}
+    if reuse_step and d["bench_limit"] in (None, ctx.ex.bench["limit"]):
+        sp = ctx.path(ctx.outputs(reuse_step)["scores"])
+    else:
+        sp = ctx.path(f"drift/{name}") / f"{label}.scores.json"
+        run_suite(model, benchmarks=list(d["bench"]), limit=d["bench_limit"] or ctx.ex.bench["limit"], out=sp,
+                  data=ctx.ex.bench["data"], model_name=label, **ctx.ex.bench["options"])
+    ps = primary_scores(read_scores(sp))
+    return {b: ps[b]["value"] for b in d["bench"] if b in ps}
 
 
 def _final_step(ctx: Ctx, name: str) -> int:
@@ -330,9 +358,11 @@ def plan(ex: Experiment) -> list[Step]:
                 deps = [f"train.{t.name}", "capture.raw.base", f"capture.gen.{t.name}", f"capture.base_on.{t.name}"]
                 if ex.bench.get("enabled", True):
                     deps += ["bench.base", f"bench.{t.name}"]
-                steps.append(Step(f"drift.{t.name}", {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"]}, deps, _drift(t.name),
+                steps.append(Step(f"drift.{t.name}", {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"],
+                                                         "compare": ex.compare}, deps, _drift(t.name),
                                   f"drift over training ({t.name})"))
-    steps.append(Step("report", {"version": 1, "name": ex.name}, [s.id for s in steps], _report, "study report"))
+    report = {"version": 2, "name": ex.name, "study": ex.study, "headline": ex.drift.get("headline")}
+    steps.append(Step("report", report, [s.id for s in steps], _report, "study report"))
     return steps
 
 

@@ -94,6 +94,38 @@ class Analysis(Configurable, ABC):
         so one figure can overlay all pairs."""
         return []
 
+    # -- the study report (``driftkit run`` / ``demo``) -----------------------------------------------
+    # Why here: the pipeline and its report iterate over whatever analyses ran and name none, so an
+    # analysis (bundled or a user's) brings its own part of the study. Every hook has a default.
+
+    #: run by ``driftkit compare`` when no analyses are named; False for slow or optional ones
+    default: ClassVar[bool] = True
+
+    def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        """What the study's JSON records of this analysis for one tuned model (merged into
+        ``representations.<model>`` or ``distributions.<model>``). Default: ``{name: summary}``."""
+        return {self.name: self.summary(result)}
+
+    def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        """Headline rows of the study's drift table for one tuned model: ``(label, value, format)``,
+        the format a ``format()`` spec such as ``".3f"``. Default: the :meth:`summary` numbers."""
+        return [(k, v, ".3f") for k, v in self.summary(result).items()]
+
+    def drift_measures(self, result: Mapping[str, Any]) -> dict[str, float]:
+        """Headline drift numbers, oriented so that larger means B moved further from A; the study
+        compares tuned models on them ("x drifts more than y on 3/3 measures"). Default: none."""
+        return {}
+
+    def drift_by_domain(self, result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        """``{measure: {domain: value}}``: drift per prompt domain, set against each domain's score
+        change in the study's drift-vs-transfer table and figure. Default: none."""
+        return {}
+
+    def findings(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """One-line findings for the study, generated from the numbers; ``results`` maps each tuned
+        model's label to its result. Say "no measurable change" rather than quote zeros. Default: none."""
+        return []
+
 
 def fmt(v: Any, digits: int = 4) -> str:
     """Human formatting for report numbers (None/NaN as an en dash)."""

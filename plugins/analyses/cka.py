@@ -22,6 +22,7 @@ from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
 from driftkit.report.terminal import sparkline
+from driftkit.report.wording import NEGLIGIBLE, NO_CHANGE
 
 
 class CKAAnalysis(Analysis):
@@ -172,3 +173,31 @@ class CKAAnalysis(Analysis):
             fig.colorbar(im, ax=ax, shrink=0.8)
             figs.append(Figure(f"Cross-layer debiased CKA: A vs {lab}", to_svg(fig)))
         return figs
+
+    # -- the study report --------------------------------------------------------------------------
+    def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        keep = ("layer", "linear_cka", "debiased_cka")
+        return {"cka_layers": [{k: x.get(k) for k in keep} for x in result["layers"]]}
+
+    def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        vals = [v for x in result["layers"] if (v := x["linear_cka"]) is not None and math.isfinite(v)]
+        return [("mean CKA", float(np.mean(vals)) if vals else None, ".3f")]
+
+    def findings(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Per model: the layers (the lowest fifth) where CKA to A is lowest, against the rest."""
+        out = []
+        for lab, res in results.items():
+            layers = res.get("layers") or []
+            if not layers:
+                continue
+            vals = np.array([x["linear_cka"] for x in layers], dtype=float)
+            if np.all(np.abs(1.0 - vals) < NEGLIGIBLE):
+                out.append(f"{lab}: linear CKA to the base is 1 at every layer ({NO_CHANGE}).")
+                continue
+            k = max(1, len(vals) // 5)
+            low = np.argsort(vals)[:k]
+            rest = np.setdiff1d(np.arange(len(vals)), low)
+            lo_layers = sorted(str(layers[i]["layer"]) for i in low)
+            out.append(f"{lab}: lowest CKA to the base at layer(s) {', '.join(lo_layers)} "
+                       f"(mean {vals[low].mean():.3f} vs {vals[rest].mean() if rest.size else float('nan'):.3f} elsewhere).")
+        return out

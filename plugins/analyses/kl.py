@@ -20,6 +20,7 @@ from driftkit.metrics.kl import KLWorkspace, NonFiniteLogits, kl_from_hidden, ro
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
+from driftkit.report.wording import NO_CHANGE, negligible
 from driftkit.store import schema as S
 
 KEYS = ("kl_forward", "kl_reverse", "js", "sampled_logratio")
@@ -138,3 +139,31 @@ class KLAnalysis(Analysis):
             ax.set_title(name, fontsize=10)
         axes[0][0].legend(fontsize=8, frameon=False)
         return [Figure("KL and JS per domain", to_svg(fig), "means over the selected positions, exact over the full vocabulary")]
+
+    # -- the study report --------------------------------------------------------------------------
+    def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        return {"kl": result["summary"], "kl_per_domain": result.get("per_domain", {})}
+
+    def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        s = result["summary"]
+        return [(label, s.get(k), ".3f") for label, k in
+                (("KL fwd", "kl_forward"), ("KL rev", "kl_reverse"), ("JS", "js"), ("log-ratio", "sampled_logratio"))]
+
+    def drift_measures(self, result: Mapping[str, Any]) -> dict[str, float]:
+        kl = result["summary"].get("kl_forward")
+        return {"KL": kl} if kl is not None else {}
+
+    def drift_by_domain(self, result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        return {"kl_forward": {d: v.get("kl_forward") for d, v in result.get("per_domain", {}).items()}}
+
+    def findings(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        out = []
+        for lab, r in results.items():
+            kl = r["summary"].get("kl_forward")
+            if kl is None:
+                continue
+            pos = r.get("positions", "all")
+            where = "its response tokens" if pos == "response" else f"{pos} positions"
+            out.append(f"{lab}: mean KL(P_tuned||P_base) over {where} {kl:.3f} nats"
+                       + (f" ({NO_CHANGE})." if negligible(kl) else "."))
+        return out

@@ -21,6 +21,7 @@ from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
 from driftkit.report.terminal import bar, sparkline
+from driftkit.report.wording import NO_CHANGE, domain_name, negligible, ordered_domains
 
 
 class PCAShiftAnalysis(Analysis):
@@ -175,3 +176,50 @@ class PCAShiftAnalysis(Analysis):
             ax.set_xlabel("layer")
         figs.append(Figure("PCA shift and subspace rotation by layer", to_svg(fig)))
         return figs
+
+    # -- the study report --------------------------------------------------------------------------
+    def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        per = result["per_domain"]
+        return {"pca_distance": {d: v["distance"] for d, v in per.items()},
+                "pca_points": {d: v.get("points", []) for d, v in per.items()},
+                "principal_angles": [{"layer": x["layer"], "mean_angle_deg": x.get("mean_angle_deg")}
+                                     for x in result.get("layers", [])]}
+
+    def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        per = result["per_domain"]
+        return [(f"PCA shift {d}", per[d]["distance"], ".3f") for d in ordered_domains(per)]
+
+    def drift_measures(self, result: Mapping[str, Any]) -> dict[str, float]:
+        dists = [v["distance"] for v in result["per_domain"].values() if v["distance"] is not None]
+        return {"PCA shift": float(np.mean(dists))} if dists else {}
+
+    def drift_by_domain(self, result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+        return {"pca_distance": {d: v["distance"] for d, v in result["per_domain"].items()}}
+
+    def findings(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Which model moved pooled representations furthest (a ratio), then each model's domain of
+        largest shift; a model whose distances are all negligible reads "no measurable change"."""
+        out: list[str] = []
+        dists = {lab: m for lab, r in results.items() if (m := self.drift_measures(r).get("PCA shift")) is not None}
+        if len(dists) >= 2:
+            hi = max(dists, key=dists.__getitem__)
+            lo = min(dists, key=dists.__getitem__)
+            if negligible(dists[hi]):
+                out.append(f"No tuned model moved pooled representations: {NO_CHANGE} in the PCA shift.")
+            elif not negligible(dists[lo]):
+                out.append(f"{hi} moved pooled representations {dists[hi] / dists[lo]:.1f}x as far as {lo} "
+                           f"(mean PCA-shift distance {dists[hi]:.3g} vs {dists[lo]:.3g}).")
+            else:
+                out.append(f"{hi} moved pooled representations (mean PCA-shift distance {dists[hi]:.3g}); "
+                           f"{lo} did not move them at all.")
+        for lab, r in results.items():
+            d = {k: v["distance"] for k, v in r["per_domain"].items()}
+            if not d:
+                continue
+            if all(negligible(v) for v in d.values()):
+                out.append(f"{lab}: PCA shift: {NO_CHANGE} on any domain.")
+                continue
+            top = max(d, key=d.__getitem__)
+            out.append(f"{lab}: PCA shift is largest on {domain_name(top)} prompts ({d[top]:.3g}; "
+                       + ", ".join(f"{domain_name(k)} {v:.3g}" for k, v in d.items() if k != top) + ").")
+        return out

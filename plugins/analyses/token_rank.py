@@ -159,3 +159,28 @@ class TokenRankAnalysis(Analysis):
             Figure("URIAL rank buckets", to_svg(fig), "rank under A of B's top token: 1 unshifted, 2–3 marginal, >3 shifted"),
             Figure("Rank shift of realised tokens per domain", to_svg(fig2)),
         ]
+
+    # -- the study report --------------------------------------------------------------------------
+    def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
+        return {"rank": result["summary"], "rank_per_domain": result.get("per_domain", {}),
+                "top_shifted_tokens": list(result.get("top_shifted_tokens", []))[:12]}
+
+    def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+        s = result["summary"]
+        return [("unshifted", s.get("unshifted"), ".3f"), ("shifted", s.get("shifted"), ".3f"),
+                ("rank shift", s.get("rank_shift"), ".2f")]
+
+    def drift_measures(self, result: Mapping[str, Any]) -> dict[str, float]:
+        shifted = result["summary"].get("shifted")
+        return {"shifted tokens": shifted} if shifted is not None else {}
+
+    def findings(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        out = []
+        for lab, r in results.items():
+            s = r["summary"]
+            if not s.get("n_positions"):
+                continue
+            toks = ", ".join(repr(t["token"]) for t in r.get("top_shifted_tokens", [])[:5])
+            out.append(f"{lab}: {100 * s['unshifted']:.0f}% of tokens unshifted, {100 * s['shifted']:.0f}% shifted "
+                       "(rank > 3 under the base)" + (f"; most shifted: {toks}" if toks else "") + ".")
+        return out
