@@ -20,10 +20,13 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError, opt
+
+if TYPE_CHECKING:  # pragma: no cover
+    from driftkit.metrics.transfer import TransferResult
 
 SCHEMA = "driftkit.scores/1"
 DOMAINS = ("math", "other", "non")

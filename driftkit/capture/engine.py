@@ -335,9 +335,9 @@ class CaptureEngine:
             a, b = old_p.get(name), new_p.get(name)
             if a is None or b is None:
                 continue  # a probe added or dropped shows in 'probes' above
-            for opt in sorted(set(a) | set(b)):
-                if norm(a.get(opt)) != norm(b.get(opt)):
-                    diffs.append((f"{name} option {opt}", a.get(opt), b.get(opt)))
+            for key in sorted(set(a) | set(b)):
+                if norm(a.get(key)) != norm(b.get(key)):
+                    diffs.append((f"{name} option {key}", a.get(key), b.get(key)))
         if S.SAMPLES_SITES_WRITTEN in reader.h5:
             had = json.loads(reader.h5[S.SAMPLES_SITES_WRITTEN].attrs["sites"])
             want = [s.path for s in self.specs]
