@@ -56,6 +56,9 @@ def register(app: typer.Typer) -> None:
         truncate: Optional[str] = typer.Option(
             None, "--truncate", help="left | right: cut samples longer than the model's maximum positions "
             "(default: refuse them before any compute)."),
+        shared_unembed: Optional[Path] = typer.Option(
+            None, "--shared-unembed", help="Keep the unembedding in this file, shared by every capture of the same "
+            "checkpoint (written on first use; refused for other weights). Small captures stay small."),
         json_out: Optional[str] = json_option("a summary (out, model, samples, tokens, sites, bytes, complete)"),
     ) -> None:
         """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
@@ -71,7 +74,7 @@ def register(app: typer.Typer) -> None:
             prompt_seed=prompt_seed, dtype=dtype, device=device, storage_dtype=storage_dtype,
             compression=None if compression == "none" else compression, max_batch_tokens=max_batch_tokens,
             trust_remote_code=trust_remote_code, revision=revision, overwrite=overwrite, resume=resume,
-            truncate=truncate,
+            truncate=truncate, shared_unembed=shared_unembed,
         )
         engine: CaptureEngine | None = None
         with progress_bar() as bar:

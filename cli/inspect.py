@@ -38,6 +38,15 @@ def describe(path: Path) -> dict:
                                "compression": obj.compression or "none", "bytes": int(obj.id.get_storage_size())})
 
         r.h5.visititems(visit)
+        # visititems does not follow external links: list arrays kept in a shared file too
+        for name in ("final/unembed", "final/unembed_bias"):
+            link = r.h5.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                ds = r.h5[name] if r.has(name) else None
+                arrays.append({"path": name, "shape": list(ds.shape) if ds is not None else [],
+                               "dtype": str(ds.attrs.get("dtype", ds.dtype)) if ds is not None else "?",
+                               "compression": f"shared: {link.filename}" + ("" if ds is not None else " (missing)"),
+                               "bytes": 0})
         domains: dict[str, int] = {}
         for d in r.domains:
             domains[str(d)] = domains.get(str(d), 0) + 1

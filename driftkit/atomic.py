@@ -51,3 +51,23 @@ def atomic_dir(dst: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def atomic_path(dst: str | Path) -> Iterator[Path]:
+    """Yield a temporary file name next to ``dst`` for a writer that opens files itself (h5py); on
+    success the file replaces ``dst``, on any exception it is deleted and ``dst`` is left as it was."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # ordinary permissions (mkstemp's are 0600)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

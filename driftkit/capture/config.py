@@ -13,7 +13,8 @@ from typing import Any
 #: fields that must match for --resume to continue a file (the rest are run-time knobs)
 #: (probes' resolved options, prompt contents, weights and compute dtype are compared too: see engine._resume_diffs)
 RESUME_KEYS = ("model", "prompts", "probes", "chat", "generate", "max_new_tokens", "temperature", "top_p", "seed",
-               "tokens_from", "storage_dtype", "limit", "prompt_seed", "revision", "compression", "truncate")
+               "tokens_from", "storage_dtype", "limit", "prompt_seed", "revision", "compression", "truncate",
+               "shared_unembed")
 TRUNCATE_MODES = ("left", "right")
 
 
@@ -44,6 +45,7 @@ class CaptureConfig:
     revision: str | None = None
     overwrite: bool = False
     resume: bool = False
+    shared_unembed: str | Path | None = None  # one unembedding file shared by captures of a checkpoint
     check_logits: bool = True
     truncate: str | None = None  # left | right: cut samples longer than the model's positions instead of refusing
 
@@ -51,6 +53,7 @@ class CaptureConfig:
         d = dataclasses.asdict(self)
         d["out"] = str(self.out)
         d["tokens_from"] = str(self.tokens_from) if self.tokens_from else None
+        d["shared_unembed"] = str(self.shared_unembed) if self.shared_unembed else None
         if not isinstance(self.prompts, (str, Path, type(None))):
             d["prompts"] = f"<{len(list(self.prompts))} prompts given in Python>"
         else:

@@ -30,6 +30,7 @@ from driftkit.registry.probe import Batch, ModelLayout, Probe, Site
 from driftkit.store import schema as S
 from driftkit.store.dtypes import STORAGE_DTYPES
 from driftkit.store.reader import CaptureReader
+from driftkit.store.shared import SHARED_PATHS, ensure_shared_unembed, link_target
 from driftkit.store.writer import ArraySpec, BackgroundWriter, CaptureWriter
 
 Progress = Callable[[str, int, int], None]  # (phase, completed, total)
@@ -399,12 +400,21 @@ class CaptureEngine:
         self.opened = True
         # Static arrays are written when missing, also on resume: a run killed before its first flush
         # may have lost them. Existing ones are left alone (rewriting would touch HDF5 metadata).
-        for p in self.probes:
-            for st in p.static(self.layout):
-                if st.path not in writer.f:
-                    writer.write_static(st.path, st.array, st.dtype, st.attrs)
+        statics = [st for p in self.probes for st in p.static(self.layout)]
+        shared = self._shared_unembed(statics)
+        for st in statics:
+            if shared is not None and st.path in SHARED_PATHS:
+                writer.link_static(st.path, link_target(self.out, shared))
+            elif st.path not in writer.f:
+                writer.write_static(st.path, st.array, st.dtype, st.attrs)
         writer.flush()
         return writer, samples
+
+    def _shared_unembed(self, statics: list[Any]) -> Path | None:
+        """The shared unembedding file (checked or written) when ``shared_unembed`` is set."""
+        if not self.cfg.shared_unembed or not any(st.path in SHARED_PATHS for st in statics):
+            return None
+        return ensure_shared_unembed(self.cfg.shared_unembed, statics, weights_sha256(self.loaded.path), self.cfg.model)
 
     def _forward(self, nn_model: Any, ordered: list[tuple[Probe, Site]], input_ids: torch.Tensor, attn: torch.Tensor) -> dict[str, torch.Tensor]:
         import nnsight

@@ -174,7 +174,14 @@ class CaptureReader:
         return sorted(int(n.split(".", 1)[1]) for n in self.sites() if n.startswith("residual."))
 
     def has(self, path: str) -> bool:
-        return path in self._f
+        """Whether ``path`` exists and can be opened (an external link to a missing file cannot)."""
+        if path not in self._f:
+            return False
+        try:
+            self._f[path]  # an external link exists even when its target file is gone: open it to know
+        except KeyError:
+            return False
+        return True
 
     def shape(self, path: str) -> tuple[int, ...]:
         return tuple(self._f[path].shape)
@@ -316,7 +323,14 @@ class CaptureReader:
             yield idx, block
 
     def unembedding(self, dtype: torch.dtype = torch.float32) -> Unembedding:
-        if S.FINAL_UNEMBED not in self._f:
+        link = self._f.get(S.FINAL_UNEMBED, getlink=True)
+        if isinstance(link, h5py.ExternalLink) and not self.has(S.FINAL_UNEMBED):
+            raise DriftkitError(
+                f"{self.path} keeps its unembedding in the shared file {link.filename} (relative to the capture's "
+                f"folder), which is missing. Put that file back next to the capture, or capture again without "
+                f"a shared unembedding."
+            )
+        if not self.has(S.FINAL_UNEMBED):
             raise DriftkitError(f"{self.path} has no {S.FINAL_UNEMBED}: capture it with the 'final' probe to compute KL or ranks.")
         ds = self._f[S.FINAL_UNEMBED]
         w = self.read(S.FINAL_UNEMBED, dtype=dtype)

@@ -53,6 +53,31 @@ def _attr_str(v: Any) -> str | None:
     return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
 
 
+def write_static_dataset(f: h5py.File, path: str, array: np.ndarray | torch.Tensor, dtype: str,
+                         attrs: dict[str, Any], storage_dtype: str = "float16") -> h5py.Dataset:
+    """Create a once-per-file dataset: ``dtype`` "model" keeps the tensor's own dtype exactly (bfloat16
+    as raw bits with attr ``dtype="bfloat16"``), "activation" uses ``storage_dtype``, else a numpy dtype."""
+    if isinstance(array, torch.Tensor):
+        if dtype == "model":
+            if array.dtype == torch.bfloat16:
+                data, bf16 = array.detach().contiguous().view(torch.uint16).cpu().numpy(), True
+            else:
+                data, bf16 = array.detach().cpu().numpy(), False
+        elif dtype == "activation":
+            data, bf16 = to_storage(array, storage_dtype), storage_dtype == "bfloat16"
+        else:
+            data, bf16 = array.detach().cpu().numpy().astype(dtype), False
+    else:
+        data, bf16 = np.asarray(array), False
+    ds = f.create_dataset(path, data=data)
+    ds.attrs["per"] = "file"
+    if bf16:
+        ds.attrs["dtype"] = "bfloat16"
+    for k, v in attrs.items():
+        ds.attrs[k] = v
+    return ds
+
+
 def _io_error(path: Path, exc: BaseException) -> StorageError:
     code = getattr(exc, "errno", None)
     text = str(exc)
@@ -235,27 +260,19 @@ class CaptureWriter:
     # -- writing ---------------------------------------------------------------------------------
     def write_static(self, path: str, array: np.ndarray | torch.Tensor, dtype: str, attrs: dict[str, Any]) -> None:
         """Write a once-per-file array (replaces it when resuming)."""
-        if isinstance(array, torch.Tensor):
-            if dtype == "model":
-                if array.dtype == torch.bfloat16:
-                    data, bf16 = array.detach().contiguous().view(torch.uint16).cpu().numpy(), True
-                else:
-                    data, bf16 = array.detach().cpu().numpy(), False
-            elif dtype == "activation":
-                data, bf16 = to_storage(array, self.storage_dtype), self.storage_dtype == "bfloat16"
-            else:
-                data, bf16 = array.detach().cpu().numpy().astype(dtype), False
-        else:
-            data, bf16 = np.asarray(array), False
         try:
             if path in self.f:
                 del self.f[path]
-            ds = self.f.create_dataset(path, data=data)
-            ds.attrs["per"] = "file"
-            if bf16:
-                ds.attrs["dtype"] = "bfloat16"
-            for k, v in attrs.items():
-                ds.attrs[k] = v
+            write_static_dataset(self.f, path, array, dtype, attrs, self.storage_dtype)
+        except (OSError, RuntimeError) as exc:
+            raise _io_error(self.path, exc) from exc
+
+    def link_static(self, path: str, target_file: str) -> None:
+        """Make ``path`` an HDF5 external link to the same path in ``target_file`` (a shared array)."""
+        try:
+            if path in self.f or self.f.get(path, getlink=True) is not None:
+                del self.f[path]
+            self.f[path] = h5py.ExternalLink(target_file, "/" + path)
         except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
 
