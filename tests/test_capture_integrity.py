@@ -86,7 +86,7 @@ def test_resume_refuses_other_settings(killed, model_copy, loaded, change, named
     with pytest.raises(DriftkitError) as e:
         _resume(out, model_copy, prompts, loaded, **change)
     msg = str(e.value)
-    assert named in msg and "--overwrite" in msg and "original settings" in msg, msg
+    assert named in msg and "overwrite=True" in msg and "original settings" in msg, msg
     assert out.read_bytes() == before  # nothing written
 
 
