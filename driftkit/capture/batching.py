@@ -6,8 +6,9 @@ prompt lengths. The token budget alone still pads a lot when lengths are short a
 the bundled general-mix prompts (7-27 tokens) three 4096-token batches held 24% padding, computed
 by every layer and by the V-wide ``lm_head``. A batch is therefore also closed once its padding
 would exceed ``max_padding`` of its padded size (unless it is still smaller than
-``min_batch_tokens``, where one more trace costs more than the padding saves); on CPU the time per
-token is flat in the batch size above a few hundred tokens, so smaller, tighter batches are free.
+``min_batch_tokens``, where one more trace could cost more than the padding saves): a batch of a few
+hundred tokens already keeps the matrix units busy, and smaller batches also keep the (B, S, V)
+logits small.
 The file order is restored by the writer (samples are written to their own rows).
 """
 from __future__ import annotations
