@@ -101,3 +101,15 @@ def test_new_batching_stores_what_the_old_batching_stored(tiny_model: Path, tmp_
             x, y = a.read(path), b.read(path)
             assert torch.equal(torch.nan_to_num(x[~rows_t], 7.0), torch.nan_to_num(y[~rows_t], 7.0)), path  # kept as is
             torch.testing.assert_close(x[rows_t], y[rows_t], rtol=2e-3, atol=2e-3, equal_nan=True)  # redone
+
+
+def test_packed_write_refuses_float16_overflow(tmp_path: Path) -> None:
+    import pytest
+
+    from driftkit.errors import DriftkitError
+
+    w = CaptureWriter.create(tmp_path / "o.h5", {}, ["a", "b"], ["d", "d"], [[1, 2], [3]], [1, 1], [ArraySpec("sites/x", (2,))])
+    with pytest.raises(DriftkitError, match="bfloat16"):
+        w.write_packed([0, 1], {"sites/x": torch.tensor([[1.0, 2.0], [3.0, -7e4], [0.0, 0.0]])})
+    assert not w.done.any()
+    w.close()

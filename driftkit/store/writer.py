@@ -263,7 +263,8 @@ class CaptureWriter:
                     raise ValueError(f"{path}: {t.shape[0]} packed rows for samples holding {n_rows} tokens")
                 if spec.dtype == "activation" and isinstance(t, torch.Tensor):
                     if self.storage_dtype == "float16" and t.is_floating_point() and t.numel():
-                        big = float(t.detach().abs().amax())
+                        lo, hi = torch.aminmax(t.detach())  # no |t| temporary
+                        big = max(-float(lo), float(hi))
                         if big > 65504:
                             raise DriftkitError(
                                 f"An activation at {path} reaches {big:.4g}, beyond float16's range (65504), so it "
