@@ -148,12 +148,15 @@ def main() -> None:
         return out
 
     def timed(fn) -> float:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
+        cpu[-1].append(time.process_time() - c0)
         return time.perf_counter() - t0
 
     variants = {"plain": plain, "hand": hand, "capture": captured}
     times = {(t, v): [] for t in threads for v in variants}
+    cpus: dict = {(t, v): [] for t in threads for v in variants}
+    cpu: list = [[]]
     torch.set_num_threads(threads[0])
     plain()  # warm-up
     loads = []
@@ -161,6 +164,7 @@ def main() -> None:
         for t in threads:
             torch.set_num_threads(t)
             for name, fn in variants.items():
+                cpu[-1] = cpus[(t, name)]
                 times[(t, name)].append(timed(fn))
             loads.append(os.getloadavg()[0])
     path = tmp / "c-none.h5"
@@ -174,6 +178,10 @@ def main() -> None:
             print(f"      {v:8s}: best {best[v]:.2f} s  (runs: {', '.join(f'{x:.2f}' for x in times[(t, v)])})")
         print(f"      RATIO capture / plain = {best['capture'] / best['plain']:.3f}   (target <= 1.10)")
         print(f"      RATIO capture / hand  = {best['capture'] / best['hand']:.3f}   (hand / plain = {best['hand'] / best['plain']:.3f})")
+        c = {v: min(cpus[(t, v)]) for v in variants}
+        print(f"      CPU time (all threads of the process; steadier than wall time under load): plain {c['plain']:.1f} s, "
+              f"hand {c['hand']:.1f} s, capture {c['capture']:.1f} s -> capture / plain {c['capture'] / c['plain']:.3f}, "
+              f"capture / hand {c['capture'] / c['hand']:.3f}")
     print(f"    capture stages (last run): {', '.join(f'{k} {v:.2f}s' for k, v in timing.items())}")
     print(f"    file size: capture {path.stat().st_size / 1e6:.1f} MB, hand-written {(tmp / 'hand.h5').stat().st_size / 1e6:.1f} MB")
     if args.only_ratio:
