@@ -166,6 +166,8 @@ def main() -> None:
             for name, fn in variants.items():
                 cpu[-1] = cpus[(t, name)]
                 times[(t, name)].append(timed(fn))
+                print(f"    run: threads={t} {name:8s} wall {times[(t, name)][-1]:.2f} s, cpu {cpus[(t, name)][-1]:.2f} s, "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
             loads.append(os.getloadavg()[0])
     path = tmp / "c-none.h5"
     print(f"\n[1] {len(lengths)} prompts (general-mix x{args.repeat}), {n_tokens} tokens, {len(batches)} batches "
