@@ -13,14 +13,18 @@
 3. file size per token, all layers, float16, without and with compression.
 
 Old figures: before issue 13 this script ran the 90 general-mix prompts once (1,286 tokens) with one
-torch thread and printed only ``capture / plain`` (1.14x). That baseline and an outside harness (2
-threads, the prompts x5, 1.55x) disagreed because the old run measured a different regime: at 1,286
-tokens the 4096-token budget put everything in one batch padded to 2,430 tokens (89% padding), which
-the plain forward (and the capture's forward) pays in full while the capture's own work (top-k and
-log-sum-exp over V, dtype conversion, per-sample writes) scales with the 1,286 real tokens, so the
-denominator was inflated; and with one torch thread on two cores the writer thread had a core to
-itself, while with two threads every cycle the writer and the Python per-sample loop spend is taken
-from the forward. Both are measured here: the same batches for every variant, and both thread counts.
+torch thread and printed only ``capture / plain`` (1.14x); an outside harness (the prompts x5, two
+threads) measured 1.55x. They disagree because the old run measured another regime, not because
+either timed wrongly: (a) at 1,286 tokens the 4096-token budget put every prompt in one batch padded
+to 2,430 tokens (89% padding; at x7 budget-only batching pads 24%). The plain forward pays the padded
+tokens in full, while the capture's own work (top-k and log-sum-exp over V, dtype conversion, writes)
+scales with the real tokens, so the old denominator was inflated and the same per-token overhead
+showed as a smaller ratio; (b) with one torch thread on a two-core machine the writer thread (and the
+per-sample Python slicing) ran on the otherwise idle core, hidden from the wall time, while with two
+torch threads every cycle they spend is taken from the forward. Both are now fixed in the
+measurement: every variant uses the same batches, runs at each thread count, at >= 9k tokens, and the
+process CPU time (all threads) is printed next to the wall time, which shows work hidden on an idle
+core.
 
 Usage: python benchmarks/capture_overhead.py [--model smollm2-135m] [--repeats 2] [--repeat 7] [--threads 1,2]
        [--only-ratio]
