@@ -168,8 +168,8 @@ def pack_batch(outputs: dict[str, torch.Tensor], batch_idx: Sequence[int], lengt
         if path not in keep:
             continue
         if tuple(t.shape[:2]) != (len(batch_idx), seq_len):
-            raise DriftkitError(f"A probe returned {path} with shape {tuple(t.shape)}; finalize must return (batch, seq, ...) "
-                                f"= ({len(batch_idx)}, {seq_len}, ...) arrays.")
+            raise DriftkitError(f"A probe returned {path} with shape {tuple(t.shape)}; finalize must return "
+                                f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays.")
         flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
         packed[path] = flat.index_select(0, rows.to(flat.device)).cpu()
     return [batch_idx[r] for r in order], packed
