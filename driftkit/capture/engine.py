@@ -249,6 +249,28 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
     )
 
 
+def pack_batch(outputs: dict[str, torch.Tensor], batch_idx: Sequence[int], lengths: Sequence[int],
+               seq_len: int, keep: Any) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """Drop the padding of a batch's ``(B, S, ...)`` outputs and concatenate the samples' rows in file
+    order (increasing sample index), one ``index_select`` per array.
+
+    Why: the writer then stores each array with one HDF5 write per batch (a union of row ranges)
+    instead of one write per sample and array, and converts dtypes once per array. Returns the
+    samples in file order and the packed arrays (only paths in ``keep``)."""
+    order = sorted(range(len(batch_idx)), key=lambda r: batch_idx[r])
+    rows = torch.cat([torch.arange(lengths[batch_idx[r]]) + r * seq_len for r in order])
+    packed: dict[str, torch.Tensor] = {}
+    for path, t in outputs.items():
+        if path not in keep:
+            continue
+        if tuple(t.shape[:2]) != (len(batch_idx), seq_len):
+            raise DriftkitError(f"A probe returned {path} with shape {tuple(t.shape)}; finalize must return "
+                                f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays.")
+        flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+        packed[path] = flat.index_select(0, rows.to(flat.device)).cpu()
+    return [batch_idx[r] for r in order], packed
+
+
 # -- the engine -------------------------------------------------------------------------------------
 class CaptureEngine:
     """Runs one capture. Use :func:`capture` unless you need the pieces (tests, benchmarks)."""
@@ -479,10 +501,10 @@ class CaptureEngine:
                         probe.check(mine, batch, self.layout, cfg.storage_dtype)
                     outputs.update(probe.finalize(mine, batch))
                 checked = True
-                per_sample = {path: [outputs[path][r, : lengths[i]] for r, i in enumerate(batch_idx)] for path in outputs if path in writer.specs}
+                file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, writer.specs)
                 del values, outputs
                 t2 = time.perf_counter()
-                bg.put(batch_idx, per_sample)
+                bg.put_packed(file_order, packed)
                 self.timing["queue_wait"] += time.perf_counter() - t2
                 self.timing["forward"] += t1 - t0
                 self.timing["finalize"] += t2 - t1
