@@ -214,3 +214,16 @@ def test_documented_experiment_files_pass_the_validator() -> None:
     for sec, keys in listed.items():
         named = set(re.findall(r"\w+", keys)) - {"or"}
         assert named == set(E.SCHEMA[sec]), (sec, named ^ set(E.SCHEMA[sec]))
+
+
+def test_revisions_reach_every_model_load(tiny_model: Path, tiny_tuned: Path, tmp_path: Path) -> None:
+    """[experiment].revision and [[models]].revision are used (and hashed), not just accepted."""
+    from types import SimpleNamespace
+
+    from driftkit.pipeline.runner import _model_identity, model_revision
+
+    ex = from_dict({"experiment": {"name": "r", "base": str(tiny_model), "out": str(tmp_path), "revision": "v1"},
+                    "models": [{"name": "other", "path": str(tiny_tuned), "revision": "abc123"}]})
+    ctx = SimpleNamespace(ex=ex)
+    assert (model_revision(ctx, "base"), model_revision(ctx, "other")) == ("v1", "abc123")
+    assert _model_identity(str(tiny_model), "v1") != _model_identity(str(tiny_model))

@@ -52,12 +52,12 @@ def test_existing_output_message_per_interface(tiny_model: Path, tmp_path: Path)
 
 
 def test_trainer_folder_message_names_the_parameter(tmp_path: Path) -> None:
-    from driftkit.registry.trainer import Trainer
+    from driftkit.registry.run_folder import prepare_out
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("x")
     with pytest.raises(DriftkitError, match=r"overwrite=True"):
-        Trainer._prepare_out(tmp_path / "run", overwrite=False, resume=False)
+        prepare_out(tmp_path / "run", overwrite=False, resume=False)
     with pytest.raises(DriftkitError, match=r"sigma="):
         from driftkit.metrics.transfer import parse_sigma
 

@@ -76,6 +76,7 @@ class TrainSpec:
 class ModelSpec:
     name: str
     path: str
+    revision: str | None = None  # branch, tag or commit of a hub model
 
 
 @dataclass
@@ -84,6 +85,7 @@ class Experiment:
     base: str
     out: Path
     seed: int = 0
+    revision: str | None = None  # of the base model, when it is a hub id
     train: list[TrainSpec] = field(default_factory=list)
     models: list[ModelSpec] = field(default_factory=list)
     bench: dict[str, Any] = field(default_factory=dict)
@@ -210,7 +212,7 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
         path = str(m["path"])
         if base_dir is not None and path.startswith("."):
             path = str((base_dir / path).resolve())
-        models.append(ModelSpec(str(m["name"]), path))
+        models.append(ModelSpec(str(m["name"]), path, m.get("revision")))
     for n in [t.name for t in train] + [m.name for m in models]:
         if n in names or not n.replace("-", "").replace("_", "").isalnum():
             raise DriftkitError(f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - and _).")
@@ -222,7 +224,8 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
         raise DriftkitError(f"{where}: " + " ".join(problems) + " See docs/pipeline.md.")
     if not train and not models:
         raise DriftkitError(f"{where}: nothing to compare. Add [[train]] runs that make tuned checkpoints, or [[models]] that exist.")
-    return Experiment(name=name, base=str(ex["base"]), out=out, seed=int(ex.get("seed", 0)), train=train, models=models,
+    return Experiment(name=name, base=str(ex["base"]), out=out, seed=int(ex.get("seed", 0)), revision=ex.get("revision"),
+                      train=train, models=models,
                       source=where, **sections)
 
 

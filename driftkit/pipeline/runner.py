@@ -74,13 +74,16 @@ class RunResult:
 
 
 # -- model identities -------------------------------------------------------------------------------
-def _model_identity(spec: str) -> dict[str, Any]:
+def _model_identity(spec: str, revision: str | None = None) -> dict[str, Any]:
     from driftkit.models import resolve_model_path, weights_sha256
 
     # A local folder is identified by its weights, not its path, so a moved or copied run folder keeps
-    # its cache; a hub id (no local weights to hash) by its name.
+    # its cache; a hub id (no local weights to hash) by its name and revision.
     path = resolve_model_path(spec)
-    return {"weights": weights_sha256(path) or spec}
+    ident: dict[str, Any] = {"weights": weights_sha256(path) or spec}
+    if revision:
+        ident["revision"] = revision
+    return ident
 
 
 def _tuned_path(ctx: Ctx, name: str) -> str:
@@ -97,6 +100,13 @@ def model_path(ctx: Ctx, name: str) -> str:
     return ctx.ex.base if name == "base" else _tuned_path(ctx, name)
 
 
+def model_revision(ctx: Ctx, name: str) -> str | None:
+    """The hub revision of a model of the experiment (None for trained folders and by default)."""
+    if name == "base":
+        return ctx.ex.revision
+    return next((m.revision for m in ctx.ex.models if m.name == name), None)
+
+
 # -- step bodies ------------------------------------------------------------------------------------
 def _train(name: str) -> Callable[[Ctx], dict[str, Any]]:
     def run(ctx: Ctx) -> dict[str, Any]:
@@ -111,7 +121,7 @@ def _train(name: str) -> Callable[[Ctx], dict[str, Any]]:
             if ctx.progress:
                 ctx.progress(f"train {name}", step, total)
 
-        opts = {"seed": ctx.ex.seed, **spec.options}
+        opts = {"seed": ctx.ex.seed, **({"revision": ctx.ex.revision} if ctx.ex.revision else {}), **spec.options}
         train(spec.trainer, ctx.ex.base, spec.data, out, overwrite=not resume, resume=resume, progress=progress, **opts)
         man = read_manifest(out)
         ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])) if (out / "checkpoints").is_dir() else []
@@ -128,6 +138,8 @@ def _bench(name: str) -> Callable[[Ctx], dict[str, Any]]:
         b = ctx.ex.bench
         rel = f"scores/{name}.json"
         kwargs: dict[str, Any] = dict(b["options"])
+        if model_revision(ctx, name):
+            kwargs.setdefault("revision", model_revision(ctx, name))
         names = b.get("benchmarks")
         run_suite(model_path(ctx, name), suite=b["suite"], limit=b["limit"], out=ctx.path(rel), data=b["data"], model_name=name,
                   benchmarks=names, progress=ctx.progress, **kwargs)
@@ -149,15 +161,17 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
         resume = ctx.resume and out.exists()
         common = dict(out=out, overwrite=not resume, resume=resume, storage_dtype=c["storage_dtype"], max_batch_tokens=c["max_batch_tokens"])
         if kind == "raw":
-            cfg = CaptureConfig(model=model_path(ctx, name), prompts=c["prompts"], layers=c["layers"], **common)
+            cfg = CaptureConfig(model=model_path(ctx, name), revision=model_revision(ctx, name), prompts=c["prompts"],
+                                layers=c["layers"], **common)
         elif kind == "gen":
             from driftkit.prompts import load_prompts, stratified
 
             chosen = [p.as_dict() for p in stratified(load_prompts(c["chat_prompts"]), c["chat_limit"])]
-            cfg = CaptureConfig(model=model_path(ctx, name), prompts=chosen, chat=True, generate=True,
+            cfg = CaptureConfig(model=model_path(ctx, name), revision=model_revision(ctx, name), prompts=chosen,
+                                chat=True, generate=True,
                                 max_new_tokens=c["max_new_tokens"], seed=ctx.ex.seed, probes=["final"], **common)
         else:
-            cfg = CaptureConfig(model=ctx.ex.base, tokens_from=ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]), probes=["final"], **common)
+            cfg = CaptureConfig(model=ctx.ex.base, revision=ctx.ex.revision, tokens_from=ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]), probes=["final"], **common)
         capture(cfg, progress=ctx.progress)
         return {"outputs": {"capture": rel}, "summary": {}}
 
@@ -317,9 +331,9 @@ def _report(ctx: Ctx) -> dict[str, Any]:
 def plan(ex: Experiment) -> list[Step]:
     """The ordered steps of an experiment, each with the settings and dependencies that make its hash."""
     steps: list[Step] = []
-    ident: dict[str, Any] = {"base": _model_identity(ex.base)}
+    ident: dict[str, Any] = {"base": _model_identity(ex.base, ex.revision)}
     for m in ex.models:
-        ident[m.name] = _model_identity(m.path)
+        ident[m.name] = _model_identity(m.path, m.revision)
     model_dep: dict[str, list[str]] = {"base": []}
     for t in ex.train:
         steps.append(Step(f"train.{t.name}", {"trainer": t.trainer, "data": t.data, "options": t.options, "seed": ex.seed, "base": ident["base"]},
