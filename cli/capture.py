@@ -1,8 +1,8 @@
 """``driftkit capture``: record activations and exact-logit ingredients of a checkpoint to HDF5."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -31,35 +31,68 @@ def register(app: typer.Typer) -> None:
     def capture_cmd(
         model: str = typer.Argument(..., help="HF id, local safetensors folder, or a bundled model (smollm2-135m)."),
         out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file."),
-        prompts: Optional[str] = typer.Option(None, "--prompts", "-p", help="JSONL file, bundled:NAME (math, other, non, general-mix) or hf:DATASET[:CONFIG]:SPLIT:FIELD."),
-        tokens_from: Optional[Path] = typer.Option(None, "--tokens-from", help="Reuse another capture's exact samples and token ids."),
-        probe: list[str] = typer.Option(["residual", "final"], "--probe", help="Probe name or file.py:Class (repeatable)."),
-        probe_opt: list[str] = typer.Option([], "--probe-opt", help="name=value option for the probes that take it (repeatable)."),
-        layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Layers: all, 0,4,8, every:4, -1, 2-5."),
-        chat: bool = typer.Option(False, "--chat/--raw", help="Wrap prompts in the tokenizer's chat template (default: raw text)."),
-        generate: bool = typer.Option(False, "--generate", help="Let the model answer each prompt first, then capture prompt + answer."),
+        prompts: str | None = typer.Option(
+            None,
+            "--prompts",
+            "-p",
+            help="JSONL file, bundled:NAME (math, other, non, general-mix) or hf:DATASET[:CONFIG]:SPLIT:FIELD.",
+        ),
+        tokens_from: Path | None = typer.Option(
+            None, "--tokens-from", help="Reuse another capture's exact samples and token ids."
+        ),
+        probe: list[str] = typer.Option(
+            ["residual", "final"], "--probe", help="Probe name or file.py:Class (repeatable)."
+        ),
+        probe_opt: list[str] = typer.Option(
+            [], "--probe-opt", help="name=value option for the probes that take it (repeatable)."
+        ),
+        layers: str | None = typer.Option(None, "--layers", "-l", help="Layers: all, 0,4,8, every:4, -1, 2-5."),
+        chat: bool = typer.Option(
+            False, "--chat/--raw", help="Wrap prompts in the tokenizer's chat template (default: raw text)."
+        ),
+        generate: bool = typer.Option(
+            False, "--generate", help="Let the model answer each prompt first, then capture prompt + answer."
+        ),
         max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
         top_p: float = typer.Option(1.0, "--top-p"),
         seed: int = typer.Option(0, "--seed"),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
-        prompt_seed: Optional[int] = typer.Option(None, "--prompt-seed", help="Shuffle prompts with this seed before --limit."),
-        dtype: str = typer.Option("auto", "--dtype", help="Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
+        limit: int | None = typer.Option(None, "--limit", help="Use only the first N prompts."),
+        prompt_seed: int | None = typer.Option(
+            None, "--prompt-seed", help="Shuffle prompts with this seed before --limit."
+        ),
+        dtype: str = typer.Option(
+            "auto", "--dtype", help="Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."
+        ),
         device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
-        storage_dtype: str = typer.Option("float16", "--storage-dtype", help="Activation storage: float16 or bfloat16."),
+        storage_dtype: str = typer.Option(
+            "float16", "--storage-dtype", help="Activation storage: float16 or bfloat16."
+        ),
         compression: str = typer.Option("none", "--compression", help="none, lzf or gzip."),
-        max_batch_tokens: int = typer.Option(4096, "--max-batch-tokens", help="Token budget per forward batch (rows x longest)."),
-        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model repo's own code to run (off by default)."),
-        revision: Optional[str] = typer.Option(None, "--revision", help="Model revision (branch, tag or commit) of a hub model."),
+        max_batch_tokens: int = typer.Option(
+            4096, "--max-batch-tokens", help="Token budget per forward batch (rows x longest)."
+        ),
+        trust_remote_code: bool = typer.Option(
+            False, "--trust-remote-code", help="Allow the model repo's own code to run (off by default)."
+        ),
+        revision: str | None = typer.Option(
+            None, "--revision", help="Model revision (branch, tag or commit) of a hub model."
+        ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted capture of the same settings."),
-        truncate: Optional[str] = typer.Option(
-            None, "--truncate", help="left | right: cut samples longer than the model's maximum positions "
-            "(default: refuse them before any compute)."),
-        shared_unembed: Optional[Path] = typer.Option(
-            None, "--shared-unembed", help="Keep the unembedding in this file, shared by every capture of the same "
-            "checkpoint (written on first use; refused for other weights). Small captures stay small."),
-        json_out: Optional[str] = json_option("a summary (out, model, samples, tokens, sites, bytes, complete)"),
+        truncate: str | None = typer.Option(
+            None,
+            "--truncate",
+            help="left | right: cut samples longer than the model's maximum positions "
+            "(default: refuse them before any compute).",
+        ),
+        shared_unembed: Path | None = typer.Option(
+            None,
+            "--shared-unembed",
+            help="Keep the unembedding in this file, shared by every capture of the same "
+            "checkpoint (written on first use; refused for other weights). Small captures stay small.",
+        ),
+        json_out: str | None = json_option("a summary (out, model, samples, tokens, sites, bytes, complete)"),
     ) -> None:
         """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
         import json
@@ -68,13 +101,32 @@ def register(app: typer.Typer) -> None:
         from driftkit.store.reader import CaptureReader
 
         cfg = CaptureConfig(
-            model=model, out=out, prompts=prompts, tokens_from=tokens_from, probes=list(probe),
-            probe_options=parse_probe_opts(probe_opt), layers=layers, chat=chat, generate=generate,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, limit=limit,
-            prompt_seed=prompt_seed, dtype=dtype, device=device, storage_dtype=storage_dtype,
-            compression=None if compression == "none" else compression, max_batch_tokens=max_batch_tokens,
-            trust_remote_code=trust_remote_code, revision=revision, overwrite=overwrite, resume=resume,
-            truncate=truncate, shared_unembed=shared_unembed,
+            model=model,
+            out=out,
+            prompts=prompts,
+            tokens_from=tokens_from,
+            probes=list(probe),
+            probe_options=parse_probe_opts(probe_opt),
+            layers=layers,
+            chat=chat,
+            generate=generate,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            limit=limit,
+            prompt_seed=prompt_seed,
+            dtype=dtype,
+            device=device,
+            storage_dtype=storage_dtype,
+            compression=None if compression == "none" else compression,
+            max_batch_tokens=max_batch_tokens,
+            trust_remote_code=trust_remote_code,
+            revision=revision,
+            overwrite=overwrite,
+            resume=resume,
+            truncate=truncate,
+            shared_unembed=shared_unembed,
         )
         engine: CaptureEngine | None = None
         with progress_bar() as bar:
@@ -84,7 +136,9 @@ def register(app: typer.Typer) -> None:
             def progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
                     unit = {"capture": "tokens", "generate": "samples"}.get(phase, "steps")
-                    tasks[phase] = bar.add_task(labels.get(phase, phase), total=total, completed=done, info="", unit=unit)
+                    tasks[phase] = bar.add_task(
+                        labels.get(phase, phase), total=total, completed=done, info="", unit=unit
+                    )
                 bar.update(tasks[phase], completed=done, total=total)
 
             try:
@@ -95,15 +149,26 @@ def register(app: typer.Typer) -> None:
                     raise  # a file holds completed samples: the generic "rerun with --resume" is right
                 bar.stop()
                 if resume and out.exists():
-                    err_console.print(f"[yellow]interrupted[/] before {out} was reopened: it is unchanged; "
-                                      f"rerun with --resume to continue.")
+                    err_console.print(
+                        f"[yellow]interrupted[/] before {out} was reopened: it is unchanged; "
+                        f"rerun with --resume to continue."
+                    )
                 else:
-                    err_console.print(f"[yellow]interrupted[/] before any capture file was written ({out} was not "
-                                      f"{'changed' if out.exists() else 'created'}); rerun the same command to start.")
+                    err_console.print(
+                        f"[yellow]interrupted[/] before any capture file was written ({out} was not "
+                        f"{'changed' if out.exists() else 'created'}); rerun the same command to start."
+                    )
                 raise typer.Exit(130)
         with CaptureReader(path) as r:
-            summary = {"out": str(path), "model": r.model, "samples": r.n_samples, "tokens": r.n_tokens,
-                       "sites": r.sites(), "bytes": path.stat().st_size, "complete": r.complete}
+            summary = {
+                "out": str(path),
+                "model": r.model,
+                "samples": r.n_samples,
+                "tokens": r.n_tokens,
+                "sites": r.sites(),
+                "bytes": path.stat().st_size,
+                "complete": r.complete,
+            }
         if not emit_json(json_out, json.dumps(summary)):
             err_console.print(
                 f"[green]wrote[/] {path}: {summary['samples']} samples, {summary['tokens']} tokens, "

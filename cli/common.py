@@ -3,13 +3,15 @@
 Exit codes (DESIGN.md section 5): 0 ok, 1 user error (a one-paragraph message, no traceback unless
 ``--debug``), 2 internal error (a bug: traceback with --debug, a short pointer otherwise).
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import sys
 import warnings
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 import typer.core
@@ -33,7 +35,11 @@ def _quiet_hdf5_unraisable(hook: Any) -> Any:
     'Exception ignored' traceback. The first report already became a clear error, so drop the echo."""
 
     def filtered(info: Any) -> None:
-        if isinstance(info.exc_value, RuntimeError) and "file write failed" in str(info.exc_value) and not debug_enabled():
+        if (
+            isinstance(info.exc_value, RuntimeError)
+            and "file write failed" in str(info.exc_value)
+            and not debug_enabled()
+        ):
             return
         hook(info)
 
@@ -108,17 +114,23 @@ def progress_bar(**kwargs: Any) -> Any:
 
 
 # -- --json PATH on every verb ------------------------------------------------------------------------
-JSON_HELP = ("Write the result as JSON to PATH; '-' (or a bare --json as the last option) prints it to stdout "
-             "instead of the terminal output.")
+JSON_HELP = (
+    "Write the result as JSON to PATH; '-' (or a bare --json as the last option) prints it to stdout "
+    "instead of the terminal output."
+)
 
 
 def json_option(what: str = "the result") -> Any:
     """The one ``--json`` option every verb takes: ``--json PATH`` writes ``what`` there, ``--json -``
     prints it to stdout; a bare ``--json`` (followed by nothing or another option) means stdout too, so
     scripts written when some verbs had a ``--json`` flag keep working."""
-    return typer.Option(None, "--json", metavar="PATH",
-                        help=f"Write {what} as JSON to PATH; '-' (or a bare --json as the last option) prints it "
-                        f"to stdout instead of the terminal output.")
+    return typer.Option(
+        None,
+        "--json",
+        metavar="PATH",
+        help=f"Write {what} as JSON to PATH; '-' (or a bare --json as the last option) prints it "
+        f"to stdout instead of the terminal output.",
+    )
 
 
 def bare_json_to_stdout(args: list[str]) -> list[str]:
@@ -159,8 +171,10 @@ def emit_json(dest: str | None, text: str) -> bool:
         return True
     p = Path(dest)
     if p.exists() and p.suffix.lower() not in (".json", ".jsonl"):
-        raise DriftkitError(f"--json {p} names an existing file that is not .json; refusing to overwrite it. Give a "
-                            f"new .json path, or '--json -' for stdout (put a bare --json last, after the arguments).")
+        raise DriftkitError(
+            f"--json {p} names an existing file that is not .json; refusing to overwrite it. Give a "
+            f"new .json path, or '--json -' for stdout (put a bare --json last, after the arguments)."
+        )
     atomic_write(p, text)
     err_console.print(f"wrote {p}", highlight=False)
     return False

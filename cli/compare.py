@@ -1,8 +1,9 @@
 """``driftkit compare``: run analysis plugins on captures and report (terminal, JSON, HTML)."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -30,13 +31,14 @@ def parse_plugin_options(items: list[str]) -> dict[str, dict[str, str]]:
     for key, value in parse_kv(items, what="--opt", example="cka.unit=sample", allow_empty=True).items():
         name, dot, opt = key.partition(".")
         if not dot or not name or not opt:
-            raise DriftkitError(f"--opt {key}={value} must look like analysis.option=value "
-                                f"(e.g. --opt cka.unit=sample).")
+            raise DriftkitError(
+                f"--opt {key}={value} must look like analysis.option=value (e.g. --opt cka.unit=sample)."
+            )
         out.setdefault(name.strip(), {})[opt.strip()] = value
     return out
 
 
-def _split(value: Optional[str]) -> list[str] | None:
+def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
     items = [v.strip() for v in value.split(",") if v.strip()]
@@ -47,18 +49,43 @@ def register(app: typer.Typer) -> None:
     @app.command("compare", epilog=EPILOG)
     @handle_errors
     def compare_cmd(
-        captures: list[Path] = typer.Argument(..., help="Capture files: the reference A first, then one or more to compare with it."),
-        analyses: Optional[str] = typer.Option(None, "--analyses", "-a", help="Comma-separated analyses (default: every one the files support). See 'driftkit plugins'."),
-        analysis_files: list[str] = typer.Option([], "--analysis", help="An extra analysis as path/to/file.py:ClassName or package.module:ClassName (repeatable); it is then also selectable by its name in --analyses."),
-        positions: str = typer.Option("auto", "--positions", help="Token positions: auto (response tokens when both captures hold responses, else all), all, prompt or response."),
-        layers: Optional[str] = typer.Option(None, "--layers", "-l", help="Residual layers: all, 0,4,8, every:4, -1, 2-5 (default: all recorded)."),
-        domains: Optional[str] = typer.Option(None, "--domains", help="Comma-separated sample domains to keep (e.g. math,other)."),
-        max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Random subsample of at most this many tokens per analysis (seeded)."),
+        captures: list[Path] = typer.Argument(
+            ..., help="Capture files: the reference A first, then one or more to compare with it."
+        ),
+        analyses: str | None = typer.Option(
+            None,
+            "--analyses",
+            "-a",
+            help="Comma-separated analyses (default: every one the files support). See 'driftkit plugins'.",
+        ),
+        analysis_files: list[str] = typer.Option(
+            [],
+            "--analysis",
+            help="An extra analysis as path/to/file.py:ClassName or package.module:ClassName (repeatable); it is then also selectable by its name in --analyses.",
+        ),
+        positions: str = typer.Option(
+            "auto",
+            "--positions",
+            help="Token positions: auto (response tokens when both captures hold responses, else all), all, prompt or response.",
+        ),
+        layers: str | None = typer.Option(
+            None, "--layers", "-l", help="Residual layers: all, 0,4,8, every:4, -1, 2-5 (default: all recorded)."
+        ),
+        domains: str | None = typer.Option(
+            None, "--domains", help="Comma-separated sample domains to keep (e.g. math,other)."
+        ),
+        max_tokens: int | None = typer.Option(
+            None, "--max-tokens", help="Random subsample of at most this many tokens per analysis (seeded)."
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed of the --max-tokens subsample."),
-        allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Use only the samples captured in both files of unfinished captures."),
-        opt: list[str] = typer.Option([], "--opt", help="Analysis option analysis.key=value (repeatable), e.g. cka.unit=sample, kl.top=20."),
-        json_out: Optional[str] = json_option("the report (driftkit.report/1)"),
-        html_out: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report with figures."),
+        allow_incomplete: bool = typer.Option(
+            False, "--allow-incomplete", help="Use only the samples captured in both files of unfinished captures."
+        ),
+        opt: list[str] = typer.Option(
+            [], "--opt", help="Analysis option analysis.key=value (repeatable), e.g. cka.unit=sample, kl.top=20."
+        ),
+        json_out: str | None = json_option("the report (driftkit.report/1)"),
+        html_out: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report with figures."),
         chunk_tokens: int = typer.Option(4096, "--chunk-tokens", help="Tokens read per chunk (memory vs. speed)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal report."),
     ) -> None:

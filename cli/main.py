@@ -1,4 +1,5 @@
 """The ``driftkit`` command. Each verb lives in its own module with a ``register(app)`` function."""
+
 from __future__ import annotations
 
 import importlib
@@ -32,8 +33,9 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors.", envvar="DRIFTKIT_DEBUG"),
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print driftkit's version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print driftkit's version and exit."
+    ),
 ) -> None:
     if debug:
         os.environ["DRIFTKIT_DEBUG"] = "1"
@@ -63,7 +65,10 @@ def _escape_help_markup(typer_app: typer.Typer) -> None:
     from driftkit.cli.common import DriftkitCommand
 
     for cmd in typer_app.registered_commands:
-        if cmd.cls in (None, typer.core.TyperCommand):  # a bare --json means stdout on every verb (see cli/common.json_option)
+        if cmd.cls in (
+            None,
+            typer.core.TyperCommand,
+        ):  # a bare --json means stdout on every verb (see cli/common.json_option)
             cmd.cls = DriftkitCommand
         cmd.help = escape(cmd.help or inspect.getdoc(cmd.callback) or "") or None
         if cmd.epilog:

@@ -5,10 +5,11 @@ Why the detail view: options are the contract between a plugin and its users (``
 values and help, straight from the plugin's declaration (driftkit.Option), for bundled, installed
 and file plugins alike.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -37,7 +38,7 @@ def _describe(cls: type, kind: str, source: str, target: str) -> dict[str, Any]:
     }
 
 
-def _one(name: str, kind: Optional[str]) -> dict[str, Any]:
+def _one(name: str, kind: str | None) -> dict[str, Any]:
     """The plugin ``name`` (registered name, file.py:Class or module:Class) of ``kind`` (any when None)."""
     from driftkit import registry
     from driftkit.errors import DriftkitError
@@ -73,8 +74,10 @@ def _show_one(row: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    console.print(f"[bold]{escape(row['name'])}[/] ({escape(row['kind'])}, {escape(row['source'])}: "
-                  f"{escape(row['target'])})", highlight=False)
+    console.print(
+        f"[bold]{escape(row['name'])}[/] ({escape(row['kind'])}, {escape(row['source'])}: {escape(row['target'])})",
+        highlight=False,
+    )
     if row["description"]:
         console.print(escape(row["description"]), highlight=False)
     if not row["options"]:
@@ -85,7 +88,9 @@ def _show_one(row: dict[str, Any]) -> None:
         t.add_column(c, overflow="fold")
     for opt in row["options"].values():
         choices = ", ".join(map(str, opt["choices"])) if opt["choices"] else ""
-        t.add_row(*(escape(str(v)) for v in (opt["name"], opt["type"], _fmt_default(opt["default"]), choices, opt["help"])))
+        t.add_row(
+            *(escape(str(v)) for v in (opt["name"], opt["type"], _fmt_default(opt["default"]), choices, opt["help"]))
+        )
     console.print(t)
 
 
@@ -97,9 +102,11 @@ def register(app: typer.Typer) -> None:
     @app.command("plugins", epilog=EPILOG)
     @handle_errors
     def plugins_cmd(
-        name: Optional[str] = typer.Argument(None, help="Show one plugin: a name, path/to/file.py:Class or package.module:Class."),
+        name: str | None = typer.Argument(
+            None, help="Show one plugin: a name, path/to/file.py:Class or package.module:Class."
+        ),
         kind: str = typer.Option(None, "--kind", help="probe, analysis, trainer or benchmark."),
-        json_out: Optional[str] = json_option("the plugin list (or the one plugin)"),
+        json_out: str | None = json_option("the plugin list (or the one plugin)"),
     ) -> None:
         """List plugins (bundled ones and those installed through entry points), or show one with its options."""
         from rich.markup import escape
@@ -122,8 +129,17 @@ def register(app: typer.Typer) -> None:
             try:
                 rows.append(_describe(registry.load(info.kind, info.name), info.kind, info.source, info.target))
             except Exception as exc:  # a broken third-party plugin must not hide the others
-                rows.append({"kind": info.kind, "name": info.name, "source": info.source, "target": info.target,
-                             "description": "", "error": f"cannot load: {exc}", "options": {}})
+                rows.append(
+                    {
+                        "kind": info.kind,
+                        "name": info.name,
+                        "source": info.source,
+                        "target": info.target,
+                        "description": "",
+                        "error": f"cannot load: {exc}",
+                        "options": {},
+                    }
+                )
         if emit_json(json_out, json.dumps(rows, indent=2, default=str)):
             return
         t = Table(title="driftkit plugins", title_justify="left")
@@ -137,5 +153,6 @@ def register(app: typer.Typer) -> None:
         console.print(
             "Details and option help: driftkit plugins NAME. Plugins from a file or module: pass "
             "[bold]path/to/file.py:ClassName[/] or [bold]package.module:ClassName[/] wherever a plugin name is "
-            "accepted.", highlight=False,
+            "accepted.",
+            highlight=False,
         )

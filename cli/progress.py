@@ -8,6 +8,7 @@ done, the rate in the task's unit and an ETA, plus a final line when a task comp
 the subset of rich's ``Progress`` API the commands use (``add_task``, ``update``, ``advance``, a
 context manager), so callers do not care which one they got.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,16 +56,25 @@ class PlainProgress:
         self._thread: threading.Thread | None = None
 
     # -- rich-compatible API ---------------------------------------------------------------------
-    def add_task(self, description: str, total: float | None = None, unit: str = "items", completed: float = 0.0,
-                 **fields: Any) -> int:
+    def add_task(
+        self, description: str, total: float | None = None, unit: str = "items", completed: float = 0.0, **fields: Any
+    ) -> int:
         with self._lock:
             tid = len(self._tasks)
             self._tasks[tid] = _Task(description, total, unit, completed, completed, fields=dict(fields))
             self._last_print[tid] = time.perf_counter()
         return tid
 
-    def update(self, task_id: int, *, completed: float | None = None, total: float | None = None,
-               advance: float | None = None, description: str | None = None, **fields: Any) -> None:
+    def update(
+        self,
+        task_id: int,
+        *,
+        completed: float | None = None,
+        total: float | None = None,
+        advance: float | None = None,
+        description: str | None = None,
+        **fields: Any,
+    ) -> None:
         with self._lock:
             t = self._tasks[task_id]
             if total is not None:
@@ -99,7 +109,7 @@ class PlainProgress:
         if self._thread is not None:
             self._thread.join(timeout=1.0)
 
-    def __enter__(self) -> "PlainProgress":
+    def __enter__(self) -> PlainProgress:
         self.start()
         return self
 
@@ -142,8 +152,15 @@ def progress_bar(console: Console, **kwargs: Any) -> Any:
     live = mode == "1" or (mode == "" and sys.stderr.isatty())
     if not live and mode != "0":
         return PlainProgress(console, float(os.environ.get("DRIFTKIT_PROGRESS_INTERVAL", "10")))
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(
         SpinnerColumn(),

@@ -1,16 +1,16 @@
 """``driftkit run`` (an experiment file) and ``driftkit demo`` (the bundled study)."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from driftkit.cli.common import console, emit_json, err_console, handle_errors, json_option, progress_bar
 
 
-def _execute(ex, resume: bool, json_out: Optional[str]) -> None:
+def _execute(ex, resume: bool, json_out: str | None) -> None:
     import time
 
     from driftkit.pipeline.runner import run_experiment
@@ -25,26 +25,46 @@ def _execute(ex, resume: bool, json_out: Optional[str]) -> None:
                 tasks[phase] = bar.add_task(phase, total=total, info="")
             bar.update(tasks[phase], completed=done, total=total)
 
-        result = run_experiment(ex, resume=resume, log=lambda m: err_console.print(m, highlight=False), progress=progress)
+        result = run_experiment(
+            ex, resume=resume, log=lambda m: err_console.print(m, highlight=False), progress=progress
+        )
     data = json.loads(result.report_json.read_text())
     findings = data.pop("findings", [])
-    if emit_json(json_out, json.dumps({"out": str(result.out), "html": str(result.report_html), "executed": result.executed,
-                                       "skipped": result.skipped, "findings": findings}, indent=2)):
+    if emit_json(
+        json_out,
+        json.dumps(
+            {
+                "out": str(result.out),
+                "html": str(result.report_html),
+                "executed": result.executed,
+                "skipped": result.skipped,
+                "findings": findings,
+            },
+            indent=2,
+        ),
+    ):
         return
     Study(data, findings).show(console)
-    console.print(f"\n{len(result.executed)} step(s) run, {len(result.skipped)} cached, {time.perf_counter() - t0:.0f} s. "
-                  f"HTML report: [bold]{result.report_html}[/]")
+    console.print(
+        f"\n{len(result.executed)} step(s) run, {len(result.skipped)} cached, {time.perf_counter() - t0:.0f} s. "
+        f"HTML report: [bold]{result.report_html}[/]"
+    )
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("run", epilog="Examples:\n\n  driftkit run experiment.toml\n\n  driftkit run experiment.toml --resume\n\n"
-                 "See docs/pipeline.md for the experiment file.")
+    @app.command(
+        "run",
+        epilog="Examples:\n\n  driftkit run experiment.toml\n\n  driftkit run experiment.toml --resume\n\n"
+        "See docs/pipeline.md for the experiment file.",
+    )
     @handle_errors
     def run_cmd(
         config: Path = typer.Argument(..., help="Experiment TOML file."),
-        resume: bool = typer.Option(False, "--resume", help="Continue interrupted steps (captures, training) instead of redoing them."),
-        out: Optional[Path] = typer.Option(None, "--out", help="Override [experiment].out."),
-        json_out: Optional[str] = json_option("a summary (out, html, executed, skipped, findings)"),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue interrupted steps (captures, training) instead of redoing them."
+        ),
+        out: Path | None = typer.Option(None, "--out", help="Override [experiment].out."),
+        json_out: str | None = json_option("a summary (out, html, executed, skipped, findings)"),
     ) -> None:
         """Run the whole study: train -> bench -> capture -> compare -> transfer -> report, cached by input hashes."""
         from driftkit.pipeline.experiment import load_experiment
@@ -58,9 +78,11 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def demo_cmd(
         out: Path = typer.Option(Path("demo-out"), "--out", help="Output folder (reruns reuse its cache)."),
-        quick: bool = typer.Option(False, "--quick", help="Tiny random model, seconds-scale settings: a smoke test of the pipeline."),
+        quick: bool = typer.Option(
+            False, "--quick", help="Tiny random model, seconds-scale settings: a smoke test of the pipeline."
+        ),
         resume: bool = typer.Option(False, "--resume", help="Continue interrupted steps."),
-        json_out: Optional[str] = json_option("a summary (out, html, executed, skipped, findings)"),
+        json_out: str | None = json_option("a summary (out, html, executed, skipped, findings)"),
     ) -> None:
         """The paper's study on the bundled SmolLM2-135M: SFT and RL on math, benchmarks, drift, report."""
         from driftkit.pipeline.demo import demo_experiment

@@ -5,18 +5,25 @@ One command for every trainer (bundled ``sft`` and ``rl``, third-party ones from
 name, options a trainer does not have are refused by that trainer, and ``-o name=value`` /
 ``--config file.toml`` reach any option, including a third-party trainer's own.
 """
+
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from driftkit.cli.common import DriftkitCommand, console, emit_json, err_console, handle_errors, json_option, progress_bar
-from driftkit.errors import DriftkitError
+from driftkit.cli.common import (
+    DriftkitCommand,
+    console,
+    emit_json,
+    err_console,
+    handle_errors,
+    json_option,
+    progress_bar,
+)
 from driftkit.parsing import load_toml, parse_kv
 
 HELP = """Train a checkpoint: base MODEL -> OUT with TRAINER (sft, rl or a plugin).
@@ -75,7 +82,7 @@ class _Progress:
             self.t0 = time.perf_counter()
         err_console.print(f"{self.label}: {text} ({time.perf_counter() - self.t0:.0f} s)", highlight=False)
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         self.bar.__enter__()
         return self
 
@@ -131,35 +138,77 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def train_cmd(
         trainer: str = typer.Argument(..., help="Trainer: sft, rl, a plugin name (driftkit plugins) or file.py:Class."),
-        model: str = typer.Argument(..., help="Base model: bundled name (smollm2-135m), local folder or Hugging Face id."),
-        data: str = typer.Option("bundled:math-train", "--data", "-d", help="JSONL file, hf:DATASET[:CONFIG]:SPLIT or bundled:math-train."),
-        out: Path = typer.Option(..., "--out", help="Run folder to create (final model, checkpoints/, driftkit_run.json)."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="Optimizer steps [default: 100]."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Per-device batch (rl: completions per step) [default: 8]."),
-        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="Gradient accumulation steps [default: 1]."),
-        learning_rate: Optional[float] = typer.Option(None, "--lr", "--learning-rate", help="Peak learning rate [sft 2e-5, rl 1e-6]."),
-        lr_scheduler: Optional[str] = typer.Option(None, "--lr-scheduler", help="linear, cosine, constant, ... [default: linear]."),
-        seed: Optional[int] = typer.Option(None, "--seed", help="Random seed [default: 0]."),
-        save_steps: Optional[int] = typer.Option(None, "--save-steps", help="Loadable checkpoint every K steps (needed for --resume) [default: 0 = final only]."),
-        columns: Optional[str] = typer.Option(None, "--columns", help="Map columns: problem=question,answer=final,solution=response."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N rows of the data."),
-        think: Optional[bool] = typer.Option(None, "--think/--no-think", help="sft: keep or strip <think>...</think> in the targets [default: keep]."),
-        max_length: Optional[int] = typer.Option(None, "--max-length", help="sft: truncate examples to this many tokens."),
-        num_generations: Optional[int] = typer.Option(None, "--num-generations", help="rl: completions per prompt (group size) [default: 8]."),
-        max_completion_length: Optional[int] = typer.Option(None, "--max-completion-length", help="rl: longest sampled completion [default: 512]."),
-        temperature: Optional[float] = typer.Option(None, "--temperature", help="rl: sampling temperature [default: 1.0]."),
-        beta: Optional[float] = typer.Option(None, "--beta", help="rl: KL penalty to the base [default: 0]."),
-        format_reward: Optional[float] = typer.Option(None, "--format-reward", help="rl: weight of a well-formed-answer reward [default: 0]."),
-        use_vllm: Optional[bool] = typer.Option(None, "--use-vllm/--no-vllm", help="rl: generate with vLLM (GPU, colocate mode)."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16."),
-        device: Optional[str] = typer.Option(None, "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
-        revision: Optional[str] = typer.Option(None, "--revision", help="Model revision (branch, tag or commit) of a hub model."),
-        trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code", help="Run the model repository's own code."),
-        config: Optional[Path] = typer.Option(None, "--config", help="TOML file of options (top-level keys and/or a [sft]/[rl] table)."),
+        model: str = typer.Argument(
+            ..., help="Base model: bundled name (smollm2-135m), local folder or Hugging Face id."
+        ),
+        data: str = typer.Option(
+            "bundled:math-train", "--data", "-d", help="JSONL file, hf:DATASET[:CONFIG]:SPLIT or bundled:math-train."
+        ),
+        out: Path = typer.Option(
+            ..., "--out", help="Run folder to create (final model, checkpoints/, driftkit_run.json)."
+        ),
+        steps: int | None = typer.Option(None, "--steps", help="Optimizer steps [default: 100]."),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="Per-device batch (rl: completions per step) [default: 8]."
+        ),
+        grad_accum: int | None = typer.Option(None, "--grad-accum", help="Gradient accumulation steps [default: 1]."),
+        learning_rate: float | None = typer.Option(
+            None, "--lr", "--learning-rate", help="Peak learning rate [sft 2e-5, rl 1e-6]."
+        ),
+        lr_scheduler: str | None = typer.Option(
+            None, "--lr-scheduler", help="linear, cosine, constant, ... [default: linear]."
+        ),
+        seed: int | None = typer.Option(None, "--seed", help="Random seed [default: 0]."),
+        save_steps: int | None = typer.Option(
+            None,
+            "--save-steps",
+            help="Loadable checkpoint every K steps (needed for --resume) [default: 0 = final only].",
+        ),
+        columns: str | None = typer.Option(
+            None, "--columns", help="Map columns: problem=question,answer=final,solution=response."
+        ),
+        limit: int | None = typer.Option(None, "--limit", help="Use only the first N rows of the data."),
+        think: bool | None = typer.Option(
+            None, "--think/--no-think", help="sft: keep or strip <think>...</think> in the targets [default: keep]."
+        ),
+        max_length: int | None = typer.Option(None, "--max-length", help="sft: truncate examples to this many tokens."),
+        num_generations: int | None = typer.Option(
+            None, "--num-generations", help="rl: completions per prompt (group size) [default: 8]."
+        ),
+        max_completion_length: int | None = typer.Option(
+            None, "--max-completion-length", help="rl: longest sampled completion [default: 512]."
+        ),
+        temperature: float | None = typer.Option(
+            None, "--temperature", help="rl: sampling temperature [default: 1.0]."
+        ),
+        beta: float | None = typer.Option(None, "--beta", help="rl: KL penalty to the base [default: 0]."),
+        format_reward: float | None = typer.Option(
+            None, "--format-reward", help="rl: weight of a well-formed-answer reward [default: 0]."
+        ),
+        use_vllm: bool | None = typer.Option(
+            None, "--use-vllm/--no-vllm", help="rl: generate with vLLM (GPU, colocate mode)."
+        ),
+        dtype: str | None = typer.Option(
+            None, "--dtype", help="auto (bf16 on GPU, float32 on CPU), float32, bfloat16."
+        ),
+        device: str | None = typer.Option(
+            None, "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."
+        ),
+        revision: str | None = typer.Option(
+            None, "--revision", help="Model revision (branch, tag or commit) of a hub model."
+        ),
+        trust_remote_code: bool | None = typer.Option(
+            None, "--trust-remote-code", help="Run the model repository's own code."
+        ),
+        config: Path | None = typer.Option(
+            None, "--config", help="TOML file of options (top-level keys and/or a [sft]/[rl] table)."
+        ),
         option: list[str] = typer.Option([], "--option", "-o", help="Any trainer option as name=value (repeatable)."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in OUT (same command, same or more --steps)."),
-        as_json: Optional[str] = json_option("the run summary"),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue from the last checkpoint in OUT (same command, same or more --steps)."
+        ),
+        as_json: str | None = json_option("the run summary"),
     ) -> None:
         from driftkit.registry import load
         from driftkit.registry.trainer import read_manifest
@@ -168,11 +217,27 @@ def register(app: typer.Typer) -> None:
         options: dict[str, Any] = _read_config(config, trainer) if config else {}
         options.update(_parse_pairs(option))
         flags = dict(
-            steps=steps, batch_size=batch_size, grad_accum=grad_accum, learning_rate=learning_rate,
-            lr_scheduler=lr_scheduler, seed=seed, save_steps=save_steps, columns=columns, limit=limit, think=think,
-            max_length=max_length, num_generations=num_generations, max_completion_length=max_completion_length,
-            temperature=temperature, beta=beta, format_reward=format_reward, use_vllm=use_vllm, dtype=dtype,
-            trust_remote_code=trust_remote_code, device=device, revision=revision,
+            steps=steps,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            learning_rate=learning_rate,
+            lr_scheduler=lr_scheduler,
+            seed=seed,
+            save_steps=save_steps,
+            columns=columns,
+            limit=limit,
+            think=think,
+            max_length=max_length,
+            num_generations=num_generations,
+            max_completion_length=max_completion_length,
+            temperature=temperature,
+            beta=beta,
+            format_reward=format_reward,
+            use_vllm=use_vllm,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            revision=revision,
         )
         options.update({k: v for k, v in flags.items() if v is not None})
         instance = cls(**options)

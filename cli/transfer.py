@@ -1,9 +1,9 @@
 """``driftkit transfer``: the transferability index (TI) of tuned models against a base, from score files."""
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -29,7 +29,14 @@ def transfer_table(res: dict[str, Any]) -> Any:
     for col in ("DI math", "DI other", "DI non", "TI other", "TI non"):
         t.add_column(col, justify="right")
     for name, m in res["models"].items():
-        t.add_row(name, _fmt(m["di"]["math"], 3), _fmt(m["di"]["other"], 3), _fmt(m["di"]["non"], 3), _fmt(m["ti"]["other"]), _fmt(m["ti"]["non"]))
+        t.add_row(
+            name,
+            _fmt(m["di"]["math"], 3),
+            _fmt(m["di"]["other"], 3),
+            _fmt(m["di"]["non"], 3),
+            _fmt(m["ti"]["other"]),
+            _fmt(m["ti"]["non"]),
+        )
     return t
 
 
@@ -66,15 +73,27 @@ def register(app: typer.Typer) -> None:
         models: list[Path] = typer.Argument(..., help="Score files of the tuned models (driftkit.scores/1)."),
         base: Path = typer.Option(..., "--base", help="Score file of the base model."),
         sigma: str = typer.Option("pooled", "--sigma", help="pooled | per-model | math=16.1,other=18.4,non=20.5"),
-        ddof: int = typer.Option(0, "--ddof", help="Degrees of freedom of the sigma standard deviation (0: population, as numpy)."),
-        force: bool = typer.Option(False, "--force", help="Compute even when benchmarks or settings differ (on the common benchmarks; differences are recorded)."),
-        json_out: Optional[str] = json_option("the result (driftkit.transfer/1)"),
+        ddof: int = typer.Option(
+            0, "--ddof", help="Degrees of freedom of the sigma standard deviation (0: population, as numpy)."
+        ),
+        force: bool = typer.Option(
+            False,
+            "--force",
+            help="Compute even when benchmarks or settings differ (on the common benchmarks; differences are recorded).",
+        ),
+        json_out: str | None = json_option("the result (driftkit.transfer/1)"),
     ) -> None:
         """The paper's transferability index of each model relative to the base, per group (other reasoning, non-reasoning)."""
         from driftkit.scores import transfer
 
-        res = transfer(base, list(models), sigma=sigma, force=force, ddof=ddof,
-                       warn=lambda p: err_console.print(f"[yellow]forced:[/] {p}", highlight=False))
+        res = transfer(
+            base,
+            list(models),
+            sigma=sigma,
+            force=force,
+            ddof=ddof,
+            warn=lambda p: err_console.print(f"[yellow]forced:[/] {p}", highlight=False),
+        )
         if json_out == "-":
             emit_json(json_out, res.to_json())
             return

@@ -2,6 +2,7 @@
 
 The public API is imported lazily so ``import driftkit`` stays fast (no torch until needed).
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -26,6 +26,7 @@ Rules:
   math-verify find the answer in the text, as MATH-500 evaluations do; the reward pays only for a
   boxed answer, so it teaches the format it scores.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -33,8 +34,9 @@ import functools
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 #: default seconds one parse+verify may take before the answer counts as wrong
 DEFAULT_TIMEOUT_S = 5.0

@@ -4,14 +4,16 @@ Why one module: every output driftkit promises never to leave half-written (scor
 manifests, reports, converted models, exported checkpoints) uses the same trick, a temporary
 name in the destination folder (same file system, so the rename is atomic) and ``os.replace``.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import TextIO
 
 
 def atomic_write(path: str | Path, text: str | Callable[[TextIO], object]) -> Path:

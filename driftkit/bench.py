@@ -11,19 +11,22 @@ Python API for pipelines::
     from driftkit.bench import run_suite
     path = run_suite("smollm2-135m", suite="default", limit=20, out="scores/base.json", data="fixtures")
 """
+
 from __future__ import annotations
 
 import datetime as _dt
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from driftkit.answers import THINK_RULE, strip_think
 from driftkit.errors import DriftkitError
 from driftkit.parsing import parse_kv
-from driftkit.answers import THINK_RULE, strip_think
 from driftkit.registry.benchmark import Benchmark, LoadedData
 from driftkit.registry.suites import resolve_suite
+
 
 @dataclass
 class BenchSettings:
@@ -35,7 +38,9 @@ class BenchSettings:
     data: str = "auto"  # auto | hub | fixtures
     backend: str = "hf"  # hf | vllm
     batch_size: int = 32  # decoding is memory-bound: 32 rows cost ~1.4x 8 rows per step on CPU
-    max_new_tokens: int | dict[str, int] | None = None  # None: the suite's / each benchmark's default; dict: per benchmark
+    max_new_tokens: int | dict[str, int] | None = (
+        None  # None: the suite's / each benchmark's default; dict: per benchmark
+    )
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
@@ -68,8 +73,9 @@ def parse_budget(spec: str | int | None) -> int | dict[str, int] | None:
         return spec
     spec = spec.strip()
     if "=" in spec:
-        return parse_kv(spec, what="--max-new-tokens", example="math500=128,ifeval=96", convert=int,
-                        expect="a whole number")
+        return parse_kv(
+            spec, what="--max-new-tokens", example="math500=128,ifeval=96", convert=int, expect="a whole number"
+        )
     try:
         return int(spec)
     except ValueError:
@@ -88,14 +94,23 @@ def load_benchmarks(names: Sequence[str] | dict[str, int | None], settings: Benc
     if isinstance(user, dict):
         unknown = [k for k in user if k not in suite_budget]
         if unknown:
-            raise DriftkitError(f"--max-new-tokens names {', '.join(unknown)}, which are not among the benchmarks run ({', '.join(suite_budget)}).")
+            raise DriftkitError(
+                f"--max-new-tokens names {', '.join(unknown)}, which are not among the benchmarks run ({', '.join(suite_budget)})."
+            )
     out = []
     for n, sb in suite_budget.items():
         budget = user.get(n, sb) if isinstance(user, dict) else (user if user is not None else sb)
         if budget is not None and budget < 1:
             raise DriftkitError(f"max_new_tokens for {n} must be at least 1 (got {budget}).")
         cls = load("benchmark", n)
-        out.append(cls(seed=settings.seed, samples_per_item=settings.samples_per_item, revision=settings.dataset_revision, max_new_tokens=budget))
+        out.append(
+            cls(
+                seed=settings.seed,
+                samples_per_item=settings.samples_per_item,
+                revision=settings.dataset_revision,
+                max_new_tokens=budget,
+            )
+        )
     return out
 
 
@@ -140,13 +155,26 @@ class _Model:
         if s.backend == "vllm":
             path = resolve_model_path(spec, progress)
             self.tokenizer = load_tokenizer(path, revision=s.revision, trust_remote_code=s.trust_remote_code)
-            self.generator = VLLMGenerator(path, tensor_parallel_size=s.tensor_parallel_size, dtype=s.dtype, trust_remote_code=s.trust_remote_code)
+            self.generator = VLLMGenerator(
+                path, tensor_parallel_size=s.tensor_parallel_size, dtype=s.dtype, trust_remote_code=s.trust_remote_code
+            )
             self.path, self.dtype, self.device = path, s.dtype, "cuda"
         elif s.backend == "hf":
-            loaded = load_model(spec, dtype=s.dtype, device=s.device, trust_remote_code=s.trust_remote_code, revision=s.revision, progress=progress)
+            loaded = load_model(
+                spec,
+                dtype=s.dtype,
+                device=s.device,
+                trust_remote_code=s.trust_remote_code,
+                revision=s.revision,
+                progress=progress,
+            )
             self.tokenizer = loaded.tokenizer
             self.generator = make_generator("hf", loaded, batch_size=s.batch_size)
-            self.path, self.dtype, self.device = loaded.path, str(loaded.dtype).replace("torch.", ""), str(loaded.device)
+            self.path, self.dtype, self.device = (
+                loaded.path,
+                str(loaded.dtype).replace("torch.", ""),
+                str(loaded.device),
+            )
         else:
             raise DriftkitError(f"Unknown generation back-end {s.backend!r}; use 'hf' or 'vllm'.")
         self.info = {
@@ -178,7 +206,9 @@ def generation_groups(benches: Sequence[Benchmark], s: BenchSettings) -> list[li
 def check_settings(s: BenchSettings) -> None:
     """Refuse sampling settings that cannot work, before anything is loaded."""
     if s.temperature < 0 or not (0 < s.top_p <= 1):
-        raise DriftkitError(f"temperature must be >= 0 and top_p in (0, 1]; got temperature={s.temperature}, top_p={s.top_p}.")
+        raise DriftkitError(
+            f"temperature must be >= 0 and top_p in (0, 1]; got temperature={s.temperature}, top_p={s.top_p}."
+        )
     if s.samples_per_item > 1 and s.temperature == 0:
         raise DriftkitError(
             f"--samples {s.samples_per_item} with greedy decoding would repeat the same answer; set --temperature > 0 "
@@ -243,8 +273,14 @@ def generate_group(
     if progress:
         progress(label, 0, len(pooled))
     t0 = time.perf_counter()
-    gen = model.generator.generate(pooled, max_new_tokens=group[0].max_new_tokens, temperature=s.temperature,
-                                   top_p=s.top_p, seed=s.seed, progress=_tick)
+    gen = model.generator.generate(
+        pooled,
+        max_new_tokens=group[0].max_new_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        seed=s.seed,
+        progress=_tick,
+    )
     return gen, time.perf_counter() - t0
 
 
@@ -259,13 +295,21 @@ def score_benchmark(
             ids = gen[i * b.samples_per_item + j]
             raw, ans = decode_answer(tok, ids)
             samples.append({"output": raw, "answer": ans, "new_tokens": len(ids), **b.score(it, ans)})
-        results.append({"benchmark": b.name, "id": it["_id"], "config": it.get("_config"),
-                        "prompt_tokens": req.prompt_lens[i], "samples": samples})
+        results.append(
+            {
+                "benchmark": b.name,
+                "id": it["_id"],
+                "config": it.get("_config"),
+                "prompt_tokens": req.prompt_lens[i],
+                "samples": samples,
+            }
+        )
     return results
 
 
-def timing_record(seconds: float, generation_s: float, n_items: int, results: list[dict[str, Any]],
-                  group: Sequence[Benchmark]) -> dict[str, Any]:
+def timing_record(
+    seconds: float, generation_s: float, n_items: int, results: list[dict[str, Any]], group: Sequence[Benchmark]
+) -> dict[str, Any]:
     """The ``timing`` entry of one benchmark in the provenance."""
     return {
         "seconds": round(seconds, 3),
@@ -301,8 +345,13 @@ def record_provenance(
             "generation": {"temperature": s.temperature, "top_p": s.top_p, "seed": s.seed},
         },
         "benchmarks": bench_prov,
-        "runtime": {"backend": s.backend, "batch_size": s.batch_size, "dtype": model.dtype, "device": model.device,
-                    "tensor_parallel_size": s.tensor_parallel_size},
+        "runtime": {
+            "backend": s.backend,
+            "batch_size": s.batch_size,
+            "dtype": model.dtype,
+            "device": model.device,
+            "tensor_parallel_size": s.tensor_parallel_size,
+        },
         "timing": timing,
     }
 
@@ -312,8 +361,10 @@ def _template_notices(tok: Any, s: BenchSettings, log: Callable[[str], None] | N
     if not log:
         return
     if s.think is not None and "enable_thinking" not in str(getattr(tok, "chat_template", "") or ""):
-        log("the model's chat template has no enable_thinking switch; --think/--no-think has no effect "
-            "(think blocks are still stripped).")
+        log(
+            "the model's chat template has no enable_thinking switch; --think/--no-think has no effect "
+            "(think blocks are still stripped)."
+        )
     if s.chat_template and not getattr(tok, "chat_template", None):
         log("the tokenizer has no chat template; prompts are given as plain text.")
 
@@ -390,4 +441,6 @@ def run_suite(
     if bad:
         raise DriftkitError(f"Unknown bench setting(s) {', '.join(bad)}; known: {', '.join(sorted(known))}.")
     s = BenchSettings(limit=limit, data=data, **settings)
-    return run_benchmarks(model_spec, benchmarks, out, s, suite=suite, model_name=model_name, progress=progress, log=log)
+    return run_benchmarks(
+        model_spec, benchmarks, out, s, suite=suite, model_name=model_name, progress=progress, log=log
+    )

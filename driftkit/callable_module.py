@@ -7,11 +7,13 @@ shadowing the lazily exported function, and the next ``driftkit.capture(...)`` r
 object is not callable". Making the package object callable (forwarding to the function) keeps
 the documented calls working any number of times, in every import order.
 """
+
 from __future__ import annotations
 
 import sys
 import types
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def make_callable(module_name: str, func: Callable[..., Any]) -> None:

@@ -4,10 +4,12 @@ Why a dedicated type: the CLI turns a :class:`DriftkitError` into a one-paragrap
 code 1 (the user can fix it), while any other exception is a bug and exits 2 with a pointer to
 ``--debug``. Library code raises ``DriftkitError`` whenever the cause is the user's input.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 
 class DriftkitError(Exception):

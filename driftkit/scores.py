@@ -14,13 +14,15 @@ Why ``provenance.settings`` and ``provenance.benchmarks`` are separated from ``p
 the first two must be equal between a base model and a tuned model for their scores to be
 comparable (``driftkit transfer`` checks them); the last one differs by construction.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError, opt
@@ -59,9 +61,19 @@ class Scores(dict):
         import pandas as pd
 
         prim = {id(r) for r in primary_scores(self).values()}
-        rows = [{"model": self["model"], "benchmark": r["benchmark"], "domain": r["domain"], "metric": r["metric"],
-                 "value": float(r["value"]), "n": r.get("n"), "stderr": r.get("stderr"), "primary": id(r) in prim}
-                for r in self["scores"]]
+        rows = [
+            {
+                "model": self["model"],
+                "benchmark": r["benchmark"],
+                "domain": r["domain"],
+                "metric": r["metric"],
+                "value": float(r["value"]),
+                "n": r.get("n"),
+                "stderr": r.get("stderr"),
+                "primary": id(r) in prim,
+            }
+            for r in self["scores"]
+        ]
         return pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
 
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
@@ -81,7 +93,9 @@ def items_path(summary_path: str | Path) -> Path:
 def validate(doc: Any, where: str = "score file") -> dict[str, Any]:
     """Check a parsed score document against ``driftkit.scores/1``; raise DriftkitError naming the problem."""
     if not isinstance(doc, dict):
-        raise DriftkitError(f"{where} is not a JSON object; a driftkit score file starts with {{\"schema\": \"{SCHEMA}\", ...}}.")
+        raise DriftkitError(
+            f'{where} is not a JSON object; a driftkit score file starts with {{"schema": "{SCHEMA}", ...}}.'
+        )
     if doc.get("schema") != SCHEMA:
         raise DriftkitError(
             f"{where} has schema {doc.get('schema')!r}, expected {SCHEMA!r}. Produce it with 'driftkit bench' "
@@ -98,9 +112,13 @@ def validate(doc: Any, where: str = "score file") -> dict[str, Any]:
             raise DriftkitError(f"{where}: scores[{i}] is not an object.")
         missing = [k for k in _REQUIRED if k not in s]
         if missing:
-            raise DriftkitError(f"{where}: scores[{i}] lacks {', '.join(missing)}; each score needs {', '.join(_REQUIRED)}.")
+            raise DriftkitError(
+                f"{where}: scores[{i}] lacks {', '.join(missing)}; each score needs {', '.join(_REQUIRED)}."
+            )
         if s["domain"] not in DOMAINS:
-            raise DriftkitError(f"{where}: scores[{i}] ({s['benchmark']}) has domain {s['domain']!r}; use one of {', '.join(DOMAINS)}.")
+            raise DriftkitError(
+                f"{where}: scores[{i}] ({s['benchmark']}) has domain {s['domain']!r}; use one of {', '.join(DOMAINS)}."
+            )
         v = s["value"]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not (0.0 <= v <= 100.0):
             raise DriftkitError(
@@ -109,7 +127,9 @@ def validate(doc: Any, where: str = "score file") -> dict[str, Any]:
             )
         key = (s["benchmark"], s["metric"])
         if key in seen:
-            raise DriftkitError(f"{where}: {s['benchmark']} {s['metric']} appears twice; keep one record per benchmark and metric.")
+            raise DriftkitError(
+                f"{where}: {s['benchmark']} {s['metric']} appears twice; keep one record per benchmark and metric."
+            )
         seen.add(key)
     doc.setdefault("provenance", {})
     return doc
@@ -155,7 +175,9 @@ def read_scores(path: str | Path) -> Scores:
     try:
         doc = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DriftkitError(f"Score file {p} is not valid JSON ({exc}); it may be truncated. Re-create it with 'driftkit bench'.") from exc
+        raise DriftkitError(
+            f"Score file {p} is not valid JSON ({exc}); it may be truncated. Re-create it with 'driftkit bench'."
+        ) from exc
     return Scores(validate(doc, f"score file {p}"))
 
 
@@ -207,7 +229,9 @@ def _diff_dicts(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} vs {b!r}"]
 
 
-def comparability_problems(base: dict[str, Any], other: dict[str, Any], base_name: str = "base", other_name: str = "model") -> list[str]:
+def comparability_problems(
+    base: dict[str, Any], other: dict[str, Any], base_name: str = "base", other_name: str = "model"
+) -> list[str]:
     """Why two score documents should not be compared (empty list when they can).
 
     Checked: the set of benchmarks (primary records), each benchmark's domain, primary metric and
@@ -241,7 +265,7 @@ def transfer(
     force: bool = False,
     ddof: int = 0,
     warn: Any = None,
-) -> "TransferResult":
+) -> TransferResult:
     """The transferability index of each model against ``base`` from score files or documents.
 
     Refuses (DriftkitError) when benchmarks or settings differ between base and a model, naming
@@ -272,7 +296,8 @@ def transfer(
         probs = comparability_problems(bdoc, doc, f"base {bdoc['model']}", n)
         if probs and not force:
             raise DriftkitError(
-                f"The scores of {n} and the base {bdoc['model']} are not comparable: " + "; ".join(probs[:8])
+                f"The scores of {n} and the base {bdoc['model']} are not comparable: "
+                + "; ".join(probs[:8])
                 + ("; ..." if len(probs) > 8 else "")
                 + f". Re-run 'driftkit bench' with the same benchmarks and settings for both, or pass {opt('force')} to compute on "
                 "the common benchmarks anyway (the differences are recorded in the result)."
@@ -295,14 +320,16 @@ def transfer(
         res["models"][n]["scores"] = model_vals[n]
         res["models"][n]["file"] = f
     notes = ti_notes(res)
-    return TransferResult({
-        "schema": "driftkit.transfer/1",
-        "base": {"model": bdoc["model"], "file": bfile, "scores": base_vals},
-        "benchmarks": dict(sorted(domains.items(), key=lambda kv: (DOMAINS.index(kv[1]), kv[0]))),
-        **res,
-        "forced": forced,
-        "notes": notes,
-    })
+    return TransferResult(
+        {
+            "schema": "driftkit.transfer/1",
+            "base": {"model": bdoc["model"], "file": bfile, "scores": base_vals},
+            "benchmarks": dict(sorted(domains.items(), key=lambda kv: (DOMAINS.index(kv[1]), kv[0]))),
+            **res,
+            "forced": forced,
+            "notes": notes,
+        }
+    )
 
 
 def ti_notes(res: dict[str, Any]) -> list[str]:
@@ -318,13 +345,17 @@ def ti_notes(res: dict[str, Any]) -> list[str]:
         math = {b: x for b, x in r["benchmarks"].items() if x["group"] == "math"}
         sig = r.get("sigma", {}).get("math")
         if math and all(x["delta"] == 0 for x in math.values()):
-            why = (f"TI is undefined for {m}: no math score changed from the base ({', '.join(math)}: delta 0), "
-                   f"so DI_math = 0 and TI = 100 * DI_g / DI_math divides by zero")
+            why = (
+                f"TI is undefined for {m}: no math score changed from the base ({', '.join(math)}: delta 0), "
+                f"so DI_math = 0 and TI = 100 * DI_g / DI_math divides by zero"
+            )
             if sig == 0:
                 why += " (the math sigma, the spread of the score changes, is 0 too)"
         else:
-            why = (f"TI is undefined for {m}: its math gains and losses cancel exactly (DI_math = 0), and "
-                   f"TI = 100 * DI_g / DI_math divides by zero")
+            why = (
+                f"TI is undefined for {m}: its math gains and losses cancel exactly (DI_math = 0), and "
+                f"TI = 100 * DI_g / DI_math divides by zero"
+            )
         r["ti_undefined_reason"] = why + "."
         notes.append(why + "; DI per group is still reported.")
     return notes

@@ -18,6 +18,7 @@ capture file, so they take milliseconds:
 
 Every failure is collected, then reported at once.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -84,9 +85,10 @@ def check_plugin(cls: type) -> None:
         raise PluginCheckError(_label(cls), ["check_plugin takes the plugin class, not an instance or a name"])
     kind = next((k for k in GROUPS if issubclass(cls, _base_class(k))), None)
     if kind is None:
-        raise PluginCheckError(_label(cls), [
-            "it derives from none of driftkit.Probe, driftkit.Analysis, driftkit.Trainer, driftkit.Benchmark"
-        ])
+        raise PluginCheckError(
+            _label(cls),
+            ["it derives from none of driftkit.Probe, driftkit.Analysis, driftkit.Trainer, driftkit.Benchmark"],
+        )
     base = _base_class(kind)
     failures += _check_identity(cls, base)
     table, opt_failures = _check_declarations(cls)
@@ -203,7 +205,9 @@ def _check_instances(cls: type, table: dict[str, Any]) -> list[str]:
     else:
         for name, opt in table.items():
             if opts[name] != opt.default:
-                out.append(f"option {name!r}: constructed with defaults, self.opts holds {opts[name]!r}, not {opt.default!r}")
+                out.append(
+                    f"option {name!r}: constructed with defaults, self.opts holds {opts[name]!r}, not {opt.default!r}"
+                )
     try:
         cls(**{_UNKNOWN: 1})
         out.append("an unknown option was accepted silently (it must raise DriftkitError)")

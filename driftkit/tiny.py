@@ -4,6 +4,7 @@ Why: tests must run offline and fast, on real transformers model classes (so nns
 TRL see exactly what a user's checkpoint gives them) without any hub download. The tokenizer is
 trained on a few kB of text shipped here and has a chat template, so chat mode is testable too.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,22 @@ Answer with a single letter: A, B, C or D. The capital of France is Paris.
 Think step by step. First, we add the numbers. Then we multiply. <think> reasoning </think>
 """
 
-ARCHES = ("llama", "qwen2", "mistral", "phi3", "phi", "gpt_neox", "olmo2", "gemma2", "gemma3_text", "cohere", "falcon",
-          "gpt2", "granite", "granitemoe")
+ARCHES = (
+    "llama",
+    "qwen2",
+    "mistral",
+    "phi3",
+    "phi",
+    "gpt_neox",
+    "olmo2",
+    "gemma2",
+    "gemma3_text",
+    "cohere",
+    "falcon",
+    "gpt2",
+    "granite",
+    "granitemoe",
+)
 
 #: per-architecture config extras; the final transforms are set away from their defaults (1.0 / none)
 #: so tests see them: Gemma softcaps, Cohere multiplies by ``logit_scale``, Granite divides by
@@ -87,11 +102,17 @@ def build_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out, vocab_size)
     V = len(tok)
-    common = dict(vocab_size=V, tie_word_embeddings=tie_word_embeddings, bos_token_id=tok.bos_token_id,
-                  eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    common = dict(
+        vocab_size=V,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     if arch == "gpt2":
-        cfg = AutoConfig.for_model("gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=max_positions,
-                                   **common)
+        cfg = AutoConfig.for_model(
+            "gpt2", n_layer=num_layers, n_embd=hidden_size, n_head=4, n_positions=max_positions, **common
+        )
     else:
         extra = _EXTRA.get(arch, {})
         cfg = AutoConfig.for_model(

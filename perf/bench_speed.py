@@ -6,6 +6,7 @@ the primary score; then the whole suite's wall time (model load included). Offli
 
     python perf/bench_speed.py [--model smollm2-135m] [--limit 20] [--batch-size 32] [--threads N] [--data fixtures]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,21 +46,35 @@ def main() -> int:
         print(f"  {bench}: {done}/{total} generated  [{time.perf_counter() - t0:.0f} s]", file=sys.stderr, flush=True)
 
     run_suite(
-        args.model, suite=args.suite, benchmarks=args.benchmarks, limit=args.limit, out=out, data=args.data,
-        batch_size=args.batch_size, max_new_tokens=parse_budget(args.max_new_tokens), progress=progress, log=lambda m: print("note:", m, file=sys.stderr),
+        args.model,
+        suite=args.suite,
+        benchmarks=args.benchmarks,
+        limit=args.limit,
+        out=out,
+        data=args.data,
+        batch_size=args.batch_size,
+        max_new_tokens=parse_budget(args.max_new_tokens),
+        progress=progress,
+        log=lambda m: print("note:", m, file=sys.stderr),
     )
     wall = time.perf_counter() - t0
     doc = read_scores(out)
     timing = doc["provenance"]["timing"]
     prim = {s["benchmark"]: s for s in doc["scores"] if s.get("primary")}
-    print(f"model {args.model}, limit {args.limit}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
-          f"data {args.data}, load average at start {load:.1f}")
-    print(f"{'benchmark':<11} {'domain':<6} {'items':>5} {'max_new':>7} {'new_tok':>7} {'sec':>7} {'items/s':>8} {'tok/s':>7}  score")
+    print(
+        f"model {args.model}, limit {args.limit}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+        f"data {args.data}, load average at start {load:.1f}"
+    )
+    print(
+        f"{'benchmark':<11} {'domain':<6} {'items':>5} {'max_new':>7} {'new_tok':>7} {'sec':>7} {'items/s':>8} {'tok/s':>7}  score"
+    )
     for b, t in timing.items():
         s = prim[b]
         mnt = doc["provenance"]["benchmarks"][b]["max_new_tokens"]
-        print(f"{b:<11} {s['domain']:<6} {t['items']:>5} {mnt:>7} {t['new_tokens']:>7} {t['seconds']:>7.1f} {t['items_per_s']:>8.3f} "
-              f"{t['new_tokens'] / t['seconds']:>7.1f}  {s['metric']} = {s['value']:.1f} ± {s['stderr'] or 0:.1f}")
+        print(
+            f"{b:<11} {s['domain']:<6} {t['items']:>5} {mnt:>7} {t['new_tokens']:>7} {t['seconds']:>7.1f} {t['items_per_s']:>8.3f} "
+            f"{t['new_tokens'] / t['seconds']:>7.1f}  {s['metric']} = {s['value']:.1f} ± {s['stderr'] or 0:.1f}"
+        )
     print(f"suite wall time (incl. model load): {wall:.1f} s; score file {out}")
     print(json.dumps({"wall_s": round(wall, 1), "timing": timing, "scores": {b: s["value"] for b, s in prim.items()}}))
     return 0

@@ -29,6 +29,7 @@ core.
 Usage: python perf/capture_overhead.py [--model smollm2-135m] [--repeats 2] [--repeat 7] [--threads 1,2]
        [--only-ratio]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -104,9 +105,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="general-mix repeated this many times (7: 9,002 tokens)")
     ap.add_argument("--n", type=int, default=45, help="prompts for the RSS baseline (10x for the big run)")
     ap.add_argument("--max-batch-tokens", type=int, default=4096)
-    ap.add_argument("--rss-batch-tokens", type=int, default=512,
-                    help="token budget for the RSS runs: small enough that the N-prompt run already fills several batches, "
-                         "so the comparison measures accumulation, not batch size")
+    ap.add_argument(
+        "--rss-batch-tokens",
+        type=int,
+        default=512,
+        help="token budget for the RSS runs: small enough that the N-prompt run already fills several batches, "
+        "so the comparison measures accumulation, not batch size",
+    )
     ap.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated, interleaved in one process")
     ap.add_argument("--only-ratio", action="store_true", help="print [1] only")
     args = ap.parse_args()
@@ -123,7 +128,9 @@ def main() -> None:
     lm = load_model(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="dk-bench-"))
     prompts = prompts_file(tmp, 90 * args.repeat)
-    cfg = CaptureConfig(model=args.model, prompts=str(prompts), out=tmp / "c.h5", overwrite=True, max_batch_tokens=args.max_batch_tokens)
+    cfg = CaptureConfig(
+        model=args.model, prompts=str(prompts), out=tmp / "c.h5", overwrite=True, max_batch_tokens=args.max_batch_tokens
+    )
     samples = build_samples(cfg, lm)
     lengths = [len(t) for t in samples.tokens]
     batches = token_budget_batches(lengths, range(len(lengths)), args.max_batch_tokens)
@@ -144,8 +151,14 @@ def main() -> None:
 
     def captured(compression: str | None = None) -> Path:
         out = tmp / f"c-{compression or 'none'}.h5"
-        c = CaptureConfig(model=args.model, prompts=str(prompts), out=out, overwrite=True,
-                          max_batch_tokens=args.max_batch_tokens, compression=compression)
+        c = CaptureConfig(
+            model=args.model,
+            prompts=str(prompts),
+            out=out,
+            overwrite=True,
+            max_batch_tokens=args.max_batch_tokens,
+            compression=compression,
+        )
         eng = CaptureEngine(c, loaded=lm)
         eng.run()
         timing.update(eng.timing)
@@ -170,26 +183,37 @@ def main() -> None:
             for name, fn in variants.items():
                 cpu[-1] = cpus[(t, name)]
                 times[(t, name)].append(timed(fn))
-                print(f"    run: threads={t} {name:8s} wall {times[(t, name)][-1]:.2f} s, cpu {cpus[(t, name)][-1]:.2f} s, "
-                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+                print(
+                    f"    run: threads={t} {name:8s} wall {times[(t, name)][-1]:.2f} s, cpu {cpus[(t, name)][-1]:.2f} s, "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
             loads.append(os.getloadavg()[0])
     path = tmp / "c-none.h5"
-    print(f"\n[1] {len(lengths)} prompts (general-mix x{args.repeat}), {n_tokens} tokens, {len(batches)} batches "
-          f"({n_padded} padded tokens), all {lm.num_layers} layers + embed + final; load average during runs "
-          f"{min(loads):.1f}-{max(loads):.1f}")
+    print(
+        f"\n[1] {len(lengths)} prompts (general-mix x{args.repeat}), {n_tokens} tokens, {len(batches)} batches "
+        f"({n_padded} padded tokens), all {lm.num_layers} layers + embed + final; load average during runs "
+        f"{min(loads):.1f}-{max(loads):.1f}"
+    )
     for t in threads:
         best = {v: min(times[(t, v)]) for v in variants}
         print(f"    threads={t}:")
         for v in variants:
             print(f"      {v:8s}: best {best[v]:.2f} s  (runs: {', '.join(f'{x:.2f}' for x in times[(t, v)])})")
         print(f"      RATIO capture / plain = {best['capture'] / best['plain']:.3f}   (target <= 1.10)")
-        print(f"      RATIO capture / hand  = {best['capture'] / best['hand']:.3f}   (hand / plain = {best['hand'] / best['plain']:.3f})")
+        print(
+            f"      RATIO capture / hand  = {best['capture'] / best['hand']:.3f}   (hand / plain = {best['hand'] / best['plain']:.3f})"
+        )
         c = {v: min(cpus[(t, v)]) for v in variants}
-        print(f"      CPU time (all threads of the process; steadier than wall time under load): plain {c['plain']:.1f} s, "
-              f"hand {c['hand']:.1f} s, capture {c['capture']:.1f} s -> capture / plain {c['capture'] / c['plain']:.3f}, "
-              f"capture / hand {c['capture'] / c['hand']:.3f}")
+        print(
+            f"      CPU time (all threads of the process; steadier than wall time under load): plain {c['plain']:.1f} s, "
+            f"hand {c['hand']:.1f} s, capture {c['capture']:.1f} s -> capture / plain {c['capture'] / c['plain']:.3f}, "
+            f"capture / hand {c['capture'] / c['hand']:.3f}"
+        )
     print(f"    capture stages (last run): {', '.join(f'{k} {v:.2f}s' for k, v in timing.items())}")
-    print(f"    file size: capture {path.stat().st_size / 1e6:.1f} MB, hand-written {(tmp / 'hand.h5').stat().st_size / 1e6:.1f} MB")
+    print(
+        f"    file size: capture {path.stat().st_size / 1e6:.1f} MB, hand-written {(tmp / 'hand.h5').stat().st_size / 1e6:.1f} MB"
+    )
     if args.only_ratio:
         for p in tmp.glob("*.h5"):
             p.unlink()
@@ -204,23 +228,30 @@ def main() -> None:
         with h5py.File(p, "r") as f:
             static = sum(f[k].id.get_storage_size() for k in ("final/unembed", "final/unembed_bias") if k in f)
         per_tok = (p.stat().st_size - static) / n_tokens
-        print(f"    compression={name:5s}: {per_tok / 1024:.1f} KiB/token of per-token arrays "
-              f"(+ {static / 1e6:.0f} MB unembedding once per file; file {p.stat().st_size / 1e6:.1f} MB)")
+        print(
+            f"    compression={name:5s}: {per_tok / 1024:.1f} KiB/token of per-token arrays "
+            f"(+ {static / 1e6:.0f} MB unembedding once per file; file {p.stat().st_size / 1e6:.1f} MB)"
+        )
 
     child = tmp / "rss.py"
     child.write_text(RSS_CHILD)
     rss = {}
     for n in (args.n, 10 * args.n):
         pf = prompts_file(tmp, n)
-        out = subprocess.run([sys.executable, str(child), args.model, str(pf), str(tmp / f"rss-{n}.h5"), str(args.rss_batch_tokens)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, str(child), args.model, str(pf), str(tmp / f"rss-{n}.h5"), str(args.rss_batch_tokens)],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode != 0:
             print(out.stderr[-3000:])
             raise SystemExit(1)
         rss[n] = json.loads(out.stdout.strip().splitlines()[-1])["maxrss_mb"]
         (tmp / f"rss-{n}.h5").unlink()
     a, b = rss[args.n], rss[10 * args.n]
-    print(f"\n[2] peak RSS (--max-batch-tokens {args.rss_batch_tokens}): {args.n} prompts {a:.0f} MB, {10 * args.n} prompts {b:.0f} MB -> growth {100 * (b / a - 1):+.1f}%  (target < 10%)")
+    print(
+        f"\n[2] peak RSS (--max-batch-tokens {args.rss_batch_tokens}): {args.n} prompts {a:.0f} MB, {10 * args.n} prompts {b:.0f} MB -> growth {100 * (b / a - 1):+.1f}%  (target < 10%)"
+    )
     for p in tmp.glob("*.h5"):
         p.unlink()
 

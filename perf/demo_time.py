@@ -9,6 +9,7 @@ peak RSS is the child's ``ru_maxrss``. No assertions: timings depend on the mach
     .venv/bin/python perf/demo_time.py            # the full demo (~12-13 min on an idle 2-core CPU)
     .venv/bin/python perf/demo_time.py --quick    # the tiny-model smoke version (~1 min)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def driftkit_cmd() -> list[str]:
         return [str(exe)]
     found = shutil.which("driftkit")
     if not found:
-        raise SystemExit("driftkit is not installed in this environment: run `make install` (or pip install -e .) first.")
+        raise SystemExit(
+            "driftkit is not installed in this environment: run `make install` (or pip install -e .) first."
+        )
     return [found]
 
 
@@ -71,7 +74,9 @@ def findings(out: Path) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="time `driftkit demo --quick` (tiny random model)")
-    ap.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (default: a temp folder, removed)")
+    ap.add_argument(
+        "--keep", type=Path, default=None, help="run in this folder and keep it (default: a temp folder, removed)"
+    )
     ap.add_argument("--json", action="store_true", help="also print the figures as JSON")
     a = ap.parse_args()
 
@@ -101,9 +106,11 @@ def main() -> int:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)
 
-    print(f"driftkit demo{' --quick' if a.quick else ''}: cold {int(cold // 60)} min {cold % 60:04.1f} s "
-          f"({cold:.1f} s, model conversion included), warm {warm:.1f} s, peak RSS {cold_rss:.0f} MiB "
-          f"(load average {figures['load_average_start_end'][0]} -> {figures['load_average_start_end'][1]})")
+    print(
+        f"driftkit demo{' --quick' if a.quick else ''}: cold {int(cold // 60)} min {cold % 60:04.1f} s "
+        f"({cold:.1f} s, model conversion included), warm {warm:.1f} s, peak RSS {cold_rss:.0f} MiB "
+        f"(load average {figures['load_average_start_end'][0]} -> {figures['load_average_start_end'][1]})"
+    )
     for sid, sec in steps.items():
         print(f"  {sid:<22} {sec if sec is not None else '-':>8} s")
     for m, f in figures["findings"].items():
@@ -112,9 +119,13 @@ def main() -> int:
             continue
         pca = ", ".join(f"{d} {v:.2f}" for d, v in sorted((f["pca_shift_distance"] or {}).items()))
         ti = f["ti"] or {}
-        ti_txt = ", ".join(f"TI_{g} {'undefined' if v is None else f'{v:.1f}'}" for g, v in ti.items()) or "TI undefined"
-        print(f"  {m}: {ti_txt}; PCA shift {pca}; KL {f['kl_forward']:.3f} nats; shifted {100 * f['shifted_fraction']:.1f}% "
-              f"(unshifted {100 * f['unshifted_fraction']:.1f}%)")
+        ti_txt = (
+            ", ".join(f"TI_{g} {'undefined' if v is None else f'{v:.1f}'}" for g, v in ti.items()) or "TI undefined"
+        )
+        print(
+            f"  {m}: {ti_txt}; PCA shift {pca}; KL {f['kl_forward']:.3f} nats; shifted {100 * f['shifted_fraction']:.1f}% "
+            f"(unshifted {100 * f['unshifted_fraction']:.1f}%)"
+        )
     if a.json:
         print(json.dumps(figures, indent=2))
     return 0

@@ -15,6 +15,7 @@ gives (the contract: exactly 0).
 Printed: per drift size, the reference mean KL(P_B||P_A), and the relative error of driftkit's
 ``kl_forward``, ``kl_reverse``, ``js`` and ``sampled_logratio`` (means over the same positions).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,18 @@ def build_pair(root: Path, vocab: int, eps: float, seed: int = 0) -> tuple[Path,
     tok = build_tokenizer(base)
     build_tokenizer(tuned)
     cfg = AutoConfig.for_model(
-        "llama", num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, vocab_size=vocab, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        "llama",
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -128,8 +138,10 @@ def main() -> None:
     print(f"{'eps':>6} {'ref KL(B||A)':>13} {'ref log-ratio':>14} " + " ".join(f"{'rel err ' + k:>24}" for k in keys))
     for eps, ref, got in rows:
         errs = [abs(got[k] - ref[k]) / abs(ref[k]) if ref[k] else float("nan") for k in keys]
-        print(f"{eps:>6g} {ref['kl_forward']:>13.4e} {ref['sampled_logratio']:>14.4e} "
-              + " ".join(f"{e:>24.2e}" for e in errs))
+        print(
+            f"{eps:>6g} {ref['kl_forward']:>13.4e} {ref['sampled_logratio']:>14.4e} "
+            + " ".join(f"{e:>24.2e}" for e in errs)
+        )
     print("identical captures: " + ", ".join(f"{k}={ident[k]!r}" for k in keys))
 
 

@@ -9,6 +9,7 @@ Accuracy: greedy generation on the first ``--eval-n`` problems of ``bundled:math
 (:func:`driftkit.plugins.trainers.rewards.answer_reward`), i.e. exactly what the RL reward pays for.
 Both runs start from the same base (base -> SFT, base -> RL), as in the paper.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,19 +24,20 @@ from typing import Any
 
 import torch
 
-from driftkit.plugins.trainers.mathdata import load_math_data, render_prompt
 from driftkit.models import DEFAULT_MODEL, load_model
-from driftkit.registry.trainer import read_manifest, train
-from driftkit.plugins.trainers.rewards import answer_reward, extract_answer
-
 from driftkit.pipeline.demo import DEMO_RL, DEMO_SFT  # the demo's settings: one source of truth
+from driftkit.plugins.trainers.mathdata import load_math_data, render_prompt
+from driftkit.plugins.trainers.rewards import answer_reward, extract_answer
+from driftkit.registry.trainer import read_manifest, train
 
 #: Speed on this machine, loaded by other work (load average 3-6, torch at 1 thread): SFT ~25 s/step,
 #: GRPO ~32 s/step; on an idle 2-core CPU expect several times less (see docs/training.md).
 
 
 @torch.no_grad()
-def evaluate(model_path: str, rows: list[dict[str, Any]], max_new_tokens: int = 48, batch_size: int = 16) -> dict[str, float]:
+def evaluate(
+    model_path: str, rows: list[dict[str, Any]], max_new_tokens: int = 48, batch_size: int = 16
+) -> dict[str, float]:
     """Greedy accuracy (0-100) and the share of answers with a final boxed answer."""
     lm = load_model(model_path, device="cpu", dtype="float32")
     tok, model = lm.tokenizer, lm.model
@@ -46,7 +48,7 @@ def evaluate(model_path: str, rows: list[dict[str, Any]], max_new_tokens: int = 
         prompts = [render_prompt(r["problem"], tok) for r in chunk]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for text, r in zip(texts, chunk):
             score = answer_reward(text, r["answer"])
             if score is None:
@@ -105,8 +107,12 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     out = a.out or Path(tempfile.mkdtemp(prefix="driftkit-train-bench-"))
     heldout = load_math_data("bundled:math-train:heldout").rows[: a.eval_n]
-    figures: dict[str, Any] = {"model": a.model, "threads": torch.get_num_threads(), "eval_n": len(heldout),
-                               "load_average_at_start": os.getloadavg()[0]}
+    figures: dict[str, Any] = {
+        "model": a.model,
+        "threads": torch.get_num_threads(),
+        "eval_n": len(heldout),
+        "load_average_at_start": os.getloadavg()[0],
+    }
 
     t = time.perf_counter()
     figures["base"] = evaluate(a.model, heldout)
@@ -125,29 +131,40 @@ def main() -> None:
         print(f"sft: {json.dumps(figures['sft'])}", flush=True)
 
     if "rl" not in a.skip:
-        opts = {**DEMO_RL, "steps": a.rl_steps, "learning_rate": a.rl_lr, "format_reward": a.format_reward,
-                "save_steps": max(a.rl_steps // 2, 1)}
+        opts = {
+            **DEMO_RL,
+            "steps": a.rl_steps,
+            "learning_rate": a.rl_lr,
+            "format_reward": a.format_reward,
+            "save_steps": max(a.rl_steps // 2, 1),
+        }
         path, deltas, wall = timed_train("rl", a.model, out / "rl", opts)
         log = read_manifest(path)["log"]
         figures["rl"] = {
             "options": opts,
             **step_times(wall, deltas),
             "reward_curve": [round(e.get("reward", float("nan")), 3) for e in log if "reward" in e],
-            "accuracy_reward_curve": [round(e.get("rewards/math_accuracy_reward/mean", float("nan")), 3) for e in log if "reward" in e],
+            "accuracy_reward_curve": [
+                round(e.get("rewards/math_accuracy_reward/mean", float("nan")), 3) for e in log if "reward" in e
+            ],
             "after": evaluate(str(path), heldout),
         }
         print(f"rl: {json.dumps(figures['rl'])}", flush=True)
 
     print("\n== training figures ==")
-    print(f"model {a.model}, torch threads {figures['threads']}, held-out n={len(heldout)}, "
-          f"load average at start {figures['load_average_at_start']:.1f} / end {os.getloadavg()[0]:.1f} (other work on the machine)")
+    print(
+        f"model {a.model}, torch threads {figures['threads']}, held-out n={len(heldout)}, "
+        f"load average at start {figures['load_average_at_start']:.1f} / end {os.getloadavg()[0]:.1f} (other work on the machine)"
+    )
     print(f"base accuracy {figures['base']['accuracy']:.1f}%  (boxed {figures['base']['boxed']:.1f}%)")
     for name in ("sft", "rl"):
         if name in figures:
             f = figures[name]
-            print(f"{name}: {f['options']['steps']} steps, {f['s_per_step_mean']} s/step (median {f['s_per_step_median']}, "
-                  f"first {f['first_step_s']}), wall {f['wall_s']} s; accuracy {figures['base']['accuracy']:.1f}% -> "
-                  f"{f['after']['accuracy']:.1f}% (boxed {f['after']['boxed']:.1f}%)")
+            print(
+                f"{name}: {f['options']['steps']} steps, {f['s_per_step_mean']} s/step (median {f['s_per_step_median']}, "
+                f"first {f['first_step_s']}), wall {f['wall_s']} s; accuracy {figures['base']['accuracy']:.1f}% -> "
+                f"{f['after']['accuracy']:.1f}% (boxed {f['after']['boxed']:.1f}%)"
+            )
     if "rl" in figures:
         print("rl reward curve:", figures["rl"]["reward_curve"])
     if a.json:

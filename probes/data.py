@@ -4,6 +4,7 @@
 reasoning: science, logic, coding, planning) and ``non`` (non-reasoning). Declared as entry points
 of the group ``driftkit.data`` (see :mod:`driftkit.registry.data`), so the core finds them by name.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

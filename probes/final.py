@@ -9,6 +9,7 @@ full-vocabulary KL and ranks affordable. Both are stored at the model's own dtyp
 the rebuild matches the model's own logits, so an architecture with an unknown final transform
 fails loudly instead of producing silently wrong KL.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,8 @@ from typing import Any
 import torch
 
 from driftkit.errors import DriftkitError
-from driftkit.registry.probe import Batch, ModelLayout, Output, Probe, Site, StaticArray
 from driftkit.registry.options import Option
+from driftkit.registry.probe import Batch, ModelLayout, Output, Probe, Site, StaticArray
 from driftkit.store import schema as S
 from driftkit.store.reader import apply_final_transform
 
@@ -55,8 +56,9 @@ def hidden_storage(layout: ModelLayout) -> str:
     return _HIDDEN_STORAGE.get(layout.model.get_output_embeddings().weight.dtype, "float32")
 
 
-def next_token_stats(logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int | None = None,
-                     rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def next_token_stats(
+    logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int | None = None, rows: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Per position: log p(next token), entropy, top-k ids and log-probs, from full logits.
 
     ``logits`` is (N, V), ``next_ids`` (N,) (any value where there is no next token). With ``rows``

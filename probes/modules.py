@@ -3,6 +3,7 @@
 They show *where* inside a layer fine-tuning acts. Module names are found structurally (the first
 child whose name contains ``attn`` / ``mlp``), so Llama, Qwen, Gemma and GPT-2 style models work.
 """
+
 from __future__ import annotations
 
 from driftkit.errors import DriftkitError
@@ -16,7 +17,9 @@ def _child(layout: ModelLayout, layer: int, needles: tuple[str, ...]) -> str:
         if any(n in name.lower() for n in needles):
             return f"{layout.layer(layer)}.{name}"
     children = ", ".join(n for n, _ in block.named_children())
-    raise DriftkitError(f"Layer {layer} has no child named like {needles} (children: {children}); write a custom probe for this architecture.")
+    raise DriftkitError(
+        f"Layer {layer} has no child named like {needles} (children: {children}); write a custom probe for this architecture."
+    )
 
 
 class _BlockProbe(Probe):

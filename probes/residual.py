@@ -2,10 +2,11 @@
 
 These are the representations the paper's PCA-shift and CKA analyses compare layer by layer.
 """
+
 from __future__ import annotations
 
 from driftkit.registry.options import Option
-from driftkit.registry.probe import ModelLayout, Output, Probe, Site, parse_layers
+from driftkit.registry.probe import ModelLayout, Probe, Site, parse_layers
 from driftkit.store.schema import EMBED_SITE, residual_site
 
 

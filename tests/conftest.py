@@ -2,6 +2,7 @@
 
 The repo root goes on sys.path so tests can import ``fixtures.tiny`` without installing it.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,7 +43,11 @@ def tiny_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = [
         {"id": "m1", "domain": "math", "text": "What is 2 + 3?"},
         {"id": "m2", "domain": "math", "text": "Solve for x: 2x + 4 = 10, so x = 3. Therefore the final answer is 3."},
-        {"id": "o1", "domain": "other", "text": "If all cats are animals and Tom is a cat, then Tom is an animal. Yes or no?"},
+        {
+            "id": "o1",
+            "domain": "other",
+            "text": "If all cats are animals and Tom is a cat, then Tom is an animal. Yes or no?",
+        },
         {"id": "o2", "domain": "other", "text": "def add(a, b):", "response": "\n    return a + b"},
         {"id": "n1", "domain": "non", "text": "Write a poem about the sea."},
         {"id": "n2", "domain": "non", "messages": [{"role": "user", "content": "The sea is wide and blue."}]},
@@ -52,11 +57,15 @@ def tiny_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_capture_pair(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_tuned: Path, tiny_prompts: Path) -> tuple[Path, Path]:
+def tiny_capture_pair(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_tuned: Path, tiny_prompts: Path
+) -> tuple[Path, Path]:
     """Two complete captures (base, tuned) of the same prompts, all residual layers + final."""
     from driftkit.capture import CaptureConfig, capture
 
     d = tmp_path_factory.mktemp("captures")
     a = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=d / "base.h5", max_batch_tokens=64))
-    b = capture(CaptureConfig(model=str(tiny_tuned), prompts=str(tiny_prompts), out=d / "tuned.h5", max_batch_tokens=64))
+    b = capture(
+        CaptureConfig(model=str(tiny_tuned), prompts=str(tiny_prompts), out=d / "tuned.h5", max_batch_tokens=64)
+    )
     return a, b

@@ -4,6 +4,7 @@ A block preceded by the line ``<!-- docs-test: skip -->`` is not run (it needs a
 not exist, say). Used by test_docs_plugins.py (docs/plugins.md) and test_docs_python.py
 (docs/python.md and the README's Python section).
 """
+
 from __future__ import annotations
 
 import re

@@ -5,6 +5,7 @@ math benchmarks afterwards; that is one claim only if both decide "the model's a
 the gold answer" identically. Each text goes through the full benchmark path (the bench loop's think
 stripping, then the plugin's ``score``) and through the TRL reward function.
 """
+
 from __future__ import annotations
 
 import pytest

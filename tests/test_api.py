@@ -4,6 +4,7 @@ Each case runs in a fresh interpreter: the bug this guards against (``driftkit.c
 into a module after its first use) depends on what was imported before, which one pytest process
 cannot reset.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -42,10 +43,17 @@ print(json.dumps({{"kl": rep.to_dict()["analyses"]["kl"]["summary"]["kl_forward"
     ],
     ids=["plain", "subpackages-first"],
 )
-def test_capture_and_compare_twice_in_one_process(imports: str, tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
+def test_capture_and_compare_twice_in_one_process(
+    imports: str, tiny_model: Path, tiny_prompts: Path, tmp_path: Path
+) -> None:
     code = textwrap.dedent(SCRIPT.format(imports=imports))
-    r = subprocess.run([sys.executable, "-c", code, str(tiny_model), str(tiny_prompts), str(tmp_path)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_model), str(tiny_prompts), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     import json
 

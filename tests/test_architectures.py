@@ -8,6 +8,7 @@ from the default (Gemma softcap 30, Cohere scale 0.25, Granite divides by 6) so 
 misordered transform cannot pass. ``phi`` (Phi-1/2) is here for its ``lm_head`` bias
 (``final/unembed_bias``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,21 @@ from driftkit.models import load_model
 from driftkit.store import schema as S
 from driftkit.store.reader import CaptureReader
 
-ARCHS = ["llama", "qwen2", "mistral", "phi3", "phi", "gpt_neox", "olmo2", "gemma3_text", "cohere", "falcon", "gpt2",
-         "granite", "granitemoe"]
+ARCHS = [
+    "llama",
+    "qwen2",
+    "mistral",
+    "phi3",
+    "phi",
+    "gpt_neox",
+    "olmo2",
+    "gemma3_text",
+    "cohere",
+    "falcon",
+    "gpt2",
+    "granite",
+    "granitemoe",
+]
 PROMPTS = [
     {"id": "a", "domain": "math", "text": "What is 2 + 3? The answer is 5."},
     {"id": "b", "domain": "other", "text": "Write a poem about the sea."},
@@ -64,8 +78,12 @@ def test_rebuilt_logits_are_the_models_own(arch: str, dtype: str, built, tmp_pat
     mdir = built(arch)
     lm = load_model(str(mdir), dtype=dtype)
     # one sample per batch: the capture's forward is the reference forward, so hidden states agree bit for bit
-    out = capture(CaptureConfig(model=str(mdir), prompts=PROMPTS, out=tmp_path / "c.h5", probes=["final"], dtype=dtype,
-                                max_batch_tokens=8), loaded=lm)
+    out = capture(
+        CaptureConfig(
+            model=str(mdir), prompts=PROMPTS, out=tmp_path / "c.h5", probes=["final"], dtype=dtype, max_batch_tokens=8
+        ),
+        loaded=lm,
+    )
     tdt = getattr(torch, dtype)
     with CaptureReader(out) as r:
         hid, un = r.h5[S.FINAL_HIDDEN], r.h5[S.FINAL_UNEMBED]
@@ -99,8 +117,9 @@ def test_final_transforms_recorded(built, tmp_path: Path) -> None:
     """The transform attrs are those of each model's config (Granite's divisor stored as its reciprocal)."""
     want = {"gemma3_text": ("logit_softcap", 30.0), "cohere": ("logit_scale", 0.25), "granite": ("logit_scale", 1 / 6)}
     for arch, (attr, value) in want.items():
-        out = capture(CaptureConfig(model=str(built(arch)), prompts=PROMPTS[:1], out=tmp_path / f"{arch}.h5",
-                                    probes=["final"]))
+        out = capture(
+            CaptureConfig(model=str(built(arch)), prompts=PROMPTS[:1], out=tmp_path / f"{arch}.h5", probes=["final"])
+        )
         with h5py.File(out, "r") as f:
             attrs = dict(f[S.FINAL_UNEMBED].attrs)
         assert attrs[attr] == pytest.approx(value, rel=1e-15)

@@ -1,4 +1,5 @@
 """Loading benchmark data through `datasets.load_dataset` (stubbed: no hub here) and its errors."""
+
 from __future__ import annotations
 
 import json
@@ -36,7 +37,9 @@ def test_hub_loading_calls_load_dataset_per_config(monkeypatch: pytest.MonkeyPat
 
 def test_gated_dataset_error_says_how_to_log_in(monkeypatch: pytest.MonkeyPatch):
     def fake_load(*a, **k):
-        raise ConnectionError("401 Client Error. Cannot access gated repo for url https://huggingface.co/datasets/Idavidrein/gpqa")
+        raise ConnectionError(
+            "401 Client Error. Cannot access gated repo for url https://huggingface.co/datasets/Idavidrein/gpqa"
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     with pytest.raises(DriftkitError) as ei:

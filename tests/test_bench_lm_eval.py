@@ -1,4 +1,5 @@
 """Importing lm-evaluation-harness output (results_*.json + samples_*.jsonl) as driftkit scores."""
+
 from __future__ import annotations
 
 import json
@@ -23,11 +24,19 @@ def write_lm_eval_run(root: Path, model: str = "Qwen/Qwen3-14B-Base") -> Path:
     ts = "2025-07-01T10-00-00.000000"
     results = {
         "results": {
-            "minerva_math500": {"alias": "minerva_math500", "exact_match,none": 0.604, "exact_match_stderr,none": 0.0219, "math_verify,none": 0.62, "math_verify_stderr,none": 0.0217},
+            "minerva_math500": {
+                "alias": "minerva_math500",
+                "exact_match,none": 0.604,
+                "exact_match_stderr,none": 0.0219,
+                "math_verify,none": 0.62,
+                "math_verify_stderr,none": 0.0217,
+            },
             "gpqa_diamond_cot_zeroshot": {
                 "alias": "gpqa_diamond_cot_zeroshot",
-                "exact_match,strict-match": 0.30, "exact_match_stderr,strict-match": 0.0326,
-                "exact_match,flexible-extract": 0.40, "exact_match_stderr,flexible-extract": 0.0349,
+                "exact_match,strict-match": 0.30,
+                "exact_match_stderr,strict-match": 0.0326,
+                "exact_match,flexible-extract": 0.40,
+                "exact_match_stderr,flexible-extract": 0.0349,
             },
             "acp_bench": {"alias": "acp_bench", "exact_match,none": 0.55, "exact_match_stderr,none": "N/A"},
             "acp_app_bool": _acp("acp_app_bool", 0.50, 0.04),
@@ -35,18 +44,42 @@ def write_lm_eval_run(root: Path, model: str = "Qwen/Qwen3-14B-Base") -> Path:
             "acp_val_bool": _acp("acp_val_bool", 0.60, 0.05),
             "ifeval": {
                 "alias": "ifeval",
-                "prompt_level_strict_acc,none": 0.70, "prompt_level_strict_acc_stderr,none": 0.0197,
-                "inst_level_strict_acc,none": 0.78, "inst_level_strict_acc_stderr,none": "N/A",
-                "prompt_level_loose_acc,none": 0.74, "prompt_level_loose_acc_stderr,none": 0.0189,
-                "inst_level_loose_acc,none": 0.81, "inst_level_loose_acc_stderr,none": "N/A",
+                "prompt_level_strict_acc,none": 0.70,
+                "prompt_level_strict_acc_stderr,none": 0.0197,
+                "inst_level_strict_acc,none": 0.78,
+                "inst_level_strict_acc_stderr,none": "N/A",
+                "prompt_level_loose_acc,none": 0.74,
+                "prompt_level_loose_acc_stderr,none": 0.0189,
+                "inst_level_loose_acc,none": 0.81,
+                "inst_level_loose_acc_stderr,none": "N/A",
             },
             "hellaswag": {"alias": "hellaswag", "acc,none": 0.5, "acc_stderr,none": 0.005},
         },
         "groups": {"acp_bench": {"alias": "acp_bench", "exact_match,none": 0.55}},
-        "group_subtasks": {"acp_bench": ["acp_app_bool", "acp_app_mcq", "acp_val_bool"], "minerva_math500": [], "ifeval": []},
+        "group_subtasks": {
+            "acp_bench": ["acp_app_bool", "acp_app_mcq", "acp_val_bool"],
+            "minerva_math500": [],
+            "ifeval": [],
+        },
         "configs": {},
-        "versions": {"minerva_math500": 1.0, "gpqa_diamond_cot_zeroshot": 1.0, "acp_app_bool": 1.0, "acp_app_mcq": 1.0, "acp_val_bool": 1.0, "ifeval": 4.0, "hellaswag": 1.0},
-        "n-shot": {"minerva_math500": 0, "gpqa_diamond_cot_zeroshot": 0, "acp_app_bool": 2, "acp_app_mcq": 2, "acp_val_bool": 2, "ifeval": 0, "hellaswag": 0},
+        "versions": {
+            "minerva_math500": 1.0,
+            "gpqa_diamond_cot_zeroshot": 1.0,
+            "acp_app_bool": 1.0,
+            "acp_app_mcq": 1.0,
+            "acp_val_bool": 1.0,
+            "ifeval": 4.0,
+            "hellaswag": 1.0,
+        },
+        "n-shot": {
+            "minerva_math500": 0,
+            "gpqa_diamond_cot_zeroshot": 0,
+            "acp_app_bool": 2,
+            "acp_app_mcq": 2,
+            "acp_val_bool": 2,
+            "ifeval": 0,
+            "hellaswag": 0,
+        },
         "n-samples": {
             "minerva_math500": {"original": 500, "effective": 500},
             "gpqa_diamond_cot_zeroshot": {"original": 198, "effective": 198},
@@ -56,7 +89,13 @@ def write_lm_eval_run(root: Path, model: str = "Qwen/Qwen3-14B-Base") -> Path:
             "ifeval": {"original": 541, "effective": 541},
             "hellaswag": {"original": 10042, "effective": 10042},
         },
-        "config": {"model": "hf", "model_args": f"pretrained={model},dtype=bfloat16", "batch_size": "auto", "limit": None, "gen_kwargs": None},
+        "config": {
+            "model": "hf",
+            "model_args": f"pretrained={model},dtype=bfloat16",
+            "batch_size": "auto",
+            "limit": None,
+            "gen_kwargs": None,
+        },
         "model_name": model,
         "lm_eval_version": "0.4.8",
         "fewshot_as_multiturn": False,
@@ -65,8 +104,23 @@ def write_lm_eval_run(root: Path, model: str = "Qwen/Qwen3-14B-Base") -> Path:
     (d / f"results_{ts}.json").write_text(json.dumps(results))
     with open(d / f"samples_ifeval_{ts}.jsonl", "w") as fh:
         for i in range(3):
-            fh.write(json.dumps({"doc_id": i, "doc": {"key": i}, "target": 0, "arguments": {}, "resps": [["resp"]], "filtered_resps": ["resp"], "filter": "none",
-                                 "metrics": ["prompt_level_strict_acc", "inst_level_strict_acc"], "prompt_level_strict_acc": i % 2 == 0, "inst_level_strict_acc": [True]}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "doc_id": i,
+                        "doc": {"key": i},
+                        "target": 0,
+                        "arguments": {},
+                        "resps": [["resp"]],
+                        "filtered_resps": ["resp"],
+                        "filter": "none",
+                        "metrics": ["prompt_level_strict_acc", "inst_level_strict_acc"],
+                        "prompt_level_strict_acc": i % 2 == 0,
+                        "inst_level_strict_acc": [True],
+                    }
+                )
+                + "\n"
+            )
     return root
 
 
@@ -76,8 +130,16 @@ def test_import_maps_tasks_metrics_and_macro_averages(tmp_path: Path):
     assert model == "Qwen/Qwen3-14B-Base"
     by = {(s["benchmark"], s["metric"]): s for s in scores}
     m = by[("math500", "accuracy")]
-    assert m["value"] == pytest.approx(60.4) and m["stderr"] == pytest.approx(2.19) and m["n"] == 500 and m["domain"] == "math" and m["primary"]
-    assert by[("math500", "math_verify")]["value"] == pytest.approx(62.0) and not by[("math500", "math_verify")].get("primary")
+    assert (
+        m["value"] == pytest.approx(60.4)
+        and m["stderr"] == pytest.approx(2.19)
+        and m["n"] == 500
+        and m["domain"] == "math"
+        and m["primary"]
+    )
+    assert by[("math500", "math_verify")]["value"] == pytest.approx(62.0) and not by[("math500", "math_verify")].get(
+        "primary"
+    )
     g = by[("gpqa", "accuracy")]
     assert g["value"] == pytest.approx(40.0) and g["primary"] and g["domain"] == "other"  # flexible-extract is primary
     assert by[("gpqa", "accuracy_strict")]["value"] == pytest.approx(30.0)
@@ -85,7 +147,9 @@ def test_import_maps_tasks_metrics_and_macro_averages(tmp_path: Path):
     assert acp["value"] == pytest.approx(100 * (0.5 + 0.7 + 0.6) / 3)
     assert acp["stderr"] == pytest.approx(100 * math.sqrt(0.04**2 + 0.04**2 + 0.05**2) / 3)
     assert acp["n"] == 390
-    assert by[("ifeval", "prompt_level_strict_acc")]["primary"] and by[("ifeval", "inst_level_loose_acc")]["value"] == pytest.approx(81.0)
+    assert by[("ifeval", "prompt_level_strict_acc")]["primary"] and by[("ifeval", "inst_level_loose_acc")][
+        "value"
+    ] == pytest.approx(81.0)
     assert by[("ifeval", "inst_level_strict_acc")]["stderr"] is None
     assert unmapped == ["hellaswag"]
     assert prov["benchmarks"]["acpbench"]["tasks"] == ["acp_app_bool", "acp_app_mcq", "acp_val_bool"]
@@ -96,7 +160,9 @@ def test_import_maps_tasks_metrics_and_macro_averages(tmp_path: Path):
 def test_user_mapping_extends_and_overrides(tmp_path: Path):
     root = write_lm_eval_run(tmp_path / "out")
     user = tmp_path / "map.toml"
-    user.write_text('[[rule]]\ntask = "hellaswag"\nmetric = "acc"\nbenchmark = "hellaswag"\ndomain = "non"\nprimary = true\n')
+    user.write_text(
+        '[[rule]]\ntask = "hellaswag"\nmetric = "acc"\nbenchmark = "hellaswag"\ndomain = "non"\nprimary = true\n'
+    )
     _, scores, _, _, unmapped = import_lm_eval(root, user_map=user)
     hs = [s for s in scores if s["benchmark"] == "hellaswag"]
     assert hs and hs[0]["value"] == pytest.approx(50.0) and hs[0]["metric"] == "accuracy" and unmapped == []
@@ -131,5 +197,7 @@ def test_cli_import_refusals(tmp_path: Path):
     badmap = tmp_path / "m.toml"
     badmap.write_text("[[rule]]\ntask = 'x'\n")
     root = write_lm_eval_run(tmp_path / "o2")
-    r = CliRunner().invoke(app, ["bench", "--import-lm-eval", str(root), "--lm-eval-map", str(badmap), "--out", str(tmp_path / "x.json")])
+    r = CliRunner().invoke(
+        app, ["bench", "--import-lm-eval", str(root), "--lm-eval-map", str(badmap), "--out", str(tmp_path / "x.json")]
+    )
     assert r.exit_code == 1 and "lacks metric" in " ".join(r.output.split())

@@ -1,11 +1,12 @@
 """The bundled held-out math benchmark: its data is the bundled file in every mode, never a training row,
 and its scorer accepts the worked solutions' own answers and rejects wrong ones."""
+
 from __future__ import annotations
 
 import pytest
 
-from driftkit.plugins.trainers.mathdata import load_math_data
 from driftkit.plugins.benchmarks.math_heldout import MathHeldout
+from driftkit.plugins.trainers.mathdata import load_math_data
 
 
 @pytest.mark.parametrize("mode", ["auto", "hub", "fixtures"])

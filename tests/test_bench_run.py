@@ -1,4 +1,5 @@
 """`driftkit bench` end to end on a tiny random model and the offline fixtures, and its refusals."""
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,9 @@ def _app():
 @pytest.fixture(scope="module")
 def suite_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "base.json"
-    return run_suite(str(tiny_model), suite="default", limit=2, out=out, data="fixtures", max_new_tokens=6, batch_size=4)
+    return run_suite(
+        str(tiny_model), suite="default", limit=2, out=out, data="fixtures", max_new_tokens=6, batch_size=4
+    )
 
 
 def test_run_suite_writes_scores_items_and_provenance(suite_run: Path):
@@ -42,7 +45,12 @@ def test_run_suite_writes_scores_items_and_provenance(suite_run: Path):
     assert all(0 <= s["value"] <= 100 and s["n"] >= 1 for s in doc["scores"])
     prov = doc["provenance"]
     for b, p in prov["benchmarks"].items():
-        assert p["source"] == "fixture" and p["fixture_sha256"] and p["prompt_template_sha256"] and p["max_new_tokens"] == 6
+        assert (
+            p["source"] == "fixture"
+            and p["fixture_sha256"]
+            and p["prompt_template_sha256"]
+            and p["max_new_tokens"] == 6
+        )
         assert p["n_items"] == 2 and p["item_ids_sha256"]
     assert prov["settings"]["generation"] == {"temperature": 0.0, "top_p": 1.0, "seed": 0}
     assert "think" in prov["settings"]["think_strip_rule"]
@@ -73,12 +81,26 @@ def test_cli_bench_on_fixtures(tiny_model: Path, tmp_path: Path):
     out = tmp_path / "s.json"
     r = CliRunner().invoke(
         _app(),
-        ["bench", str(tiny_model), "--benchmarks", "gpqa,ifeval", "--limit", "2", "--data", "fixtures", "--max-new-tokens", "4", "--out", str(out), "--json"],
+        [
+            "bench",
+            str(tiny_model),
+            "--benchmarks",
+            "gpqa,ifeval",
+            "--limit",
+            "2",
+            "--data",
+            "fixtures",
+            "--max-new-tokens",
+            "4",
+            "--out",
+            str(out),
+            "--json",
+        ],
     )
     assert r.exit_code == 0, r.output
     doc = read_scores(out)
     assert {s["benchmark"] for s in doc["scores"]} == {"gpqa", "ifeval"}
-    assert json.loads(r.stdout[r.stdout.index("{"):])["schema"] == "driftkit.scores/1"
+    assert json.loads(r.stdout[r.stdout.index("{") :])["schema"] == "driftkit.scores/1"
 
 
 def _refused(args, *needles):
@@ -91,20 +113,55 @@ def _refused(args, *needles):
 
 def test_cli_bench_refusals(tiny_model: Path, tmp_path: Path):
     out = tmp_path / "x.json"
-    _refused(["bench", str(tiny_model), "--benchmarks", "nope", "--out", str(out)], "Unknown benchmark 'nope'", "math500")
+    _refused(
+        ["bench", str(tiny_model), "--benchmarks", "nope", "--out", str(out)], "Unknown benchmark 'nope'", "math500"
+    )
     _refused(["bench", str(tiny_model), "--suite", "huge", "--out", str(out)], "Unknown suite")
     _refused(["bench", "--out", str(out)], "Give the model")
-    _refused(["bench", str(tiny_model), "--benchmarks", "math500", "--samples", "4", "--data", "fixtures", "--out", str(out)], "--temperature")
-    _refused(["bench", str(tiny_model), "--benchmarks", "math500", "--data", "somewhere", "--out", str(out)], "Unknown data source")
-    _refused(["bench", str(tmp_path / "nomodel"), "--benchmarks", "math500", "--data", "fixtures", "--out", str(out)], "does not exist")
+    _refused(
+        [
+            "bench",
+            str(tiny_model),
+            "--benchmarks",
+            "math500",
+            "--samples",
+            "4",
+            "--data",
+            "fixtures",
+            "--out",
+            str(out),
+        ],
+        "--temperature",
+    )
+    _refused(
+        ["bench", str(tiny_model), "--benchmarks", "math500", "--data", "somewhere", "--out", str(out)],
+        "Unknown data source",
+    )
+    _refused(
+        ["bench", str(tmp_path / "nomodel"), "--benchmarks", "math500", "--data", "fixtures", "--out", str(out)],
+        "does not exist",
+    )
     # hub requested while offline (conftest sets HF_HUB_OFFLINE): a clear error naming the fixture switch
-    _refused(["bench", str(tiny_model), "--benchmarks", "gpqa", "--data", "hub", "--out", str(out)], "Idavidrein/gpqa", "gated", "--data fixtures")
+    _refused(
+        ["bench", str(tiny_model), "--benchmarks", "gpqa", "--data", "hub", "--out", str(out)],
+        "Idavidrein/gpqa",
+        "gated",
+        "--data fixtures",
+    )
     assert not out.exists()
 
 
 def test_auto_data_falls_back_to_fixtures_and_says_so(tiny_model: Path, tmp_path: Path):
     notes: list[str] = []
-    p = run_suite(str(tiny_model), benchmarks="math500", limit=1, out=tmp_path / "a.json", data="auto", max_new_tokens=2, log=notes.append)
+    p = run_suite(
+        str(tiny_model),
+        benchmarks="math500",
+        limit=1,
+        out=tmp_path / "a.json",
+        data="auto",
+        max_new_tokens=2,
+        log=notes.append,
+    )
     prov = read_scores(p)["provenance"]["benchmarks"]["math500"]
     assert prov["source"] == "fixture" and "fixture" in prov["fallback"]
     assert any("fixture" in n for n in notes)
@@ -128,7 +185,9 @@ def test_user_benchmark_plugin_from_file(tiny_model: Path, tmp_path: Path):
         "        return {'correct': item['a'] in answer}\n"
     )
     out = tmp_path / "e.json"
-    r = CliRunner().invoke(_app(), ["bench", str(tiny_model), "--benchmarks", f"{plugin}:Echo", "--data", "fixtures", "--out", str(out)])
+    r = CliRunner().invoke(
+        _app(), ["bench", str(tiny_model), "--benchmarks", f"{plugin}:Echo", "--data", "fixtures", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     s = read_scores(out)["scores"][0]
     assert s["benchmark"] == "echo" and s["n"] == 3 and s["domain"] == "non"
@@ -154,8 +213,22 @@ def test_vllm_backend_is_import_guarded(tiny_model: Path, tmp_path: Path):
 
     if importlib.util.find_spec("vllm") is not None:
         pytest.skip("vLLM is installed here")
-    _refused(["bench", str(tiny_model), "--benchmarks", "math500", "--data", "fixtures", "--backend", "vllm", "--out", str(tmp_path / "v.json")],
-             "vLLM", "--backend hf")
+    _refused(
+        [
+            "bench",
+            str(tiny_model),
+            "--benchmarks",
+            "math500",
+            "--data",
+            "fixtures",
+            "--backend",
+            "vllm",
+            "--out",
+            str(tmp_path / "v.json"),
+        ],
+        "vLLM",
+        "--backend hf",
+    )
 
 
 def test_budget_parsing():
@@ -172,7 +245,9 @@ def test_budget_parsing():
         load_benchmarks(quick, BenchSettings(max_new_tokens={"humaneval": 5}))
 
 
-def test_greedy_benchmarks_with_one_budget_share_generate_calls(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_greedy_benchmarks_with_one_budget_share_generate_calls(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     """Pooling: one generate call per token budget, and each item gets back the answer to its own prompt."""
     from driftkit.generate import HFGenerator
 
@@ -185,15 +260,28 @@ def test_greedy_benchmarks_with_one_budget_share_generate_calls(tiny_model: Path
 
     monkeypatch.setattr(HFGenerator, "generate", fake_generate)
     budgets = {"math500": 6, "gpqa": 4, "acpbench": 6, "humaneval": 9, "ifeval": 6}
-    out = run_suite(str(tiny_model), suite="default", limit=2, out=tmp_path / "s.json", data="fixtures", max_new_tokens=budgets)
+    out = run_suite(
+        str(tiny_model), suite="default", limit=2, out=tmp_path / "s.json", data="fixtures", max_new_tokens=budgets
+    )
     assert sorted(calls) == sorted([(6, 6), (2, 4), (2, 9)])  # math500+acpbench+ifeval pooled; gpqa, humaneval alone
     items = read_items(out)
     assert len(items) == 10
     for it in items:
         assert it["samples"][0]["new_tokens"] == it["prompt_tokens"] % 5 + 1
     timing = read_scores(out)["provenance"]["timing"]
-    assert timing["ifeval"]["generated_with"] == ["math500", "acpbench", "ifeval"] and "generated_with" not in timing["gpqa"]
+    assert (
+        timing["ifeval"]["generated_with"] == ["math500", "acpbench", "ifeval"]
+        and "generated_with" not in timing["gpqa"]
+    )
 
     calls.clear()  # sampling: every benchmark alone, so its seeded samples never depend on its neighbours
-    run_suite(str(tiny_model), suite="default", limit=2, out=tmp_path / "t.json", data="fixtures", max_new_tokens=budgets, temperature=0.7)
+    run_suite(
+        str(tiny_model),
+        suite="default",
+        limit=2,
+        out=tmp_path / "t.json",
+        data="fixtures",
+        max_new_tokens=budgets,
+        temperature=0.7,
+    )
     assert len(calls) == 5

@@ -1,5 +1,6 @@
 """Each bundled benchmark's scorer on hand-written outputs: right, wrong, malformed, and a reasoning
 block whose decoy answer must not count."""
+
 from __future__ import annotations
 
 import json
@@ -163,7 +164,9 @@ def test_humaneval_scorer_runs_code_in_sandbox():
     assert not b.score(it, "```python\ndef add_numbers(a, b)\n    return\n```")["correct"]  # syntax error
     loop = b.score(it, "```python\ndef add_numbers(a, b):\n    while True:\n        pass\n```")
     assert not loop["correct"] and loop["status"] in ("timeout", "killed")
-    decoy = strip_think("<think>```python\ndef add_numbers(a, b):\n    return a + b\n```</think>```python\ndef add_numbers(a, b):\n    return 0\n```")
+    decoy = strip_think(
+        "<think>```python\ndef add_numbers(a, b):\n    return a + b\n```</think>```python\ndef add_numbers(a, b):\n    return 0\n```"
+    )
     assert not b.score(it, decoy)["correct"]
 
 
@@ -192,14 +195,30 @@ def test_ifeval_checkers_strict_and_loose():
     assert not check("detectable_format:json_format", "{a: 1}", {})
     assert check("change_case:english_lowercase", "the weather is very nice today and the sun is shining", {})
     assert not check("change_case:english_lowercase", "The weather is nice", {})
-    assert check("language:response_language", "Le soleil se lève lentement sur la mer et le ciel devient rose.", {"language": "fr"})
-    assert not check("language:response_language", "The sun rises slowly over the sea and the sky turns pink.", {"language": "fr"})
-    assert check("startend:end_checker", 'Moon facts. "Is there anything else I can help with?"', {"end_phrase": "Is there anything else I can help with?"})
+    assert check(
+        "language:response_language",
+        "Le soleil se lève lentement sur la mer et le ciel devient rose.",
+        {"language": "fr"},
+    )
+    assert not check(
+        "language:response_language", "The sun rises slowly over the sea and the sky turns pink.", {"language": "fr"}
+    )
+    assert check(
+        "startend:end_checker",
+        'Moon facts. "Is there anything else I can help with?"',
+        {"end_phrase": "Is there anything else I can help with?"},
+    )
     assert check("detectable_content:postscript", "Hi!\n\nP.S. see you", {"postscript_marker": "P.S."})
     assert check("combination:two_responses", "Shelly\n******\nTank", {})
     assert not check("combination:two_responses", "Shelly\n******\nShelly", {})
-    assert check("keywords:letter_frequency", "Best bakery bread", {"letter": "b", "let_frequency": 3, "let_relation": "at least"})
-    assert check("length_constraints:number_paragraphs", "one\n* * *\ntwo", {"num_paragraphs": 2}) is False  # '* * *' is not '***'
+    assert check(
+        "keywords:letter_frequency",
+        "Best bakery bread",
+        {"letter": "b", "let_frequency": 3, "let_relation": "at least"},
+    )
+    assert (
+        check("length_constraints:number_paragraphs", "one\n* * *\ntwo", {"num_paragraphs": 2}) is False
+    )  # '* * *' is not '***'
     assert check("length_constraints:number_paragraphs", "one\n***\ntwo", {"num_paragraphs": 2})
     assert count_sentences("Dr. Smith went home. He slept! Did he? Yes.") == 4
     # loose accepts a response whose first line breaks the rule
@@ -240,7 +259,14 @@ def test_fixtures_are_in_dataset_format():
     d = Path(Math500.fixture).parent
     fields = {
         "math500.jsonl": {"problem", "solution", "answer", "subject", "level", "unique_id"},
-        "gpqa_diamond.jsonl": {"Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3", "Record ID"},
+        "gpqa_diamond.jsonl": {
+            "Question",
+            "Correct Answer",
+            "Incorrect Answer 1",
+            "Incorrect Answer 2",
+            "Incorrect Answer 3",
+            "Record ID",
+        },
         "acpbench.jsonl": {"id", "group", "context", "question", "answer"},
         "humaneval.jsonl": {"task_id", "prompt", "canonical_solution", "test", "entry_point"},
         "ifeval.jsonl": {"key", "prompt", "instruction_id_list", "kwargs"},

@@ -1,4 +1,5 @@
 """Suites are data (plugins/benchmarks/suites.toml, entry point group driftkit.suites), not core code."""
+
 from __future__ import annotations
 
 from pathlib import Path

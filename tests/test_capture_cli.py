@@ -1,4 +1,5 @@
 """The capture/inspect CLI: happy path and every bad input the capture issue names (exit 1 + message)."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,19 @@ def run(*args: str):
 
 def test_capture_and_inspect(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "c.h5"
-    r = run("capture", tiny_model, "--prompts", "bundled:math", "--limit", "5", "--layers", "every:2", "--out", out, "--json")
+    r = run(
+        "capture",
+        tiny_model,
+        "--prompts",
+        "bundled:math",
+        "--limit",
+        "5",
+        "--layers",
+        "every:2",
+        "--out",
+        out,
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["samples"] == 5 and summary["sites"] == ["embed", "residual.0", "residual.2"]
@@ -50,7 +63,9 @@ def _assert_user_error(r, *needles: str) -> None:
 
 
 def test_model_path_missing(tmp_path: Path) -> None:
-    _assert_user_error(run("capture", tmp_path / "nope", "--prompts", "bundled:math", "--out", tmp_path / "o.h5"), "does not exist")
+    _assert_user_error(
+        run("capture", tmp_path / "nope", "--prompts", "bundled:math", "--out", tmp_path / "o.h5"), "does not exist"
+    )
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -59,7 +74,9 @@ def test_model_folder_without_safetensors(tiny_model: Path, tmp_path: Path) -> N
     shutil.copytree(tiny_model, d)
     for f in d.glob("*.safetensors"):
         f.rename(f.with_suffix(".bin"))
-    _assert_user_error(run("capture", d, "--prompts", "bundled:math", "--out", tmp_path / "o.h5"), "no *.safetensors", "pickle")
+    _assert_user_error(
+        run("capture", d, "--prompts", "bundled:math", "--out", tmp_path / "o.h5"), "no *.safetensors", "pickle"
+    )
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -69,22 +86,36 @@ def test_empty_and_malformed_prompt_files(tiny_model: Path, tmp_path: Path) -> N
     _assert_user_error(run("capture", tiny_model, "--prompts", empty, "--out", tmp_path / "o.h5"), "has no prompts")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "text": oops}\n')
-    _assert_user_error(run("capture", tiny_model, "--prompts", bad, "--out", tmp_path / "o.h5"), "line 2", "not valid JSON")
+    _assert_user_error(
+        run("capture", tiny_model, "--prompts", bad, "--out", tmp_path / "o.h5"), "line 2", "not valid JSON"
+    )
     notext = tmp_path / "notext.jsonl"
     notext.write_text('{"id": "a", "domain": "math"}\n')
-    _assert_user_error(run("capture", tiny_model, "--prompts", notext, "--out", tmp_path / "o.h5"), "line 1", "neither 'text' nor 'messages'")
+    _assert_user_error(
+        run("capture", tiny_model, "--prompts", notext, "--out", tmp_path / "o.h5"),
+        "line 1",
+        "neither 'text' nor 'messages'",
+    )
     assert not (tmp_path / "o.h5").exists()
 
 
 def test_unknown_layer_lists_valid_ones(tiny_model: Path, tmp_path: Path) -> None:
-    _assert_user_error(run("capture", tiny_model, "--prompts", "bundled:math", "--layers", "0,9", "--out", tmp_path / "o.h5"),
-                       "Unknown layer 9", "0..3")
+    _assert_user_error(
+        run("capture", tiny_model, "--prompts", "bundled:math", "--layers", "0,9", "--out", tmp_path / "o.h5"),
+        "Unknown layer 9",
+        "0..3",
+    )
 
 
 def test_output_exists_needs_overwrite_or_resume(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "o.h5"
     out.write_bytes(b"precious")
-    _assert_user_error(run("capture", tiny_model, "--prompts", "bundled:math", "--out", out), "already exists", "--overwrite", "--resume")
+    _assert_user_error(
+        run("capture", tiny_model, "--prompts", "bundled:math", "--out", out),
+        "already exists",
+        "--overwrite",
+        "--resume",
+    )
     assert out.read_bytes() == b"precious"
 
 
@@ -94,7 +125,9 @@ def test_tokens_from_other_tokenizer(tiny_model: Path, tmp_path: Path) -> None:
     other = build_tiny_model(tmp_path / "other", "llama", vocab_size=300)
     src = tmp_path / "src.h5"
     assert run("capture", other, "--prompts", "bundled:math", "--limit", "2", "--out", src).exit_code == 0
-    _assert_user_error(run("capture", tiny_model, "--tokens-from", src, "--out", tmp_path / "o.h5"), "another tokenizer")
+    _assert_user_error(
+        run("capture", tiny_model, "--tokens-from", src, "--out", tmp_path / "o.h5"), "another tokenizer"
+    )
     assert not (tmp_path / "o.h5").exists()
 
 
@@ -110,7 +143,9 @@ def _cli_in_subprocess(*args: str) -> subprocess.CompletedProcess:
 def test_unwritable_output(tiny_model: Path, tmp_path: Path) -> None:
     not_a_dir = tmp_path / "a_file"
     not_a_dir.write_text("x")
-    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "bundled:math", "--limit", "2", "--out", not_a_dir / "o.h5")
+    p = _cli_in_subprocess(
+        "capture", tiny_model, "--prompts", "bundled:math", "--limit", "2", "--out", not_a_dir / "o.h5"
+    )
     assert p.returncode == 1 and "Writing the capture file" in " ".join(p.stderr.split()), p.stderr[-2000:]
 
 
@@ -118,7 +153,10 @@ def test_unwritable_output(tiny_model: Path, tmp_path: Path) -> None:
 def small_disk(tmp_path: Path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here to simulate a full disk")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -133,7 +171,9 @@ def test_disk_full_is_a_clear_error(tiny_model: Path, small_disk: Path) -> None:
 
 def test_disk_full_mid_write_is_a_clear_error(tiny_model: Path, small_disk: Path) -> None:
     """When the disk fills up after the size check (compressed files skip it), the write error is still clear."""
-    p = _cli_in_subprocess("capture", tiny_model, "--prompts", "bundled:general-mix", "--out", small_disk / "o.h5", "--compression", "lzf")
+    p = _cli_in_subprocess(
+        "capture", tiny_model, "--prompts", "bundled:general-mix", "--out", small_disk / "o.h5", "--compression", "lzf"
+    )
     text = " ".join(p.stderr.split())
     assert p.returncode == 1 and "disk is full" in text and "--resume" in text, p.stderr[-2000:]
 

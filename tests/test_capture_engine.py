@@ -1,4 +1,5 @@
 """Capture round trips on tiny random models, checked against plain Hugging Face forwards."""
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,9 @@ def test_round_trip_matches_unpadded_hf_forward(tiny_model: Path, tiny_capture_p
             stored = r.read("final/logprob", a, b)
             torch.testing.assert_close(stored[:-1].double(), ref_next, rtol=1e-5, atol=1e-5)
             assert torch.isnan(stored[-1])
-            torch.testing.assert_close(r.read("final/entropy", a, b).double(), -(lp.exp() * lp).sum(-1), rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(
+                r.read("final/entropy", a, b).double(), -(lp.exp() * lp).sum(-1), rtol=1e-4, atol=1e-4
+            )
             topk = r.read("final/topk_ids", a, b).long()
             assert torch.equal(topk[:, 0], out.logits[0].argmax(-1))
 
@@ -81,8 +84,14 @@ def test_offsets_prompt_len_and_response(tiny_capture_pair, tiny_model: Path) ->
 
 
 def test_batching_does_not_change_values(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
-    one = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "one.h5", max_batch_tokens=1))
-    big = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "big.h5", max_batch_tokens=10_000))
+    one = capture(
+        CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "one.h5", max_batch_tokens=1)
+    )
+    big = capture(
+        CaptureConfig(
+            model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "big.h5", max_batch_tokens=10_000
+        )
+    )
     with CaptureReader(one) as a, CaptureReader(big) as b:
         for path in ("sites/residual.2", "final/hidden", "final/logprob"):
             torch.testing.assert_close(a.read(path), b.read(path), rtol=2e-3, atol=2e-3, equal_nan=True)
@@ -99,8 +108,17 @@ def test_tokens_from_gives_identical_tokens(tiny_capture_pair, tiny_tuned: Path,
 
 
 def test_generate_then_capture(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "gen.h5", chat=True,
-                                generate=True, max_new_tokens=5, layers="-1"))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts=str(tiny_prompts),
+            out=tmp_path / "gen.h5",
+            chat=True,
+            generate=True,
+            max_new_tokens=5,
+            layers="-1",
+        )
+    )
     lm = load_model(str(tiny_model))
     with CaptureReader(out) as r:
         assert r.residual_layers() == [lm.num_layers - 1]
@@ -118,8 +136,15 @@ def test_generate_then_capture(tiny_model: Path, tiny_prompts: Path, tmp_path: P
 
 def test_custom_probe_example_records_one_head(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
     example = Path(__file__).resolve().parents[1] / "probes" / "examples" / "attn_head.py"
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "head.h5",
-                                probes=[f"{example}:AttnHeadProbe"], probe_options={"layer": "2", "head": "1"}))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts=str(tiny_prompts),
+            out=tmp_path / "head.h5",
+            probes=[f"{example}:AttnHeadProbe"],
+            probe_options={"layer": "2", "head": "1"},
+        )
+    )
     lm = load_model(str(tiny_model))
     hd = lm.model.config.hidden_size // lm.model.config.num_attention_heads
     with CaptureReader(out) as r:
@@ -140,7 +165,14 @@ def test_other_architectures_and_softcap(arch: str, tmp_path: Path, tiny_prompts
     from fixtures.tiny import build_tiny_model
 
     mdir = build_tiny_model(tmp_path / arch, arch)
-    out = capture(CaptureConfig(model=str(mdir), prompts=str(tiny_prompts), out=tmp_path / "c.h5", probes=["residual", "final", "attn", "mlp"]))
+    out = capture(
+        CaptureConfig(
+            model=str(mdir),
+            prompts=str(tiny_prompts),
+            out=tmp_path / "c.h5",
+            probes=["residual", "final", "attn", "mlp"],
+        )
+    )
     lm = load_model(str(mdir))
     with CaptureReader(out) as r:
         ids = r.sample_tokens(2).tolist()
@@ -166,8 +198,20 @@ def test_unknown_final_transform_is_refused(tiny_model: Path, tiny_prompts: Path
 
 
 def test_bfloat16_storage_and_compression(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "bf.h5", storage_dtype="bfloat16", compression="gzip"))
-    ref = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "f32.h5", storage_dtype="float32"))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts=str(tiny_prompts),
+            out=tmp_path / "bf.h5",
+            storage_dtype="bfloat16",
+            compression="gzip",
+        )
+    )
+    ref = capture(
+        CaptureConfig(
+            model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "f32.h5", storage_dtype="float32"
+        )
+    )
     with CaptureReader(out) as a, CaptureReader(ref) as b:
         assert a.h5["sites/residual.1"].attrs["dtype"] == "bfloat16" and a.h5["sites/residual.1"].compression == "gzip"
         torch.testing.assert_close(a.read("sites/residual.1"), b.read("sites/residual.1"), rtol=1e-2, atol=1e-2)
@@ -192,15 +236,24 @@ def test_kill_9_then_resume_equals_uninterrupted(tiny_model: Path, tmp_path: Pat
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     script = tmp_path / "k.py"
     script.write_text(KILL_SCRIPT)
-    p = subprocess.run([sys.executable, str(script), str(tiny_model), str(prompts), str(out)], env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(prompts), str(out)], env=env, capture_output=True, text=True
+    )
     assert p.returncode == -9, p.stderr[-2000:]
     with CaptureReader(out, allow_incomplete=True) as r:
         assert not r.complete and 0 < r.done.sum() < r.n_samples
     with pytest.raises(Exception, match="incomplete"):
         CaptureReader(out)
-    p = subprocess.run([sys.executable, str(script), str(tiny_model), str(prompts), str(out), "resume"], env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(script), str(tiny_model), str(prompts), str(out), "resume"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
-    ref = capture(CaptureConfig(model=str(tiny_model), prompts=str(prompts), out=tmp_path / "ref.h5", max_batch_tokens=48))
+    ref = capture(
+        CaptureConfig(model=str(tiny_model), prompts=str(prompts), out=tmp_path / "ref.h5", max_batch_tokens=48)
+    )
     with CaptureReader(out) as a, CaptureReader(ref) as b:
         assert a.complete
         for path in a.datasets():

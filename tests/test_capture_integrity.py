@@ -1,5 +1,6 @@
 """Capture integrity (issue 11): resume refuses any setting that shapes the file, ``complete`` only
 after every row is verified, length checks and --truncate, the output lock, and honest messages."""
+
 from __future__ import annotations
 
 import json
@@ -8,11 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -74,12 +73,15 @@ def _resume(out: Path, model: Path, prompts: Path, loaded, **kw) -> Path:
     return capture(cfg, loaded)
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"layers": "0,2"}, "residual option layers"),
-    ({"probe_options": {"topk": "5"}}, "final option topk"),
-    ({"storage_dtype": "bfloat16"}, "storage_dtype"),
-    ({"probes": ["residual"]}, "probes"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"layers": "0,2"}, "residual option layers"),
+        ({"probe_options": {"topk": "5"}}, "final option topk"),
+        ({"storage_dtype": "bfloat16"}, "storage_dtype"),
+        ({"probes": ["residual"]}, "probes"),
+    ],
+)
 def test_resume_refuses_other_settings(killed, model_copy, loaded, change, named) -> None:
     out, prompts = killed
     before = out.read_bytes()
@@ -158,8 +160,13 @@ def test_writer_never_marks_complete_with_a_hole(tmp_path) -> None:
 
     specs = [ArraySpec("sites/residual.0", (4,)), ArraySpec("sites/residual.1", (4,))]
     w = CaptureWriter.create(tmp_path / "w.h5", {}, ["a", "b"], ["math", "math"], [[1, 2], [3]], [1, 1], specs)
-    w.write_samples([0, 1], {"sites/residual.0": [torch.ones(2, 4), torch.ones(1, 4)],
-                             "sites/residual.1": [torch.ones(2, 4), torch.ones(1, 4)]})
+    w.write_samples(
+        [0, 1],
+        {
+            "sites/residual.0": [torch.ones(2, 4), torch.ones(1, 4)],
+            "sites/residual.1": [torch.ones(2, 4), torch.ones(1, 4)],
+        },
+    )
     w.write_samples([1], {"sites/residual.0": [torch.ones(1, 4)]})  # fine: residual.1 of b was written before
     assert w.done.all()
     w2 = CaptureWriter.create(tmp_path / "w2.h5", {}, ["a", "b"], ["math", "math"], [[1, 2], [3]], [1, 1], specs)
@@ -183,8 +190,10 @@ def short_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def long_prompts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("long") / "long.jsonl"
-    rows = [{"id": "ok", "domain": "math", "text": "What is 2 + 3?"},
-            {"id": "huge", "domain": "other", "text": "The quick brown fox jumps over the lazy dog. " * 12}]
+    rows = [
+        {"id": "ok", "domain": "math", "text": "What is 2 + 3?"},
+        {"id": "huge", "domain": "other", "text": "The quick brown fox jumps over the lazy dog. " * 12},
+    ]
     p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return p
 
@@ -199,8 +208,16 @@ def test_over_long_prompt_refused_before_the_file(short_model, long_prompts, tmp
 
 def test_generate_counts_max_new_tokens(short_model, long_prompts, tmp_path) -> None:
     with pytest.raises(DriftkitError, match=r"'ok' \(\d+ tokens = prompt \d+ \+ up to 30 generated\)"):
-        capture(CaptureConfig(model=str(short_model), prompts=str(long_prompts), limit=1, generate=True,
-                              max_new_tokens=30, out=tmp_path / "g.h5"))
+        capture(
+            CaptureConfig(
+                model=str(short_model),
+                prompts=str(long_prompts),
+                limit=1,
+                generate=True,
+                max_new_tokens=30,
+                out=tmp_path / "g.h5",
+            )
+        )
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
@@ -208,8 +225,9 @@ def test_truncate_cuts_and_records(short_model, long_prompts, tmp_path, side) ->
     from driftkit.models import load_tokenizer
     from driftkit.store.reader import CaptureReader
 
-    out = capture(CaptureConfig(model=str(short_model), prompts=str(long_prompts), out=tmp_path / f"{side}.h5",
-                                truncate=side))
+    out = capture(
+        CaptureConfig(model=str(short_model), prompts=str(long_prompts), out=tmp_path / f"{side}.h5", truncate=side)
+    )
     text = "The quick brown fox jumps over the lazy dog. " * 12
     full = load_tokenizer(str(short_model))(text, add_special_tokens=False)["input_ids"]
     with CaptureReader(out) as r:
@@ -222,8 +240,10 @@ def test_truncate_cuts_and_records(short_model, long_prompts, tmp_path, side) ->
 
 
 # -- locks --------------------------------------------------------------------------------------------
-_HOLD = ("import sys, time; from driftkit.capture.lock import CaptureLock; CaptureLock(sys.argv[1]).acquire(); "
-         "print('held', flush=True); time.sleep(60)")
+_HOLD = (
+    "import sys, time; from driftkit.capture.lock import CaptureLock; CaptureLock(sys.argv[1]).acquire(); "
+    "print('held', flush=True); time.sleep(60)"
+)
 
 
 def test_second_capture_sees_the_live_one(tiny_model, tiny_prompts, tmp_path) -> None:

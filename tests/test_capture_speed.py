@@ -1,5 +1,6 @@
 """The capture hot path's shortcuts change nothing stored: packed one-write-per-batch HDF5 writes,
 padding-capped batches and the final probe's row-gathered statistics."""
+
 from __future__ import annotations
 
 import functools
@@ -24,9 +25,14 @@ def test_packed_write_lands_every_sample_in_its_own_rows(tmp_path: Path) -> None
     tokens = [list(range(n)) for n in lengths]
     specs = [ArraySpec("sites/x", (4,)), ArraySpec("final/k", (2,), "int32"), ArraySpec("final/lp", (), "float32")]
     w = CaptureWriter.create(tmp_path / "p.h5", {}, [f"s{i}" for i in range(7)], ["d"] * 7, tokens, [1] * 7, specs)
-    data = {i: {"sites/x": torch.randn(n, 4, generator=g).half().float(),
-                "final/k": torch.randint(0, 99, (n, 2), generator=g),
-                "final/lp": torch.randn(n, generator=g)} for i, n in enumerate(lengths)}
+    data = {
+        i: {
+            "sites/x": torch.randn(n, 4, generator=g).half().float(),
+            "final/k": torch.randint(0, 99, (n, 2), generator=g),
+            "final/lp": torch.randn(n, generator=g),
+        }
+        for i, n in enumerate(lengths)
+    }
     for batch in ([5, 1, 2, 3], [6, 0, 4]):  # any batch order; packed rows follow increasing sample index
         order = sorted(batch)
         w.write_packed(order, {p: torch.cat([data[i][p] for i in order]) for p in ("sites/x", "final/k", "final/lp")})
@@ -109,8 +115,9 @@ def test_packed_write_refuses_float16_overflow(tmp_path: Path) -> None:
 
     from driftkit.errors import DriftkitError
 
-    w = CaptureWriter.create(tmp_path / "o.h5", {}, ["a", "b"], ["d", "d"], [[1, 2], [3]], [1, 1],
-                             [ArraySpec("sites/x", (2,))])
+    w = CaptureWriter.create(
+        tmp_path / "o.h5", {}, ["a", "b"], ["d", "d"], [[1, 2], [3]], [1, 1], [ArraySpec("sites/x", (2,))]
+    )
     with pytest.raises(DriftkitError, match="bfloat16"):
         w.write_packed([0, 1], {"sites/x": torch.tensor([[1.0, 2.0], [3.0, -7e4], [0.0, 0.0]])})
     assert not w.done.any()

@@ -1,4 +1,5 @@
 """Every verb's --help shows its text as written (brackets included) and the root has --version."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Bundled analysis plugins on real tiny captures vs independent computations from the raw arrays."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,10 @@ from tests.test_metrics_cka import _gram_biased, _gram_debiased
 
 def _load(path: Path) -> dict:
     with h5py.File(path, "r") as f:
-        out = {k: f[k][()] for k in ("samples/offsets", "samples/prompt_len", "tokens/ids", "final/hidden", "final/unembed")}
+        out = {
+            k: f[k][()]
+            for k in ("samples/offsets", "samples/prompt_len", "tokens/ids", "final/hidden", "final/unembed")
+        }
         out["domains"] = [d.decode() if isinstance(d, bytes) else str(d) for d in f["samples/domain"][()]]
         out["sites"] = {n: f["sites"][n][()].astype(np.float64) for n in f["sites"]}
     return out
@@ -34,7 +38,11 @@ def _predictive_positions(d: dict, positions: str) -> list[tuple[int, int]]:
     for s in range(len(off) - 1):
         for t in range(off[s], off[s + 1] - 1):
             nxt_rel = t + 1 - off[s]
-            if positions == "all" or (positions == "response" and nxt_rel >= plen[s]) or (positions == "prompt" and nxt_rel < plen[s]):
+            if (
+                positions == "all"
+                or (positions == "response" and nxt_rel >= plen[s])
+                or (positions == "prompt" and nxt_rel < plen[s])
+            ):
                 out.append((t, s))
     return out
 
@@ -113,12 +121,16 @@ def test_cka_plugin_vs_gram(pair) -> None:
 
 def test_cka_layers_positions_and_sample_unit(pair) -> None:
     a, b, da, db = pair
-    rep = driftkit.compare([a, b], analyses=["cka"], layers="1,3", positions="prompt", options={"cka": {"unit": "sample"}})
+    rep = driftkit.compare(
+        [a, b], analyses=["cka"], layers="1,3", positions="prompt", options={"cka": {"unit": "sample"}}
+    )
     res = rep.to_dict()["analyses"]["cka"]
     assert [e["layer"] for e in res["layers"]] == [1, 3]
     off, plen = da["samples/offsets"], da["samples/prompt_len"]
     for e in res["layers"]:
-        pool = lambda d: np.stack([d["sites"][e["site"]][off[s] : off[s] + plen[s]].mean(0) for s in range(len(off) - 1)])  # noqa: E731
+        pool = lambda d: np.stack(
+            [d["sites"][e["site"]][off[s] : off[s] + plen[s]].mean(0) for s in range(len(off) - 1)]
+        )  # noqa: E731
         assert e["debiased_cka"] == pytest.approx(_gram_debiased(pool(da), pool(db)), abs=1e-6)
     assert res["n"] == len(off) - 1
 
@@ -132,12 +144,15 @@ def pair3(tmp_path_factory, tiny_model: Path, tiny_tuned: Path):
     from driftkit.capture import CaptureConfig, capture
 
     d = tmp_path_factory.mktemp("pca3")
-    texts = {"math": ["What is 2 + 3?", "Solve 2x + 4 = 10 for x.", "Compute 7 * 6 and add one."],
-             "other": ["All cats are animals. Is Tom an animal?", "def add(a, b):", "Name a blue thing."],
-             "non": ["Write a poem about the sea.", "The sea is wide and blue."]}
+    texts = {
+        "math": ["What is 2 + 3?", "Solve 2x + 4 = 10 for x.", "Compute 7 * 6 and add one."],
+        "other": ["All cats are animals. Is Tom an animal?", "def add(a, b):", "Name a blue thing."],
+        "non": ["Write a poem about the sea.", "The sea is wide and blue."],
+    }
     rows = [{"id": f"{dom[0]}{i}", "domain": dom, "text": t} for dom, ts in texts.items() for i, t in enumerate(ts)]
     prompts = d / "p.jsonl"
     prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
     def cap(m: Path, name: str) -> Path:
         return capture(CaptureConfig(model=str(m), prompts=str(prompts), out=d / name, max_batch_tokens=64))
 
@@ -175,9 +190,15 @@ def test_pca_shift_plugin_vs_sklearn(pair3) -> None:
 
 def test_max_tokens_subsample_is_seeded(pair) -> None:
     a, b, _, _ = pair
-    r1 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3, positions="all").to_dict()["analyses"]["kl"]["summary"]
-    r2 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3, positions="all").to_dict()["analyses"]["kl"]["summary"]
-    r3 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=4, positions="all").to_dict()["analyses"]["kl"]["summary"]
+    r1 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3, positions="all").to_dict()["analyses"]["kl"][
+        "summary"
+    ]
+    r2 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=3, positions="all").to_dict()["analyses"]["kl"][
+        "summary"
+    ]
+    r3 = driftkit.compare([a, b], analyses=["kl"], max_tokens=40, seed=4, positions="all").to_dict()["analyses"]["kl"][
+        "summary"
+    ]
     assert r1["n_positions"] == 40 and r1 == r2 and r3["kl_forward"] != r1["kl_forward"]
 
 
@@ -193,8 +214,9 @@ def test_identical_captures_show_no_drift(pair) -> None:
 
 def test_cka_cross_layer_matrix(pair) -> None:
     a, b, da, db = pair
-    rep = driftkit.compare([a, b], analyses=["cka"], layers="0,2", positions="all",
-                           options={"cka": {"cross_layer": "true"}})
+    rep = driftkit.compare(
+        [a, b], analyses=["cka"], layers="0,2", positions="all", options={"cka": {"cross_layer": "true"}}
+    )
     res = rep.to_dict()["analyses"]["cka"]
     cross = res["cross_layer"]
     assert cross["layers"] == [0, 2]
@@ -203,7 +225,9 @@ def test_cka_cross_layer_matrix(pair) -> None:
             x, y = da["sites"][f"residual.{li}"], db["sites"][f"residual.{lj}"]
             assert cross["debiased_cka"][i][j] == pytest.approx(_gram_debiased(x, y), abs=1e-6)
     # the diagonal is the per-layer result
-    assert [cross["debiased_cka"][k][k] for k in range(2)] == pytest.approx([e["debiased_cka"] for e in res["layers"]], abs=1e-12)
+    assert [cross["debiased_cka"][k][k] for k in range(2)] == pytest.approx(
+        [e["debiased_cka"] for e in res["layers"]], abs=1e-12
+    )
     assert "Cross-layer debiased CKA" in rep.to_html()
 
 

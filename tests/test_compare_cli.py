@@ -1,5 +1,6 @@
 """``driftkit compare``: report contents (JSON keys, HTML, pandas, terminal), several captures,
 third-party analyses, and every comparability error (exit 1, a clear message, no output file)."""
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,9 @@ def test_json_report_keys(caps, tmp_path: Path) -> None:
     assert all({"layer", "linear_cka", "debiased_cka"} <= set(e) for e in an["cka"]["layers"])
     assert set(an["kl"]["summary"]) >= {"kl_forward", "kl_reverse", "js", "sampled_logratio"}
     assert set(an["kl"]["per_domain"]) == {"math", "other", "non"}
-    assert all(set(v) >= {"kl_forward", "kl_reverse", "js", "sampled_logratio"} for v in an["kl"]["per_domain"].values())
+    assert all(
+        set(v) >= {"kl_forward", "kl_reverse", "js", "sampled_logratio"} for v in an["kl"]["per_domain"].values()
+    )
     assert set(an["token_rank"]["summary"]) >= {"unshifted", "marginal", "shifted", "rank_shift"}
     fr = an["token_rank"]["summary"]
     assert fr["unshifted"] + fr["marginal"] + fr["shifted"] == pytest.approx(1.0)
@@ -103,7 +106,7 @@ def test_json_to_stdout(caps) -> None:
     assert set(json.loads(r.stdout)["analyses"]) == {"token_rank"}
 
 
-THIRD_PARTY = '''
+THIRD_PARTY = """
 import torch
 from driftkit import Analysis
 
@@ -121,7 +124,7 @@ class HiddenMSE(Analysis):
             total += float(((xa - xb) ** 2).sum())
             n += xa.shape[0]
         return {"summary": {"mse": self.opts["scale"] * total / n, "n": n}}
-'''
+"""
 
 
 def test_third_party_analysis_from_file(caps, tmp_path: Path) -> None:
@@ -129,8 +132,20 @@ def test_third_party_analysis_from_file(caps, tmp_path: Path) -> None:
     f = tmp_path / "my_metric.py"
     f.write_text(THIRD_PARTY)
     out = tmp_path / "r.json"
-    r = run(a, b, "--analyses", "kl", "--analysis", f"{f}:HiddenMSE", "--opt", "hidden_mse.scale=2",
-            "--positions", "all", "--json", out)
+    r = run(
+        a,
+        b,
+        "--analyses",
+        "kl",
+        "--analysis",
+        f"{f}:HiddenMSE",
+        "--opt",
+        "hidden_mse.scale=2",
+        "--positions",
+        "all",
+        "--json",
+        out,
+    )
     assert r.exit_code == 0, r.output
     res = json.loads(out.read_text())["analyses"]
     assert set(res) == {"kl", "hidden_mse"}
@@ -146,8 +161,18 @@ def test_file_analysis_selectable_by_name(caps, tmp_path: Path, monkeypatch) -> 
     f.write_text(THIRD_PARTY.replace('"hidden_mse"', '"hidden_mse_by_name"'))
     out = tmp_path / "r.json"
     monkeypatch.chdir(tmp_path)  # a path relative to the current folder
-    r = run(a, b, "--analysis", "by_name.py:HiddenMSE", "--analyses", "kl,hidden_mse_by_name", "--positions", "all",
-            "--json", out)
+    r = run(
+        a,
+        b,
+        "--analysis",
+        "by_name.py:HiddenMSE",
+        "--analyses",
+        "kl,hidden_mse_by_name",
+        "--positions",
+        "all",
+        "--json",
+        out,
+    )
     assert r.exit_code == 0, r.output
     assert list(json.loads(out.read_text())["analyses"]) == ["kl", "hidden_mse_by_name"]
 
@@ -247,7 +272,12 @@ def test_missing_sites_skipped_or_error(caps, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     body = json.loads(out.read_text())
     assert "residual.3" in " ".join(body["notes"]) and "kl skipped" in " ".join(body["notes"])
-    assert "kl" not in body["analyses"] and [e["layer"] for e in body["analyses"]["cka"]["layers"]] == ["embed", 0, 1, 2]
+    assert "kl" not in body["analyses"] and [e["layer"] for e in body["analyses"]["cka"]["layers"]] == [
+        "embed",
+        0,
+        1,
+        2,
+    ]
     r = run(a, c, "--analyses", "kl", "--json", tmp_path / "r2.json")  # explicit: an error
     assert r.exit_code == 1 and "final/hidden" in r.output and not (tmp_path / "r2.json").exists()
 

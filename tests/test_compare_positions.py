@@ -1,4 +1,5 @@
 """``--positions auto`` (the default) and the positions every summary records."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,21 @@ def raw_pair(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_tu
     """Two captures of raw text: prompts only, no response tokens."""
     d = tmp_path_factory.mktemp("raw")
     p = d / "p.jsonl"
-    p.write_text("\n".join(json.dumps({"id": f"s{i}", "domain": "math" if i % 2 else "non", "text": t}) for i, t in
-                           enumerate(["What is 2 + 3?", "Write a poem about the sea.", "If all cats are animals, then",
-                                      "def add(a, b):", "The quick brown fox jumps over the lazy dog."])) + "\n")
+    p.write_text(
+        "\n".join(
+            json.dumps({"id": f"s{i}", "domain": "math" if i % 2 else "non", "text": t})
+            for i, t in enumerate(
+                [
+                    "What is 2 + 3?",
+                    "Write a poem about the sea.",
+                    "If all cats are animals, then",
+                    "def add(a, b):",
+                    "The quick brown fox jumps over the lazy dog.",
+                ]
+            )
+        )
+        + "\n"
+    )
     a = capture(CaptureConfig(model=str(tiny_model), prompts=str(p), out=d / "a.h5"))
     b = capture(CaptureConfig(model=str(tiny_tuned), prompts=str(p), out=d / "b.h5"))
     return a, b

@@ -4,6 +4,7 @@ This is the one place the suite runs a real trained model: it proves the GGUF ->
 conversion, and that capture's exact-logits contract holds on a production architecture
 (tied embeddings, 30 layers, 49k vocabulary).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -43,11 +44,24 @@ def test_real_model_answers_and_captures_exactly(default_model, tmp_path: Path) 
 
     lm = default_model
     assert lm.info == {"model_type": "llama", "num_layers": 30, "hidden_size": 576, "vocab_size": 49152}
-    prompts = [{"id": "q", "domain": "math", "text": "What is 2 + 3?"}, {"id": "p", "domain": "non", "text": "Name a color."}]
-    out = capture(CaptureConfig(model="smollm2-135m", prompts=prompts, out=tmp_path / "s.h5", chat=True, generate=True,
-                                max_new_tokens=12, layers="every:10"), loaded=lm)
+    prompts = [
+        {"id": "q", "domain": "math", "text": "What is 2 + 3?"},
+        {"id": "p", "domain": "non", "text": "Name a color."},
+    ]
+    out = capture(
+        CaptureConfig(
+            model="smollm2-135m",
+            prompts=prompts,
+            out=tmp_path / "s.h5",
+            chat=True,
+            generate=True,
+            max_new_tokens=12,
+            layers="every:10",
+        ),
+        loaded=lm,
+    )
     with CaptureReader(out) as r:
-        answer = lm.tokenizer.decode(r.sample_tokens(0)[r.prompt_len[0]:])
+        answer = lm.tokenizer.decode(r.sample_tokens(0)[r.prompt_len[0] :])
         assert "5" in answer, answer  # a trained model, not random weights
         assert r.residual_layers() == [0, 10, 20]
         ids = torch.as_tensor(r.sample_tokens(0))[None]

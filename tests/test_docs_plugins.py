@@ -4,6 +4,7 @@ Blocks run in order in one namespace (later blocks use earlier classes), inside 
 A block preceded by the line ``<!-- docs-test: skip -->`` is not run (it needs a package that does
 not exist, say).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """``final/hidden`` and the unembedding at the model's own precision, and a logit check that proves the
 rebuild is the model's own (no absolute slack). References are the model's own forward logits."""
+
 from __future__ import annotations
 
 import shutil
@@ -24,8 +25,16 @@ def _own_logits(model, ids: list[int]) -> torch.Tensor:
 
 def test_float32_model_stores_float32_final_hidden(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
     """--storage-dtype float16 (the default) applies to layer sites; final/hidden stays the model's float32."""
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5", layers="1",
-                                dtype="float32", max_batch_tokens=64))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts=str(tiny_prompts),
+            out=tmp_path / "c.h5",
+            layers="1",
+            dtype="float32",
+            max_batch_tokens=64,
+        )
+    )
     lm = load_model(str(tiny_model), dtype="float32")
     with CaptureReader(out) as r:
         assert r.h5["sites/residual.1"].dtype == np.float16
@@ -40,8 +49,17 @@ def test_float32_model_stores_float32_final_hidden(tiny_model: Path, tiny_prompt
 def test_bfloat16_model_stores_raw_bits(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
     """A bfloat16 model with float16 layer storage: final/hidden and unembed are its bf16 values, bit for bit."""
     lm = load_model(str(tiny_model), dtype="bfloat16")
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5", layers="0",
-                                dtype="bfloat16", max_batch_tokens=8), loaded=lm)
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts=str(tiny_prompts),
+            out=tmp_path / "c.h5",
+            layers="0",
+            dtype="bfloat16",
+            max_batch_tokens=8,
+        ),
+        loaded=lm,
+    )
     head = lm.model.get_output_embeddings()
     got: dict[str, torch.Tensor] = {}
     hook = head.register_forward_pre_hook(lambda m, a: got.__setitem__("h", a[0]))
@@ -68,14 +86,25 @@ def test_check_catches_small_wrong_transforms(wrong: str, tiny_model: Path, tiny
     bad = _own_logits(lm.model, [5, 6, 7, 8])
     assert bool(((bad - clean).abs() <= 1e-3 * (1 + clean.abs())).all())  # within the old check's slack
     with pytest.raises(DriftkitError, match="do not match the model's own logits"):
-        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "bad.h5",
-                              probes=["final"], dtype="float32"), loaded=lm)
+        capture(
+            CaptureConfig(
+                model=str(tiny_model),
+                prompts=str(tiny_prompts),
+                out=tmp_path / "bad.h5",
+                probes=["final"],
+                dtype="float32",
+            ),
+            loaded=lm,
+        )
 
 
 def test_old_float16_final_hidden_still_reads(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
     """Files written before this change hold final/hidden at float16 (or bf16 bits): readers decode by dtype."""
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "new.h5",
-                                probes=["final"], dtype="float32"))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "new.h5", probes=["final"], dtype="float32"
+        )
+    )
     for storage in ("float16", "bfloat16"):
         old = tmp_path / f"old_{storage}.h5"
         shutil.copy(out, old)
@@ -95,8 +124,11 @@ def test_old_float16_final_hidden_still_reads(tiny_model: Path, tiny_prompts: Pa
 
 
 def test_resume_refuses_final_hidden_at_another_dtype(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5",
-                                probes=["final"], dtype="float32"))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5", probes=["final"], dtype="float32"
+        )
+    )
     with h5py.File(out, "r+") as f:  # as an older driftkit wrote it, and interrupted
         h = f[S.FINAL_HIDDEN][()]
         del f[S.FINAL_HIDDEN]
@@ -104,14 +136,25 @@ def test_resume_refuses_final_hidden_at_another_dtype(tiny_model: Path, tiny_pro
         f[S.SAMPLES_DONE][0] = False
         f.attrs["complete"] = False
     with pytest.raises(DriftkitError, match="stored at another dtype"):
-        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, probes=["final"],
-                              dtype="float32", resume=True))
+        capture(
+            CaptureConfig(
+                model=str(tiny_model),
+                prompts=str(tiny_prompts),
+                out=out,
+                probes=["final"],
+                dtype="float32",
+                resume=True,
+            )
+        )
 
 
 def test_inspect_shows_final_hidden_dtype(tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
     from driftkit.cli.inspect import describe
 
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5",
-                                probes=["final"], dtype="bfloat16"))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "c.h5", probes=["final"], dtype="bfloat16"
+        )
+    )
     arrays = {a["path"]: a["dtype"] for a in describe(out)["arrays"]}
     assert arrays[S.FINAL_HIDDEN] == arrays[S.FINAL_UNEMBED] == "bfloat16"

@@ -1,4 +1,5 @@
 """Generation reports progress per decoding step (not per finished batch), adding up to the samples."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +13,11 @@ from driftkit.models import load_model
 def test_progress_moves_during_a_batch(tiny_model: Path) -> None:
     loaded = load_model(str(tiny_model))
     tok = loaded.tokenizer
-    prompts = [tok("What is 2 + 3?")["input_ids"], tok("Write a poem about the sea.")["input_ids"], tok("def add(a, b):")["input_ids"]]
+    prompts = [
+        tok("What is 2 + 3?")["input_ids"],
+        tok("Write a poem about the sea.")["input_ids"],
+        tok("def add(a, b):")["input_ids"],
+    ]
     calls: list[float] = []
     gen = HFGenerator(loaded, batch_size=8)  # one batch: the old code reported once, at the end
     outs = gen.generate(prompts, max_new_tokens=12, progress=calls.append)

@@ -1,5 +1,6 @@
 """The pipeline and the study report name no plugin: analyses bring their own rows, findings and
 figures, trainers are named by the experiment, and UMAP is an analysis plugin like any other."""
+
 from __future__ import annotations
 
 import ast
@@ -24,8 +25,11 @@ def _string_literals(path: Path) -> set[str]:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
                 docs.add(id(first.value))
-    return {n.value for n in ast.walk(tree)
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs}
+    return {
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+    }
 
 
 def test_no_plugin_name_in_pipeline_or_report() -> None:
@@ -45,7 +49,7 @@ def test_no_plugin_name_in_pipeline_or_report() -> None:
     assert checked >= 8
 
 
-MINE = '''
+MINE = """
 from driftkit.registry.analysis import Analysis
 
 
@@ -61,11 +65,12 @@ class Mine(Analysis):
 
     def findings(self, results):
         return [f"{lab}: my analysis saw {r['summary']['samples']} samples." for lab, r in results.items()]
-'''
+"""
 
 
-def test_user_analysis_reaches_the_study_without_core_change(tmp_path: Path, tiny_model: Path, tiny_tuned: Path,
-                                                             tiny_prompts: Path) -> None:
+def test_user_analysis_reaches_the_study_without_core_change(
+    tmp_path: Path, tiny_model: Path, tiny_tuned: Path, tiny_prompts: Path
+) -> None:
     from driftkit.pipeline.experiment import from_dict
     from driftkit.pipeline.runner import run_experiment
 
@@ -74,8 +79,13 @@ def test_user_analysis_reaches_the_study_without_core_change(tmp_path: Path, tin
         "experiment": {"name": "user-plugin", "base": str(tiny_model), "out": str(tmp_path / "run"), "seed": 0},
         "models": [{"name": "other", "path": str(tiny_tuned)}],
         "bench": {"enabled": False},
-        "capture": {"prompts": str(tiny_prompts), "chat_prompts": str(tiny_prompts), "chat_limit": 3,
-                    "max_new_tokens": 3, "max_batch_tokens": 64},
+        "capture": {
+            "prompts": str(tiny_prompts),
+            "chat_prompts": str(tiny_prompts),
+            "chat_limit": 3,
+            "max_new_tokens": 3,
+            "max_batch_tokens": 64,
+        },
         "compare": {"raw_analyses": ["cka", f"{tmp_path / 'mine.py'}:Mine"], "gen_analyses": ["kl"]},
         "drift": {"enabled": False},
     }
@@ -110,15 +120,17 @@ def test_no_measurable_change_is_said_not_printed_as_zeros() -> None:
 def test_expectations_and_pairs_are_checked_on_every_headline_measure() -> None:
     from driftkit.report.study_findings import expectation_findings
 
-    measures = {"a": {"PCA shift": 2.0, "KL": 0.3, "shifted tokens": 0.1},
-                "b": {"PCA shift": 1.0, "KL": 0.1, "shifted tokens": 0.2}}
+    measures = {
+        "a": {"PCA shift": 2.0, "KL": 0.3, "shifted tokens": 0.1},
+        "b": {"PCA shift": 1.0, "KL": 0.1, "shifted tokens": 0.2},
+    }
     data = {"drift_measures": measures, "expect": ["a > b"], "expect_why": "The paper's pattern"}
     label = {"a": "a", "b": "b"}
     assert expectation_findings(data, label) == [
-        "The paper's pattern (a drifts more than b) holds for PCA shift, KL only in this run (2/3 measures)."]
+        "The paper's pattern (a drifts more than b) holds for PCA shift, KL only in this run (2/3 measures)."
+    ]
     data = {"drift_measures": measures, "expect": []}
-    assert expectation_findings(data, label) == [
-        "a drifts more than b on 2 of 3 drift measures (PCA shift, KL)."]
+    assert expectation_findings(data, label) == ["a drifts more than b on 2 of 3 drift measures (PCA shift, KL)."]
 
 
 def test_experiment_checks_measures_and_expectations() -> None:

@@ -1,4 +1,5 @@
 """``driftkit inspect`` lists every array of a capture exactly once, sites in layer order."""
+
 from __future__ import annotations
 
 import re
@@ -18,6 +19,15 @@ def test_inspect_table_lists_every_site_once(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["inspect", str(out)], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     listed = re.findall(r"(sites/\S+|final/\S+|tokens/\S+)", r.output)
-    expected = ["final/entropy", "final/hidden", "final/logprob", "final/topk_ids", "final/topk_logprobs", "final/unembed",
-                "sites/embed", *[f"sites/residual.{i}" for i in range(12)], "tokens/ids"]
+    expected = [
+        "final/entropy",
+        "final/hidden",
+        "final/logprob",
+        "final/topk_ids",
+        "final/topk_logprobs",
+        "final/unembed",
+        "sites/embed",
+        *[f"sites/residual.{i}" for i in range(12)],
+        "tokens/ids",
+    ]
     assert listed == expected

@@ -1,4 +1,5 @@
 """Streaming CKA vs the gram-space formulas (Kornblith et al. 2019; Song et al. 2012)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Exact KL/JS kernel vs a direct softmax over the full logits of a plain HF forward pass."""
+
 from __future__ import annotations
 
 import math
@@ -100,6 +101,7 @@ def test_rows_for_budget_bounds_workspace_memory() -> None:
 
 
 # -- precision at RL-sized drift (issue 16) ---------------------------------------------------------
+
 
 def _ref64(la: torch.Tensor, lb: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """float64 reference from log_softmax of the float32 logits (masked entries handled by hand)."""

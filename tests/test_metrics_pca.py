@@ -1,4 +1,5 @@
 """PCA shift vs a direct scikit-learn computation written the way the paper's script does it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,10 @@ def test_pca_shift_matches_direct_sklearn() -> None:
     n_layers, d = 3, 10
     # token-level activations per layer and sample; B = A + a layer-dependent drift
     acts_a = [_ragged(rng, lengths, d, offset=l) for l in range(n_layers)]
-    acts_b = [[x + 0.3 * (l + 1) * np.linspace(-1, 1, d) + 0.1 * rng.normal(size=x.shape) for x in layer] for l, layer in enumerate(acts_a)]
+    acts_b = [
+        [x + 0.3 * (l + 1) * np.linspace(-1, 1, d) + 0.1 * rng.normal(size=x.shape) for x in layer]
+        for l, layer in enumerate(acts_a)
+    ]
     # a mask that drops the first two tokens of every sample (e.g. --positions response)
     keep = [np.arange(n) >= 2 for n in lengths]
 
@@ -97,7 +101,7 @@ class _FlipPCA:
     def __init__(self, inner, flip: np.ndarray) -> None:
         self.inner, self.flip = inner, flip
 
-    def fit(self, x: np.ndarray) -> "_FlipPCA":
+    def fit(self, x: np.ndarray) -> _FlipPCA:
         self.components_ = self.inner.fit(x).components_ * self.flip[:, None]
         return self
 

@@ -1,4 +1,5 @@
 """Ranks vs argsort, URIAL buckets on a hand-built example."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Model loading fails fast and clearly: absent devices, hub ids that cannot be fetched."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """driftkit.parsing: the one key=value parser, TOML loader and JSONL reader every command uses."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,7 +20,9 @@ def test_parse_kv_string_and_repeated_items() -> None:
 
 @pytest.mark.parametrize("spec", ["novalue", "=3", "k="])
 def test_parse_kv_one_error_style(spec: str) -> None:
-    with pytest.raises(DriftkitError, match=r"Cannot read --probe-opt .*write name=value pairs, e.g. --probe-opt topk=50"):
+    with pytest.raises(
+        DriftkitError, match=r"Cannot read --probe-opt .*write name=value pairs, e.g. --probe-opt topk=50"
+    ):
         parse_kv([spec], what="--probe-opt", example="topk=50")
 
 

@@ -1,5 +1,6 @@
 """The whole pipeline (`driftkit demo --quick`) on a tiny model: artifacts, hashes, caching,
 dependency-aware reruns, kill + resume, and the HTML report in a real browser."""
+
 from __future__ import annotations
 
 import json
@@ -38,9 +39,21 @@ def test_every_artifact_exists_and_manifest_hashes_match(quick_run) -> None:
         assert entry["hash"] == step_hash(s, man), s.id  # recorded hash = hash of settings + dependencies
         for rel in entry["outputs"].values():
             assert (ex.out / rel).exists(), (s.id, rel)
-    for rel in ("report/study.html", "report/study.json", "transfer.json", "scores/base.json", "scores/sft.json", "scores/rl.json",
-                "captures/base.raw.h5", "captures/sft.gen.h5", "captures/base_on_rl.h5", "reports/raw.json", "reports/gen_sft.json",
-                "drift/sft.json", "train/sft/driftkit_run.json"):
+    for rel in (
+        "report/study.html",
+        "report/study.json",
+        "transfer.json",
+        "scores/base.json",
+        "scores/sft.json",
+        "scores/rl.json",
+        "captures/base.raw.h5",
+        "captures/sft.gen.h5",
+        "captures/base_on_rl.h5",
+        "reports/raw.json",
+        "reports/gen_sft.json",
+        "drift/sft.json",
+        "train/sft/driftkit_run.json",
+    ):
         assert (ex.out / rel).exists(), rel
     study = json.loads(result.report_json.read_text())
     assert study["models"] == ["base", "sft", "rl"]
@@ -58,7 +71,11 @@ def test_findings_are_computed_from_the_numbers(quick_run) -> None:
     study = json.loads(result.report_json.read_text())
     for n in ("sft", "rl"):
         kl = study["distributions"][n]["kl"]["kl_forward"]
-        assert any(f.startswith(f"{n}") and f"{kl:.3f} nats" in f for f in study["findings"]), (n, kl, study["findings"])
+        assert any(f.startswith(f"{n}") and f"{kl:.3f} nats" in f for f in study["findings"]), (
+            n,
+            kl,
+            study["findings"],
+        )
 
 
 def test_rerun_does_no_work(quick_run) -> None:
@@ -80,8 +97,17 @@ def test_changing_one_setting_reruns_only_its_dependants(quick_run, tmp_path: Pa
     assert r1.executed == ["transfer", "report"]
     cfg["capture"]["chat_limit"] = 6
     r2 = run_experiment(from_dict(cfg), log=lambda m: None)
-    assert set(r2.executed) == {"capture.gen.sft", "capture.base_on.sft", "capture.gen.rl", "capture.base_on.rl",
-                                "compare.gen.sft", "compare.gen.rl", "drift.sft", "drift.rl", "report"}
+    assert set(r2.executed) == {
+        "capture.gen.sft",
+        "capture.base_on.sft",
+        "capture.gen.rl",
+        "capture.base_on.rl",
+        "compare.gen.sft",
+        "compare.gen.rl",
+        "drift.sft",
+        "drift.rl",
+        "report",
+    }
 
 
 KILL = """
@@ -102,14 +128,19 @@ run_experiment(from_dict(cfg), resume=not kill, log=lambda m: None, progress=pro
 
 def test_kill_midway_then_resume_gives_the_same_numbers(quick_run, tmp_path: Path) -> None:
     ex, _ = quick_run
+
     def cfg_for(out: Path) -> dict:
         return {
             "experiment": {"name": "resume", "base": str(ex.out / "tiny-base"), "out": str(out), "seed": 0},
-            "models": [{"name": "sft", "path": str(ex.out / "train/sft")}, {"name": "rl", "path": str(ex.out / "train/rl")}],
+            "models": [
+                {"name": "sft", "path": str(ex.out / "train/sft")},
+                {"name": "rl", "path": str(ex.out / "train/rl")},
+            ],
             "bench": {"enabled": False},
             "capture": {"chat_limit": 9, "max_new_tokens": 8, "max_batch_tokens": 64},
             "drift": {"enabled": False},
         }
+
     script = tmp_path / "k.py"
     script.write_text(KILL)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -133,13 +164,31 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path: Path) -> 
     ex, result = quick_run
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if not browser:
-        pytest.skip("Chromium is not installed (apt-get install chromium); the HTML report was checked structurally above")
+        pytest.skip(
+            "Chromium is not installed (apt-get install chromium); the HTML report was checked structurally above"
+        )
     shot = tmp_path / "report.png"
     p = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,3000",
-         "--enable-logging=stderr", "--v=0", f"--screenshot={shot}", result.report_html.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,3000",
+            "--enable-logging=stderr",
+            "--v=0",
+            f"--screenshot={shot}",
+            result.report_html.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page with figures, not a blank one
@@ -179,19 +228,25 @@ def test_run_lists_every_problem_before_starting(tmp_path: Path) -> None:
     from driftkit.cli.main import app
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('[experiment]\nbase = "x"\nnmae = "typo"\nseed = "abc"\n\n[[train]]\nname = "sft"\ntrainer = "sft"\n'
-                   'dataa = "bundled:math-train"\n\n[[models]]\nname = "t"\npath = "y"\ncolour = 1\n\n[bench]\n'
-                   'benchmarks = ["math500"]\nlimt = 3\n\n[capture]\nmax_new_tokens = "64"\n\n[drifft]\n')
+    bad.write_text(
+        '[experiment]\nbase = "x"\nnmae = "typo"\nseed = "abc"\n\n[[train]]\nname = "sft"\ntrainer = "sft"\n'
+        'dataa = "bundled:math-train"\n\n[[models]]\nname = "t"\npath = "y"\ncolour = 1\n\n[bench]\n'
+        'benchmarks = ["math500"]\nlimt = 3\n\n[capture]\nmax_new_tokens = "64"\n\n[drifft]\n'
+    )
     r = CliRunner().invoke(app, ["run", str(bad)])
     text = " ".join(r.output.split())
     assert r.exit_code == 1, text
-    for part in ("[experiment]: unknown key 'nmae' (did you mean 'name'?)",
-                 "[experiment]: 'seed' must be an integer, got 'abc'",
-                 "[[train]] entry 1: unknown key 'dataa' (did you mean 'data'?)",
-                 "[[train]] entry 1: 'data' is required",
-                 "[[models]] entry 1: unknown key 'colour'", "[bench]: unknown key 'limt' (did you mean 'limit'?)",
-                 "[capture]: 'max_new_tokens' must be an integer", "unknown section [drifft] (did you mean 'drift'?)",
-                 "8 problem(s)"):
+    for part in (
+        "[experiment]: unknown key 'nmae' (did you mean 'name'?)",
+        "[experiment]: 'seed' must be an integer, got 'abc'",
+        "[[train]] entry 1: unknown key 'dataa' (did you mean 'data'?)",
+        "[[train]] entry 1: 'data' is required",
+        "[[models]] entry 1: unknown key 'colour'",
+        "[bench]: unknown key 'limt' (did you mean 'limit'?)",
+        "[capture]: 'max_new_tokens' must be an integer",
+        "unknown section [drifft] (did you mean 'drift'?)",
+        "8 problem(s)",
+    ):
         assert part in text, (part, text)
     assert "key 'benchmarks'" not in text  # [bench] benchmarks = [...] is accepted, as docs/pipeline.md says
 
@@ -200,6 +255,7 @@ def test_documented_experiment_files_pass_the_validator() -> None:
     """examples/experiment.toml, the TOML in the experiment module's docstring, and the key lists of
     docs/pipeline.md use only accepted keys (and the docs name every accepted key)."""
     import re
+
     import tomllib
 
     import driftkit.pipeline.experiment as E
@@ -222,8 +278,12 @@ def test_revisions_reach_every_model_load(tiny_model: Path, tiny_tuned: Path, tm
 
     from driftkit.pipeline.runner import _model_identity, model_revision
 
-    ex = from_dict({"experiment": {"name": "r", "base": str(tiny_model), "out": str(tmp_path), "revision": "v1"},
-                    "models": [{"name": "other", "path": str(tiny_tuned), "revision": "abc123"}]})
+    ex = from_dict(
+        {
+            "experiment": {"name": "r", "base": str(tiny_model), "out": str(tmp_path), "revision": "v1"},
+            "models": [{"name": "other", "path": str(tiny_tuned), "revision": "abc123"}],
+        }
+    )
     ctx = SimpleNamespace(ex=ex)
     assert (model_revision(ctx, "base"), model_revision(ctx, "other")) == ("v1", "abc123")
     assert _model_identity(str(tiny_model), "v1") != _model_identity(str(tiny_model))

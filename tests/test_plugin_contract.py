@@ -1,5 +1,6 @@
 """The one plugin contract: options (types, coercion, messages), check_plugin on every bundled plugin
 and on broken ones, plugins by name / file / module from any folder, and ``driftkit plugins NAME``."""
+
 from __future__ import annotations
 
 import json
@@ -132,8 +133,16 @@ class _Demo(driftkit.Analysis):
 
 def test_strings_are_coerced_to_declared_types() -> None:
     a = _Demo(flag="yes", n="5", scale="0.5", unit="sample", cols="a=b,c=d", names="x, y", maybe="", legacy="8")
-    assert a.opts == {"flag": True, "n": 5, "scale": 0.5, "unit": "sample", "cols": {"a": "b", "c": "d"},
-                      "names": ["x", "y"], "maybe": None, "legacy": 8}
+    assert a.opts == {
+        "flag": True,
+        "n": 5,
+        "scale": 0.5,
+        "unit": "sample",
+        "cols": {"a": "b", "c": "d"},
+        "names": ["x", "y"],
+        "maybe": None,
+        "legacy": 8,
+    }
     assert _Demo(flag="off", n=4.0, maybe="2").opts["flag"] is False
     assert _Demo(n=4.0).opts["n"] == 4 and _Demo(maybe="2").opts["maybe"] == 2
     assert _Demo(n=None).opts["n"] == 3  # None means "not given"
@@ -143,7 +152,10 @@ def test_strings_are_coerced_to_declared_types() -> None:
 @pytest.mark.parametrize(
     "given, needle",
     [
-        ({"flag": "maybe"}, "Option 'flag' of analysis 'demo_opts' takes a bool (true/false, yes/no, on/off or 1/0), got 'maybe'. a switch"),
+        (
+            {"flag": "maybe"},
+            "Option 'flag' of analysis 'demo_opts' takes a bool (true/false, yes/no, on/off or 1/0), got 'maybe'. a switch",
+        ),
         ({"n": "2.5"}, "takes an int (a whole number), got '2.5'"),
         ({"n": 2.5}, "takes an int"),
         ({"n": True}, "takes an int"),
@@ -192,8 +204,13 @@ def test_option_format_round_trips_and_describe_is_json() -> None:
     desc = _Demo.describe_options()
     json.dumps(desc)
     unit = next(d for d in desc if d["name"] == "unit")
-    assert unit == {"name": "unit", "type": "str", "default": "token", "choices": ["token", "sample"],
-                    "help": "what one observation is"}
+    assert unit == {
+        "name": "unit",
+        "type": "str",
+        "default": "token",
+        "choices": ["token", "sample"],
+        "help": "what one observation is",
+    }
 
 
 def test_benchmark_base_options() -> None:
@@ -209,7 +226,7 @@ def test_benchmark_base_options() -> None:
 
 
 # -- plugins by name, file or module, from any folder ----------------------------------------------
-PROBE_FILE = '''
+PROBE_FILE = """
 from driftkit import Option, Probe, Site
 
 
@@ -220,7 +237,7 @@ class EmbedOnly(Probe):
 
     def sites(self, layout):
         return [Site(f"sites/embed_{self.opts['tag']}", layout.embed)]
-'''
+"""
 
 
 def test_probe_by_module_path_and_name_from_any_folder(tmp_path: Path, monkeypatch) -> None:
@@ -256,20 +273,30 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
         registry.load("probe", f"{tmp_path / 'broken.py'}:X")
 
 
-def test_capture_with_module_probe_then_by_name(tiny_model: Path, tiny_prompts: Path, tmp_path: Path,
-                                                monkeypatch) -> None:
+def test_capture_with_module_probe_then_by_name(
+    tiny_model: Path, tiny_prompts: Path, tmp_path: Path, monkeypatch
+) -> None:
     from driftkit.capture import CaptureConfig, capture
     from driftkit.store.reader import CaptureReader
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine.py").write_text(PROBE_FILE)
-    out = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "h.h5",
-                                probes=["driftkit.probes.examples.attn_head:AttnHeadProbe", "mine.py:EmbedOnly"],
-                                probe_options={"layer": "-1", "head": "1", "tag": "x"}))
+    out = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts=str(tiny_prompts),
+            out=tmp_path / "h.h5",
+            probes=["driftkit.probes.examples.attn_head:AttnHeadProbe", "mine.py:EmbedOnly"],
+            probe_options={"layer": "-1", "head": "1", "tag": "x"},
+        )
+    )
     with CaptureReader(out) as r:
         assert set(r.sites()) == {"attn_head.3.1", "embed_x"}
-    out2 = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "h2.h5",
-                                 probes=["embed_only_test"]))
+    out2 = capture(
+        CaptureConfig(
+            model=str(tiny_model), prompts=str(tiny_prompts), out=tmp_path / "h2.h5", probes=["embed_only_test"]
+        )
+    )
     with CaptureReader(out2) as r:
         assert r.sites() == ["embed_e"]
 
@@ -277,7 +304,9 @@ def test_capture_with_module_probe_then_by_name(tiny_model: Path, tiny_prompts: 
 def test_reward_function_uses_the_same_importer(tmp_path: Path) -> None:
     from driftkit.plugins.trainers.rl import load_function
 
-    (tmp_path / "rw.py").write_text("def reward(prompts, completions, answer, **kw):\n    return [1.0] * len(completions)\n")
+    (tmp_path / "rw.py").write_text(
+        "def reward(prompts, completions, answer, **kw):\n    return [1.0] * len(completions)\n"
+    )
     assert load_function(f"{tmp_path / 'rw.py'}:reward")([], ["a"], []) == [1.0]
     assert load_function("driftkit.plugins.trainers.rewards:math_accuracy_reward").__name__ == "math_accuracy_reward"
     with pytest.raises(DriftkitError, match="has no 'nope'"):
@@ -293,13 +322,19 @@ def test_plugins_name_shows_options_table() -> None:
     r = runner.invoke(app, ["plugins", "cka", "--json"])
     row = json.loads(r.stdout)
     assert row["kind"] == "analysis" and row["options"]["unit"]["choices"] == ["token", "sample"]
-    assert row["options"]["cross_layer"] == {"name": "cross_layer", "type": "bool", "default": False,
-                                             "choices": None, "help": row["options"]["cross_layer"]["help"]}
+    assert row["options"]["cross_layer"] == {
+        "name": "cross_layer",
+        "type": "bool",
+        "default": False,
+        "choices": None,
+        "help": row["options"]["cross_layer"]["help"],
+    }
 
 
 def test_plugins_name_for_a_file_and_bracketed_text(tmp_path: Path) -> None:
     f = tmp_path / "brackets.py"
-    f.write_text(textwrap.dedent('''
+    f.write_text(
+        textwrap.dedent("""
         from driftkit import Analysis, Option
 
         class Brackets(Analysis):
@@ -309,7 +344,8 @@ def test_plugins_name_for_a_file_and_bracketed_text(tmp_path: Path) -> None:
 
             def run(self, pair):
                 return {}
-    '''))
+    """)
+    )
     r = runner.invoke(app, ["plugins", f"{f}:Brackets"])
     assert r.exit_code == 0, r.output
     assert "[bold]final/hidden[/]" in r.output and "[[rule]]" in r.output and "[a] or [b]" in r.output

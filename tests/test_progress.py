@@ -1,4 +1,5 @@
 """Progress off a terminal: timed plain lines with done/total, rate and ETA (CI logs, pipes)."""
+
 from __future__ import annotations
 
 import io
@@ -21,7 +22,9 @@ def test_plain_lines_carry_count_rate_and_eta() -> None:
         p.update(t, completed=250)
         p.update(t, completed=1000)
     lines = buf.getvalue().strip().splitlines()
-    assert lines[0].startswith("capturing tokens: 250/1,000 tokens (25%)") and "tokens/s" in lines[0] and "ETA" in lines[0]
+    assert (
+        lines[0].startswith("capturing tokens: 250/1,000 tokens (25%)") and "tokens/s" in lines[0] and "ETA" in lines[0]
+    )
     assert lines[-1].startswith("capturing tokens: 1,000/1,000 tokens (100%)") and "ETA" not in lines[-1]
 
 

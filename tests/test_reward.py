@@ -1,4 +1,5 @@
 """The math answer-correctness reward (driftkit.plugins.trainers.rewards) on hand-written cases."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """The sandbox contains what generated code can do: loops, fork bombs, memory hogs, big files."""
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,10 @@ def test_memory_hog_fails_without_harming_the_caller():
     # the caller's own limits are untouched
     import resource
 
-    assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY or resource.getrlimit(resource.RLIMIT_AS)[0] > FAST.memory_bytes
+    assert (
+        resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY
+        or resource.getrlimit(resource.RLIMIT_AS)[0] > FAST.memory_bytes
+    )
 
 
 def test_file_size_limit_and_clean_environment(monkeypatch: pytest.MonkeyPatch):

@@ -1,4 +1,5 @@
 """Captures of one checkpoint can share one unembedding file (opt-in): small files, same results."""
+
 from __future__ import annotations
 
 import shutil
@@ -18,11 +19,29 @@ from driftkit.store.reader import CaptureReader
 
 def test_two_captures_share_one_unembedding(tiny_model: Path, tiny_tuned: Path, tmp_path: Path) -> None:
     shared = tmp_path / "shared" / "base_unembed.h5"
-    own = capture(CaptureConfig(model=str(tiny_model), prompts="bundled:math", limit=3, layers="0", out=tmp_path / "own.h5"))
-    a = capture(CaptureConfig(model=str(tiny_model), prompts="bundled:math", limit=3, layers="0", out=tmp_path / "a.h5",
-                              shared_unembed=shared))
-    b = capture(CaptureConfig(model=str(tiny_model), prompts="bundled:math", limit=3, layers="0", out=tmp_path / "b.h5",
-                              shared_unembed=shared))
+    own = capture(
+        CaptureConfig(model=str(tiny_model), prompts="bundled:math", limit=3, layers="0", out=tmp_path / "own.h5")
+    )
+    a = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts="bundled:math",
+            limit=3,
+            layers="0",
+            out=tmp_path / "a.h5",
+            shared_unembed=shared,
+        )
+    )
+    b = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts="bundled:math",
+            limit=3,
+            layers="0",
+            out=tmp_path / "b.h5",
+            shared_unembed=shared,
+        )
+    )
     with h5py.File(a) as f:
         assert isinstance(f.get("final/unembed", getlink=True), h5py.ExternalLink)
     with CaptureReader(own) as r0, CaptureReader(a) as ra:
@@ -44,21 +63,47 @@ def test_two_captures_share_one_unembedding(tiny_model: Path, tiny_tuned: Path, 
 
     # other weights never use the file
     with pytest.raises(DriftkitError, match="other weights"):
-        capture(CaptureConfig(model=str(tiny_tuned), prompts="bundled:math", limit=3, out=tmp_path / "t.h5",
-                              shared_unembed=shared))
+        capture(
+            CaptureConfig(
+                model=str(tiny_tuned), prompts="bundled:math", limit=3, out=tmp_path / "t.h5", shared_unembed=shared
+            )
+        )
 
 
 def test_missing_shared_file_is_a_clear_error(tiny_model: Path, tmp_path: Path) -> None:
     shared = tmp_path / "u.h5"
-    a = capture(CaptureConfig(model=str(tiny_model), prompts="bundled:math", limit=2, layers="0", out=tmp_path / "a.h5",
-                              shared_unembed=shared))
+    a = capture(
+        CaptureConfig(
+            model=str(tiny_model),
+            prompts="bundled:math",
+            limit=2,
+            layers="0",
+            out=tmp_path / "a.h5",
+            shared_unembed=shared,
+        )
+    )
     shared.unlink()
     with CaptureReader(a) as r, pytest.raises(DriftkitError, match="shared file u.h5"):
         r.unembedding()
 
 
 def test_cli_flag(tiny_model: Path, tmp_path: Path) -> None:
-    r = CliRunner().invoke(app, ["capture", str(tiny_model), "--prompts", "bundled:math", "--limit", "2", "--layers", "0",
-                                 "--shared-unembed", str(tmp_path / "u.h5"), "--out", str(tmp_path / "c.h5")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "capture",
+            str(tiny_model),
+            "--prompts",
+            "bundled:math",
+            "--limit",
+            "2",
+            "--layers",
+            "0",
+            "--shared-unembed",
+            str(tmp_path / "u.h5"),
+            "--out",
+            str(tmp_path / "c.h5"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "u.h5").is_file()

@@ -1,4 +1,5 @@
 """Math training data: the bundled set, JSONL, hf: specs, column mapping and bad input."""
+
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from driftkit.errors import DriftkitError
-from driftkit.plugins.trainers.mathdata import bundled_file, load_math_data, plain_prompt, render_prompt, rows_sha256, strip_think
+from driftkit.plugins.trainers.mathdata import (
+    bundled_file,
+    load_math_data,
+    plain_prompt,
+    render_prompt,
+    rows_sha256,
+    strip_think,
+)
 from driftkit.plugins.trainers.rewards import answer_reward
 
 
@@ -37,17 +45,25 @@ def test_bundled_file_is_reproducible_from_its_generator(tmp_path: Path) -> None
     spec.loader.exec_module(module)
     rows = module.generate()
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    assert hashlib.sha256(text.encode()).hexdigest() == hashlib.sha256(bundled_file("math-train").read_bytes()).hexdigest()
+    assert (
+        hashlib.sha256(text.encode()).hexdigest() == hashlib.sha256(bundled_file("math-train").read_bytes()).hexdigest()
+    )
 
 
 def test_jsonl_with_column_mapping(tmp_path: Path) -> None:
-    p = _write_jsonl(tmp_path / "d.jsonl", [{"q": "What is 1 + 1?", "final": 2, "resp": "\\boxed{2}"}, {"q": "x", "final": 3}])
-    d = load_math_data(str(p), columns={"problem": "q", "answer": "final", "solution": "resp"}, need=("problem", "answer"))
+    p = _write_jsonl(
+        tmp_path / "d.jsonl", [{"q": "What is 1 + 1?", "final": 2, "resp": "\\boxed{2}"}, {"q": "x", "final": 3}]
+    )
+    d = load_math_data(
+        str(p), columns={"problem": "q", "answer": "final", "solution": "resp"}, need=("problem", "answer")
+    )
     assert [r["problem"] for r in d.rows] == ["What is 1 + 1?", "x"]
     assert d.rows[0]["answer"] == "2"  # numbers become strings
     assert d.columns == {"problem": "q", "answer": "final", "solution": "resp"}
     # rows lacking a needed column are left out, not passed on half-filled
-    sft = load_math_data(str(p), columns={"problem": "q", "answer": "final", "solution": "resp"}, need=("problem", "solution"))
+    sft = load_math_data(
+        str(p), columns={"problem": "q", "answer": "final", "solution": "resp"}, need=("problem", "solution")
+    )
     assert len(sft) == 1
     # the hash covers content: same rows -> same hash, different rows -> different hash
     assert d.sha256() == rows_sha256(d.rows)

@@ -1,5 +1,6 @@
 """Trainer plugins end to end on the tiny fixture model: SFT and GRPO train, save loadable
 checkpoints whose weights moved, resume, and refuse bad input with exit code 1."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,15 @@ def sft_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("sft") / "run"
     steps: list[int] = []
     path = train(
-        "sft", str(tiny_model), "bundled:math-train", out,
-        steps=2, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128,
+        "sft",
+        str(tiny_model),
+        "bundled:math-train",
+        out,
+        steps=2,
+        batch_size=2,
+        save_steps=2,
+        learning_rate=1e-3,
+        max_length=128,
         progress=lambda s, t, m: steps.append(s),
     )
     assert steps and steps[-1] == 2
@@ -83,8 +91,16 @@ def test_sft_saves_a_loadable_changed_model_and_manifest(sft_run: Path, tiny_mod
 def test_sft_resume_continues_from_the_saved_step(sft_run: Path, tiny_model: Path) -> None:
     before = _weights(sft_run)
     path = train(
-        "sft", str(tiny_model), "bundled:math-train", sft_run, resume=True,
-        steps=4, batch_size=2, save_steps=2, learning_rate=1e-3, max_length=128,
+        "sft",
+        str(tiny_model),
+        "bundled:math-train",
+        sft_run,
+        resume=True,
+        steps=4,
+        batch_size=2,
+        save_steps=2,
+        learning_rate=1e-3,
+        max_length=128,
     )
     m = read_manifest(path)
     assert m["resumed_from"] == "trainer_state/checkpoint-2"
@@ -99,7 +115,14 @@ def test_sft_resume_continues_from_the_saved_step(sft_run: Path, tiny_model: Pat
 def test_sft_no_think_strips_reasoning_from_targets(tiny_model: Path, tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text(
-        json.dumps({"problem": "What is 1 + 1?", "answer": "2", "solution": "<think>\n1 + 1 = 2\n</think>\nThe answer is \\boxed{2}."}) + "\n"
+        json.dumps(
+            {
+                "problem": "What is 1 + 1?",
+                "answer": "2",
+                "solution": "<think>\n1 + 1 = 2\n</think>\nThe answer is \\boxed{2}.",
+            }
+        )
+        + "\n"
     )
     from driftkit.plugins.trainers.sft import SFTTrainerPlugin
 
@@ -114,7 +137,9 @@ def test_sft_no_think_strips_reasoning_from_targets(tiny_model: Path, tmp_path: 
 
     trl.SFTTrainer.__init__ = spy
     try:
-        SFTTrainerPlugin(steps=1, batch_size=1, think=False, max_length=64).run(str(tiny_model), str(data), tmp_path / "run")
+        SFTTrainerPlugin(steps=1, batch_size=1, think=False, max_length=64).run(
+            str(tiny_model), str(data), tmp_path / "run"
+        )
     finally:
         trl.SFTTrainer.__init__ = original
     assert seen == ["The answer is \\boxed{2}."]
@@ -138,9 +163,18 @@ def test_grpo_trains_saves_and_skips_unparseable_gold(tiny_model: Path, tmp_path
     reward_file.write_text(REWARD_FILE)
     steps: list[dict] = []
     out = train(
-        "rl", str(tiny_model), str(data), tmp_path / "rl",
-        steps=2, batch_size=4, num_generations=2, max_completion_length=12, learning_rate=1e-3, save_steps=1,
-        extra_rewards=f"{reward_file}:length_reward", temperature=1.0,
+        "rl",
+        str(tiny_model),
+        str(data),
+        tmp_path / "rl",
+        steps=2,
+        batch_size=4,
+        num_generations=2,
+        max_completion_length=12,
+        learning_rate=1e-3,
+        save_steps=1,
+        extra_rewards=f"{reward_file}:length_reward",
+        temperature=1.0,
         progress=lambda s, t, m: steps.append(m),
     )
     assert _max_change(tiny_model, out) > 1e-5
@@ -156,6 +190,7 @@ def test_grpo_trains_saves_and_skips_unparseable_gold(tiny_model: Path, tmp_path
 
 
 # ---- bad input: clear errors, exit code 1, nothing left behind -------------------------------------
+
 
 def _cli(*args: str):
     from driftkit.cli.main import app
@@ -173,7 +208,9 @@ def test_cli_bad_inputs_exit_1(tiny_model: Path, tmp_path: Path) -> None:
     assert "'problem'" in r.output and "'solution'" in r.output and "--columns" in r.output
     assert not out.exists()  # nothing left behind
 
-    r = _cli("train", "sft", str(tmp_path / "no-model"), "--data", "bundled:math-train", "--out", str(out), "--steps", "1")
+    r = _cli(
+        "train", "sft", str(tmp_path / "no-model"), "--data", "bundled:math-train", "--out", str(out), "--steps", "1"
+    )
     assert r.exit_code == 1 and "does not exist" in r.output
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -231,7 +268,18 @@ def test_cli_third_party_trainer_file_and_overwrite(tiny_model: Path, tmp_path: 
     plugin = tmp_path / "copy_trainer.py"
     plugin.write_text(THIRD_PARTY)
     out = tmp_path / "run"
-    args = ("train", f"{plugin}:CopyTrainer", str(tiny_model), "--out", str(out), "--steps", "3", "-o", "scale=0.5", "--json")
+    args = (
+        "train",
+        f"{plugin}:CopyTrainer",
+        str(tiny_model),
+        "--out",
+        str(out),
+        "--steps",
+        "3",
+        "-o",
+        "scale=0.5",
+        "--json",
+    )
     r = _cli(*args)
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
@@ -262,7 +310,7 @@ def test_config_file_and_python_api_errors(tiny_model: Path, tmp_path: Path) -> 
         train("sft", str(tiny_model), "bundled:math-train", out, steps=1, batch_size=2, max_length=8)
     assert not out.exists()
     cfg = tmp_path / "rl.toml"
-    cfg.write_text('steps = 1\n[rl]\nbatch_size = 6\nnum_generations = 4\n')
+    cfg.write_text("steps = 1\n[rl]\nbatch_size = 6\nnum_generations = 4\n")
     r = _cli("train", "rl", str(tiny_model), "--out", str(tmp_path / "o"), "--config", str(cfg))
     assert r.exit_code == 1 and "not a multiple of the group size" in r.output
     cfg.write_text("steps = [1\n")

@@ -1,4 +1,5 @@
 """The transferability index against hand computations, and the refusals of `driftkit transfer`."""
+
 from __future__ import annotations
 
 import json
@@ -86,7 +87,12 @@ def test_ti_edge_cases():
         parse_sigma("sometimes")
     one = {"m1": 40.0, "o1": 50.0, "n1": 70.0}
     with pytest.raises(DriftkitError, match="zero or undefined"):  # one benchmark, one model: no spread
-        transferability(one, {"A": {"m1": 50.0, "o1": 55.0, "n1": 60.0}}, {"m1": "math", "o1": "other", "n1": "non"}, sigma="per-model")
+        transferability(
+            one,
+            {"A": {"m1": 50.0, "o1": 55.0, "n1": 60.0}},
+            {"m1": "math", "o1": "other", "n1": "non"},
+            sigma="per-model",
+        )
     flat = transferability(BASE, {"A": dict(BASE)}, DOM)  # no change at all: DI 0, TI undefined
     assert flat["models"]["A"]["di"]["math"] == 0.0 and flat["models"]["A"]["ti"]["other"] is None
     with pytest.raises(DriftkitError, match="math"):
@@ -95,21 +101,40 @@ def test_ti_edge_cases():
 
 # ----------------------------------------------------------------------------- score files + CLI
 def _prov(**over):
-    bench = {b: {"dataset": f"org/{b}", "source": "fixture", "item_ids_sha256": "x", "max_new_tokens": 64, "prompt_template_sha256": "p"} for b in BASE}
-    prov = {"settings": {"chat_template": True, "think": None, "generation": {"temperature": 0.0, "top_p": 1.0, "seed": 0}}, "benchmarks": bench}
+    bench = {
+        b: {
+            "dataset": f"org/{b}",
+            "source": "fixture",
+            "item_ids_sha256": "x",
+            "max_new_tokens": 64,
+            "prompt_template_sha256": "p",
+        }
+        for b in BASE
+    }
+    prov = {
+        "settings": {"chat_template": True, "think": None, "generation": {"temperature": 0.0, "top_p": 1.0, "seed": 0}},
+        "benchmarks": bench,
+    }
     for k, v in over.items():
         prov[k] = v
     return prov
 
 
 def _write(path: Path, model: str, vals: dict[str, float], prov=None, n=50) -> Path:
-    scores = [{"benchmark": b, "domain": DOM[b], "metric": "accuracy", "value": v, "n": n, "stderr": 1.0, "primary": True} for b, v in vals.items()]
+    scores = [
+        {"benchmark": b, "domain": DOM[b], "metric": "accuracy", "value": v, "n": n, "stderr": 1.0, "primary": True}
+        for b, v in vals.items()
+    ]
     return write_scores(path, model, scores, prov or _prov())
 
 
 @pytest.fixture()
 def files(tmp_path: Path):
-    return (_write(tmp_path / "base.json", "base", BASE), _write(tmp_path / "a.json", "A", A), _write(tmp_path / "b.json", "B", B))
+    return (
+        _write(tmp_path / "base.json", "base", BASE),
+        _write(tmp_path / "a.json", "A", A),
+        _write(tmp_path / "b.json", "B", B),
+    )
 
 
 def _cli():
@@ -129,7 +154,11 @@ def test_transfer_from_files_and_cli_json(files, tmp_path: Path):
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert set(doc["models"]) == {"A", "B"}
-    assert set(doc["models"]["A"]["ti"]) == {"other", "non"} and set(doc["models"]["A"]["di"]) == {"math", "other", "non"}
+    assert set(doc["models"]["A"]["ti"]) == {"other", "non"} and set(doc["models"]["A"]["di"]) == {
+        "math",
+        "other",
+        "non",
+    }
     assert doc["models"]["B"]["ti"]["non"] == pytest.approx(ref["models"]["B"]["ti"]["non"])
     r2 = CliRunner().invoke(_cli(), ["transfer", "--base", str(base), str(a), "--sigma", "per-model"])
     assert r2.exit_code == 0 and "TI other" in r2.output
@@ -150,9 +179,11 @@ def test_refuses_mismatched_benchmarks_unless_forced(files, tmp_path: Path):
     del fewer["o2"]
     p = _write(tmp_path / "fewer.json", "F", fewer)
     _refused(["transfer", "--base", str(base), str(p)], "lacks benchmark(s) o2", "--force")
-    r = CliRunner().invoke(_cli(), ["transfer", "--base", str(base), str(p), "--force", "--sigma", "math=5,other=5,non=5", "--json", "-"])
+    r = CliRunner().invoke(
+        _cli(), ["transfer", "--base", str(base), str(p), "--force", "--sigma", "math=5,other=5,non=5", "--json", "-"]
+    )
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.stdout[r.stdout.index("{"):])
+    doc = json.loads(r.stdout[r.stdout.index("{") :])
     assert "o2" not in doc["benchmarks"] and doc["forced"]
 
 
@@ -184,11 +215,24 @@ def test_refuses_bad_inputs(files, tmp_path: Path):
 
 def test_score_file_validation(tmp_path: Path):
     with pytest.raises(DriftkitError, match="0-100"):
-        write_scores(tmp_path / "x.json", "m", [{"benchmark": "b", "domain": "math", "metric": "acc", "value": 0.6 + 100, "n": 1}], {})
+        write_scores(
+            tmp_path / "x.json",
+            "m",
+            [{"benchmark": "b", "domain": "math", "metric": "acc", "value": 0.6 + 100, "n": 1}],
+            {},
+        )
     assert not (tmp_path / "x.json").exists()  # no partial output
     with pytest.raises(DriftkitError, match="domain"):
-        write_scores(tmp_path / "x.json", "m", [{"benchmark": "b", "domain": "maths", "metric": "acc", "value": 1, "n": 1}], {})
-    p = write_scores(tmp_path / "y.json", "m", [{"benchmark": "b", "domain": "math", "metric": "acc", "value": 1, "n": 1}], {}, items=[{"id": 1}])
+        write_scores(
+            tmp_path / "x.json", "m", [{"benchmark": "b", "domain": "maths", "metric": "acc", "value": 1, "n": 1}], {}
+        )
+    p = write_scores(
+        tmp_path / "y.json",
+        "m",
+        [{"benchmark": "b", "domain": "math", "metric": "acc", "value": 1, "n": 1}],
+        {},
+        items=[{"id": 1}],
+    )
     doc = read_scores(p)
     assert doc["provenance"]["items_file"] == "y.items.jsonl" and (tmp_path / "y.items.jsonl").is_file()
 
@@ -196,7 +240,11 @@ def test_score_file_validation(tmp_path: Path):
 def test_no_change_over_a_math_loss_is_zero_not_negative_zero():
     """The demo's RL case: math fell, the other groups did not move; TI is 0 and prints as 0.0."""
     dom = {"m": "math", "o": "other", "n": "non"}
-    res = transferability({"m": 18.8, "o": 6.2, "n": 25.0}, {"rl": {"m": 9.4, "o": 6.2, "n": 25.0}, "sft": {"m": 18.8, "o": 6.2, "n": 18.8}}, dom)
+    res = transferability(
+        {"m": 18.8, "o": 6.2, "n": 25.0},
+        {"rl": {"m": 9.4, "o": 6.2, "n": 25.0}, "sft": {"m": 18.8, "o": 6.2, "n": 18.8}},
+        dom,
+    )
     ti = res["models"]["rl"]["ti"]
     assert ti == {"other": 0.0, "non": 0.0}
     assert all(math.copysign(1.0, v) == 1.0 and f"{v:.1f}" == "0.0" for v in ti.values())
@@ -212,9 +260,15 @@ def test_zero_pooled_sigma_says_why_ti_is_undefined(tmp_path) -> None:
     from driftkit.cli.main import app
 
     def doc(model: str) -> dict:
-        return {"schema": "driftkit.scores/1", "model": model, "provenance": {}, "scores": [
-            {"benchmark": "m1", "domain": "math", "metric": "accuracy", "value": 50.0, "n": 10},
-            {"benchmark": "o1", "domain": "other", "metric": "accuracy", "value": 40.0, "n": 10}]}
+        return {
+            "schema": "driftkit.scores/1",
+            "model": model,
+            "provenance": {},
+            "scores": [
+                {"benchmark": "m1", "domain": "math", "metric": "accuracy", "value": 50.0, "n": 10},
+                {"benchmark": "o1", "domain": "other", "metric": "accuracy", "value": 40.0, "n": 10},
+            ],
+        }
 
     (tmp_path / "base.json").write_text(json.dumps(doc("base")))
     (tmp_path / "same.json").write_text(json.dumps(doc("tuned")))

@@ -1,5 +1,6 @@
 """Issue 12's consistency items: messages spelled for the interface in use, --json PATH on every verb,
 the same model options on every model-loading verb, train --help defaults, result frames, report text."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ def _scores(tmp: Path) -> tuple[Path, Path]:
     def recs(vals: dict[str, float]) -> list[dict[str, Any]]:
         return [{"benchmark": b, "domain": dom[b], "metric": "accuracy", "value": v, "n": 10} for b, v in vals.items()]
 
-    return (write_scores(tmp / "b.json", "base", recs({"math500": 30.0, "gpqa": 20.0, "ifeval": 50.0}), {}),
-            write_scores(tmp / "m.json", "rl", recs({"math500": 40.0, "gpqa": 25.0, "ifeval": 49.0}), {}))
+    return (
+        write_scores(tmp / "b.json", "base", recs({"math500": 30.0, "gpqa": 20.0, "ifeval": 50.0}), {}),
+        write_scores(tmp / "m.json", "rl", recs({"math500": 40.0, "gpqa": 25.0, "ifeval": 49.0}), {}),
+    )
 
 
 # -- messages name the right interface ---------------------------------------------------------------
@@ -81,7 +84,9 @@ def test_model_verbs_share_model_options(verb: str) -> None:
 def test_json_path_dash_and_bare(tmp_path: Path) -> None:
     b, m = _scores(tmp_path)
     out = tmp_path / "ti.json"
-    r = runner.invoke(app, ["transfer", "--base", str(b), str(m), "--sigma", "math=5,other=5,non=5", "--json", str(out)])
+    r = runner.invoke(
+        app, ["transfer", "--base", str(b), str(m), "--sigma", "math=5,other=5,non=5", "--json", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(out.read_text())["schema"] == "driftkit.transfer/1"
     for tail in (["--json", "-"], ["--json"]):  # '-' and a bare trailing --json: stdout, nothing else
@@ -95,7 +100,9 @@ def test_json_refuses_to_overwrite_a_non_json_file(tmp_path: Path) -> None:
     b, m = _scores(tmp_path)
     precious = tmp_path / "capture.h5"
     precious.write_bytes(b"HDF")
-    r = runner.invoke(app, ["transfer", "--base", str(b), str(m), "--sigma", "math=5,other=5,non=5", "--json", str(precious)])
+    r = runner.invoke(
+        app, ["transfer", "--base", str(b), str(m), "--sigma", "math=5,other=5,non=5", "--json", str(precious)]
+    )
     assert r.exit_code == 1 and "not .json" in r.output and precious.read_bytes() == b"HDF"
 
 
@@ -156,8 +163,12 @@ def test_cka_movers_tell_near_identical_layers_apart() -> None:
     from driftkit.plugins.analyses.cka import CKAAnalysis
 
     layers = [{"layer": i, "linear_cka": 1 - g, "debiased_cka": 1 - g} for i, g in enumerate((2e-5, 3e-4, 7e-6))]
-    res = {"layers": layers, "summary": {"mean_debiased_cka": 0.9999, "min_debiased_cka": 1 - 3e-4, "min_layer": 1},
-           "n": 10, "unit": "token"}
+    res = {
+        "layers": layers,
+        "summary": {"mean_debiased_cka": 0.9999, "min_debiased_cka": 1 - 3e-4, "min_layer": 1},
+        "n": 10,
+        "unit": "token",
+    }
     con = Console(record=True, width=200)
     con.print(CKAAnalysis().render(res))
     text = con.export_text()
@@ -166,5 +177,7 @@ def test_cka_movers_tell_near_identical_layers_apart() -> None:
 
 def test_transfer_title_names_the_base_once(tmp_path: Path) -> None:
     b, m = _scores(tmp_path)
-    r = runner.invoke(app, ["transfer", "--base", str(b), str(m), "--sigma", "math=5,other=5,non=5"], terminal_width=200)
+    r = runner.invoke(
+        app, ["transfer", "--base", str(b), str(m), "--sigma", "math=5,other=5,non=5"], terminal_width=200
+    )
     assert r.exit_code == 0 and "vs base base" not in r.output and "vs the base" in r.output

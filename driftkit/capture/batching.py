@@ -11,9 +11,10 @@ hundred tokens already keeps the matrix units busy, and smaller batches also kee
 logits small.
 The file order is restored by the writer (samples are written to their own rows).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 #: largest share of a batch's padded tokens that may be padding (once the batch is big enough)
 MAX_PADDING = 0.05
@@ -21,8 +22,13 @@ MAX_PADDING = 0.05
 MIN_BATCH_TOKENS = 256
 
 
-def token_budget_batches(lengths: Sequence[int], todo: Sequence[int], max_batch_tokens: int,
-                         max_padding: float = MAX_PADDING, min_batch_tokens: int = MIN_BATCH_TOKENS) -> list[list[int]]:
+def token_budget_batches(
+    lengths: Sequence[int],
+    todo: Sequence[int],
+    max_batch_tokens: int,
+    max_padding: float = MAX_PADDING,
+    min_batch_tokens: int = MIN_BATCH_TOKENS,
+) -> list[list[int]]:
     """Group sample indices ``todo`` into batches with ``len(batch) * max_len <= max_batch_tokens``
     (a single sample longer than the budget gets a batch of its own), longest first; a batch is also
     closed when adding the next sample would make more than ``max_padding`` of it padding and it holds

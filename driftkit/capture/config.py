@@ -3,6 +3,7 @@
 It is stored whole in the file (``config_json``) so a file documents itself, and ``--resume``
 refuses to continue a file made with different settings.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,25 @@ from typing import Any
 
 #: fields that must match for --resume to continue a file (the rest are run-time knobs)
 #: (probes' resolved options, prompt contents, weights and compute dtype are compared too: see engine._resume_diffs)
-RESUME_KEYS = ("model", "prompts", "probes", "chat", "generate", "max_new_tokens", "temperature", "top_p", "seed",
-               "tokens_from", "storage_dtype", "limit", "prompt_seed", "revision", "compression", "truncate",
-               "shared_unembed")
+RESUME_KEYS = (
+    "model",
+    "prompts",
+    "probes",
+    "chat",
+    "generate",
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "tokens_from",
+    "storage_dtype",
+    "limit",
+    "prompt_seed",
+    "revision",
+    "compression",
+    "truncate",
+    "shared_unembed",
+)
 TRUNCATE_MODES = ("left", "right")
 
 

@@ -6,15 +6,17 @@ probe's sites in the model's execution order -> each probe's ``finalize`` -> per
 (padding dropped) -> :class:`~driftkit.store.writer.BackgroundWriter`. Nothing is kept across
 batches, so memory is flat in the number of prompts.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -61,7 +63,9 @@ def make_probes(specs: Sequence[Any], options: dict[str, Any]) -> list[Probe]:
         probes.append(cls(**mine))
     unused = set(options) - used
     if unused and not all(isinstance(s, Probe) for s in specs):
-        raise DriftkitError(f"No selected probe takes the option(s) {', '.join(sorted(unused))}. Check --probe-opt names with 'driftkit plugins'.")
+        raise DriftkitError(
+            f"No selected probe takes the option(s) {', '.join(sorted(unused))}. Check --probe-opt names with 'driftkit plugins'."
+        )
     names = [p.name for p in probes]
     if len(set(names)) != len(names):
         raise DriftkitError(f"A probe is selected twice ({', '.join(names)}); give each probe once.")
@@ -142,8 +146,14 @@ def max_positions(model: Any) -> int | None:
     return None
 
 
-def fit_lengths(ids: Sequence[str], prompts: list[list[int]], responses: list[list[int]], room_for: Sequence[int],
-                limit: int | None, truncate: str | None) -> list[int]:
+def fit_lengths(
+    ids: Sequence[str],
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    room_for: Sequence[int],
+    limit: int | None,
+    truncate: str | None,
+) -> list[int]:
     """Check every sample against the model's ``limit`` positions before any compute; cut in place with ``truncate``.
 
     ``room_for[i]``: tokens still to be generated after sample i's prompt (``--max-new-tokens`` when the
@@ -158,9 +168,11 @@ def fit_lengths(ids: Sequence[str], prompts: list[list[int]], responses: list[li
     over = [i for i, n in enumerate(need) if n > limit]
     if not over:
         return cut
+
     def what(i: int) -> str:
         gen = f" = prompt {len(prompts[i])} + up to {room_for[i]} generated" if room_for[i] else ""
         return f"{ids[i]!r} ({need[i]} tokens{gen})"
+
     if truncate is None:
         names = ", ".join(what(i) for i in over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
         raise DriftkitError(
@@ -171,19 +183,22 @@ def fit_lengths(ids: Sequence[str], prompts: list[list[int]], responses: list[li
             f"them to {limit} tokens (the file records how many tokens each sample lost in samples/truncated)."
         )
     if truncate not in TRUNCATE_MODES:
-        raise DriftkitError(f"Unknown --truncate {truncate!r}; use left (drop the oldest tokens) or right "
-                            f"(the newest).")
+        raise DriftkitError(
+            f"Unknown --truncate {truncate!r}; use left (drop the oldest tokens) or right (the newest)."
+        )
     for i in over:
         room = limit - room_for[i]
         if room <= 0:
-            raise DriftkitError(f"--max-new-tokens {room_for[i]} leaves no room for a prompt in the model's {limit} "
-                                f"positions (sample {ids[i]!r}); lower --max-new-tokens below {limit}.")
+            raise DriftkitError(
+                f"--max-new-tokens {room_for[i]} leaves no room for a prompt in the model's {limit} "
+                f"positions (sample {ids[i]!r}); lower --max-new-tokens below {limit}."
+            )
         seq, P = prompts[i] + responses[i], len(prompts[i])
         cut[i] = len(seq) - room
         if truncate == "right":
             seq, P = seq[:room], min(P, room)
         else:
-            seq, P = seq[cut[i]:], max(0, P - cut[i])
+            seq, P = seq[cut[i] :], max(0, P - cut[i])
         prompts[i], responses[i] = seq[:P], seq[P:]
     return cut
 
@@ -211,14 +226,24 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         ps = [t[:n] for t, n in zip(s.tokens, s.prompt_len)]
         rs = [t[n:] for t, n in zip(s.tokens, s.prompt_len)]
         cut = fit_lengths(s.ids, ps, rs, [0] * len(ps), limit, cfg.truncate)
-        return SampleSet(s.ids, s.domains, [a + b for a, b in zip(ps, rs)], [len(a) for a in ps], s.content_sha256,
-                         cut if cfg.truncate else None)
+        return SampleSet(
+            s.ids,
+            s.domains,
+            [a + b for a, b in zip(ps, rs)],
+            [len(a) for a in ps],
+            s.content_sha256,
+            cut if cfg.truncate else None,
+        )
     if cfg.prompts is None:
-        raise DriftkitError("No prompts given. Pass --prompts FILE.jsonl, --prompts bundled:general-mix, or --tokens-from CAPTURE.h5.")
+        raise DriftkitError(
+            "No prompts given. Pass --prompts FILE.jsonl, --prompts bundled:general-mix, or --tokens-from CAPTURE.h5."
+        )
     prompts = load_prompts(cfg.prompts, limit=cfg.limit, seed=cfg.prompt_seed)
     tok = loaded.tokenizer
     prompt_ids = [encode_prompt(tok, p, cfg.chat) for p in prompts]
-    responses: list[list[int]] = [encode_response(tok, p.response, cfg.chat) if p.response is not None else [] for p in prompts]
+    responses: list[list[int]] = [
+        encode_response(tok, p.response, cfg.chat) if p.response is not None else [] for p in prompts
+    ]
     empty = [p.id for p, ids in zip(prompts, prompt_ids) if not ids]
     if empty:
         raise DriftkitError(f"Prompt {empty[0]!r} tokenizes to nothing; give it some text.")
@@ -236,7 +261,9 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
             if progress:
                 progress("generate", done[0], len(todo))
 
-        outs = gen.generate([prompt_ids[i] for i in todo], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, progress=tick)
+        outs = gen.generate(
+            [prompt_ids[i] for i in todo], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, progress=tick
+        )
         for i, o in zip(todo, outs):
             responses[i] = o
     return SampleSet(
@@ -249,8 +276,9 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
     )
 
 
-def pack_batch(outputs: dict[str, torch.Tensor], batch_idx: Sequence[int], lengths: Sequence[int],
-               seq_len: int, keep: Any) -> tuple[list[int], dict[str, torch.Tensor]]:
+def pack_batch(
+    outputs: dict[str, torch.Tensor], batch_idx: Sequence[int], lengths: Sequence[int], seq_len: int, keep: Any
+) -> tuple[list[int], dict[str, torch.Tensor]]:
     """Drop the padding of a batch's ``(B, S, ...)`` outputs and concatenate the samples' rows in file
     order (increasing sample index), one ``index_select`` per array.
 
@@ -264,8 +292,10 @@ def pack_batch(outputs: dict[str, torch.Tensor], batch_idx: Sequence[int], lengt
         if path not in keep:
             continue
         if tuple(t.shape[:2]) != (len(batch_idx), seq_len):
-            raise DriftkitError(f"A probe returned {path} with shape {tuple(t.shape)}; finalize must return "
-                                f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays.")
+            raise DriftkitError(
+                f"A probe returned {path} with shape {tuple(t.shape)}; finalize must return "
+                f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays."
+            )
         flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
         packed[path] = flat.index_select(0, rows.to(flat.device)).cpu()
     return [batch_idx[r] for r in order], packed
@@ -283,8 +313,9 @@ class CaptureEngine:
         if cfg.max_batch_tokens <= 0:
             raise DriftkitError(f"{opt('max_batch_tokens', None)} must be positive, got {cfg.max_batch_tokens}.")
         if cfg.truncate is not None and cfg.truncate not in TRUNCATE_MODES:
-            raise DriftkitError(f"Unknown {opt('truncate', cfg.truncate)}; use left (drop the oldest tokens) or right "
-                                f"(the newest).")
+            raise DriftkitError(
+                f"Unknown {opt('truncate', cfg.truncate)}; use left (drop the oldest tokens) or right (the newest)."
+            )
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
@@ -293,22 +324,38 @@ class CaptureEngine:
         if holder is not None:
             raise DriftkitError(busy_message(self.out, holder))
         if self.out.exists() and not (cfg.overwrite or cfg.resume):
-            raise DriftkitError(f"{self.out} already exists. Pass {opt('overwrite')} to replace it, or {opt('resume')} to "
-                                 f"continue an interrupted capture.")
+            raise DriftkitError(
+                f"{self.out} already exists. Pass {opt('overwrite')} to replace it, or {opt('resume')} to "
+                f"continue an interrupted capture."
+            )
         if self.out.is_dir():
-            raise DriftkitError(f"{opt('out', str(self.out))} is a folder; give a file name like {self.out / 'capture.h5'}.")
+            raise DriftkitError(
+                f"{opt('out', str(self.out))} is a folder; give a file name like {self.out / 'capture.h5'}."
+            )
         options = dict(cfg.probe_options)
         if cfg.layers is not None:
             options["layers"] = cfg.layers
         self.probes = make_probes(cfg.probes, options)
-        self.loaded = loaded or load_model(cfg.model, cfg.dtype, cfg.device, cfg.trust_remote_code, cfg.revision,
-                                           progress=(lambda m: progress("convert", 0, 1)) if progress else None)
+        self.loaded = loaded or load_model(
+            cfg.model,
+            cfg.dtype,
+            cfg.device,
+            cfg.trust_remote_code,
+            cfg.revision,
+            progress=(lambda m: progress("convert", 0, 1)) if progress else None,
+        )
         self.layout = ModelLayout.of(self.loaded.model)
         self.sites: list[tuple[Probe, Site]] = [(p, s) for p in self.probes for s in p.sites(self.layout)]
         keys = [s.key for _, s in self.sites]
         if len(set(keys)) != len(keys):
-            raise DriftkitError(f"Two probes record the same site ({', '.join(k for k in keys if keys.count(k) > 1)}); drop one of them.")
-        self.specs = [ArraySpec(o.path, tuple(o.shape), o.dtype, tuple(o.attrs.items())) for p in self.probes for o in p.outputs(self.layout)]
+            raise DriftkitError(
+                f"Two probes record the same site ({', '.join(k for k in keys if keys.count(k) > 1)}); drop one of them."
+            )
+        self.specs = [
+            ArraySpec(o.path, tuple(o.shape), o.dtype, tuple(o.attrs.items()))
+            for p in self.probes
+            for o in p.outputs(self.layout)
+        ]
         self.timing: dict[str, float] = {"forward": 0.0, "finalize": 0.0, "queue_wait": 0.0}
 
     # ---------------------------------------------------------------------------------------------
@@ -324,7 +371,9 @@ class CaptureEngine:
             "tokenizer_sha256": tokenizer_sha256(lm.tokenizer),
             "dtype": str(lm.dtype).replace("torch.", ""),
             "device": str(lm.device),
-            "config_json": json.dumps({**cfg.as_json(), "probe_details": [p.describe() for p in self.probes]}, default=str),
+            "config_json": json.dumps(
+                {**cfg.as_json(), "probe_details": [p.describe() for p in self.probes]}, default=str
+            ),
             "truncate": cfg.truncate or "",
             "num_layers": self.layout.num_layers,
             "hidden_size": self.layout.hidden_size,
@@ -380,8 +429,10 @@ class CaptureEngine:
         new_hash = self._content_sha256()
         if old_hash != new_hash:
             diffs.append(("prompt contents (sha256)", old_hash[:12], new_hash[:12]))
-        model_ids = (("weights_sha256", weights_sha256(self.loaded.path)),
-                     ("tokenizer_sha256", tokenizer_sha256(self.loaded.tokenizer)))
+        model_ids = (
+            ("weights_sha256", weights_sha256(self.loaded.path)),
+            ("tokenizer_sha256", tokenizer_sha256(self.loaded.tokenizer)),
+        )
         for key, new in model_ids:
             if str(reader.attrs.get(key, "")) != new:
                 diffs.append((f"model {key}", str(reader.attrs.get(key, ""))[:12], new[:12]))
@@ -408,17 +459,30 @@ class CaptureEngine:
                         f"original settings (see 'driftkit inspect {self.out}'), or pass {opt('overwrite')} to start over "
                         "with the new ones."
                     )
-                samples = SampleSet([str(x) for x in reader.sample_ids], [str(d) for d in reader.domains],
-                                    [reader.sample_tokens(i).tolist() for i in range(reader.n_samples)], [int(x) for x in reader.prompt_len])
+                samples = SampleSet(
+                    [str(x) for x in reader.sample_ids],
+                    [str(d) for d in reader.domains],
+                    [reader.sample_tokens(i).tolist() for i in range(reader.n_samples)],
+                    [int(x) for x in reader.prompt_len],
+                )
             writer = CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype)
         else:
             samples = build_samples(cfg, self.loaded, self.progress)
             if self.out.exists():
                 self.out.unlink()  # --overwrite (checked in __init__; the lock says nobody else writes it)
             attrs = {**self._attrs(), "prompts_sha256": samples.content_sha256}
-            writer = CaptureWriter.create(self.out, attrs, samples.ids, samples.domains, samples.tokens,
-                                          samples.prompt_len, self.specs, cfg.storage_dtype, cfg.compression,
-                                          truncated=samples.truncated)
+            writer = CaptureWriter.create(
+                self.out,
+                attrs,
+                samples.ids,
+                samples.domains,
+                samples.tokens,
+                samples.prompt_len,
+                self.specs,
+                cfg.storage_dtype,
+                cfg.compression,
+                truncated=samples.truncated,
+            )
         self.opened = True
         # Static arrays are written when missing, also on resume: a run killed before its first flush
         # may have lost them. Existing ones are left alone (rewriting would touch HDF5 metadata).
@@ -438,7 +502,9 @@ class CaptureEngine:
             return None
         return ensure_shared_unembed(self.cfg.shared_unembed, statics, weights_sha256(self.loaded.path), self.cfg.model)
 
-    def _forward(self, nn_model: Any, ordered: list[tuple[Probe, Site]], input_ids: torch.Tensor, attn: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _forward(
+        self, nn_model: Any, ordered: list[tuple[Probe, Site]], input_ids: torch.Tensor, attn: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         import nnsight
 
         envs = [(_envoy(nn_model, s.module), s) for _, s in ordered]
@@ -474,7 +540,9 @@ class CaptureEngine:
             order = module_call_order(model, first)
             missing = [s for _, s in self.sites if (s.module, s.io) not in order]
             if missing:
-                raise DriftkitError(f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the model never calls.")
+                raise DriftkitError(
+                    f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the model never calls."
+                )
             ordered = sorted(self.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
             nn_model = nn_model_cls(model, tokenizer=self.loaded.tokenizer)
         bg = BackgroundWriter(writer)

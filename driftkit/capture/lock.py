@@ -7,6 +7,7 @@ could delete the file the other is writing. ``flock`` is released by the kernel 
 dies (even by ``kill -9``), so a lock file left behind by a crash is recognised as stale: the lock
 can be taken, and the pid it names is not alive.
 """
+
 from __future__ import annotations
 
 import errno
@@ -77,7 +78,7 @@ class CaptureLock:
     out: Path
     fd: int | None = None
 
-    def acquire(self) -> "CaptureLock":
+    def acquire(self) -> CaptureLock:
         from driftkit.store.writer import _io_error
 
         path = lock_path(self.out)
@@ -93,8 +94,9 @@ class CaptureLock:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise DriftkitError(busy_message(self.out, _read_holder(path) or {})) from exc
-                raise DriftkitError(f"Cannot lock {path} ({exc.strerror}); choose an --out on a local file "
-                                    f"system.") from exc
+                raise DriftkitError(
+                    f"Cannot lock {path} ({exc.strerror}); choose an --out on a local file system."
+                ) from exc
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:
@@ -102,8 +104,11 @@ class CaptureLock:
             if not same:
                 os.close(fd)
                 continue
-            info = {"pid": os.getpid(), "host": socket.gethostname(),
-                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            info = {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps(info).encode())
             os.fsync(fd)
@@ -125,7 +130,7 @@ class CaptureLock:
             os.close(self.fd)
             self.fd = None
 
-    def __enter__(self) -> "CaptureLock":
+    def __enter__(self) -> CaptureLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:

@@ -23,6 +23,7 @@ Kornblith et al. 2019 / Nguyen et al. 2021::
 the *final* centered rows, which a one-pass algorithm never sees; each chunk keeps it about its own
 mean and the merge re-centres it exactly (see :meth:`_Stats._shift`).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,9 +43,19 @@ class CKAResult:
     n: int
 
 
-def _norm_product_shift(ab: torch.Tensor, a1: torch.Tensor, b1: torch.Tensor, qy: torch.Tensor, qx: torch.Tensor,
-                        cross: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, nx: torch.Tensor, ny: torch.Tensor,
-                        n: int) -> torch.Tensor:
+def _norm_product_shift(
+    ab: torch.Tensor,
+    a1: torch.Tensor,
+    b1: torch.Tensor,
+    qy: torch.Tensor,
+    qx: torch.Tensor,
+    cross: torch.Tensor,
+    dx: torch.Tensor,
+    dy: torch.Tensor,
+    nx: torch.Tensor,
+    ny: torch.Tensor,
+    n: int,
+) -> torch.Tensor:
     """``sum |x_i + dx|^2 |y_i + dy|^2`` from sums about the mean (``sum x_i = sum y_i = 0``): with
     ``a = |x|^2``, ``alpha = x.dx`` (and ``b``, ``beta`` for y), the product
     ``(a + 2 alpha + |dx|^2)(b + 2 beta + |dy|^2)`` sums to the terms below (``cross = dx^T Sxy dy``)."""
@@ -91,7 +102,7 @@ class _Stats:
         self.syy = self.syy + n * torch.outer(dy, dy)
         self.sxy = self.sxy + n * torch.outer(dx, dy)
 
-    def merge(self, other: "_Stats") -> None:
+    def merge(self, other: _Stats) -> None:
         """Combine with another set's sums, both re-centred to the combined mean (in place)."""
         n = self.n + other.n
         mx = self.mx + (other.mx - self.mx) * (other.n / n)

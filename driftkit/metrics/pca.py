@@ -18,6 +18,7 @@ paper's statistic averages points over layers, so per-layer sign choices move it
 Beyond the paper: principal angles (scipy) between A's and B's top-k PCA subspaces of the pooled
 features per layer, a rotation measure that does not depend on PC signs or on the centroid.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

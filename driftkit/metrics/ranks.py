@@ -16,6 +16,7 @@ best among them (the highest A logit over B's maxima; if A ties too, the lowest 
 decides which string is listed). A position's URIAL bucket and ``rank_A(top_B)`` therefore do not
 change when the vocabulary is permuted; ``argmax`` alone would pick the lowest token id.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -22,12 +22,14 @@ sigma_g, the spread that makes gains on different groups commensurable, is the s
 Why the square root: it damps a single benchmark with a huge swing; why the (100 - R_base) weights:
 a gain counts more where the base had more room to improve.
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -53,10 +55,14 @@ def parse_sigma(spec: str | Mapping[str, float]) -> str | dict[str, float]:
                 f"Cannot read {opt('sigma', spec)}: use 'pooled', 'per-model', or explicit values like "
                 f"'math=16.1,other=18.4,non=20.5'."
             )
-        vals = parse_kv(s, what=opt("sigma", None), example="math=16.1,other=18.4,non=20.5", convert=float, expect="a number")
+        vals = parse_kv(
+            s, what=opt("sigma", None), example="math=16.1,other=18.4,non=20.5", convert=float, expect="a number"
+        )
     bad = [k for k in vals if k not in GROUPS]
     if bad:
-        raise DriftkitError(f"{opt('sigma', None)} names unknown group(s) {', '.join(bad)}; the groups are {', '.join(GROUPS)}.")
+        raise DriftkitError(
+            f"{opt('sigma', None)} names unknown group(s) {', '.join(bad)}; the groups are {', '.join(GROUPS)}."
+        )
     nonpos = [k for k, v in vals.items() if not (v > 0 and math.isfinite(v))]
     if nonpos:
         raise DriftkitError(f"{opt('sigma', None)} for {', '.join(nonpos)} must be a positive number.")
@@ -131,7 +137,9 @@ def transferability(
     """
     mode = parse_sigma(sigma) if isinstance(sigma, str) else parse_sigma(dict(sigma))
     if not models:
-        raise DriftkitError("No tuned model given: the transferability index compares at least one model with the base.")
+        raise DriftkitError(
+            "No tuned model given: the transferability index compares at least one model with the base."
+        )
     bench = sorted(base)
     unknown = [b for b in bench if domains.get(b) not in GROUPS]
     if unknown:
@@ -143,7 +151,9 @@ def transferability(
                 f"TI needs the same benchmarks for both."
             )
     if "math" not in {domains[b] for b in bench}:
-        raise DriftkitError("No math benchmark among the scores: TI divides by the math group's DI, so at least one math benchmark is needed.")
+        raise DriftkitError(
+            "No math benchmark among the scores: TI divides by the math group's DI, so at least one math benchmark is needed."
+        )
     by_group = {g: [b for b in bench if domains[b] == g] for g in GROUPS}
     deltas = {m: {b: float(sc[b]) - float(base[b]) for b in bench} for m, sc in models.items()}
 
@@ -152,7 +162,9 @@ def transferability(
     if isinstance(mode, dict):
         missing = [g for g in GROUPS if by_group[g] and g not in mode]
         if missing:
-            raise DriftkitError(f"{opt('sigma', None)} gives no value for group(s) {', '.join(missing)}, which have benchmarks; add e.g. '{missing[0]}=18.0'.")
+            raise DriftkitError(
+                f"{opt('sigma', None)} gives no value for group(s) {', '.join(missing)}, which have benchmarks; add e.g. '{missing[0]}=18.0'."
+            )
         sig = {m: {g: mode[g] for g in GROUPS if by_group[g]} for m in models}
     elif mode == "pooled":
         pooled = {g: _std([deltas[m][b] for m in models for b in by_group[g]], ddof) for g in GROUPS if by_group[g]}
@@ -171,7 +183,9 @@ def transferability(
                 continue
             head = np.array([100.0 - float(base[b]) for b in bs], dtype=np.float64)
             if head.sum() <= 0:
-                raise DriftkitError(f"The base scores 100 on every {g} benchmark, so the (100 - R_base) weights are undefined.")
+                raise DriftkitError(
+                    f"The base scores 100 on every {g} benchmark, so the (100 - R_base) weights are undefined."
+                )
             w = head / head.sum()
             d = np.array([deltas[m][b] for b in bs], dtype=np.float64)
             sg = sig[m][g]

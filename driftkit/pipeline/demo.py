@@ -4,6 +4,7 @@
 The settings live here, in code, because they are tuned together to fit the time budget: SFT and
 GRPO runs of a few minutes, benchmark fixtures at a small limit, the bundled prompt sets.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,24 @@ from driftkit.pipeline.experiment import Experiment, from_dict
 # 0% -> 28%. GRPO ~24 s/step (half of it decoding). RL adds a half-weight format reward (exactly one
 # \boxed{} answer): the base model boxes ~6% of its sampled answers, too rarely for correctness alone
 # to give GRPO any signal within ten steps. At this size RL barely moves the model; the report says so.
-DEMO_SFT: dict[str, Any] = {"steps": 10, "batch_size": 8, "learning_rate": 1e-4, "lr_scheduler": "constant", "save_steps": 5}
-DEMO_RL: dict[str, Any] = {"steps": 8, "batch_size": 8, "num_generations": 4, "max_completion_length": 48, "learning_rate": 3e-5,
-                           "lr_scheduler": "constant", "temperature": 1.0, "format_reward": 0.5, "save_steps": 4}
+DEMO_SFT: dict[str, Any] = {
+    "steps": 10,
+    "batch_size": 8,
+    "learning_rate": 1e-4,
+    "lr_scheduler": "constant",
+    "save_steps": 5,
+}
+DEMO_RL: dict[str, Any] = {
+    "steps": 8,
+    "batch_size": 8,
+    "num_generations": 4,
+    "max_completion_length": 48,
+    "learning_rate": 3e-5,
+    "lr_scheduler": "constant",
+    "temperature": 1.0,
+    "format_reward": 0.5,
+    "save_steps": 4,
+}
 
 # The paper's finding, stated by the experiment (the core knows no trainer): SFT drifts more than RL,
 # checked on every headline drift measure of the analyses that ran.
@@ -38,12 +54,37 @@ def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
         return {
             "experiment": {"name": "demo-quick", "base": str(base_dir), "out": str(out), "seed": 0},
             "train": [
-                {"name": "sft", "trainer": "sft", "data": "bundled:math-train", "options": {**tiny, "steps": 4, "learning_rate": 1e-3, "max_length": 128}},
-                {"name": "rl", "trainer": "rl", "data": "bundled:math-train",
-                 "options": {**tiny, "steps": 2, "num_generations": 2, "max_completion_length": 8, "learning_rate": 1e-4}},
+                {
+                    "name": "sft",
+                    "trainer": "sft",
+                    "data": "bundled:math-train",
+                    "options": {**tiny, "steps": 4, "learning_rate": 1e-3, "max_length": 128},
+                },
+                {
+                    "name": "rl",
+                    "trainer": "rl",
+                    "data": "bundled:math-train",
+                    "options": {
+                        **tiny,
+                        "steps": 2,
+                        "num_generations": 2,
+                        "max_completion_length": 8,
+                        "learning_rate": 1e-4,
+                    },
+                },
             ],
-            "bench": {"suite": "default", "limit": 2, "data": "fixtures", "options": {"max_new_tokens": 8, "batch_size": 8}},
-            "capture": {"prompts": "bundled:general-mix", "chat_prompts": "bundled:general-mix", "chat_limit": 9, "max_new_tokens": 8},
+            "bench": {
+                "suite": "default",
+                "limit": 2,
+                "data": "fixtures",
+                "options": {"max_new_tokens": 8, "batch_size": 8},
+            },
+            "capture": {
+                "prompts": "bundled:general-mix",
+                "chat_prompts": "bundled:general-mix",
+                "chat_limit": 9,
+                "max_new_tokens": 8,
+            },
             "drift": {"enabled": True, "bench": ["math_heldout"], "layers": "all"},
             "study": DEMO_STUDY,
         }
@@ -56,7 +97,12 @@ def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
         # the "quick" suite (math_heldout, gpqa, ifeval) with short generation budgets; drift is scored
         # on math_heldout too (at 48 tokens this model scored MATH-500's floor, 1 of 16, before and after)
         "bench": {"suite": "quick", "limit": 16, "data": "fixtures", "options": {}},
-        "capture": {"prompts": "bundled:general-mix", "chat_prompts": "bundled:general-mix", "chat_limit": 24, "max_new_tokens": 48},
+        "capture": {
+            "prompts": "bundled:general-mix",
+            "chat_prompts": "bundled:general-mix",
+            "chat_limit": 24,
+            "max_new_tokens": 48,
+        },
         "drift": {"enabled": True, "bench": ["math_heldout"], "layers": "every:3"},
         "study": DEMO_STUDY,
     }

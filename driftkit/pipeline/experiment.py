@@ -53,6 +53,7 @@ expect_why = "The expected pattern"
 Why TOML and a dataclass: the file is the unit of reproducibility; every field that changes a
 result feeds the hash of the steps that depend on it, so editing one setting redoes only those.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -110,12 +111,25 @@ SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
     "train": {"name": _STR, "trainer": _STR, "data": _STR + (Path,), "options": _TABLE},
     "models": {"name": _STR, "path": _STR + (Path,), "revision": _STR},
     "bench": {"suite": _STR, "benchmarks": _LIST, "limit": _INT, "data": _STR, "options": _TABLE, "enabled": _BOOL},
-    "capture": {"prompts": _STR, "chat_prompts": _STR, "chat_limit": _INT, "max_new_tokens": _INT,
-                "layers": _STR + _INT, "max_batch_tokens": _INT, "storage_dtype": _STR},
+    "capture": {
+        "prompts": _STR,
+        "chat_prompts": _STR,
+        "chat_limit": _INT,
+        "max_new_tokens": _INT,
+        "layers": _STR + _INT,
+        "max_batch_tokens": _INT,
+        "storage_dtype": _STR,
+    },
     "compare": {"raw_analyses": _LIST, "gen_analyses": _LIST, "options": _TABLE},
     "transfer": {"sigma": _STR + _TABLE},
-    "drift": {"enabled": _BOOL, "bench": _LIST, "bench_limit": _INT, "layers": _STR + _INT, "measures": _TABLE,
-              "headline": _STR},
+    "drift": {
+        "enabled": _BOOL,
+        "bench": _LIST,
+        "bench_limit": _INT,
+        "layers": _STR + _INT,
+        "measures": _TABLE,
+        "headline": _STR,
+    },
     "study": {"expect": _LIST, "expect_why": _STR},
 }
 OPTIONAL_NONE = ("chat_limit", "bench_limit", "benchmarks")  # may be given as None from Python
@@ -136,8 +150,14 @@ def _type_ok(value: Any, types: tuple[Any, ...]) -> bool:
 
 
 def _type_name(types: tuple[Any, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "true or false", dict: "a table", "list": "a list of strings",
-             Path: "a path"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        bool: "true or false",
+        dict: "a table",
+        "list": "a list of strings",
+        Path: "a path",
+    }
     return " or ".join(names[t] for t in types)
 
 
@@ -161,8 +181,9 @@ def validate_dict(d: Any) -> list[str]:
     for sec in SECTIONS:
         if sec not in d:
             if sec == "experiment":
-                problems.append("[experiment] is missing; it needs 'base' (the base model: an HF id, a folder or "
-                                "smollm2-135m)")
+                problems.append(
+                    "[experiment] is missing; it needs 'base' (the base model: an HF id, a folder or smollm2-135m)"
+                )
             continue
         value = d[sec]
         array = sec in ("train", "models")
@@ -197,8 +218,10 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
     problems = validate_dict(d)
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
-        raise DriftkitError(f"{where} has {len(problems)} problem(s); nothing was run:\n{listed}\nSee docs/pipeline.md "
-                            f"for every accepted key.")
+        raise DriftkitError(
+            f"{where} has {len(problems)} problem(s); nothing was run:\n{listed}\nSee docs/pipeline.md "
+            f"for every accepted key."
+        )
     ex = d.get("experiment") or {}
     name = str(ex.get("name", "experiment"))
     out = Path(ex.get("out", f"runs/{name}"))
@@ -215,7 +238,9 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
         models.append(ModelSpec(str(m["name"]), path, m.get("revision")))
     for n in [t.name for t in train] + [m.name for m in models]:
         if n in names or not n.replace("-", "").replace("_", "").isalnum():
-            raise DriftkitError(f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - and _).")
+            raise DriftkitError(
+                f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - and _)."
+            )
         names.add(n)
     sections = {k: _merge(k, d.get(k)) for k in DEFAULTS}
     drift_runs = sections["drift"]["enabled"] and any(int(t.options.get("save_steps", 0) or 0) > 0 for t in train)
@@ -223,10 +248,20 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
     if problems:
         raise DriftkitError(f"{where}: " + " ".join(problems) + " See docs/pipeline.md.")
     if not train and not models:
-        raise DriftkitError(f"{where}: nothing to compare. Add [[train]] runs that make tuned checkpoints, or [[models]] that exist.")
-    return Experiment(name=name, base=str(ex["base"]), out=out, seed=int(ex.get("seed", 0)), revision=ex.get("revision"),
-                      train=train, models=models,
-                      source=where, **sections)
+        raise DriftkitError(
+            f"{where}: nothing to compare. Add [[train]] runs that make tuned checkpoints, or [[models]] that exist."
+        )
+    return Experiment(
+        name=name,
+        base=str(ex["base"]),
+        out=out,
+        seed=int(ex.get("seed", 0)),
+        revision=ex.get("revision"),
+        train=train,
+        models=models,
+        source=where,
+        **sections,
+    )
 
 
 def _check_study(sections: dict[str, dict[str, Any]], tuned: list[str], drift_runs: bool) -> list[str]:
@@ -239,16 +274,21 @@ def _check_study(sections: dict[str, dict[str, Any]], tuned: list[str], drift_ru
     for key, spec in measures.items():
         an, _, stat = str(spec).partition(".")
         if not stat or an not in ran:
-            out.append(f"[drift] measures: {key} = {spec!r} must be 'analysis.summary_key' with the analysis one of "
-                       f"[compare] raw_analyses or gen_analyses ({', '.join(ran)}).")
+            out.append(
+                f"[drift] measures: {key} = {spec!r} must be 'analysis.summary_key' with the analysis one of "
+                f"[compare] raw_analyses or gen_analyses ({', '.join(ran)})."
+            )
     if measures and sections["drift"]["headline"] not in measures:
-        out.append(f"[drift] headline {sections['drift']['headline']!r} is not one of its measures "
-                   f"({', '.join(sections['drift']['measures'])}).")
+        out.append(
+            f"[drift] headline {sections['drift']['headline']!r} is not one of its measures "
+            f"({', '.join(sections['drift']['measures'])})."
+        )
     for e in sections["study"]["expect"]:
         a, sep, b = (x.strip() for x in e.partition(">"))
         if not sep or a not in tuned or b not in tuned or a == b:
-            out.append(f"[study] expect {e!r} must read 'A > B' with A and B two different tuned models "
-                       f"({', '.join(tuned)}).")
+            out.append(
+                f"[study] expect {e!r} must read 'A > B' with A and B two different tuned models ({', '.join(tuned)})."
+            )
     return out
 
 

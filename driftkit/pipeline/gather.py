@@ -7,6 +7,7 @@ JSON (:meth:`~driftkit.registry.analysis.Analysis.study_entry`), its drift-table
 headline drift numbers. Representations come from the raw-text compare, distributions from each
 tuned model's own answers.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,7 @@ def _instances(specs: list[str], options: dict[str, dict[str, Any]]) -> dict[str
     return named
 
 
-def analysis_results(ctx: "Ctx") -> list[Ran]:
+def analysis_results(ctx: Ctx) -> list[Ran]:
     """Every analysis result of the run's compare steps, grouped by analysis, in the experiment's order."""
     ex = ctx.ex
     bodies: dict[str, list[tuple[str, dict[str, Any]]]] = {"raw": [], "gen": []}
@@ -78,14 +79,16 @@ def analysis_results(ctx: "Ctx") -> list[Ran]:
     return list(ran.values())
 
 
-def _scores(ctx: "Ctx", names: list[str]) -> dict[str, dict[str, Any]]:
+def _scores(ctx: Ctx, names: list[str]) -> dict[str, dict[str, Any]]:
     from driftkit.scores import primary_scores, read_scores
 
     out: dict[str, dict[str, Any]] = {}
     for n in names:
         doc = read_scores(ctx.path(ctx.outputs(f"bench.{n}")["scores"]))
-        out[n] = {b: {"value": r["value"], "domain": r["domain"], "metric": r.get("metric"), "n": r.get("n")}
-                  for b, r in primary_scores(doc).items()}
+        out[n] = {
+            b: {"value": r["value"], "domain": r["domain"], "metric": r.get("metric"), "n": r.get("n")}
+            for b, r in primary_scores(doc).items()
+        }
     return out
 
 
@@ -97,8 +100,9 @@ def drift_table(ran: list[Ran], tuned: list[str]) -> list[dict[str, Any]]:
             if model not in r.results:
                 continue
             for label, value, spec in r.analysis.study_rows(r.results[model]):
-                row = rows.setdefault((r.name, label),
-                                      {"analysis": r.name, "measure": label, "format": spec, "values": {}})
+                row = rows.setdefault(
+                    (r.name, label), {"analysis": r.name, "measure": label, "format": spec, "values": {}}
+                )
                 row["values"][model] = value
     return list(rows.values())
 
@@ -116,20 +120,36 @@ def drift_vs_transfer(ran: list[Ran], tuned: list[str], scores: dict[str, Any]) 
             dR = None
             if scores:
                 base = scores["base"]
-                dR = mean([scores[n][b]["value"] - base[b]["value"] for b in base
-                           if base[b]["domain"] == d and b in scores[n]])
-            rows.append({"model": n, "domain": d, "score_change": dR,
-                         **{m: per.get(d) for m, per in by_model.get(n, {}).items()}})
+                dR = mean(
+                    [
+                        scores[n][b]["value"] - base[b]["value"]
+                        for b in base
+                        if base[b]["domain"] == d and b in scores[n]
+                    ]
+                )
+            rows.append(
+                {
+                    "model": n,
+                    "domain": d,
+                    "score_change": dR,
+                    **{m: per.get(d) for m, per in by_model.get(n, {}).items()},
+                }
+            )
     return rows
 
 
-def gather(ctx: "Ctx") -> tuple[dict[str, Any], list[Ran]]:
+def gather(ctx: Ctx) -> tuple[dict[str, Any], list[Ran]]:
     """The study's JSON-able data and the analyses that ran (for findings and figures)."""
     ex, man = ctx.ex, ctx.manifest
     tuned = ex.tuned_names
     names = ["base", *tuned]
-    data: dict[str, Any] = {"schema": "driftkit.study/1", "experiment": ex.name, "base": ex.base, "models": names,
-                            "trainers": {t.name: t.trainer for t in ex.train}}
+    data: dict[str, Any] = {
+        "schema": "driftkit.study/1",
+        "experiment": ex.name,
+        "base": ex.base,
+        "models": names,
+        "trainers": {t.name: t.trainer for t in ex.train},
+    }
     scores: dict[str, Any] = {}
     if man.step("bench.base"):
         scores = data["scores"] = _scores(ctx, names)
@@ -155,6 +175,9 @@ def gather(ctx: "Ctx") -> tuple[dict[str, Any], list[Ran]]:
     data["expect_why"] = ex.study.get("expect_why")
     data["drift_headline"] = ex.drift.get("headline")
     # finished steps only: the report step itself is still running while this is gathered
-    data["steps"] = {sid: {"seconds": e.get("seconds"), "executions": e.get("executions")}
-                     for sid, e in man.data["steps"].items() if e.get("seconds") is not None}
+    data["steps"] = {
+        sid: {"seconds": e.get("seconds"), "executions": e.get("executions")}
+        for sid, e in man.data["steps"].items()
+        if e.get("seconds") is not None
+    }
     return data, ran

@@ -5,6 +5,7 @@ settings or the hash of a step it reads from — so a rerun does no finished wor
 setting redoes only its dependants. The manifest is rewritten atomically after every step, so a
 crash never loses the record of completed work.
 """
+
 from __future__ import annotations
 
 import hashlib

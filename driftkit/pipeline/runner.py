@@ -5,15 +5,17 @@ chat prompts and the base scores those exact tokens) -> compare -> transfer -> d
 -> study report. Each step's identity is a hash of its settings and of the steps it reads (see
 :mod:`driftkit.pipeline.manifest`).
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from driftkit.atomic import atomic_write
 from driftkit.errors import DriftkitError
@@ -28,7 +30,7 @@ class Step:
     id: str
     settings: dict[str, Any]
     deps: list[str]
-    fn: Callable[["Ctx"], dict[str, Any]]  # returns {"outputs": {name: relpath}, "summary": {...}}
+    fn: Callable[[Ctx], dict[str, Any]]  # returns {"outputs": {name: relpath}, "summary": {...}}
     label: str = ""
 
 
@@ -124,9 +126,20 @@ def _train(name: str) -> Callable[[Ctx], dict[str, Any]]:
         opts = {"seed": ctx.ex.seed, **({"revision": ctx.ex.revision} if ctx.ex.revision else {}), **spec.options}
         train(spec.trainer, ctx.ex.base, spec.data, out, overwrite=not resume, resume=resume, progress=progress, **opts)
         man = read_manifest(out)
-        ckpts = sorted((p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])) if (out / "checkpoints").is_dir() else []
-        return {"outputs": {"model": rel, "manifest": f"{rel}/driftkit_run.json"},
-                "summary": {"checkpoints": [f"{rel}/checkpoints/{p.name}" for p in ckpts], "log": man.get("log", [])[-200:]}}
+        ckpts = (
+            sorted(
+                (p for p in (out / "checkpoints").glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1])
+            )
+            if (out / "checkpoints").is_dir()
+            else []
+        )
+        return {
+            "outputs": {"model": rel, "manifest": f"{rel}/driftkit_run.json"},
+            "summary": {
+                "checkpoints": [f"{rel}/checkpoints/{p.name}" for p in ckpts],
+                "log": man.get("log", [])[-200:],
+            },
+        }
 
     return run
 
@@ -141,8 +154,17 @@ def _bench(name: str) -> Callable[[Ctx], dict[str, Any]]:
         if model_revision(ctx, name):
             kwargs.setdefault("revision", model_revision(ctx, name))
         names = b.get("benchmarks")
-        run_suite(model_path(ctx, name), suite=b["suite"], limit=b["limit"], out=ctx.path(rel), data=b["data"], model_name=name,
-                  benchmarks=names, progress=ctx.progress, **kwargs)
+        run_suite(
+            model_path(ctx, name),
+            suite=b["suite"],
+            limit=b["limit"],
+            out=ctx.path(rel),
+            data=b["data"],
+            model_name=name,
+            benchmarks=names,
+            progress=ctx.progress,
+            **kwargs,
+        )
         return {"outputs": {"scores": rel}, "summary": {}}
 
     return run
@@ -159,19 +181,44 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
         rel = f"captures/{name}.{kind}.h5" if kind != "base_on" else f"captures/base_on_{name}.h5"
         out = ctx.path(rel)
         resume = ctx.resume and out.exists()
-        common = dict(out=out, overwrite=not resume, resume=resume, storage_dtype=c["storage_dtype"], max_batch_tokens=c["max_batch_tokens"])
+        common = dict(
+            out=out,
+            overwrite=not resume,
+            resume=resume,
+            storage_dtype=c["storage_dtype"],
+            max_batch_tokens=c["max_batch_tokens"],
+        )
         if kind == "raw":
-            cfg = CaptureConfig(model=model_path(ctx, name), revision=model_revision(ctx, name), prompts=c["prompts"],
-                                layers=c["layers"], **common)
+            cfg = CaptureConfig(
+                model=model_path(ctx, name),
+                revision=model_revision(ctx, name),
+                prompts=c["prompts"],
+                layers=c["layers"],
+                **common,
+            )
         elif kind == "gen":
             from driftkit.prompts import load_prompts, stratified
 
             chosen = [p.as_dict() for p in stratified(load_prompts(c["chat_prompts"]), c["chat_limit"])]
-            cfg = CaptureConfig(model=model_path(ctx, name), revision=model_revision(ctx, name), prompts=chosen,
-                                chat=True, generate=True,
-                                max_new_tokens=c["max_new_tokens"], seed=ctx.ex.seed, probes=["final"], **common)
+            cfg = CaptureConfig(
+                model=model_path(ctx, name),
+                revision=model_revision(ctx, name),
+                prompts=chosen,
+                chat=True,
+                generate=True,
+                max_new_tokens=c["max_new_tokens"],
+                seed=ctx.ex.seed,
+                probes=["final"],
+                **common,
+            )
         else:
-            cfg = CaptureConfig(model=ctx.ex.base, revision=ctx.ex.revision, tokens_from=ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]), probes=["final"], **common)
+            cfg = CaptureConfig(
+                model=ctx.ex.base,
+                revision=ctx.ex.revision,
+                tokens_from=ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]),
+                probes=["final"],
+                **common,
+            )
         capture(cfg, progress=ctx.progress)
         return {"outputs": {"capture": rel}, "summary": {}}
 
@@ -187,9 +234,14 @@ def _compare(kind: str, name: str | None = None) -> Callable[[Ctx], dict[str, An
             paths = [ctx.path(ctx.outputs(f"capture.raw.{m}")["capture"]) for m in ["base", *ctx.ex.tuned_names]]
             analyses, positions, rel = cmp["raw_analyses"], "all", "reports/raw"
         else:
-            paths = [ctx.path(ctx.outputs(f"capture.base_on.{name}")["capture"]), ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"])]
+            paths = [
+                ctx.path(ctx.outputs(f"capture.base_on.{name}")["capture"]),
+                ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]),
+            ]
             analyses, positions, rel = cmp["gen_analyses"], "response", f"reports/gen_{name}"
-        report = compare(paths, analyses=analyses, positions=positions, options=cmp["options"] or None, seed=ctx.ex.seed)
+        report = compare(
+            paths, analyses=analyses, positions=positions, options=cmp["options"] or None, seed=ctx.ex.seed
+        )
         ctx.path(rel).parent.mkdir(parents=True, exist_ok=True)
         report.to_json(ctx.path(rel + ".json"))
         report.to_html(ctx.path(rel + ".html"))
@@ -235,8 +287,10 @@ def _measures(ctx: Ctx, base_raw: Path, base_tf: Path) -> Callable[[Path, Path],
         from driftkit.compare.runner import compare
 
         summaries: dict[str, dict[str, float]] = {}
-        for names, paths, kw in ((raw_an, [base_raw, raw], {"layers": d["layers"]}),
-                                 (gen_an, [base_tf, tf], {"positions": "response"})):
+        for names, paths, kw in (
+            (raw_an, [base_raw, raw], {"layers": d["layers"]}),
+            (gen_an, [base_tf, tf], {"positions": "response"}),
+        ):
             if names:
                 rep = compare(paths, analyses=names, options=options(names), **kw)
                 summaries.update({n: rep.analysis(n).summary(rep.to_dict()["analyses"][n]) for n in names})
@@ -265,8 +319,14 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
         gen = ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"])
         base_on = ctx.path(ctx.outputs(f"capture.base_on.{name}")["capture"])
         measures = _measures(ctx, base_raw, base_on)
-        points: list[dict[str, Any]] = [{"step": 0, "checkpoint": "base", **measures(base_raw, base_on),
-                                         "score": _drift_scores(ctx, name, ctx.ex.base, "base", "bench.base")}]
+        points: list[dict[str, Any]] = [
+            {
+                "step": 0,
+                "checkpoint": "base",
+                **measures(base_raw, base_on),
+                "score": _drift_scores(ctx, name, ctx.ex.base, "base", "bench.base"),
+            }
+        ]
         ckpts = list(ctx.manifest.step(f"train.{name}")["summary"]["checkpoints"])
         final_step = _final_step(ctx, name)
         ckpts = [c for c in ckpts if int(Path(c).name.split("-")[1]) < final_step]
@@ -274,19 +334,39 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
             path = ctx.path(rel)
             raw, tf = work / f"{path.name}.raw.h5", work / f"{path.name}.tf.h5"
             common = dict(overwrite=True, storage_dtype=ctx.ex.capture["storage_dtype"])
-            capture(CaptureConfig(model=str(path), prompts=ctx.ex.capture["prompts"], layers=d["layers"],
-                                  probes=["residual"], out=raw, **common))
+            capture(
+                CaptureConfig(
+                    model=str(path),
+                    prompts=ctx.ex.capture["prompts"],
+                    layers=d["layers"],
+                    probes=["residual"],
+                    out=raw,
+                    **common,
+                )
+            )
             capture(CaptureConfig(model=str(path), tokens_from=gen, probes=["final"], out=tf, **common))
             step = int(path.name.split("-")[1])
-            points.append({"step": step, "checkpoint": rel, **measures(raw, tf),
-                           "score": _drift_scores(ctx, name, str(path), f"{name}@{step}", None)})
+            points.append(
+                {
+                    "step": step,
+                    "checkpoint": rel,
+                    **measures(raw, tf),
+                    "score": _drift_scores(ctx, name, str(path), f"{name}@{step}", None),
+                }
+            )
             raw.unlink(missing_ok=True)
             tf.unlink(missing_ok=True)
             if ctx.progress:
                 ctx.progress(f"drift {name}", i + 1, len(ckpts) + 1)
         final_raw = ctx.path(ctx.outputs(f"capture.raw.{name}")["capture"])
-        points.append({"step": final_step, "checkpoint": ctx.outputs(f"train.{name}")["model"], **measures(final_raw, gen),
-                       "score": _drift_scores(ctx, name, _tuned_path(ctx, name), name, f"bench.{name}")})
+        points.append(
+            {
+                "step": final_step,
+                "checkpoint": ctx.outputs(f"train.{name}")["model"],
+                **measures(final_raw, gen),
+                "score": _drift_scores(ctx, name, _tuned_path(ctx, name), name, f"bench.{name}"),
+            }
+        )
         rel_out = f"drift/{name}.json"
         points.sort(key=lambda p: p["step"])
         atomic_write(ctx.path(rel_out), json.dumps({"model": name, "points": points}, indent=2))
@@ -307,8 +387,15 @@ def _drift_scores(ctx: Ctx, name: str, model: str, label: str, reuse_step: str |
         sp = ctx.path(ctx.outputs(reuse_step)["scores"])
     else:
         sp = ctx.path(f"drift/{name}") / f"{label}.scores.json"
-        run_suite(model, benchmarks=list(d["bench"]), limit=d["bench_limit"] or ctx.ex.bench["limit"], out=sp,
-                  data=ctx.ex.bench["data"], model_name=label, **ctx.ex.bench["options"])
+        run_suite(
+            model,
+            benchmarks=list(d["bench"]),
+            limit=d["bench_limit"] or ctx.ex.bench["limit"],
+            out=sp,
+            data=ctx.ex.bench["data"],
+            model_name=label,
+            **ctx.ex.bench["options"],
+        )
     ps = primary_scores(read_scores(sp))
     return {b: ps[b]["value"] for b in d["bench"] if b in ps}
 
@@ -324,7 +411,10 @@ def _report(ctx: Ctx) -> dict[str, Any]:
     study = build_study(ctx)
     ctx.path("report").mkdir(parents=True, exist_ok=True)
     study.write(ctx.path("report"))
-    return {"outputs": {"json": "report/study.json", "html": "report/study.html"}, "summary": {"findings": study.findings}}
+    return {
+        "outputs": {"json": "report/study.json", "html": "report/study.html"},
+        "summary": {"findings": study.findings},
+    }
 
 
 # -- plan -------------------------------------------------------------------------------------------
@@ -336,8 +426,15 @@ def plan(ex: Experiment) -> list[Step]:
         ident[m.name] = _model_identity(m.path, m.revision)
     model_dep: dict[str, list[str]] = {"base": []}
     for t in ex.train:
-        steps.append(Step(f"train.{t.name}", {"trainer": t.trainer, "data": t.data, "options": t.options, "seed": ex.seed, "base": ident["base"]},
-                          [], _train(t.name), f"train {t.name} ({t.trainer})"))
+        steps.append(
+            Step(
+                f"train.{t.name}",
+                {"trainer": t.trainer, "data": t.data, "options": t.options, "seed": ex.seed, "base": ident["base"]},
+                [],
+                _train(t.name),
+                f"train {t.name} ({t.trainer})",
+            )
+        )
         model_dep[t.name] = [f"train.{t.name}"]
     for m in ex.models:
         model_dep[m.name] = []
@@ -348,33 +445,91 @@ def plan(ex: Experiment) -> list[Step]:
 
     if ex.bench.get("enabled", True):
         for n in names:
-            steps.append(Step(f"bench.{n}", {"model": mid(n), "bench": ex.bench}, model_dep[n], _bench(n), f"bench {n}"))
+            steps.append(
+                Step(f"bench.{n}", {"model": mid(n), "bench": ex.bench}, model_dep[n], _bench(n), f"bench {n}")
+            )
     cap = ex.capture
     for n in names:
-        steps.append(Step(f"capture.raw.{n}", {"model": mid(n), "prompts": cap["prompts"], "layers": cap["layers"], "dtype": cap["storage_dtype"]},
-                          model_dep[n], _capture("raw", n), f"capture {n} (raw text)"))
+        steps.append(
+            Step(
+                f"capture.raw.{n}",
+                {"model": mid(n), "prompts": cap["prompts"], "layers": cap["layers"], "dtype": cap["storage_dtype"]},
+                model_dep[n],
+                _capture("raw", n),
+                f"capture {n} (raw text)",
+            )
+        )
     for n in ex.tuned_names:
-        steps.append(Step(f"capture.gen.{n}", {"model": mid(n), "prompts": cap["chat_prompts"], "limit": cap["chat_limit"], "selection": "stratified",
-                                               "max_new_tokens": cap["max_new_tokens"], "seed": ex.seed, "dtype": cap["storage_dtype"]},
-                          model_dep[n], _capture("gen", n), f"generate + capture {n}"))
-        steps.append(Step(f"capture.base_on.{n}", {"model": mid("base"), "dtype": cap["storage_dtype"]}, [f"capture.gen.{n}"],
-                          _capture("base_on", n), f"capture base on {n}'s tokens"))
-    steps.append(Step("compare.raw", {"analyses": ex.compare["raw_analyses"], "options": ex.compare["options"], "seed": ex.seed},
-                      [f"capture.raw.{n}" for n in names], _compare("raw"), "compare representations"))
+        steps.append(
+            Step(
+                f"capture.gen.{n}",
+                {
+                    "model": mid(n),
+                    "prompts": cap["chat_prompts"],
+                    "limit": cap["chat_limit"],
+                    "selection": "stratified",
+                    "max_new_tokens": cap["max_new_tokens"],
+                    "seed": ex.seed,
+                    "dtype": cap["storage_dtype"],
+                },
+                model_dep[n],
+                _capture("gen", n),
+                f"generate + capture {n}",
+            )
+        )
+        steps.append(
+            Step(
+                f"capture.base_on.{n}",
+                {"model": mid("base"), "dtype": cap["storage_dtype"]},
+                [f"capture.gen.{n}"],
+                _capture("base_on", n),
+                f"capture base on {n}'s tokens",
+            )
+        )
+    steps.append(
+        Step(
+            "compare.raw",
+            {"analyses": ex.compare["raw_analyses"], "options": ex.compare["options"], "seed": ex.seed},
+            [f"capture.raw.{n}" for n in names],
+            _compare("raw"),
+            "compare representations",
+        )
+    )
     for n in ex.tuned_names:
-        steps.append(Step(f"compare.gen.{n}", {"analyses": ex.compare["gen_analyses"], "options": ex.compare["options"], "seed": ex.seed},
-                          [f"capture.base_on.{n}", f"capture.gen.{n}"], _compare("gen", n), f"compare distributions ({n})"))
+        steps.append(
+            Step(
+                f"compare.gen.{n}",
+                {"analyses": ex.compare["gen_analyses"], "options": ex.compare["options"], "seed": ex.seed},
+                [f"capture.base_on.{n}", f"capture.gen.{n}"],
+                _compare("gen", n),
+                f"compare distributions ({n})",
+            )
+        )
     if ex.bench.get("enabled", True):
-        steps.append(Step("transfer", {"sigma": ex.transfer["sigma"]}, [f"bench.{n}" for n in names], _transfer, "transferability index"))
+        steps.append(
+            Step(
+                "transfer",
+                {"sigma": ex.transfer["sigma"]},
+                [f"bench.{n}" for n in names],
+                _transfer,
+                "transferability index",
+            )
+        )
     if ex.drift.get("enabled", True):
         for t in ex.train:
             if int(t.options.get("save_steps", 0) or 0) > 0:
                 deps = [f"train.{t.name}", "capture.raw.base", f"capture.gen.{t.name}", f"capture.base_on.{t.name}"]
                 if ex.bench.get("enabled", True):
                     deps += ["bench.base", f"bench.{t.name}"]
-                steps.append(Step(f"drift.{t.name}", {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"],
-                                                         "compare": ex.compare}, deps, _drift(t.name),
-                                  f"drift over training ({t.name})"))
+                steps.append(
+                    Step(
+                        f"drift.{t.name}",
+                        {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"], "compare": ex.compare},
+                        deps,
+                        _drift(t.name),
+                        f"drift over training ({t.name})",
+                    )
+                )
     report = {"version": 2, "name": ex.name, "study": ex.study, "headline": ex.drift.get("headline")}
     steps.append(Step("report", report, [s.id for s in steps], _report, "study report"))
     return steps
@@ -392,8 +547,13 @@ def _outputs_exist(ctx: Ctx, entry: dict[str, Any]) -> bool:
     return all(ctx.path(p).exists() for p in entry.get("outputs", {}).values())
 
 
-def run_experiment(ex: Experiment, resume: bool = False, log: Log = print, progress: Callable[[str, int, int], None] | None = None,
-                   only: list[str] | None = None) -> RunResult:
+def run_experiment(
+    ex: Experiment,
+    resume: bool = False,
+    log: Log = print,
+    progress: Callable[[str, int, int], None] | None = None,
+    only: list[str] | None = None,
+) -> RunResult:
     """Run (or continue) an experiment. Finished steps whose hash is unchanged are skipped."""
     ex.out.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(ex.out / "manifest.json")
@@ -415,13 +575,34 @@ def run_experiment(ex: Experiment, resume: bool = False, log: Log = print, progr
         log(f"[bold]run[/]     {step.label or step.id}")
         t0 = time.perf_counter()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        manifest.record(step.id, {"hash": h, "status": "running", "started": started, "settings": step.settings, "deps": step.deps, "outputs": {}})
+        manifest.record(
+            step.id,
+            {
+                "hash": h,
+                "status": "running",
+                "started": started,
+                "settings": step.settings,
+                "deps": step.deps,
+                "outputs": {},
+            },
+        )
         out = step.fn(ctx)
         secs = time.perf_counter() - t0
-        manifest.record(step.id, {"hash": h, "status": "done", "started": started,
-                                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": round(secs, 2),
-                                  "settings": step.settings, "deps": step.deps, "outputs": out["outputs"], "summary": out.get("summary", {}),
-                                  "executions": int((entry or {}).get("executions", 0)) + 1})
+        manifest.record(
+            step.id,
+            {
+                "hash": h,
+                "status": "done",
+                "started": started,
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(secs, 2),
+                "settings": step.settings,
+                "deps": step.deps,
+                "outputs": out["outputs"],
+                "summary": out.get("summary", {}),
+                "executions": int((entry or {}).get("executions", 0)) + 1,
+            },
+        )
         result.executed.append(step.id)
         result.seconds[step.id] = secs
         log(f"[green]done[/]    {step.label or step.id} in {secs:.1f} s")

@@ -5,6 +5,7 @@ and what every analysis contributes, :mod:`driftkit.report.study_findings` write
 (every one from measured values of this run), :mod:`driftkit.report.study_figures` draws, and
 :mod:`driftkit.report.study_render` renders HTML and terminal views. None names an analysis.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ class Study:
         render_terminal(self, console)
 
 
-def build_study(ctx: "Ctx") -> Study:
+def build_study(ctx: Ctx) -> Study:
     from driftkit.pipeline.gather import gather
     from driftkit.report.study_figures import figures
     from driftkit.report.study_findings import findings

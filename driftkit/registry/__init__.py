@@ -6,6 +6,7 @@ exactly like a third-party package's plugins, and ``driftkit plugins`` can say w
 A plugin can also be given as ``path/to/file.py:ClassName`` or ``package.module:ClassName`` on the
 command line; it is then selectable by its ``name`` for the rest of the run (:func:`register`).
 """
+
 from __future__ import annotations
 
 import difflib

@@ -19,14 +19,16 @@ A plugin declares:
 - ``max_new_tokens``: the generation budget (modest by default so CPU runs stay short),
 - ``build_prompt(item) -> list[chat message]`` and ``score(item, answer_text) -> dict``.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from driftkit.answers import THINK_RULE, extract_choice, extract_yes_no, last_boxed, strip_think  # noqa: F401
 from driftkit.errors import DriftkitError
@@ -65,9 +67,12 @@ class Benchmark(Configurable, ABC):
     options: ClassVar[Mapping[str, Any]] = {
         "seed": Option(0, "Seed of sampling and of any shuffling of answer options."),
         "samples_per_item": Option(1, "Answers generated per item (pass@k style metrics use several)."),
-        "revision": Option(None, "Dataset revision (commit) to load from the hub (default: the current one).", type=str),
-        "max_new_tokens": Option(None, "Generation budget in tokens (default: the benchmark's own max_new_tokens).",
-                                 type=int),
+        "revision": Option(
+            None, "Dataset revision (commit) to load from the hub (default: the current one).", type=str
+        ),
+        "max_new_tokens": Option(
+            None, "Generation budget in tokens (default: the benchmark's own max_new_tokens).", type=int
+        ),
     }
     dataset_id: ClassVar[str] = ""
     #: one config, or several (a benchmark made of subtasks, e.g. ACPBench): each row gets ``_config``
@@ -87,7 +92,9 @@ class Benchmark(Configurable, ABC):
         if self.opts["max_new_tokens"] is not None:
             self.max_new_tokens = int(self.opts["max_new_tokens"])  # type: ignore[misc]
         if self.domain not in DOMAINS:
-            raise DriftkitError(f"Benchmark {self.name!r} declares domain {self.domain!r}; use one of {', '.join(DOMAINS)}.")
+            raise DriftkitError(
+                f"Benchmark {self.name!r} declares domain {self.domain!r}; use one of {', '.join(DOMAINS)}."
+            )
         self.seed = int(self.opts["seed"])
         self.samples_per_item = max(1, int(self.opts["samples_per_item"]))
         self.revision = self.opts["revision"]

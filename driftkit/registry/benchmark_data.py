@@ -4,6 +4,7 @@ Why apart from the contract (:mod:`driftkit.registry.benchmark`): a plugin autho
 class to learn what to write; how items are fetched, interleaved over subtasks, limited and
 hashed into the provenance is the same for every benchmark and changes for other reasons.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,7 +29,10 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     Why: without network, ``datasets.load_dataset`` retries for ~30 s per dataset before failing;
     in ``auto`` mode we check once and go straight to the fixtures when the hub is unreachable.
     """
-    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in ("", "0"):
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "") not in (
+        "",
+        "0",
+    ):
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
@@ -43,11 +47,15 @@ def configs(bench: Benchmark) -> list[str | None]:
     c = bench.dataset_config
     return list(c) if isinstance(c, (tuple, list)) else [c]
 
+
 def fixture_rows(bench: Benchmark) -> list[dict[str, Any]]:
     """Rows of the benchmark's offline fixture file."""
     if bench.fixture is None or not Path(bench.fixture).is_file():
-        raise DriftkitError(f"Benchmark {bench.name!r} has no offline fixture file ({bench.fixture}); use --data hub with network access.")
+        raise DriftkitError(
+            f"Benchmark {bench.name!r} has no offline fixture file ({bench.fixture}); use --data hub with network access."
+        )
     return read_jsonl(bench.fixture, "Fixture")
+
 
 def hub_rows(bench: Benchmark) -> list[dict[str, Any]]:
     """Rows from :func:`datasets.load_dataset` (all configs of a multi-config benchmark)."""
@@ -76,6 +84,7 @@ def hub_rows(bench: Benchmark) -> list[dict[str, Any]]:
                 r["_config"] = cfg
             rows.append(r)
     return rows
+
 
 def load_items(bench: Benchmark, data: str = "auto", limit: int | None = None) -> LoadedData:
     """Load items from the hub or the fixture (``data`` in :data:`DATA_SOURCES`), keep the first ``limit``.
@@ -130,6 +139,7 @@ def load_items(bench: Benchmark, data: str = "auto", limit: int | None = None) -
     prov["n_items"] = len(items)
     prov["item_ids_sha256"] = sha256_text("\n".join(str(it["_id"]) for it in items))
     return LoadedData(items, prov)
+
 
 def hub_revision(bench: Benchmark) -> str | None:
     """The dataset commit that was loaded: the user's ``revision`` or the hub's current sha (best effort)."""

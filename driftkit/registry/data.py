@@ -8,6 +8,7 @@ core finds it by name like a plugin. A third-party package ships its own sets th
 The prefix is ``bundled:``. The former ``probes:`` still works for a while, with a
 ``DeprecationWarning`` (it misled: the same prefix also named the trainers' math data).
 """
+
 from __future__ import annotations
 
 import warnings

@@ -12,6 +12,7 @@ rules and messages for both:
 - a file is imported once per (path, modification time): importing it again returns the same
   objects, so a class loaded twice is still one class.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -82,9 +83,7 @@ def import_object(spec: str, what: str = "plugin") -> Any:
     """
     target, sep, attr = spec.strip().rpartition(":")
     if not sep or not target or not attr or not attr.isidentifier():
-        raise DriftkitError(
-            f"Cannot read the {what} {spec!r}: write 'path/to/file.py:Name' or 'package.module:Name'."
-        )
+        raise DriftkitError(f"Cannot read the {what} {spec!r}: write 'path/to/file.py:Name' or 'package.module:Name'.")
     if is_file_target(target):
         module = import_file(target, what)
         where = target

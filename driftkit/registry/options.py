@@ -11,12 +11,14 @@ A plugin declares ``options = {"name": Option(default, "help", type=..., choices
 merged down the class hierarchy, so a subclass sees its parents' options (the trainer base options
 ``steps``/``seed``/``save_steps``, the benchmark base options ``seed``/``max_new_tokens``/...).
 """
+
 from __future__ import annotations
 
 import difflib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from driftkit.errors import DriftkitError
 
@@ -57,13 +59,16 @@ class Option:
                 f"The older trainer form Option(name, default, help) is now Option.named(name, default, help)."
             )
         if self.kind not in TYPES:
-            raise TypeError(f"Option type {self.kind!r} is not supported; use one of {', '.join(t.__name__ for t in TYPES)}.")
+            raise TypeError(
+                f"Option type {self.kind!r} is not supported; use one of {', '.join(t.__name__ for t in TYPES)}."
+            )
         if self.choices is not None:
             object.__setattr__(self, "choices", tuple(self.choices))
 
     @classmethod
-    def named(cls, name: str, default: Any, help: str = "", type: type | None = None,
-              choices: tuple[Any, ...] | None = None) -> "Option":
+    def named(
+        cls, name: str, default: Any, help: str = "", type: type | None = None, choices: tuple[Any, ...] | None = None
+    ) -> Option:
         """An option that carries its own name (the trainers' former ``option_specs`` form)."""
         return cls(default, help, type, choices, name=name)
 

@@ -10,11 +10,13 @@ the recorded values into the arrays it stores (:meth:`Probe.finalize`).
 
 A custom probe is ~20 lines; see ``probes/examples/attn_head.py``.
 """
+
 from __future__ import annotations
 
 from abc import ABC
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -101,7 +103,7 @@ class ModelLayout:
         return f"{self.layers}.{i}"
 
     @classmethod
-    def of(cls, model: Any) -> "ModelLayout":
+    def of(cls, model: Any) -> ModelLayout:
         cfg = model.config.get_text_config()
         n = int(cfg.num_hidden_layers)
         names = {id(m): name for name, m in model.named_modules()}
@@ -111,11 +113,15 @@ class ModelLayout:
                 layers_name = name
                 break
         if layers_name is None:
-            raise DriftkitError(f"Could not find the {n} decoder layers of {type(model).__name__}; this architecture is not supported by the bundled probes.")
+            raise DriftkitError(
+                f"Could not find the {n} decoder layers of {type(model).__name__}; this architecture is not supported by the bundled probes."
+            )
         emb = model.get_input_embeddings()
         head = model.get_output_embeddings()
         if head is None or id(head) not in names or id(emb) not in names:
-            raise DriftkitError(f"{type(model).__name__} has no output embedding (lm_head); driftkit needs a causal LM.")
+            raise DriftkitError(
+                f"{type(model).__name__} has no output embedding (lm_head); driftkit needs a causal LM."
+            )
         return cls(
             num_layers=n,
             hidden_size=int(cfg.hidden_size),

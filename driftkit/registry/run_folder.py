@@ -5,6 +5,7 @@ Why apart from the contract (:mod:`driftkit.registry.trainer`): a trainer author
 error unless ``overwrite`` or ``resume``; the final model is moved in only after training
 succeeded; the manifest is written last, atomically) and change for other reasons than the contract.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,8 +60,10 @@ def latest_state_checkpoint(state_dir: Path) -> Path | None:
 def prepare_out(out: Path, *, overwrite: bool, resume: bool) -> Path | None:
     """Apply the folder policy; returns the checkpoint to resume from (or None)."""
     if overwrite and resume:
-        raise DriftkitError(f"{opt('overwrite')} and {opt('resume')} contradict each other: {opt('resume')} continues the "
-                            f"run in the folder, {opt('overwrite')} deletes it. Pass one.")
+        raise DriftkitError(
+            f"{opt('overwrite')} and {opt('resume')} contradict each other: {opt('resume')} continues the "
+            f"run in the folder, {opt('overwrite')} deletes it. Pass one."
+        )
     if out.exists() and not out.is_dir():
         raise DriftkitError(f"{opt('out', str(out))} is a file; give a folder path for the run.")
     exists = out.is_dir() and any(out.iterdir())

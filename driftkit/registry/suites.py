@@ -10,6 +10,7 @@ the same way. The file format::
     benchmarks = ["math_heldout", "gpqa", "ifeval"]
     max_new_tokens = { math_heldout = 48, gpqa = 32 }   # optional, per benchmark
 """
+
 from __future__ import annotations
 
 from importlib.metadata import entry_points
@@ -33,7 +34,7 @@ def read_suites(path: str | Path) -> dict[str, Suite]:
         budgets = table.get("max_new_tokens", {}) if isinstance(table, dict) else {}
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not isinstance(budgets, dict):
             raise DriftkitError(
-                f"Suite file {path}: [suite.{name}] needs benchmarks = [\"name\", ...] and optionally "
+                f'Suite file {path}: [suite.{name}] needs benchmarks = ["name", ...] and optionally '
                 f"max_new_tokens = {{name = tokens}}."
             )
         stray = [b for b in budgets if b not in names]

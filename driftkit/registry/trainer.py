@@ -18,15 +18,17 @@ module is the contract; the run-folder mechanics are :mod:`driftkit.registry.run
 A third-party trainer is a subclass registered under the ``driftkit.trainers`` entry-point group
 (or given as ``file.py:Class``); it then works with ``driftkit train <name>`` and :func:`train`.
 """
+
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from driftkit.errors import DriftkitError
 from driftkit.registry.options import Configurable, Option, option_table
@@ -53,7 +55,9 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 BASE_OPTIONS: dict[str, Option] = {
     "steps": Option(100, "Optimizer steps to train for."),
     "seed": Option(0, "Random seed (data order, sampling, initialisation of anything new)."),
-    "save_steps": Option(0, "Save a loadable checkpoint every K steps under <out>/checkpoints/step-<N>/ (0: only the final model)."),
+    "save_steps": Option(
+        0, "Save a loadable checkpoint every K steps under <out>/checkpoints/step-<N>/ (0: only the final model)."
+    ),
 }
 
 
@@ -125,7 +129,9 @@ class Trainer(Configurable, ABC):
             if int(config[key]) < 1:
                 raise DriftkitError(f"--steps must be at least 1 (got {config[key]}).")
         if int(config["save_steps"]) < 0:
-            raise DriftkitError(f"--save-steps must be 0 (no intermediate checkpoints) or a positive number of steps (got {config['save_steps']}).")
+            raise DriftkitError(
+                f"--save-steps must be 0 (no intermediate checkpoints) or a positive number of steps (got {config['save_steps']})."
+            )
         return config
 
     # -- the part a plugin writes -------------------------------------------------------------------
@@ -179,6 +185,7 @@ class Trainer(Configurable, ABC):
         shutil.rmtree(final_dir, ignore_errors=True)
         write_manifest(out, self, model, result, resume_from, started)
         return out
+
 
 def train(
     trainer_name: str,

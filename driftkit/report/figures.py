@@ -3,6 +3,7 @@
 Why SVG: vector figures stay sharp at any zoom, embed as text without base64, and keep the file
 small. The Agg backend is forced so figures render on headless machines.
 """
+
 from __future__ import annotations
 
 import io

@@ -4,12 +4,14 @@ Each analysis contributes figures that overlay every compared capture (so SFT an
 same axes, as in the paper), followed by its summary and per-domain tables for each pair; per-layer
 numbers are in a collapsible section. The full JSON body is embedded for machine reading.
 """
+
 from __future__ import annotations
 
 import html
 import json
+from collections.abc import Mapping
 from string import Template
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from driftkit.registry.analysis import fmt
 from driftkit.report.report import positions_label
@@ -48,7 +50,10 @@ $sections
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c if isinstance(c, str) else fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c if isinstance(c, str) else fmt(c))}</td>" for c in r) + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -72,20 +77,33 @@ def _result_tables(result: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
-def render_html(report: "Report") -> str:
+def render_html(report: Report) -> str:
     body = report.body
     caps = body.get("captures", [])
     title = "driftkit compare: " + " vs ".join(c["label"] for c in caps)
     opts = body.get("options", {})
-    meta = (f"{body['n_samples']:,} samples, {body['n_tokens']:,} tokens; positions={positions_label(body)}; "
-            f"reference A = {html.escape(caps[0]['label'])}; driftkit {body.get('driftkit_version', '?')}")
+    meta = (
+        f"{body['n_samples']:,} samples, {body['n_tokens']:,} tokens; positions={positions_label(body)}; "
+        f"reference A = {html.escape(caps[0]['label'])}; driftkit {body.get('driftkit_version', '?')}"
+    )
     cap_table = _table(
         ["", "label", "model", "samples", "tokens", "weights sha256"],
-        [["A" if i == 0 else f"B{i}", c["label"], str(c.get("model")), f"{c.get('n_samples', 0):,}", f"{c.get('n_tokens', 0):,}",
-          str(c.get("weights_sha256") or "")[:12]] for i, c in enumerate(caps)],
+        [
+            [
+                "A" if i == 0 else f"B{i}",
+                c["label"],
+                str(c.get("model")),
+                f"{c.get('n_samples', 0):,}",
+                f"{c.get('n_tokens', 0):,}",
+                str(c.get("weights_sha256") or "")[:12],
+            ]
+            for i, c in enumerate(caps)
+        ],
     )
     pairs = report.pairs
-    notes = "".join(f"<p class='note'>{html.escape(p['b'])}: {html.escape(n)}</p>" for p in pairs for n in p.get("notes", []))
+    notes = "".join(
+        f"<p class='note'>{html.escape(p['b'])}: {html.escape(n)}</p>" for p in pairs for n in p.get("notes", [])
+    )
     side = ""
     if len(pairs) > 1:
         labels = [c["label"] for c in caps[1:]]

@@ -4,12 +4,14 @@ The JSON body is the source of truth; the terminal and HTML views are rendered f
 analyses that produced it, so a report loaded back from JSON renders the same
 (:meth:`Report.from_json`, which looks the analyses up by name in the registry).
 """
+
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,7 +46,9 @@ def positions_label(body: Mapping[str, Any]) -> str:
     """The positions a report's numbers come from, as the header shows them: ``response (auto)`` when
     ``--positions auto`` resolved to response tokens, one value per pair if pairs differ."""
     pairs = body.get("pairs") or [body]
-    used = list(dict.fromkeys(str(p.get("positions") or body.get("options", {}).get("positions", "all")) for p in pairs))
+    used = list(
+        dict.fromkeys(str(p.get("positions") or body.get("options", {}).get("positions", "all")) for p in pairs)
+    )
     label = "/".join(used)
     return f"{label} (auto)" if body.get("options", {}).get("positions") == "auto" else label
 
@@ -57,7 +61,7 @@ class Report:
     ``body["analyses"][name][label]`` the headline numbers of each pair side by side.
     """
 
-    def __init__(self, body: dict[str, Any], analyses: Mapping[str, "Analysis"] | None = None) -> None:
+    def __init__(self, body: dict[str, Any], analyses: Mapping[str, Analysis] | None = None) -> None:
         self.body = body
         self._analyses = dict(analyses or {})
 
@@ -68,8 +72,8 @@ class Report:
         captures: list[dict[str, Any]],
         options: dict[str, Any],
         pairs: list[dict[str, Any]],
-        analyses: Mapping[str, "Analysis"],
-    ) -> "Report":
+        analyses: Mapping[str, Analysis],
+    ) -> Report:
         from driftkit import __version__
 
         head: dict[str, Any] = {
@@ -82,8 +86,13 @@ class Report:
         }
         if len(pairs) == 1:
             p = pairs[0]
-            body = {**head, "positions": p.get("positions"), "notes": p["notes"], "seconds": p["seconds"],
-                    "analyses": p["analyses"]}
+            body = {
+                **head,
+                "positions": p.get("positions"),
+                "notes": p["notes"],
+                "seconds": p["seconds"],
+                "analyses": p["analyses"],
+            }
         else:
             side: dict[str, dict[str, Any]] = {}
             for p in pairs:
@@ -94,7 +103,7 @@ class Report:
         return cls(jsonable(body), analyses)
 
     @classmethod
-    def from_json(cls, path_or_text: str | Path) -> "Report":
+    def from_json(cls, path_or_text: str | Path) -> Report:
         """Load a report written by :meth:`to_json` (analyses resolved by name for rendering)."""
         if isinstance(path_or_text, Path) or not str(path_or_text).lstrip().startswith("{"):
             text = Path(path_or_text).read_text()
@@ -133,7 +142,7 @@ class Report:
             }
         ]
 
-    def analysis(self, name: str) -> "Analysis | None":
+    def analysis(self, name: str) -> Analysis | None:
         return self._analyses.get(name)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +155,7 @@ class Report:
             atomic_write(path, text)
         return text
 
-    def to_frame(self) -> "pd.DataFrame":
+    def to_frame(self) -> pd.DataFrame:
         """Long-format table: one row per number, columns ``a, b, analysis, scope, item, metric,
         value`` (scope is ``summary``, ``domain`` or ``layer``), ready for pivoting in a notebook."""
         import pandas as pd
@@ -155,11 +164,21 @@ class Report:
         for p in self.pairs:
             for name, result in p["analyses"].items():
                 for scope, item, metric, value in _flatten(result):
-                    rows.append({"a": p["a"], "b": p["b"], "analysis": name, "scope": scope, "item": item, "metric": metric, "value": value})
+                    rows.append(
+                        {
+                            "a": p["a"],
+                            "b": p["b"],
+                            "analysis": name,
+                            "scope": scope,
+                            "item": item,
+                            "metric": metric,
+                            "value": value,
+                        }
+                    )
         return pd.DataFrame(rows, columns=["a", "b", "analysis", "scope", "item", "metric", "value"])
 
     # -- views -----------------------------------------------------------------------------------
-    def show(self, console: "Console | None" = None) -> None:
+    def show(self, console: Console | None = None) -> None:
         """Print the terminal report (rich)."""
         from driftkit.report.terminal import render_report
 

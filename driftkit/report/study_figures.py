@@ -1,6 +1,7 @@
 """The study's figures: the core draws what it owns (scores, drift over training, drift against
 transfer); every analysis that ran draws its own through
 :meth:`~driftkit.registry.analysis.Analysis.figures`, one call with all tuned models' results."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -51,11 +52,18 @@ def drift_figure(data: dict[str, Any]) -> Figure | None:
     for j, (n, pts) in enumerate(drift.items()):
         ax = axes[0, j]
         steps = [p["step"] for p in pts]
-        keys = [k for k, v in pts[0].items()
-                if k not in ("step", "checkpoint", "score") and isinstance(v, (int, float))]
+        keys = [
+            k for k, v in pts[0].items() if k not in ("step", "checkpoint", "score") and isinstance(v, (int, float))
+        ]
         for i, k in enumerate(keys):
-            ax.plot(steps, [abs(p[k] - pts[0][k]) if p.get(k) is not None else np.nan for p in pts], "-o", ms=3,
-                    label=f"{k} (change from base)", color=COLORS[i % len(COLORS)])
+            ax.plot(
+                steps,
+                [abs(p[k] - pts[0][k]) if p.get(k) is not None else np.nan for p in pts],
+                "-o",
+                ms=3,
+                label=f"{k} (change from base)",
+                color=COLORS[i % len(COLORS)],
+            )
         ax.set_xlabel("training step")
         ax.set_title(f"drift over training: {n}", fontsize=9)
         sc = [next(iter((p.get("score") or {}).values()), None) for p in pts]
@@ -65,8 +73,11 @@ def drift_figure(data: dict[str, Any]) -> Figure | None:
             ax2.set_ylabel("score (0-100)")
             ax2.legend(fontsize=7, loc="upper right")
         ax.legend(fontsize=7, loc="upper left")
-    return Figure("Drift over training", to_svg(fig),
-                  "Drift against training step (intermediate checkpoints), next to the drift benchmark's score.")
+    return Figure(
+        "Drift over training",
+        to_svg(fig),
+        "Drift against training step (intermediate checkpoints), next to the drift benchmark's score.",
+    )
 
 
 def drift_vs_transfer_figure(data: dict[str, Any]) -> Figure | None:
@@ -83,16 +94,24 @@ def drift_vs_transfer_figure(data: dict[str, Any]) -> Figure | None:
             if r.get(key) is None:
                 continue
             ax.scatter(r[key], r["score_change"], color=color[r["model"]], marker=MARKERS.get(r["domain"], "D"), s=30)
-            ax.annotate(f"{r['model']}/{r['domain']}", (r[key], r["score_change"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                f"{r['model']}/{r['domain']}",
+                (r[key], r["score_change"]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_xlabel(key)
         ax.set_ylabel("mean score change")
-    return Figure("Drift vs transfer", to_svg(fig), "Drift vs transfer: each point is one (model, domain); y is "
-                  "the mean score change on that domain's benchmarks.")
+    return Figure(
+        "Drift vs transfer",
+        to_svg(fig),
+        "Drift vs transfer: each point is one (model, domain); y is the mean score change on that domain's benchmarks.",
+    )
 
 
-def figures(data: dict[str, Any], ran: list["Ran"]) -> list[Figure]:
+def figures(data: dict[str, Any], ran: list[Ran]) -> list[Figure]:
     """Every figure of the study, in reading order."""
     out = [scores_figure(data)]
     for r in ran:

@@ -5,6 +5,7 @@ expected pattern. The core writes the sentences about what it owns (scores, the 
 index, comparisons of tuned models on the analyses' headline drift numbers, drift over training);
 every analysis writes its own (:meth:`~driftkit.registry.analysis.Analysis.findings`).
 """
+
 from __future__ import annotations
 
 from itertools import combinations
@@ -46,7 +47,8 @@ def score_findings(data: dict[str, Any], label: dict[str, str]) -> list[str]:
                 parts.append(f"{domain_name(d)} {a:.1f} -> {b_:.1f} ({b_ - a:+.1f})")
         ti = tr.get(n, {}).get("ti") or {}
         ti_txt = ", ".join(f"TI_{g} = {ti[g]:.1f}" for g in ("other", "non") if ti.get(g) is not None) or (
-            f"TI undefined ({why})" if why else "TI undefined (no change on math)")
+            f"TI undefined ({why})" if why else "TI undefined (no change on math)"
+        )
         out.append(f"{label[n]}: mean scores {'; '.join(parts)}; {ti_txt}.")
     return out
 
@@ -66,8 +68,11 @@ def expectation_findings(data: dict[str, Any], label: dict[str, str]) -> list[st
         a, _, b = (x.strip() for x in e.partition(">"))
         checks, held = _verdict(a, b, measures)
         if checks:
-            verdict = "holds on every drift measure" if len(held) == len(checks) else (
-                "does not hold on any drift measure" if not held else f"holds for {', '.join(held)} only")
+            verdict = (
+                "holds on every drift measure"
+                if len(held) == len(checks)
+                else ("does not hold on any drift measure" if not held else f"holds for {', '.join(held)} only")
+            )
             why = data.get("expect_why") or "The expected pattern"
             out.append(f"{why} ({a} drifts more than {b}) {verdict} in this run ({len(held)}/{len(checks)} measures).")
     if data.get("expect"):
@@ -79,8 +84,10 @@ def expectation_findings(data: dict[str, Any], label: dict[str, str]) -> list[st
         if len(held) * 2 < len(checks):
             a, b = b, a
             held = [k for k in checks if k not in held and measures[a][k] != measures[b][k]]
-        out.append(f"{label[a]} drifts more than {label[b]} on {len(held)} of {len(checks)} drift measures "
-                   f"({', '.join(held) or 'none'}).")
+        out.append(
+            f"{label[a]} drifts more than {label[b]} on {len(held)} of {len(checks)} drift measures "
+            f"({', '.join(held) or 'none'})."
+        )
     return out
 
 
@@ -101,7 +108,7 @@ def drift_findings(data: dict[str, Any], label: dict[str, str]) -> list[str]:
     return out
 
 
-def findings(data: dict[str, Any], ran: list["Ran"]) -> list[str]:
+def findings(data: dict[str, Any], ran: list[Ran]) -> list[str]:
     """Every finding of the study, in reading order: scores, each analysis's, comparisons, training."""
     label = model_labels(data)
     out = score_findings(data, label)
@@ -110,4 +117,3 @@ def findings(data: dict[str, Any], ran: list["Ran"]) -> list[str]:
     out += expectation_findings(data, label)
     out += drift_findings(data, label)
     return out
-

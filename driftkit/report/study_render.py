@@ -3,6 +3,7 @@
 Rendered from the study's data alone (plus its figures), so ``driftkit run`` can print a finished
 study back from ``study.json``; the drift table lists whatever rows the analyses contributed.
 """
+
 from __future__ import annotations
 
 import html
@@ -50,15 +51,19 @@ def drift_rows(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return header, [[n, *[fmt(r["values"].get(n), r["format"]) for r in rows]] for n in data["models"][1:]]
 
 
-def render_html(study: "Study") -> str:
+def render_html(study: Study) -> str:
     d = study.data
     name = html.escape(d["experiment"])
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>driftkit study: {name}</title>"
-             f"<style>{CSS}</style></head><body>", f"<h1>driftkit study: {name}</h1>",
-             f"<p class='muted'>base <b>{html.escape(str(d['base']))}</b>; "
-             f"tuned: {html.escape(', '.join(d['models'][1:]))}</p>",
-             "<h2>Findings</h2><ul class='findings'>"
-             + "".join(f"<li>{html.escape(f)}</li>" for f in study.findings) + "</ul>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>driftkit study: {name}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>driftkit study: {name}</h1>",
+        f"<p class='muted'>base <b>{html.escape(str(d['base']))}</b>; "
+        f"tuned: {html.escape(', '.join(d['models'][1:]))}</p>",
+        "<h2>Findings</h2><ul class='findings'>"
+        + "".join(f"<li>{html.escape(f)}</li>" for f in study.findings)
+        + "</ul>",
+    ]
     h, rows = score_rows(d)
     if rows:
         parts.append("<h2>Scores and transferability</h2>" + table(h, rows))
@@ -69,8 +74,9 @@ def render_html(study: "Study") -> str:
     dvt = d.get("drift_vs_transfer", [])
     keys = list(dict.fromkeys(k for r in dvt for k in r if k not in ("model", "domain", "score_change")))
     if dvt:
-        rows = [[r["model"], r["domain"], fmt(r["score_change"], ".1f"), *[fmt(r.get(k), ".3f") for k in keys]]
-                for r in dvt]
+        rows = [
+            [r["model"], r["domain"], fmt(r["score_change"], ".1f"), *[fmt(r.get(k), ".3f") for k in keys]] for r in dvt
+        ]
         parts.append("<h2>Drift vs transfer</h2>" + table(["model", "domain", "score change", *keys], rows))
     steps = d.get("steps", {})
     run_rows = [[k, fmt(v.get("seconds"), ".1f"), v.get("executions")] for k, v in steps.items()]
@@ -79,7 +85,7 @@ def render_html(study: "Study") -> str:
     return "\n".join(parts)
 
 
-def render_terminal(study: "Study", console: Any) -> None:
+def render_terminal(study: Study, console: Any) -> None:
     from rich.panel import Panel
     from rich.table import Table
 
@@ -101,5 +107,6 @@ def render_terminal(study: "Study", console: Any) -> None:
     for j, name in enumerate(h[1:], start=1):
         t.add_row(name, *[str(r[j]) for r in rows])
     console.print(t)
-    console.print(Panel("\n".join(f"• {f}" for f in study.findings) or "(no findings)", title="findings",
-                        title_align="left"))
+    console.print(
+        Panel("\n".join(f"• {f}" for f in study.findings) or "(no findings)", title="findings", title_align="left")
+    )

@@ -4,9 +4,11 @@ Layout: the captures compared, notes (skipped sites/analyses), then each analysi
 view (sparklines over layers, per-domain tables, the biggest movers); with more than two captures
 a side-by-side table of every analysis's headline numbers closes the report.
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.panel import Panel
@@ -49,7 +51,7 @@ def bar(fraction: float, width: int = 20) -> str:
     return "█" * full + "·" * (width - full)
 
 
-def _captures_table(report: "Report") -> Table:
+def _captures_table(report: Report) -> Table:
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     t.add_column("")
     t.add_column("capture")
@@ -57,14 +59,21 @@ def _captures_table(report: "Report") -> Table:
     t.add_column("samples", justify="right")
     t.add_column("tokens", justify="right")
     for i, c in enumerate(report.body.get("captures", [])):
-        t.add_row("A (ref)" if i == 0 else "B" if len(report.body["captures"]) == 2 else f"B{i}", Text(c["label"]), Text(str(c.get("model", "?"))),
-                  f"{c.get('n_samples', 0):,}", f"{c.get('n_tokens', 0):,}")
+        t.add_row(
+            "A (ref)" if i == 0 else "B" if len(report.body["captures"]) == 2 else f"B{i}",
+            Text(c["label"]),
+            Text(str(c.get("model", "?"))),
+            f"{c.get('n_samples', 0):,}",
+            f"{c.get('n_tokens', 0):,}",
+        )
     return t
 
 
-def _side_by_side(report: "Report") -> Table:
+def _side_by_side(report: Report) -> Table:
     labels = [c["label"] for c in report.body["captures"][1:]]
-    t = Table(title=f"side by side (each vs {report.body['captures'][0]['label']})", title_justify="left", header_style="bold")
+    t = Table(
+        title=f"side by side (each vs {report.body['captures'][0]['label']})", title_justify="left", header_style="bold"
+    )
     t.add_column("analysis")
     t.add_column("metric")
     for lab in labels:
@@ -78,7 +87,7 @@ def _side_by_side(report: "Report") -> Table:
     return t
 
 
-def render_report(report: "Report", console: Console | None = None) -> None:
+def render_report(report: Report, console: Console | None = None) -> None:
     console = console or Console()
     body = report.body
     opts = body.get("options", {})
@@ -108,7 +117,15 @@ def render_report(report: "Report", console: Console | None = None) -> None:
                 title = name
             secs = p.get("seconds", {}).get(name)
             subtitle = f"{secs:.1f} s" if isinstance(secs, (int, float)) else None
-            console.print(Panel(view if not isinstance(view, list) else Group(*view), title=f"[bold]{title}[/]",
-                                title_align="left", subtitle=subtitle, subtitle_align="right", expand=True))
+            console.print(
+                Panel(
+                    view if not isinstance(view, list) else Group(*view),
+                    title=f"[bold]{title}[/]",
+                    title_align="left",
+                    subtitle=subtitle,
+                    subtitle_align="right",
+                    expand=True,
+                )
+            )
     if len(pairs) > 1:
         console.print(_side_by_side(report))

@@ -4,10 +4,12 @@ Why a module: every analysis writes its own findings (the study names no analysi
 sentences of all of them should read alike, with the same names for the prompt domains of
 DESIGN.md section 3 and the same rule for when a number is too small to be a change.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 #: the prompt domains of the bundled prompt sets, in reading order, with their names in sentences
 DOMAINS = ("math", "other", "non")

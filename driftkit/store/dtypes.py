@@ -1,4 +1,5 @@
 """Storage dtypes: float16 as is, bfloat16 as its raw uint16 bits (HDF5 has no bfloat16 type)."""
+
 from __future__ import annotations
 
 import numpy as np

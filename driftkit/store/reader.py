@@ -4,12 +4,14 @@ Why lazy: a capture of a real model holds gigabytes of activations; analyses str
 chunks so their memory never grows with the capture. Only the small per-sample index
 (ids, domains, offsets) is read eagerly.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
@@ -77,7 +79,9 @@ class CaptureReader:
     def __init__(self, path: str | Path, allow_incomplete: bool = False) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise DriftkitError(f"Capture file {self.path} does not exist. Check the path or run 'driftkit capture' first.")
+            raise DriftkitError(
+                f"Capture file {self.path} does not exist. Check the path or run 'driftkit capture' first."
+            )
         try:
             self._f = h5py.File(self.path, "r", swmr=True)
         except OSError as exc:
@@ -91,7 +95,9 @@ class CaptureReader:
         self.attrs: dict = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._f.attrs.items()}
         schema = self.attrs.get("schema")
         if schema != S.SCHEMA:
-            raise DriftkitError(f"{self.path} has schema {schema!r}, expected {S.SCHEMA!r}: it is not a driftkit capture of this version.")
+            raise DriftkitError(
+                f"{self.path} has schema {schema!r}, expected {S.SCHEMA!r}: it is not a driftkit capture of this version."
+            )
         self.complete = bool(self.attrs.get("complete", False))
         if not self.complete and not allow_incomplete:
             n_done = int(np.asarray(self._f[S.SAMPLES_DONE]).sum())
@@ -100,8 +106,12 @@ class CaptureReader:
                 f"Finish it with {resume_hint(self.path)}, or pass {opt('allow_incomplete')} "
                 f"to use only the captured samples."
             )
-        self.sample_ids = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in self._f[S.SAMPLES_ID][()]], dtype=object)
-        self.domains = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in self._f[S.SAMPLES_DOMAIN][()]], dtype=object)
+        self.sample_ids = np.array(
+            [s.decode() if isinstance(s, bytes) else str(s) for s in self._f[S.SAMPLES_ID][()]], dtype=object
+        )
+        self.domains = np.array(
+            [s.decode() if isinstance(s, bytes) else str(s) for s in self._f[S.SAMPLES_DOMAIN][()]], dtype=object
+        )
         self.offsets = np.asarray(self._f[S.SAMPLES_OFFSETS][()], dtype=np.int64)
         self.prompt_len = np.asarray(self._f[S.SAMPLES_PROMPT_LEN][()], dtype=np.int64)
         self.done = np.asarray(self._f[S.SAMPLES_DONE][()], dtype=bool)
@@ -111,7 +121,7 @@ class CaptureReader:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "CaptureReader":
+    def __enter__(self) -> CaptureReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -154,7 +164,11 @@ class CaptureReader:
         for group in (S.SITES_GROUP, "final"):
             if group in self._f:
                 for name, ds in self._f[group].items():
-                    if isinstance(ds, h5py.Dataset) and ds.attrs.get("per", "token") == "token" and ds.shape[:1] == (self.n_tokens,):
+                    if (
+                        isinstance(ds, h5py.Dataset)
+                        and ds.attrs.get("per", "token") == "token"
+                        and ds.shape[:1] == (self.n_tokens,)
+                    ):
                         out.append(f"{group}/{name}")
         return out
 
@@ -190,7 +204,7 @@ class CaptureReader:
     #: columns of :meth:`to_frame`, one row per sample
     FRAME_COLUMNS = ("sample", "id", "domain", "start", "stop", "n_tokens", "prompt_len", "response_len", "done")
 
-    def to_frame(self) -> "pd.DataFrame":
+    def to_frame(self) -> pd.DataFrame:
         """The sample index as a tidy table, one row per sample; columns :attr:`FRAME_COLUMNS`.
 
         ``start``/``stop`` are the sample's token rows in every per-token array (``read(path, start,
@@ -200,24 +214,44 @@ class CaptureReader:
         import pandas as pd
 
         n_tok = np.diff(self.offsets)
-        return pd.DataFrame({
-            "sample": np.arange(self.n_samples), "id": self.sample_ids.astype(str), "domain": self.domains.astype(str),
-            "start": self.offsets[:-1], "stop": self.offsets[1:], "n_tokens": n_tok, "prompt_len": self.prompt_len,
-            "response_len": np.maximum(n_tok - self.prompt_len, 0), "done": self.done,
-        }, columns=list(self.FRAME_COLUMNS))
+        return pd.DataFrame(
+            {
+                "sample": np.arange(self.n_samples),
+                "id": self.sample_ids.astype(str),
+                "domain": self.domains.astype(str),
+                "start": self.offsets[:-1],
+                "stop": self.offsets[1:],
+                "n_tokens": n_tok,
+                "prompt_len": self.prompt_len,
+                "response_len": np.maximum(n_tok - self.prompt_len, 0),
+                "done": self.done,
+            },
+            columns=list(self.FRAME_COLUMNS),
+        )
 
     def to_dict(self) -> dict:
         """What the file holds, JSON-able: provenance attributes, capture settings, arrays and samples."""
-        arrays = {p: {"shape": list(self._f[p].shape), "dtype": str(self._f[p].attrs.get("dtype", self._f[p].dtype))}
-                  for p in self.datasets()}
+        arrays = {
+            p: {"shape": list(self._f[p].shape), "dtype": str(self._f[p].attrs.get("dtype", self._f[p].dtype))}
+            for p in self.datasets()
+        }
         if S.FINAL_UNEMBED in self._f:
-            arrays[S.FINAL_UNEMBED] = {"shape": list(self._f[S.FINAL_UNEMBED].shape),
-                                       "dtype": str(self._f[S.FINAL_UNEMBED].dtype)}
+            arrays[S.FINAL_UNEMBED] = {
+                "shape": list(self._f[S.FINAL_UNEMBED].shape),
+                "dtype": str(self._f[S.FINAL_UNEMBED].dtype),
+            }
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.attrs.items() if k != "config_json"}
-        return {"path": str(self.path), **{k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))},
-                "complete": self.complete, "n_samples": self.n_samples, "n_tokens": self.n_tokens,
-                "config": self.config, "sites": self.sites(), "arrays": arrays,
-                "samples": self.to_frame().to_dict(orient="records")}
+        return {
+            "path": str(self.path),
+            **{k: v for k, v in attrs.items() if isinstance(v, (str, int, float, bool))},
+            "complete": self.complete,
+            "n_samples": self.n_samples,
+            "n_tokens": self.n_tokens,
+            "config": self.config,
+            "sites": self.sites(),
+            "arrays": arrays,
+            "samples": self.to_frame().to_dict(orient="records"),
+        }
 
     def to_json(self, path: str | Path | None = None, indent: int = 2) -> str:
         """:meth:`to_dict` as JSON text; written atomically to ``path`` when given."""
@@ -285,7 +319,9 @@ class CaptureReader:
     def is_bf16(self, path: str) -> bool:
         return self._f[path].attrs.get("dtype", "") in ("bfloat16", b"bfloat16")
 
-    def read(self, path: str, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def read(
+        self, path: str, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """Rows ``[start, stop)`` of a dataset as a torch tensor (bf16 bits decoded)."""
         ds = self._f[path]
         arr = ds[start:stop]
@@ -331,10 +367,14 @@ class CaptureReader:
                 f"a shared unembedding."
             )
         if not self.has(S.FINAL_UNEMBED):
-            raise DriftkitError(f"{self.path} has no {S.FINAL_UNEMBED}: capture it with the 'final' probe to compute KL or ranks.")
+            raise DriftkitError(
+                f"{self.path} has no {S.FINAL_UNEMBED}: capture it with the 'final' probe to compute KL or ranks."
+            )
         ds = self._f[S.FINAL_UNEMBED]
         w = self.read(S.FINAL_UNEMBED, dtype=dtype)
         bias = self.read(S.FINAL_UNEMBED_BIAS, dtype=dtype) if S.FINAL_UNEMBED_BIAS in self._f else None
         softcap = ds.attrs.get("logit_softcap")
         scale = ds.attrs.get("logit_scale")
-        return Unembedding(w, bias, float(softcap) if softcap is not None else None, float(scale) if scale is not None else None)
+        return Unembedding(
+            w, bias, float(softcap) if softcap is not None else None, float(scale) if scale is not None else None
+        )

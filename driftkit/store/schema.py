@@ -2,6 +2,7 @@
 
 Every other module takes these names from here so a rename is one edit plus a schema bump.
 """
+
 from __future__ import annotations
 
 SCHEMA = "driftkit.capture/1"

@@ -9,11 +9,12 @@ links to it instead, which h5py follows transparently, so readers and analyses s
 datasets. PATH records the checkpoint's ``weights_sha256``; a capture of any other weights is
 refused, because its logits would be rebuilt with the wrong matrix.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 
@@ -36,8 +37,10 @@ def ensure_shared_unembed(target: str | Path, statics: Sequence[StaticArray], we
     """
     target = Path(target)
     if not weights_sha256:
-        raise DriftkitError(f"{opt('shared_unembed', str(target))} needs a local checkpoint folder whose weights driftkit "
-                            f"can hash ({model!r} is not one), so that a shared file is never used with other weights.")
+        raise DriftkitError(
+            f"{opt('shared_unembed', str(target))} needs a local checkpoint folder whose weights driftkit "
+            f"can hash ({model!r} is not one), so that a shared file is never used with other weights."
+        )
     mine = [st for st in statics if st.path in SHARED_PATHS]
     if target.exists():
         try:
@@ -45,11 +48,15 @@ def ensure_shared_unembed(target: str | Path, statics: Sequence[StaticArray], we
                 schema, sha = f.attrs.get("schema"), str(f.attrs.get("weights_sha256", ""))
                 have = {st.path for st in mine if st.path in f}
         except OSError as exc:
-            raise DriftkitError(f"{opt('shared_unembed', str(target))}: {target} is not a readable HDF5 file ({exc}). "
-                                f"Point it to a shared unembedding file written by driftkit, or to a new path.") from exc
+            raise DriftkitError(
+                f"{opt('shared_unembed', str(target))}: {target} is not a readable HDF5 file ({exc}). "
+                f"Point it to a shared unembedding file written by driftkit, or to a new path."
+            ) from exc
         if schema != SHARED_SCHEMA:
-            raise DriftkitError(f"{opt('shared_unembed', str(target))}: {target} is not a driftkit shared unembedding "
-                                f"file (schema {schema!r}). Point it to a new path; driftkit writes it on first use.")
+            raise DriftkitError(
+                f"{opt('shared_unembed', str(target))}: {target} is not a driftkit shared unembedding "
+                f"file (schema {schema!r}). Point it to a new path; driftkit writes it on first use."
+            )
         if sha != weights_sha256:
             raise DriftkitError(
                 f"{opt('shared_unembed', str(target))}: {target} holds the unembedding of other weights (weights_sha256 "
@@ -58,7 +65,9 @@ def ensure_shared_unembed(target: str | Path, statics: Sequence[StaticArray], we
             )
         missing = [st.path for st in mine if st.path not in have]
         if missing:
-            raise DriftkitError(f"{target} lacks {', '.join(missing)} for this checkpoint; delete it and capture again.")
+            raise DriftkitError(
+                f"{target} lacks {', '.join(missing)} for this checkpoint; delete it and capture again."
+            )
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp, h5py.File(tmp, "w") as f:

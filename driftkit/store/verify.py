@@ -9,6 +9,7 @@ read of two small arrays and the datasets' shapes: it never touches activations.
 
 Files written before that record existed are checked by ``done`` flags and shapes only, and say so.
 """
+
 from __future__ import annotations
 
 import json
@@ -85,6 +86,8 @@ def verify_file(f: h5py.File) -> Verification:
                 problems.append(f"site {p} was never written for sample(s) {_name(ids, miss)}")
         checked = f"{n} samples x {len(paths)} per-token datasets written ({T} tokens)"
     else:
-        checked = (f"{n} samples done and {len(paths)} per-token datasets cover {T} tokens (this file predates the "
-                   f"per-site record samples/sites_written, so rows within a dataset cannot be checked)")
+        checked = (
+            f"{n} samples done and {len(paths)} per-token datasets cover {T} tokens (this file predates the "
+            f"per-site record samples/sites_written, so rows within a dataset cannot be checked)"
+        )
     return Verification(not problems, problems, checked)

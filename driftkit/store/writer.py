@@ -10,15 +10,17 @@ the data it vouches for, so a killed run loses at most the batch in flight. The 
 attribute is set only by :meth:`CaptureWriter.finalize`, after :func:`~driftkit.store.verify.verify_file`
 finds every row of every per-token dataset written (``samples/sites_written`` records that per site).
 """
+
 from __future__ import annotations
 
 import errno
 import json
 import queue
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -53,8 +55,14 @@ def _attr_str(v: Any) -> str | None:
     return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
 
 
-def write_static_dataset(f: h5py.File, path: str, array: np.ndarray | torch.Tensor, dtype: str,
-                         attrs: dict[str, Any], storage_dtype: str = "float16") -> h5py.Dataset:
+def write_static_dataset(
+    f: h5py.File,
+    path: str,
+    array: np.ndarray | torch.Tensor,
+    dtype: str,
+    attrs: dict[str, Any],
+    storage_dtype: str = "float16",
+) -> h5py.Dataset:
     """Create a once-per-file dataset: ``dtype`` "model" keeps the tensor's own dtype exactly (bfloat16
     as raw bits with attr ``dtype="bfloat16"``), "activation" uses ``storage_dtype``, else a numpy dtype."""
     if isinstance(array, torch.Tensor):
@@ -84,7 +92,12 @@ def _io_error(path: Path, exc: BaseException) -> StorageError:
     if code == errno.ENOSPC or "No space" in text or "no space" in text or "errno = 28" in text:
         why = "the disk is full"
         fix = f"Free space (or choose another {opt('out', None)}) and rerun with {opt('resume')}: completed samples are kept."
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS) or "ermission" in text or "read-only" in text.lower() or "errno = 13" in text:
+    elif (
+        code in (errno.EACCES, errno.EPERM, errno.EROFS)
+        or "ermission" in text
+        or "read-only" in text.lower()
+        or "errno = 13" in text
+    ):
         why = "permission denied"
         fix = f"Choose an {opt('out', None)} in a folder you can write to."
     else:
@@ -167,7 +180,7 @@ class CaptureWriter:
         storage_dtype: str = "float16",
         compression: str | None = None,
         truncated: Sequence[int] | None = None,
-    ) -> "CaptureWriter":
+    ) -> CaptureWriter:
         """Create the file with every dataset preallocated. ``truncated``: tokens cut per sample by
         ``--truncate`` (stored as ``samples/truncated`` so a reader knows which samples are not whole)."""
         path = Path(path)
@@ -203,8 +216,9 @@ class CaptureWriter:
             f.create_dataset(S.SAMPLES_PROMPT_LEN, data=np.asarray(prompt_len, dtype=np.int32))
             done = f.create_dataset(S.SAMPLES_DONE, shape=(len(lengths),), dtype=bool, dcpl=_early_alloc_dcpl())
             done[...] = False
-            written = f.create_dataset(S.SAMPLES_SITES_WRITTEN, shape=(len(lengths), len(specs)), dtype=bool,
-                                       dcpl=_early_alloc_dcpl())
+            written = f.create_dataset(
+                S.SAMPLES_SITES_WRITTEN, shape=(len(lengths), len(specs)), dtype=bool, dcpl=_early_alloc_dcpl()
+            )
             written[...] = False
             written.attrs["sites"] = json.dumps([s.path for s in specs])
             if truncated is not None:
@@ -214,8 +228,14 @@ class CaptureWriter:
             for spec in specs:
                 dt = numpy_storage_dtype(storage_dtype) if spec.dtype == "activation" else np.dtype(spec.dtype)
                 if comp_kwargs and spec.dtype == "activation" and T:
-                    ds = f.create_dataset(spec.path, shape=(T, *spec.shape), dtype=dt, chunks=_chunks(T, spec.shape, dt.itemsize),
-                                          fillvalue=np.nan if dt.kind == "f" else 0, **comp_kwargs)
+                    ds = f.create_dataset(
+                        spec.path,
+                        shape=(T, *spec.shape),
+                        dtype=dt,
+                        chunks=_chunks(T, spec.shape, dt.itemsize),
+                        fillvalue=np.nan if dt.kind == "f" else 0,
+                        **comp_kwargs,
+                    )
                 else:
                     # Contiguous and allocated up front: later writes touch only raw bytes, never HDF5
                     # metadata, so a kill -9 mid-write cannot corrupt the file (resume stays safe).
@@ -231,7 +251,7 @@ class CaptureWriter:
         return cls(path, f, {s.path: s for s in specs}, storage_dtype)
 
     @classmethod
-    def open_resume(cls, path: str | Path, specs: Sequence[ArraySpec], storage_dtype: str) -> "CaptureWriter":
+    def open_resume(cls, path: str | Path, specs: Sequence[ArraySpec], storage_dtype: str) -> CaptureWriter:
         path = Path(path)
         try:
             f = h5py.File(path, "r+")
@@ -246,15 +266,19 @@ class CaptureWriter:
             missing += [p for p in recorded if p not in {s.path for s in specs}]
         if missing:
             f.close()
-            raise DriftkitError(f"Cannot resume {path}: it lacks {', '.join(missing[:5])}, so it was made with other probes or layers. "
-                                f"Use {opt('overwrite')}.")
+            raise DriftkitError(
+                f"Cannot resume {path}: it lacks {', '.join(missing[:5])}, so it was made with other probes or layers. "
+                f"Use {opt('overwrite')}."
+            )
         # e.g. final/hidden (now at the model's own dtype) in a file made when it was stored at float16
         stored_as = {s.path: (f[s.path].dtype, _attr_str(f[s.path].attrs.get("dtype"))) for s in specs}
         wrong = [s.path for s in specs if stored_as[s.path] != _stored_as(s, storage_dtype)]
         if wrong:
             f.close()
-            raise DriftkitError(f"Cannot resume {path}: {', '.join(wrong[:5])} is stored at another dtype than this run "
-                                f"writes (the file was made by another driftkit version or model dtype). Use {opt('overwrite')}.")
+            raise DriftkitError(
+                f"Cannot resume {path}: {', '.join(wrong[:5])} is stored at another dtype than this run "
+                f"writes (the file was made by another driftkit version or model dtype). Use {opt('overwrite')}."
+            )
         return cls(path, f, {s.path: s for s in specs}, storage_dtype)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -281,8 +305,10 @@ class CaptureWriter:
 
         Kept for callers holding per-sample tensors; it packs them and goes through :meth:`write_packed`."""
         order = sorted(range(len(samples)), key=lambda j: samples[j])
-        packed = {path: torch.cat([torch.as_tensor(per_sample[j]) for j in order]) if order else torch.empty(0)
-                  for path, per_sample in arrays.items()}
+        packed = {
+            path: torch.cat([torch.as_tensor(per_sample[j]) for j in order]) if order else torch.empty(0)
+            for path, per_sample in arrays.items()
+        }
         self.write_packed([samples[j] for j in order], packed)
 
     def _file_selection(self, ds: h5py.Dataset, samples: Sequence[int]) -> h5py.h5s.SpaceID:
@@ -378,8 +404,10 @@ class CaptureWriter:
         except (OSError, RuntimeError) as exc:
             raise _io_error(self.path, exc) from exc
         if not check.ok:
-            raise DriftkitError(f"{check.message(self.path)} The file is left incomplete; rerun the same command "
-                                f"with --resume to capture what is missing.")
+            raise DriftkitError(
+                f"{check.message(self.path)} The file is left incomplete; rerun the same command "
+                f"with --resume to capture what is missing."
+            )
 
     def close(self) -> None:
         try:

@@ -7,6 +7,7 @@ a letter for mcq; mcq rows also carry ``choices`` and ``query``). Prompting is 2
 thought given as previous chat turns (as lm-eval's ``acp_*_cot_2shot`` tasks with
 ``--fewshot_as_multiturn``); the score is accuracy per subtask (config), macro-averaged.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -116,7 +117,9 @@ class ACPBench(Benchmark):
         also the macro averages over the bool and the mcq subtasks alone."""
         by_cfg: dict[str, list[float]] = {}
         for r in results:
-            by_cfg.setdefault(r["config"], []).append(sum(float(s["correct"]) for s in r["samples"]) / len(r["samples"]))
+            by_cfg.setdefault(r["config"], []).append(
+                sum(float(s["correct"]) for s in r["samples"]) / len(r["samples"])
+            )
         n = len(results)
         recs = []
 

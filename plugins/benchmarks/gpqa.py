@@ -8,6 +8,7 @@ Letter extraction (in order): the last ``\\boxed{X}``, the last "answer is (X)" 
 last standalone letter; the share of answers where none is found is reported as
 ``extraction_failure_rate``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,12 @@ class GPQADiamond(Benchmark):
     def normalize(self, row: dict[str, Any]) -> dict[str, Any]:
         item = dict(row)
         rid = str(row.get("Record ID") or row["Question"][:64])
-        options = [row["Correct Answer"], row["Incorrect Answer 1"], row["Incorrect Answer 2"], row["Incorrect Answer 3"]]
+        options = [
+            row["Correct Answer"],
+            row["Incorrect Answer 1"],
+            row["Incorrect Answer 2"],
+            row["Incorrect Answer 3"],
+        ]
         options = [str(o).strip() for o in options]
         digest = hashlib.sha256(f"{self.seed}:{rid}".encode()).hexdigest()
         order = list(range(4))
@@ -58,7 +64,12 @@ class GPQADiamond(Benchmark):
 
     def score(self, item: dict[str, Any], answer: str) -> dict[str, Any]:
         letter = extract_choice(answer, LETTERS)
-        return {"correct": letter == item["_gold"], "extracted": letter, "gold": item["_gold"], "extraction_failed": letter is None}
+        return {
+            "correct": letter == item["_gold"],
+            "extracted": letter,
+            "gold": item["_gold"],
+            "extraction_failed": letter is None,
+        }
 
     def aggregate(self, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         recs = super().aggregate(results)

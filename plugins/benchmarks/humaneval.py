@@ -7,6 +7,7 @@ and run in :mod:`driftkit.sandbox` (own process, CPU/memory/process/file-size li
 timeout, temp dir, no inherited secrets). pass@1 with one greedy sample; with n samples per item,
 the unbiased pass@k estimator of Chen et al. 2021: ``1 - C(n-c, k) / C(n, k)``.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,10 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from driftkit.plugins.benchmarks.sandbox import SandboxLimits, run_python
 from driftkit.registry.benchmark import Benchmark
 from driftkit.scores import mean_stderr
-
-from driftkit.plugins.benchmarks.sandbox import SandboxLimits, run_python
 
 PROMPT = (
     "Complete the following Python function. Reply with the complete function, including its signature, in one "
@@ -63,7 +63,9 @@ class HumanEval(Benchmark):
     fixture = Path(__file__).parent / "fixtures" / "humaneval.jsonl"
     max_new_tokens = 160
     primary_metric = "pass@1"
-    limits = SandboxLimits(wall_seconds=5.0, cpu_seconds=5, memory_bytes=1 << 30, max_processes=8, file_size_bytes=8 << 20)
+    limits = SandboxLimits(
+        wall_seconds=5.0, cpu_seconds=5, memory_bytes=1 << 30, max_processes=8, file_size_bytes=8 << 20
+    )
 
     def item_id(self, item: dict[str, Any], index: int) -> str:
         return str(item.get("task_id") or index)

@@ -7,6 +7,7 @@ accuracy, each strict and loose (loose: the response also counts when it follows
 after dropping its first and/or last line or its ``*`` markup). The primary metric is
 ``prompt_level_strict_acc``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,7 +37,9 @@ class IFEval(Benchmark):
     def normalize(self, row: dict[str, Any]) -> dict[str, Any]:
         unknown = [i for i in row["instruction_id_list"] if i not in CHECKERS]
         if unknown:
-            raise DriftkitError(f"IFEval item {row.get('key')} uses instruction(s) {', '.join(unknown)} that driftkit has no checker for.")
+            raise DriftkitError(
+                f"IFEval item {row.get('key')} uses instruction(s) {', '.join(unknown)} that driftkit has no checker for."
+            )
         return row
 
     def build_prompt(self, item: dict[str, Any]) -> list[dict[str, str]]:

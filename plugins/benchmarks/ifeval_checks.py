@@ -12,12 +12,14 @@ deliberate differences that keep driftkit free of NLTK data downloads (which are
 Language detection uses ``langdetect`` with ``DetectorFactory.seed = 0`` so results are
 deterministic across runs (langdetect is randomised otherwise).
 """
+
 from __future__ import annotations
 
 import collections
 import json
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 LESS, AT_LEAST = "less than", "at least"
 
@@ -34,7 +36,9 @@ def _compare(count: int, relation: str, target: int) -> bool:
 _ALPHA = r"([A-Za-z])"
 _PREFIXES = r"(Mr|St|Mrs|Ms|Dr)[.]"
 _SUFFIXES = r"(Inc|Ltd|Jr|Sr|Co)"
-_STARTERS = r"(Mr|Mrs|Ms|Dr|Prof|Capt|Cpt|Lt|He\s|She\s|It\s|They\s|Their\s|Our\s|We\s|But\s|However\s|That\s|This\s|Wherever)"
+_STARTERS = (
+    r"(Mr|Mrs|Ms|Dr|Prof|Capt|Cpt|Lt|He\s|She\s|It\s|They\s|Their\s|Our\s|We\s|But\s|However\s|That\s|This\s|Wherever)"
+)
 _ACRONYMS = r"([A-Z][.][A-Z][.](?:[A-Z][.])?)"
 _WEBSITES = r"[.](com|net|org|io|gov|edu|me)"
 _DIGITS = r"([0-9])"
@@ -135,7 +139,9 @@ def length_number_words(value: str, num_words: int, relation: str, **_: Any) -> 
     return _compare(count_words(value), relation, num_words)
 
 
-def length_nth_paragraph_first_word(value: str, num_paragraphs: int, nth_paragraph: int, first_word: str, **_: Any) -> bool:
+def length_nth_paragraph_first_word(
+    value: str, num_paragraphs: int, nth_paragraph: int, first_word: str, **_: Any
+) -> bool:
     paragraphs = re.split(r"\n\n", value)
     n = sum(1 for p in paragraphs if p.strip())
     if nth_paragraph > len(paragraphs):

@@ -11,6 +11,7 @@ benchmark plugins covers the paper's benchmarks); users add rules with their own
 first. Why rules with globs rather than a fixed dict: lm-eval task names vary by version and
 variant (``gpqa_diamond_cot_zeroshot``, ``gpqa_diamond_generative_n_shot``, ...).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -38,7 +39,11 @@ class Rule:
     scale: float
 
     def matches(self, task: str, metric: str, flt: str) -> bool:
-        return fnmatch.fnmatchcase(task, self.task) and fnmatch.fnmatchcase(metric, self.metric) and fnmatch.fnmatchcase(flt, self.filter)
+        return (
+            fnmatch.fnmatchcase(task, self.task)
+            and fnmatch.fnmatchcase(metric, self.metric)
+            and fnmatch.fnmatchcase(flt, self.filter)
+        )
 
 
 def _parse_rules(text: str, where: str) -> list[Rule]:
@@ -47,7 +52,9 @@ def _parse_rules(text: str, where: str) -> list[Rule]:
     for i, r in enumerate(doc.get("rule", [])):
         missing = [k for k in ("task", "metric", "benchmark", "domain") if k not in r]
         if missing:
-            raise DriftkitError(f"{where}: rule {i + 1} lacks {', '.join(missing)}; each [[rule]] needs task, metric, benchmark and domain.")
+            raise DriftkitError(
+                f"{where}: rule {i + 1} lacks {', '.join(missing)}; each [[rule]] needs task, metric, benchmark and domain."
+            )
         if r["domain"] not in DOMAINS:
             raise DriftkitError(f"{where}: rule {i + 1} has domain {r['domain']!r}; use one of {', '.join(DOMAINS)}.")
         rules.append(
@@ -164,7 +171,9 @@ def _map_tasks(
             rule = next((r for r in rules if r.matches(task, metric, flt)), None)
             if rule is None:
                 continue
-            name = rule.metric_name or ("accuracy" if rule.primary and rule.metric in ("exact_match", "acc") else metric)
+            name = rule.metric_name or (
+                "accuracy" if rule.primary and rule.metric in ("exact_match", "acc") else metric
+            )
             se = res.get(f"{metric}_stderr,{flt}")
             se = float(se) * rule.scale if isinstance(se, (int, float)) and math.isfinite(se) else None
             k = (rule.benchmark, name)
@@ -188,8 +197,14 @@ def _score_records(acc: _Acc, meta: dict[tuple[str, str], Rule]) -> list[dict[st
         ses = [s for _, _, s, _ in rows]
         value = sum(vals) / len(vals)  # macro average over subtasks
         stderr = (math.sqrt(sum(s * s for s in ses)) / len(ses)) if all(s is not None for s in ses) else None
-        rec = {"benchmark": bench, "domain": rule.domain, "metric": name, "value": min(100.0, max(0.0, value)),
-               "n": sum(n for *_, n in rows), "stderr": stderr}
+        rec = {
+            "benchmark": bench,
+            "domain": rule.domain,
+            "metric": name,
+            "value": min(100.0, max(0.0, value)),
+            "n": sum(n for *_, n in rows),
+            "stderr": stderr,
+        }
         if rule.primary:
             rec["primary"] = True
         scores.append(rec)
@@ -209,8 +224,14 @@ def _items_of(bench: str, task: str, samples_file: Path) -> list[dict[str, Any]]
         metrics = {m: s[m] for m in (s.get("metrics") or []) if m in s}
         resp = s.get("filtered_resps")
         output = resp[0] if isinstance(resp, list) and resp else resp
-        items.append({"benchmark": bench, "id": f"{task}/{s.get('doc_id')}", "config": task,
-                      "samples": [{"output": output, "filter": s.get("filter"), "target": s.get("target"), **metrics}]})
+        items.append(
+            {
+                "benchmark": bench,
+                "id": f"{task}/{s.get('doc_id')}",
+                "config": task,
+                "samples": [{"output": output, "filter": s.get("filter"), "target": s.get("target"), **metrics}],
+            }
+        )
     return items
 
 
@@ -278,7 +299,9 @@ def import_lm_eval(
     return model, scores, provenance, items, unmapped
 
 
-def import_to_file(path: str | Path, out: str | Path, model: str | None = None, user_map: str | Path | None = None) -> tuple[Path, list[str]]:
+def import_to_file(
+    path: str | Path, out: str | Path, model: str | None = None, user_map: str | Path | None = None
+) -> tuple[Path, list[str]]:
     """Import lm-eval output and write a score file (+ items file when samples were logged)."""
     from driftkit.scores import write_scores
 

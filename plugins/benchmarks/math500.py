@@ -5,6 +5,7 @@ level, unique_id). Scoring is :func:`driftkit.answers.score_math`, the same rule
 the last boxed answer after the reasoning block, math-verify equivalence with the gold answer (gold
 first). The benchmark's one leniency: an answer with no box is looked for in the text by math-verify.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -8,12 +8,13 @@ taught the task at all, the in-domain half of the paper's question. Prompt and s
 trainers': the problem plus the reward's instruction to box the answer, math-verify on the final
 ``\\boxed{}``. No hub copy exists: the bundled file is the benchmark in every ``--data`` mode.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from driftkit.plugins.trainers.mathdata import bundled_file, load_math_data, user_prompt
 from driftkit.plugins.benchmarks.math500 import Math500
+from driftkit.plugins.trainers.mathdata import bundled_file, load_math_data, user_prompt
 
 
 class MathHeldout(Math500):

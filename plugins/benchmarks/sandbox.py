@@ -28,6 +28,7 @@ and drops privileges, then ``exec``-s the program, which is the same thing done 
 Not contained: network access (needs namespaces/root-only tooling); run untrusted benchmarks on a
 machine without secrets reachable over the network.
 """
+
 from __future__ import annotations
 
 import json
@@ -184,7 +185,12 @@ def _world_usable(path: str) -> bool:
 def sandbox_python(preferred: str | None = None) -> str | None:
     """The interpreter a throwaway uid can run: ``preferred``/``sys.executable`` when world-usable
     (a venv under /root is not), else the system ``python3``; None when there is none."""
-    candidates = [preferred, sys.executable, getattr(sys, "_base_executable", None), shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")]
+    candidates = [
+        preferred,
+        sys.executable,
+        getattr(sys, "_base_executable", None),
+        shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin"),
+    ]
     for c in candidates:
         if c and _world_usable(c):
             return c
@@ -282,21 +288,32 @@ def run_python(code: str, limits: SandboxLimits = SandboxLimits(), python: str |
     wall = time.monotonic() - t0
     launcher = _read_head(status_file, 256)
     if is_root and uid is None:
-        isolation = "root, no interpreter a throwaway uid can run: bounded by CPU limit, timeout and process-group kill only"
+        isolation = (
+            "root, no interpreter a throwaway uid can run: bounded by CPU limit, timeout and process-group kill only"
+        )
     elif uid is None:
         isolation = "non-root: rlimits (NPROC relative to the user's processes), process-group kill, timeout"
     elif launcher == "uid-dropped":
         isolation = f"throwaway uid {uid}: rlimits incl. NPROC enforced, all processes of the uid killed"
     else:
-        isolation = f"root, {launcher or 'launcher did not start'}: bounded by CPU limit, timeout and process-group kill only"
+        isolation = (
+            f"root, {launcher or 'launcher did not start'}: bounded by CPU limit, timeout and process-group kill only"
+        )
     stdout, stderr = _read_head(workdir / "stdout"), _read_head(workdir / "stderr")
     shutil.rmtree(workdir, ignore_errors=True)
     rc = proc.returncode if proc is not None else None
     if timed_out:
-        return SandboxResult(False, "timeout", rc, wall, stdout, stderr, f"wall-clock timeout after {limits.wall_seconds:g} s", isolation)
+        return SandboxResult(
+            False, "timeout", rc, wall, stdout, stderr, f"wall-clock timeout after {limits.wall_seconds:g} s", isolation
+        )
     if rc is not None and rc < 0:
         sig = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else str(-rc)
-        why = {"SIGXCPU": "CPU time limit", "SIGKILL": "killed (CPU hard limit or OOM)", "SIGXFSZ": "file size limit", "SIGSEGV": "crashed"}.get(sig, sig)
+        why = {
+            "SIGXCPU": "CPU time limit",
+            "SIGKILL": "killed (CPU hard limit or OOM)",
+            "SIGXFSZ": "file size limit",
+            "SIGSEGV": "crashed",
+        }.get(sig, sig)
         return SandboxResult(False, "killed", rc, wall, stdout, stderr, f"terminated by {sig} ({why})", isolation)
     if rc == 0:
         return SandboxResult(True, "passed", rc, wall, stdout, stderr, "", isolation)

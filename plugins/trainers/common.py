@@ -5,39 +5,54 @@ Why shared: the paper's experiment compares two recipes on the *same* base, data
 plugins must therefore load, select data, checkpoint and log identically, differing only in the
 objective.
 """
+
 from __future__ import annotations
 
 import os
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from driftkit.atomic import atomic_dir
 from driftkit.errors import DriftkitError
 from driftkit.models import load_model, load_tokenizer, resolve_model_path, weights_sha256
-from driftkit.registry.trainer import Option, TrainContext, TrainResult
-
 from driftkit.plugins.trainers.mathdata import PROMPT_SUFFIX, MathData, rows_sha256
+from driftkit.registry.trainer import Option, TrainContext, TrainResult
 
 #: options both bundled trainers take (each adds its own; learning_rate defaults differ)
 SHARED_OPTIONS: dict[str, Option] = {
     "batch_size": Option(8, "Per-device batch size (for rl: completions per step, i.e. prompts x --num-generations)."),
     "grad_accum": Option(1, "Gradient accumulation steps; the effective batch is batch_size x grad_accum x processes."),
-    "lr_scheduler": Option("linear", "Learning-rate schedule (transformers' names: linear, cosine, constant, constant_with_warmup, ...)."),
+    "lr_scheduler": Option(
+        "linear", "Learning-rate schedule (transformers' names: linear, cosine, constant, constant_with_warmup, ...)."
+    ),
     "warmup_steps": Option(0, "Learning-rate warmup steps."),
     "weight_decay": Option(0.0, "AdamW weight decay."),
-    "columns": Option({}, "Map driftkit's column names to your data's: problem=question,answer=final_answer,solution=response.", type=dict),
+    "columns": Option(
+        {},
+        "Map driftkit's column names to your data's: problem=question,answer=final_answer,solution=response.",
+        type=dict,
+    ),
     "limit": Option(0, "Use only the first N rows of the data (0: all)."),
-    "prompt_suffix": Option(PROMPT_SUFFIX, "Instruction appended to every problem (the reward reads the final \\boxed{} answer)."),
-    "dtype": Option("auto", "Training dtype: auto (bf16 on GPU, float32 on CPU), float32, bfloat16.", choices=("auto", "float32", "bfloat16")),
+    "prompt_suffix": Option(
+        PROMPT_SUFFIX, "Instruction appended to every problem (the reward reads the final \\boxed{} answer)."
+    ),
+    "dtype": Option(
+        "auto",
+        "Training dtype: auto (bf16 on GPU, float32 on CPU), float32, bfloat16.",
+        choices=("auto", "float32", "bfloat16"),
+    ),
     "trust_remote_code": Option(False, "Run the model repository's own code (only for models you trust)."),
     "device": Option("auto", "Where to train: auto (the GPU when there is one), cpu, cuda or cuda:N."),
     "revision": Option("", "Model revision (branch, tag or commit) of a hub model; empty: the default branch."),
     "gradient_checkpointing": Option(False, "Recompute activations in the backward pass (less memory, ~30% slower)."),
-    "save_total_limit": Option(1, "How many resumable trainer-state checkpoints to keep (each holds optimizer state: ~3x the model)."),
+    "save_total_limit": Option(
+        1, "How many resumable trainer-state checkpoints to keep (each holds optimizer state: ~3x the model)."
+    ),
 }
 
 #: files of a TRL/transformers checkpoint that make a loadable model (no optimizer, RNG or pickled args)
@@ -74,9 +89,10 @@ def train_dtype(config: dict[str, Any]) -> str:
 
 def zero3_enabled() -> bool:
     """Whether accelerate launched us with DeepSpeed ZeRO-3 (then TRL must build the model itself, sharded)."""
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true") and os.environ.get(
-        "ACCELERATE_DEEPSPEED_ZERO_STAGE", ""
-    ) == "3"
+    return (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+        and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "") == "3"
+    )
 
 
 def load_base(ctx: TrainContext) -> tuple[Any, Any, dict[str, Any]]:
@@ -93,8 +109,13 @@ def load_base(ctx: TrainContext) -> tuple[Any, Any, dict[str, Any]]:
         tok = load_tokenizer(path, revision=cfg.get("revision") or None, trust_remote_code=cfg["trust_remote_code"])
         return None, tok, {"path": path, "weights_sha256": weights_sha256(path), "dtype": dtype}
     report_phase(ctx, f"loading model {ctx.model}")
-    lm = load_model(ctx.model, dtype=dtype, device="cpu", trust_remote_code=cfg["trust_remote_code"],
-                    revision=cfg.get("revision") or None)
+    lm = load_model(
+        ctx.model,
+        dtype=dtype,
+        device="cpu",
+        trust_remote_code=cfg["trust_remote_code"],
+        revision=cfg.get("revision") or None,
+    )
     info = {"path": lm.path, "weights_sha256": weights_sha256(lm.path), "dtype": dtype, **lm.info}
     tok = lm.tokenizer
     model = lm.model
@@ -284,12 +305,18 @@ def save_final(trainer: Any, tokenizer: Any, ctx: TrainContext) -> None:
             f.unlink()  # a pickle: never part of a model folder driftkit hands out
 
 
-def train_and_finish(trainer: Any, tokenizer: Any, ctx: TrainContext, data: dict[str, Any], base: dict[str, Any],
-                     **extra: Any) -> TrainResult:
+def train_and_finish(
+    trainer: Any, tokenizer: Any, ctx: TrainContext, data: dict[str, Any], base: dict[str, Any], **extra: Any
+) -> TrainResult:
     """The tail every bundled trainer shares: train (resuming when asked), save the final model,
     and turn TRL's log history into the run record."""
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     save_final(trainer, tokenizer, ctx)
     log, summary = step_log(trainer.state.log_history)
-    return TrainResult(steps=int(trainer.state.global_step), log=log, data=data, base=base,
-                       extra={"summary": summary, **extra, "device": str(trainer.args.device)})
+    return TrainResult(
+        steps=int(trainer.state.global_step),
+        log=log,
+        data=data,
+        base=base,
+        extra={"summary": summary, **extra, "device": str(trainer.args.device)},
+    )

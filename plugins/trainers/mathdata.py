@@ -16,13 +16,15 @@ Data specs (``--data``):
 
 ``--columns problem=question,answer=final_answer`` maps driftkit's names to the source's columns.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from driftkit import parsing
 from driftkit.answers import strip_think as _strip_reasoning
@@ -143,11 +145,17 @@ def load_math_data(
     columns = dict(columns or {})
     bad = sorted(set(columns) - set(COLUMNS))
     if bad:
-        raise DriftkitError(f"--columns maps unknown names {', '.join(bad)}; driftkit's columns are {', '.join(COLUMNS)} (write problem=YOUR_COLUMN,...).")
+        raise DriftkitError(
+            f"--columns maps unknown names {', '.join(bad)}; driftkit's columns are {', '.join(COLUMNS)} (write problem=YOUR_COLUMN,...)."
+        )
     raw = load_rows(spec)
     present = set().union(*(r.keys() for r in raw[:100]))
     mapping = {name: columns.get(name, name) for name in COLUMNS}
-    missing = [f"{name!r}" + (f" (mapped to {mapping[name]!r})" if name in columns else "") for name in need if mapping[name] not in present]
+    missing = [
+        f"{name!r}" + (f" (mapped to {mapping[name]!r})" if name in columns else "")
+        for name in need
+        if mapping[name] not in present
+    ]
     if missing:
         raise DriftkitError(
             f"The data {spec} lacks the column(s) {', '.join(missing)} this trainer needs; it has: "

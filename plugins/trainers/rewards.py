@@ -11,10 +11,12 @@ math-verify cannot parse gives ``None`` ("skip this sample"), never a reward: a 
 not teach the model anything. TRL treats ``None`` as NaN and, as every completion of that prompt
 gets ``None``, the group's advantage is 0, so it contributes no gradient.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from driftkit.answers import (  # noqa: F401  (run_with_timeout, parse_gold: part of this module's API)
     DEFAULT_TIMEOUT_S,
@@ -77,7 +79,9 @@ def math_format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float]
     return [1.0 if format_ok(completion_text(c)) else 0.0 for c in completions]
 
 
-def accuracy(completions: Sequence[str], golds: Sequence[str], timeout_s: float | None = DEFAULT_TIMEOUT_S) -> tuple[float, int]:
+def accuracy(
+    completions: Sequence[str], golds: Sequence[str], timeout_s: float | None = DEFAULT_TIMEOUT_S
+) -> tuple[float, int]:
     """Mean correctness (0-1) over samples with a parseable gold answer, and how many were scored."""
     scores = [answer_reward(c, g, timeout_s) for c, g in zip(completions, golds, strict=True)]
     kept = [s for s in scores if s is not None]

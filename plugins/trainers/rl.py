@@ -11,29 +11,30 @@ Batch arithmetic (TRL's): ``batch_size`` counts completions, so each optimizer s
 ``batch_size x grad_accum x processes / num_generations`` prompts; that product must be divisible by
 ``num_generations``.
 """
+
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from driftkit.errors import DriftkitError
-from driftkit.registry.imports import import_object
-from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
-
-from driftkit.plugins.trainers.mathdata import load_math_data, prompt_for
-from driftkit.plugins.trainers.rewards import math_accuracy_reward, math_format_reward, parse_gold
 from driftkit.plugins.trainers.common import (
-    train_and_finish,
     SHARED_OPTIONS,
+    attach,
     common_args,
     load_base,
-    report_phase,
-    attach,
-    quiet_libraries,
     on_gpu,
+    quiet_libraries,
+    report_phase,
     select_rows,
+    train_and_finish,
     world_size,
 )
+from driftkit.plugins.trainers.mathdata import load_math_data, prompt_for
+from driftkit.plugins.trainers.rewards import math_accuracy_reward, math_format_reward, parse_gold
+from driftkit.registry.imports import import_object
+from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
 
 
 def _divisible_hint(completions: int, g: int) -> str:
@@ -49,7 +50,9 @@ def load_function(spec: str) -> Callable[..., Any]:
     """A reward function from ``file.py:name`` or ``module:name`` (user code, imported like a plugin file)."""
     fn = import_object(spec, "reward")
     if not callable(fn):
-        raise DriftkitError(f"{spec} is not a function; a reward is a callable (prompts, completions, answer, **kwargs).")
+        raise DriftkitError(
+            f"{spec} is not a function; a reward is a callable (prompts, completions, answer, **kwargs)."
+        )
     return fn
 
 
@@ -67,11 +70,19 @@ class GRPOTrainerPlugin(Trainer):
         "top_p": Option(1.0, "Nucleus sampling of the completions."),
         "beta": Option(0.0, "KL penalty to the base model (0: no reference model, as TRL's default and the paper)."),
         "num_iterations": Option(1, "Optimisation passes over each generated batch (GRPO's mu)."),
-        "format_reward": Option(0.0, "Weight of an extra reward for a well-formed answer (closed reasoning block + \\boxed{}); 0: correctness only."),
-        "extra_rewards": Option("", "More reward functions, comma-separated 'file.py:function' or 'module:function' (TRL's signature: "
-            "(prompts, completions, answer, **kwargs) -> list[float | None]), each with weight 1."),
+        "format_reward": Option(
+            0.0,
+            "Weight of an extra reward for a well-formed answer (closed reasoning block + \\boxed{}); 0: correctness only.",
+        ),
+        "extra_rewards": Option(
+            "",
+            "More reward functions, comma-separated 'file.py:function' or 'module:function' (TRL's signature: "
+            "(prompts, completions, answer, **kwargs) -> list[float | None]), each with weight 1.",
+        ),
         "use_vllm": Option(False, "Generate with vLLM (GPU, vllm installed) in TRL's colocate mode."),
-        "vllm_mode": Option("colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).", choices=("colocate", "server")),
+        "vllm_mode": Option(
+            "colocate", "vLLM mode: colocate (same GPUs) or server (trl vllm-serve).", choices=("colocate", "server")
+        ),
         "vllm_gpu_memory_utilization": Option(0.3, "GPU memory share for vLLM in colocate mode."),
         "log_completions": Option(False, "Print sampled completions with their rewards every logging step."),
     }
@@ -80,7 +91,9 @@ class GRPOTrainerPlugin(Trainer):
         cfg = config
         g = int(cfg["num_generations"])
         if g < 2:
-            raise DriftkitError(f"--num-generations must be at least 2 (GRPO compares completions within a group); got {g}.")
+            raise DriftkitError(
+                f"--num-generations must be at least 2 (GRPO compares completions within a group); got {g}."
+            )
         completions = int(cfg["batch_size"]) * int(cfg["grad_accum"]) * world_size()
         if completions % g:
             raise DriftkitError(
@@ -90,9 +103,13 @@ class GRPOTrainerPlugin(Trainer):
             )
         if cfg["use_vllm"]:
             if not on_gpu():
-                raise DriftkitError("--use-vllm needs a CUDA GPU; on CPU drop --use-vllm (transformers generates instead).")
+                raise DriftkitError(
+                    "--use-vllm needs a CUDA GPU; on CPU drop --use-vllm (transformers generates instead)."
+                )
             if importlib.util.find_spec("vllm") is None:
-                raise DriftkitError("--use-vllm: vllm is not installed. Install it with pip install 'driftkit[vllm]' or drop --use-vllm.")
+                raise DriftkitError(
+                    "--use-vllm: vllm is not installed. Install it with pip install 'driftkit[vllm]' or drop --use-vllm."
+                )
 
     def train(self, ctx: TrainContext) -> TrainResult:
         from datasets import Dataset
@@ -128,7 +145,11 @@ class GRPOTrainerPlugin(Trainer):
 
         vllm: dict[str, Any] = {}
         if cfg["use_vllm"]:
-            vllm = dict(use_vllm=True, vllm_mode=cfg["vllm_mode"], vllm_gpu_memory_utilization=float(cfg["vllm_gpu_memory_utilization"]))
+            vllm = dict(
+                use_vllm=True,
+                vllm_mode=cfg["vllm_mode"],
+                vllm_gpu_memory_utilization=float(cfg["vllm_gpu_memory_utilization"]),
+            )
         args = GRPOConfig(
             **common_args(ctx, cfg["learning_rate"]),
             num_generations=g,

@@ -11,26 +11,26 @@ only. Here:
   gold answer according to math-verify (also rows whose gold answer cannot be parsed);
 - ``think`` off strips ``<think>...</think>`` from the targets (the paper's "no-think" variant).
 """
+
 from __future__ import annotations
 
 from typing import Any
 
 from driftkit.errors import DriftkitError
-from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
-
-from driftkit.plugins.trainers.mathdata import load_math_data, prompt_for, strip_think
-from driftkit.plugins.trainers.rewards import answer_reward
 from driftkit.plugins.trainers.common import (
-    train_and_finish,
     SHARED_OPTIONS,
+    attach,
     common_args,
     load_base,
-    report_phase,
-    attach,
     quiet_libraries,
+    report_phase,
     select_rows,
+    train_and_finish,
     world_size,
 )
+from driftkit.plugins.trainers.mathdata import load_math_data, prompt_for, strip_think
+from driftkit.plugins.trainers.rewards import answer_reward
+from driftkit.registry.trainer import Option, TrainContext, Trainer, TrainResult
 
 
 class SFTTrainerPlugin(Trainer):
@@ -43,8 +43,12 @@ class SFTTrainerPlugin(Trainer):
         "learning_rate": Option(2e-5, "Peak learning rate (AdamW)."),
         "max_length": Option(1024, "Truncate prompt+solution to this many tokens."),
         "think": Option(True, "Keep <think>...</think> reasoning in the targets (off: the paper's no-think SFT)."),
-        "filter_correct": Option(True, "Train only on solutions whose final \\boxed{} answer math-verify matches the gold answer."),
-        "packing": Option(False, "Pack several examples into one max_length sequence (faster on GPU with flash attention)."),
+        "filter_correct": Option(
+            True, "Train only on solutions whose final \\boxed{} answer math-verify matches the gold answer."
+        ),
+        "packing": Option(
+            False, "Pack several examples into one max_length sequence (faster on GPU with flash attention)."
+        ),
     }
 
     def train(self, ctx: TrainContext) -> TrainResult:
@@ -63,7 +67,9 @@ class SFTTrainerPlugin(Trainer):
             return answer_reward(row["solution"], row["answer"]) == 1.0
 
         n_needed = int(cfg["steps"]) * int(cfg["batch_size"]) * int(cfg["grad_accum"]) * world_size()
-        rows, data_info = select_rows(data, n_needed, int(cfg["seed"]), int(cfg["limit"]), keep if cfg["filter_correct"] else None)
+        rows, data_info = select_rows(
+            data, n_needed, int(cfg["seed"]), int(cfg["limit"]), keep if cfg["filter_correct"] else None
+        )
         data_info["think"] = bool(cfg["think"])
 
         chat = bool(getattr(tok, "chat_template", None))
@@ -76,7 +82,9 @@ class SFTTrainerPlugin(Trainer):
             completion: Any = [{"role": "assistant", "content": target}] if chat else " " + target
             records.append({"prompt": prompt, "completion": completion})
         if not records:
-            raise DriftkitError(f"No training example is left in {ctx.data} after stripping reasoning blocks: every solution is only a <think> block. Use --think.")
+            raise DriftkitError(
+                f"No training example is left in {ctx.data} after stripping reasoning blocks: every solution is only a <think> block. Use --think."
+            )
         dataset = Dataset.from_list(records)
 
         args = SFTConfig(

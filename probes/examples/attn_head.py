@@ -9,6 +9,7 @@ An attention block's ``o_proj`` input is the concatenation of every head's outpu
 the slice ``[h * head_dim, (h + 1) * head_dim)`` of it. The probe asks the engine for that module's
 input (a :class:`Site`), cuts the slice with ``select`` and declares the stored array's shape.
 """
+
 from __future__ import annotations
 
 from driftkit.registry.options import Option

@@ -14,15 +14,16 @@ byte for byte.
 
     python plugins/trainers/data/make_math_train.py            # writes math_train.jsonl next to this file
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import math
 import random
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
 
 Item = tuple[str, str, str]  # problem, answer (LaTeX), reasoning (without the think tags)
 
