@@ -77,13 +77,19 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(
             32,
             "--batch-size",
-            help="Prompts per generate batch (hf back-end); decoding is memory-bound, so larger batches are nearly free per row.",
+            help=(
+                "Prompts per generate batch (hf back-end); decoding is memory-bound, so larger batches are nearly free "
+                "per row."
+            ),
         ),
         tp: int = typer.Option(1, "--tp", "--tensor-parallel-size", help="vLLM tensor parallel size."),
         max_new_tokens: str | None = typer.Option(
             None,
             "--max-new-tokens",
-            help="Generation budget: 64 for every benchmark, or math500=128,ifeval=96 (default: the suite's / each benchmark's own).",
+            help=(
+                "Generation budget: 64 for every benchmark, or math500=128,ifeval=96 (default: the suite's / each "
+                "benchmark's own)."
+            ),
         ),
         temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy (default)."),
         top_p: float = typer.Option(1.0, "--top-p"),
@@ -137,12 +143,14 @@ def register(app: typer.Typer) -> None:
             path, unmapped = import_to_file(import_lm_eval, out, model=name or model, user_map=lm_eval_map)
             if unmapped:
                 err_console.print(
-                    f"[yellow]note:[/] lm-eval task(s) with no mapping rule were skipped: {', '.join(unmapped)} (add rules with --lm-eval-map)."
+                    f"[yellow]note:[/] lm-eval task(s) with no mapping rule were skipped: {', '.join(unmapped)} (add "
+                    "rules with --lm-eval-map)."
                 )
         else:
             if not model:
                 raise DriftkitError(
-                    "Give the model to benchmark (driftkit bench MODEL --out FILE), or --import-lm-eval DIR to import lm-eval results."
+                    "Give the model to benchmark (driftkit bench MODEL --out FILE), or --import-lm-eval DIR to import "
+                    "lm-eval results."
                 )
             from driftkit.bench import BenchSettings, parse_budget, run_benchmarks
 

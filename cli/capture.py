@@ -21,7 +21,8 @@ def register(app: typer.Typer) -> None:
         epilog=(
             "Examples:\n\n"
             "  driftkit capture smollm2-135m --prompts bundled:general-mix --out base.h5\n\n"
-            "  driftkit capture ./ckpt/sft --prompts my_prompts.jsonl --chat --generate --max-new-tokens 256 --out sft.h5\n\n"
+            "  driftkit capture ./ckpt/sft --prompts my_prompts.jsonl --chat --generate --max-new-tokens 256 --out "
+            "sft.h5\n\n"
             "  driftkit capture smollm2-135m --tokens-from sft.h5 --out base_on_sft.h5\n\n"
             "  driftkit capture smollm2-135m --prompts bundled:math --probe probes/examples/attn_head.py:AttnHeadProbe "
             "--probe-opt layer=3 --probe-opt head=1 --out head.h5"
@@ -158,7 +159,7 @@ def register(app: typer.Typer) -> None:
                         f"[yellow]interrupted[/] before any capture file was written ({out} was not "
                         f"{'changed' if out.exists() else 'created'}); rerun the same command to start."
                     )
-                raise typer.Exit(130)
+                raise typer.Exit(130) from None
         with CaptureReader(path) as r:
             summary = {
                 "out": str(path),

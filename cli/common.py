@@ -86,10 +86,10 @@ def handle_errors(fn: F) -> F:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(1)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: completed work is kept; rerun with --resume to continue.")
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
         except Exception as exc:  # a bug, not the user's fault
             if debug_enabled():
                 err_console.print_exception()
@@ -100,7 +100,7 @@ def handle_errors(fn: F) -> F:
                     highlight=False,
                     soft_wrap=True,
                 )
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 

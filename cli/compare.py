@@ -61,12 +61,18 @@ def register(app: typer.Typer) -> None:
         analysis_files: list[str] = typer.Option(
             [],
             "--analysis",
-            help="An extra analysis as path/to/file.py:ClassName or package.module:ClassName (repeatable); it is then also selectable by its name in --analyses.",
+            help=(
+                "An extra analysis as path/to/file.py:ClassName or package.module:ClassName (repeatable); it is then "
+                "also selectable by its name in --analyses."
+            ),
         ),
         positions: str = typer.Option(
             "auto",
             "--positions",
-            help="Token positions: auto (response tokens when both captures hold responses, else all), all, prompt or response.",
+            help=(
+                "Token positions: auto (response tokens when both captures hold responses, else all), all, prompt or "
+                "response."
+            ),
         ),
         layers: str | None = typer.Option(
             None, "--layers", "-l", help="Residual layers: all, 0,4,8, every:4, -1, 2-5 (default: all recorded)."

@@ -63,8 +63,10 @@ def register(app: typer.Typer) -> None:
             "  driftkit transfer --base scores/base.json scores/sft.json scores/rl.json\n\n"
             "  driftkit transfer --base scores/base.json scores/rl.json --sigma per-model --json ti.json\n\n"
             "  driftkit transfer --base scores/base.json scores/rl.json --sigma math=16.1,other=18.4,non=20.5\n\n"
-            "TI_g = 100 * DI_g / DI_math for g in other, non; DI_g = sum_b w_b * sign(d_b) * sqrt(|d_b|), d_b = (R_model - R_base) / sigma_g, "
-            "w_b proportional to 100 - R_base within the group. sigma 'pooled' (default) is the std of score changes over all models "
+            "TI_g = 100 * DI_g / DI_math for g in other, non; DI_g = sum_b w_b * sign(d_b) * sqrt(|d_b|), d_b = "
+            "(R_model - R_base) / sigma_g, "
+            "w_b proportional to 100 - R_base within the group. sigma 'pooled' (default) is the std of score changes "
+            "over all models "
             "given together, as in the paper's tables; 'per-model' uses each model alone."
         ),
     )
@@ -79,11 +81,14 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(
             False,
             "--force",
-            help="Compute even when benchmarks or settings differ (on the common benchmarks; differences are recorded).",
+            help=(
+                "Compute even when benchmarks or settings differ (on the common benchmarks; differences are recorded)."
+            ),
         ),
         json_out: str | None = json_option("the result (driftkit.transfer/1)"),
     ) -> None:
-        """The paper's transferability index of each model relative to the base, per group (other reasoning, non-reasoning)."""
+        """The paper's transferability index of each model relative to the base, per group (other
+        reasoning, non-reasoning)."""
         from driftkit.scores import transfer
 
         res = transfer(

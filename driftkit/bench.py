@@ -95,7 +95,8 @@ def load_benchmarks(names: Sequence[str] | dict[str, int | None], settings: Benc
         unknown = [k for k in user if k not in suite_budget]
         if unknown:
             raise DriftkitError(
-                f"--max-new-tokens names {', '.join(unknown)}, which are not among the benchmarks run ({', '.join(suite_budget)})."
+                f"--max-new-tokens names {', '.join(unknown)}, which are not among the benchmarks run "
+                f"({', '.join(suite_budget)})."
             )
     out = []
     for n, sb in suite_budget.items():

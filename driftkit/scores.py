@@ -199,7 +199,8 @@ def sha256_text(text: str) -> str:
 
 
 def read_items(summary_path: str | Path) -> list[dict[str, Any]]:
-    """The per-item results beside a summary (empty list when the summary has none, e.g. lm-eval imports without samples)."""
+    """The per-item results beside a summary (empty list when the summary has none, e.g. lm-eval imports without
+    samples)."""
     ip = items_path(summary_path)
     if not ip.is_file():
         return []
@@ -292,15 +293,15 @@ def transfer(
             n = f"{n} ({Path(f).name})" if f else f"{n} #{len(names) + 1}"
         names.append(n)
     forced: list[str] = []
-    for (doc, f), n in zip(loaded, names):
+    for (doc, _f), n in zip(loaded, names):
         probs = comparability_problems(bdoc, doc, f"base {bdoc['model']}", n)
         if probs and not force:
             raise DriftkitError(
                 f"The scores of {n} and the base {bdoc['model']} are not comparable: "
                 + "; ".join(probs[:8])
                 + ("; ..." if len(probs) > 8 else "")
-                + f". Re-run 'driftkit bench' with the same benchmarks and settings for both, or pass {opt('force')} to compute on "
-                "the common benchmarks anyway (the differences are recorded in the result)."
+                + f". Re-run 'driftkit bench' with the same benchmarks and settings for both, or pass {opt('force')} "
+                "to compute on the common benchmarks anyway (the differences are recorded in the result)."
             )
         forced += [f"{n}: {p}" for p in probs]
     if forced and warn:
@@ -316,7 +317,7 @@ def transfer(
     base_vals = {b: float(pb[b]["value"]) for b in common}
     model_vals = {n: {b: float(primary_scores(doc)[b]["value"]) for b in common} for (doc, _), n in zip(loaded, names)}
     res = transferability(base_vals, model_vals, domains, sigma=sigma, ddof=ddof)
-    for (doc, f), n in zip(loaded, names):
+    for (_doc, f), n in zip(loaded, names):
         res["models"][n]["scores"] = model_vals[n]
         res["models"][n]["file"] = f
     notes = ti_notes(res)

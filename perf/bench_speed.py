@@ -66,13 +66,15 @@ def main() -> int:
         f"data {args.data}, load average at start {load:.1f}"
     )
     print(
-        f"{'benchmark':<11} {'domain':<6} {'items':>5} {'max_new':>7} {'new_tok':>7} {'sec':>7} {'items/s':>8} {'tok/s':>7}  score"
+        f"{'benchmark':<11} {'domain':<6} {'items':>5} {'max_new':>7} {'new_tok':>7} {'sec':>7} {'items/s':>8} "
+        f"{'tok/s':>7}  score"
     )
     for b, t in timing.items():
         s = prim[b]
         mnt = doc["provenance"]["benchmarks"][b]["max_new_tokens"]
         print(
-            f"{b:<11} {s['domain']:<6} {t['items']:>5} {mnt:>7} {t['new_tokens']:>7} {t['seconds']:>7.1f} {t['items_per_s']:>8.3f} "
+            f"{b:<11} {s['domain']:<6} {t['items']:>5} {mnt:>7} {t['new_tokens']:>7} {t['seconds']:>7.1f} "
+            f"{t['items_per_s']:>8.3f} "
             f"{t['new_tokens'] / t['seconds']:>7.1f}  {s['metric']} = {s['value']:.1f} ± {s['stderr'] or 0:.1f}"
         )
     print(f"suite wall time (incl. model load): {wall:.1f} s; score file {out}")

@@ -44,7 +44,9 @@ from pathlib import Path
 RSS_CHILD = r"""
 import json, resource, sys
 from driftkit.capture import CaptureConfig, capture
-cfg = CaptureConfig(model=sys.argv[1], prompts=sys.argv[2], out=sys.argv[3], overwrite=True, max_batch_tokens=int(sys.argv[4]))
+cfg = CaptureConfig(
+    model=sys.argv[1], prompts=sys.argv[2], out=sys.argv[3], overwrite=True, max_batch_tokens=int(sys.argv[4])
+)
 capture(cfg)
 print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -184,7 +186,8 @@ def main() -> None:
                 cpu[-1] = cpus[(t, name)]
                 times[(t, name)].append(timed(fn))
                 print(
-                    f"    run: threads={t} {name:8s} wall {times[(t, name)][-1]:.2f} s, cpu {cpus[(t, name)][-1]:.2f} s, "
+                    f"    run: threads={t} {name:8s} wall {times[(t, name)][-1]:.2f} s, cpu {cpus[(t, name)][-1]:.2f} "
+                    "s, "
                     f"load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
@@ -202,17 +205,20 @@ def main() -> None:
             print(f"      {v:8s}: best {best[v]:.2f} s  (runs: {', '.join(f'{x:.2f}' for x in times[(t, v)])})")
         print(f"      RATIO capture / plain = {best['capture'] / best['plain']:.3f}   (target <= 1.10)")
         print(
-            f"      RATIO capture / hand  = {best['capture'] / best['hand']:.3f}   (hand / plain = {best['hand'] / best['plain']:.3f})"
+            f"      RATIO capture / hand  = {best['capture'] / best['hand']:.3f}   (hand / plain = "
+            f"{best['hand'] / best['plain']:.3f})"
         )
         c = {v: min(cpus[(t, v)]) for v in variants}
         print(
-            f"      CPU time (all threads of the process; steadier than wall time under load): plain {c['plain']:.1f} s, "
+            f"      CPU time (all threads of the process; steadier than wall time under load): plain {c['plain']:.1f} "
+            "s, "
             f"hand {c['hand']:.1f} s, capture {c['capture']:.1f} s -> capture / plain {c['capture'] / c['plain']:.3f}, "
             f"capture / hand {c['capture'] / c['hand']:.3f}"
         )
     print(f"    capture stages (last run): {', '.join(f'{k} {v:.2f}s' for k, v in timing.items())}")
     print(
-        f"    file size: capture {path.stat().st_size / 1e6:.1f} MB, hand-written {(tmp / 'hand.h5').stat().st_size / 1e6:.1f} MB"
+        f"    file size: capture {path.stat().st_size / 1e6:.1f} MB, hand-written "
+        f"{(tmp / 'hand.h5').stat().st_size / 1e6:.1f} MB"
     )
     if args.only_ratio:
         for p in tmp.glob("*.h5"):
@@ -250,7 +256,8 @@ def main() -> None:
         (tmp / f"rss-{n}.h5").unlink()
     a, b = rss[args.n], rss[10 * args.n]
     print(
-        f"\n[2] peak RSS (--max-batch-tokens {args.rss_batch_tokens}): {args.n} prompts {a:.0f} MB, {10 * args.n} prompts {b:.0f} MB -> growth {100 * (b / a - 1):+.1f}%  (target < 10%)"
+        f"\n[2] peak RSS (--max-batch-tokens {args.rss_batch_tokens}): {args.n} prompts {a:.0f} MB, {10 * args.n} "
+        f"prompts {b:.0f} MB -> growth {100 * (b / a - 1):+.1f}%  (target < 10%)"
     )
     for p in tmp.glob("*.h5"):
         p.unlink()

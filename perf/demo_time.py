@@ -123,7 +123,8 @@ def main() -> int:
             ", ".join(f"TI_{g} {'undefined' if v is None else f'{v:.1f}'}" for g, v in ti.items()) or "TI undefined"
         )
         print(
-            f"  {m}: {ti_txt}; PCA shift {pca}; KL {f['kl_forward']:.3f} nats; shifted {100 * f['shifted_fraction']:.1f}% "
+            f"  {m}: {ti_txt}; PCA shift {pca}; KL {f['kl_forward']:.3f} nats; shifted "
+            f"{100 * f['shifted_fraction']:.1f}% "
             f"(unshifted {100 * f['unshifted_fraction']:.1f}%)"
         )
     if a.json:

@@ -154,14 +154,16 @@ def main() -> None:
     print("\n== training figures ==")
     print(
         f"model {a.model}, torch threads {figures['threads']}, held-out n={len(heldout)}, "
-        f"load average at start {figures['load_average_at_start']:.1f} / end {os.getloadavg()[0]:.1f} (other work on the machine)"
+        f"load average at start {figures['load_average_at_start']:.1f} / end {os.getloadavg()[0]:.1f} (other work on "
+        "the machine)"
     )
     print(f"base accuracy {figures['base']['accuracy']:.1f}%  (boxed {figures['base']['boxed']:.1f}%)")
     for name in ("sft", "rl"):
         if name in figures:
             f = figures[name]
             print(
-                f"{name}: {f['options']['steps']} steps, {f['s_per_step_mean']} s/step (median {f['s_per_step_median']}, "
+                f"{name}: {f['options']['steps']} steps, {f['s_per_step_mean']} s/step (median "
+                f"{f['s_per_step_median']}, "
                 f"first {f['first_step_s']}), wall {f['wall_s']} s; accuracy {figures['base']['accuracy']:.1f}% -> "
                 f"{f['after']['accuracy']:.1f}% (boxed {f['after']['boxed']:.1f}%)"
             )

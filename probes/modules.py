@@ -18,7 +18,8 @@ def _child(layout: ModelLayout, layer: int, needles: tuple[str, ...]) -> str:
             return f"{layout.layer(layer)}.{name}"
     children = ", ".join(n for n, _ in block.named_children())
     raise DriftkitError(
-        f"Layer {layer} has no child named like {needles} (children: {children}); write a custom probe for this architecture."
+        f"Layer {layer} has no child named like {needles} (children: {children}); write a custom probe for this "
+        "architecture."
     )
 
 

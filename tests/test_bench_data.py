@@ -14,7 +14,7 @@ from driftkit.plugins.benchmarks.math500 import Math500
 
 
 def _rows(bench):
-    return [json.loads(l) for l in open(bench.fixture) if l.strip()]
+    return [json.loads(line) for line in open(bench.fixture) if line.strip()]
 
 
 def test_hub_loading_calls_load_dataset_per_config(monkeypatch: pytest.MonkeyPatch):

@@ -44,7 +44,7 @@ def test_run_suite_writes_scores_items_and_provenance(suite_run: Path):
     assert {prim[b]["domain"] for b in prim} == {"math", "other", "non"}
     assert all(0 <= s["value"] <= 100 and s["n"] >= 1 for s in doc["scores"])
     prov = doc["provenance"]
-    for b, p in prov["benchmarks"].items():
+    for _b, p in prov["benchmarks"].items():
         assert (
             p["source"] == "fixture"
             and p["fixture_sha256"]

@@ -165,7 +165,8 @@ def test_humaneval_scorer_runs_code_in_sandbox():
     loop = b.score(it, "```python\ndef add_numbers(a, b):\n    while True:\n        pass\n```")
     assert not loop["correct"] and loop["status"] in ("timeout", "killed")
     decoy = strip_think(
-        "<think>```python\ndef add_numbers(a, b):\n    return a + b\n```</think>```python\ndef add_numbers(a, b):\n    return 0\n```"
+        "<think>```python\ndef add_numbers(a, b):\n    return a + b\n```</think>```python\ndef add_numbers(a, b):\n    "
+        "return 0\n```"
     )
     assert not b.score(it, decoy)["correct"]
 
@@ -272,7 +273,7 @@ def test_fixtures_are_in_dataset_format():
         "ifeval.jsonl": {"key", "prompt", "instruction_id_list", "kwargs"},
     }
     for name, want in fields.items():
-        rows = [json.loads(l) for l in (d / name).read_text().splitlines() if l.strip()]
+        rows = [json.loads(line) for line in (d / name).read_text().splitlines() if line.strip()]
         assert 20 <= len(rows) <= 30, name
         for r in rows:
             assert want <= set(r), (name, want - set(r))

@@ -220,7 +220,9 @@ def test_bfloat16_storage_and_compression(tiny_model: Path, tiny_prompts: Path, 
 KILL_SCRIPT = """
 import os, sys
 from driftkit.capture import CaptureConfig, capture
-cfg = CaptureConfig(model=sys.argv[1], prompts=sys.argv[2], out=sys.argv[3], max_batch_tokens=48, resume=len(sys.argv) > 4)
+cfg = CaptureConfig(
+    model=sys.argv[1], prompts=sys.argv[2], out=sys.argv[3], max_batch_tokens=48, resume=len(sys.argv) > 4
+)
 def progress(phase, done, total):
     if phase == "capture" and len(sys.argv) == 4 and done > total // 2:
         os.kill(os.getpid(), 9)

@@ -128,9 +128,10 @@ def test_cka_layers_positions_and_sample_unit(pair) -> None:
     assert [e["layer"] for e in res["layers"]] == [1, 3]
     off, plen = da["samples/offsets"], da["samples/prompt_len"]
     for e in res["layers"]:
-        pool = lambda d: np.stack(
-            [d["sites"][e["site"]][off[s] : off[s] + plen[s]].mean(0) for s in range(len(off) - 1)]
-        )  # noqa: E731
+
+        def pool(d, e=e):
+            return np.stack([d["sites"][e["site"]][off[s] : off[s] + plen[s]].mean(0) for s in range(len(off) - 1)])
+
         assert e["debiased_cka"] == pytest.approx(_gram_debiased(pool(da), pool(db)), abs=1e-6)
     assert res["n"] == len(off) - 1
 
@@ -185,7 +186,7 @@ def test_pca_shift_plugin_vs_sklearn(pair3) -> None:
         assert r["mean_layer_distance"] == pytest.approx(per_layer.mean(), rel=1e-5)
         assert len(r["points"]) == len(names)
     assert len(res["layers"]) == len(names)
-    assert all(0 <= x <= 90.0 + 1e-9 for l in res["layers"] for x in l["principal_angles_deg"])
+    assert all(0 <= x <= 90.0 + 1e-9 for layer in res["layers"] for x in layer["principal_angles_deg"])
 
 
 def test_max_tokens_subsample_is_seeded(pair) -> None:

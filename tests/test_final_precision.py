@@ -69,7 +69,7 @@ def test_bfloat16_model_stores_raw_bits(tiny_model: Path, tiny_prompts: Path, tm
             assert r.h5[p].dtype == np.uint16 and r.h5[p].attrs["dtype"] == "bfloat16"
         assert torch.equal(r.unembedding(torch.bfloat16).weight, head.weight.detach())
         ids = r.sample_tokens(0).tolist()
-        ref = _own_logits(lm.model, ids)
+        _own_logits(lm.model, ids)  # runs the model, so the hook records the head's input
         hook.remove()
         hidden = r.read(S.FINAL_HIDDEN, r.offsets[0], r.offsets[1], dtype=torch.bfloat16)
         assert torch.equal(hidden, got["h"][0])

@@ -12,18 +12,22 @@ from driftkit.metrics.cka import StreamingCKA, linear_cka
 def _gram_biased(x: np.ndarray, y: np.ndarray) -> float:
     n = x.shape[0]
     h = np.eye(n) - 1.0 / n
-    k, l = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
-    return float((k * l).sum() / np.sqrt((k * k).sum() * (l * l).sum()))
+    k, lg = h @ (x @ x.T) @ h, h @ (y @ y.T) @ h
+    return float((k * lg).sum() / np.sqrt((k * k).sum() * (lg * lg).sum()))
 
 
-def _hsic_unbiased(k: np.ndarray, l: np.ndarray) -> float:
+def _hsic_unbiased(k: np.ndarray, lg: np.ndarray) -> float:
     n = k.shape[0]
-    k, l = k.copy(), l.copy()
+    k, lg = k.copy(), lg.copy()
     np.fill_diagonal(k, 0.0)
-    np.fill_diagonal(l, 0.0)
+    np.fill_diagonal(lg, 0.0)
     one = np.ones(n)
     return float(
-        ((k * l).sum() + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (one @ k @ l @ one))
+        (
+            (k * lg).sum()
+            + (one @ k @ one) * (one @ lg @ one) / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * (one @ k @ lg @ one)
+        )
         / (n * (n - 3))
     )
 
@@ -33,8 +37,8 @@ def _gram_debiased(x: np.ndarray, y: np.ndarray) -> float:
     # (~1e8) cancel catastrophically even in float64, so the reference centres first (as Kornblith
     # et al.'s reference code does). test_debiased_reference_is_shift_invariant checks the invariance.
     x, y = x - x.mean(0), y - y.mean(0)
-    k, l = x @ x.T, y @ y.T
-    return _hsic_unbiased(k, l) / np.sqrt(_hsic_unbiased(k, k) * _hsic_unbiased(l, l))
+    k, lg = x @ x.T, y @ y.T
+    return _hsic_unbiased(k, lg) / np.sqrt(_hsic_unbiased(k, k) * _hsic_unbiased(lg, lg))
 
 
 def _stream(x: np.ndarray, y: np.ndarray, chunk: int):

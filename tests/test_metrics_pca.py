@@ -19,19 +19,19 @@ def test_pca_shift_matches_direct_sklearn() -> None:
     lengths = [5, 9, 3, 12, 7, 4, 8, 6]
     n_layers, d = 3, 10
     # token-level activations per layer and sample; B = A + a layer-dependent drift
-    acts_a = [_ragged(rng, lengths, d, offset=l) for l in range(n_layers)]
+    acts_a = [_ragged(rng, lengths, d, offset=i) for i in range(n_layers)]
     acts_b = [
-        [x + 0.3 * (l + 1) * np.linspace(-1, 1, d) + 0.1 * rng.normal(size=x.shape) for x in layer]
-        for l, layer in enumerate(acts_a)
+        [x + 0.3 * (i + 1) * np.linspace(-1, 1, d) + 0.1 * rng.normal(size=x.shape) for x in layer]
+        for i, layer in enumerate(acts_a)
     ]
     # a mask that drops the first two tokens of every sample (e.g. --positions response)
     keep = [np.arange(n) >= 2 for n in lengths]
 
     # --- reference: the paper's recipe on mask-aware means -------------------------------------
     ref_pa, ref_pb = [], []
-    for l in range(n_layers):
-        fa = np.stack([x[k].mean(0) for x, k in zip(acts_a[l], keep)])
-        fb = np.stack([x[k].mean(0) for x, k in zip(acts_b[l], keep)])
+    for i in range(n_layers):
+        fa = np.stack([x[k].mean(0) for x, k in zip(acts_a[i], keep)])
+        fb = np.stack([x[k].mean(0) for x, k in zip(acts_b[i], keep)])
         pca = PCA(n_components=2).fit(fa)
         c = pca.components_
         c1, c2 = c * np.sign(c[np.arange(2), np.abs(c).argmax(1)])[:, None]  # largest entry positive
@@ -45,8 +45,8 @@ def test_pca_shift_matches_direct_sklearn() -> None:
     sample_of_token = np.repeat(np.arange(len(lengths)), lengths)
     mask = np.concatenate(keep)
     pooled_a, pooled_b = [], []
-    for l in range(n_layers):
-        flat_a, flat_b = np.concatenate(acts_a[l]), np.concatenate(acts_b[l])
+    for i in range(n_layers):
+        flat_a, flat_b = np.concatenate(acts_a[i]), np.concatenate(acts_b[i])
         pa, pb = SamplePooler(len(lengths), d), SamplePooler(len(lengths), d)
         for s in range(0, len(flat_a), 11):
             sel = np.arange(s, min(s + 11, len(flat_a)))
@@ -73,7 +73,7 @@ def test_pca_shift_zero_for_identical_models() -> None:
 
 def _layers(seed: int, n_layers: int = 4, n: int = 9, d: int = 7) -> tuple[list[np.ndarray], list[np.ndarray]]:
     rng = np.random.default_rng(seed)
-    fa = [rng.normal(size=(n, d)) * np.linspace(3, 0.5, d) + l for l in range(n_layers)]
+    fa = [rng.normal(size=(n, d)) * np.linspace(3, 0.5, d) + i for i in range(n_layers)]
     fb = [x + 0.4 * rng.normal(size=x.shape) + 0.2 for x in fa]
     return fa, fb
 

@@ -120,7 +120,8 @@ kill = len(sys.argv) > 2
 def progress(phase, done, total):
     # die in the middle of the second model's generation capture, mid-batch
     caps = cfg["experiment"]["out"] + "/captures/"
-    if kill and phase == "capture" and done > 0 and os.path.exists(caps + "rl.gen.h5") and not os.path.exists(caps + "base_on_rl.h5"):
+    mid_second = os.path.exists(caps + "rl.gen.h5") and not os.path.exists(caps + "base_on_rl.h5")
+    if kill and phase == "capture" and done > 0 and mid_second:
         os.kill(os.getpid(), 9)
 run_experiment(from_dict(cfg), resume=not kill, log=lambda m: None, progress=progress)
 """
@@ -192,7 +193,9 @@ def test_html_report_renders_in_headless_chromium(quick_run, tmp_path: Path) -> 
     )
     assert p.returncode == 0, p.stderr[-2000:]
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page with figures, not a blank one
-    console_errors = [l for l in p.stderr.splitlines() if "CONSOLE" in l and ("Error" in l or "error" in l)]
+    console_errors = [
+        line for line in p.stderr.splitlines() if "CONSOLE" in line and ("Error" in line or "error" in line)
+    ]
     assert not console_errors, console_errors
 
 

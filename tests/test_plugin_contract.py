@@ -154,7 +154,8 @@ def test_strings_are_coerced_to_declared_types() -> None:
     [
         (
             {"flag": "maybe"},
-            "Option 'flag' of analysis 'demo_opts' takes a bool (true/false, yes/no, on/off or 1/0), got 'maybe'. a switch",
+            "Option 'flag' of analysis 'demo_opts' takes a bool (true/false, yes/no, on/off or 1/0), got 'maybe'. a "
+            "switch",
         ),
         ({"n": "2.5"}, "takes an int (a whole number), got '2.5'"),
         ({"n": 2.5}, "takes an int"),

@@ -64,7 +64,8 @@ def make_probes(specs: Sequence[Any], options: dict[str, Any]) -> list[Probe]:
     unused = set(options) - used
     if unused and not all(isinstance(s, Probe) for s in specs):
         raise DriftkitError(
-            f"No selected probe takes the option(s) {', '.join(sorted(unused))}. Check --probe-opt names with 'driftkit plugins'."
+            f"No selected probe takes the option(s) {', '.join(sorted(unused))}. Check --probe-opt names with "
+            "'driftkit plugins'."
         )
     names = [p.name for p in probes]
     if len(set(names)) != len(names):
@@ -349,7 +350,8 @@ class CaptureEngine:
         keys = [s.key for _, s in self.sites]
         if len(set(keys)) != len(keys):
             raise DriftkitError(
-                f"Two probes record the same site ({', '.join(k for k in keys if keys.count(k) > 1)}); drop one of them."
+                f"Two probes record the same site ({', '.join(k for k in keys if keys.count(k) > 1)}); drop one of "
+                "them."
             )
         self.specs = [
             ArraySpec(o.path, tuple(o.shape), o.dtype, tuple(o.attrs.items()))
@@ -456,7 +458,8 @@ class CaptureEngine:
                         f"{'; '.join(diffs)}. "
                         "Resuming would leave holes or mix two captures in one file. Either rerun with "
                         f"{opt('resume')} and the "
-                        f"original settings (see 'driftkit inspect {self.out}'), or pass {opt('overwrite')} to start over "
+                        f"original settings (see 'driftkit inspect {self.out}'), or pass {opt('overwrite')} to start "
+                        "over "
                         "with the new ones."
                     )
                 samples = SampleSet(
@@ -516,7 +519,6 @@ class CaptureEngine:
     def run(self) -> Path:
         from nnsight import TransformersModel
 
-        cfg = self.cfg
         lock = CaptureLock(self.out).acquire()
         try:
             return self._run_locked(nn_model_cls=TransformersModel)
@@ -541,7 +543,8 @@ class CaptureEngine:
             missing = [s for _, s in self.sites if (s.module, s.io) not in order]
             if missing:
                 raise DriftkitError(
-                    f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the model never calls."
+                    f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the "
+                    "model never calls."
                 )
             ordered = sorted(self.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
             nn_model = nn_model_cls(model, tokenizer=self.loaded.tokenizer)

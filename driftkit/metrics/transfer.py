@@ -152,7 +152,8 @@ def transferability(
             )
     if "math" not in {domains[b] for b in bench}:
         raise DriftkitError(
-            "No math benchmark among the scores: TI divides by the math group's DI, so at least one math benchmark is needed."
+            "No math benchmark among the scores: TI divides by the math group's DI, so at least one math benchmark is "
+            "needed."
         )
     by_group = {g: [b for b in bench if domains[b] == g] for g in GROUPS}
     deltas = {m: {b: float(sc[b]) - float(base[b]) for b in bench} for m, sc in models.items()}
@@ -163,7 +164,8 @@ def transferability(
         missing = [g for g in GROUPS if by_group[g] and g not in mode]
         if missing:
             raise DriftkitError(
-                f"{opt('sigma', None)} gives no value for group(s) {', '.join(missing)}, which have benchmarks; add e.g. '{missing[0]}=18.0'."
+                f"{opt('sigma', None)} gives no value for group(s) {', '.join(missing)}, which have benchmarks; add "
+                f"e.g. '{missing[0]}=18.0'."
             )
         sig = {m: {g: mode[g] for g in GROUPS if by_group[g]} for m in models}
     elif mode == "pooled":
@@ -195,7 +197,8 @@ def transferability(
                 else:
                     raise DriftkitError(
                         f"sigma for group {g} is {sg} (model {m}): the standard deviation of score changes over "
-                        f"{len(bs)} benchmark(s){' and ' + str(len(models)) + ' model(s)' if mode == 'pooled' else ''} is "
+                        f"{len(bs)} benchmark(s){' and ' + str(len(models)) + ' model(s)' if mode == 'pooled' else ''} "
+                        "is "
                         f"zero or undefined, so the changes cannot be normalised. Add benchmarks or models, or give "
                         f"sigma explicitly, e.g. {opt('sigma', 'math=16.1,other=18.4,non=20.5')}."
                     )

@@ -239,7 +239,8 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
     for n in [t.name for t in train] + [m.name for m in models]:
         if n in names or not n.replace("-", "").replace("_", "").isalnum():
             raise DriftkitError(
-                f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - and _)."
+                f"{where}: model name {n!r} is repeated, reserved ('base') or not a simple name (letters, digits, - "
+                "and _)."
             )
         names.add(n)
     sections = {k: _merge(k, d.get(k)) for k in DEFAULTS}

@@ -137,7 +137,8 @@ def load(kind: str, spec: str) -> type:
     if not (isinstance(cls, type) and issubclass(cls, base)):
         article = "an" if base.__name__[0] in "AEIOU" else "a"
         raise DriftkitError(
-            f"{spec} is not {article} {base.__name__} subclass; {article} {kind} plugin must derive from driftkit.{base.__name__}."
+            f"{spec} is not {article} {base.__name__} subclass; {article} {kind} plugin must derive from "
+            f"driftkit.{base.__name__}."
         )
     if by_path and getattr(cls, "name", "") and cls.name not in available(kind):
         register(cls, kind)

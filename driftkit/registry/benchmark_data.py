@@ -52,7 +52,8 @@ def fixture_rows(bench: Benchmark) -> list[dict[str, Any]]:
     """Rows of the benchmark's offline fixture file."""
     if bench.fixture is None or not Path(bench.fixture).is_file():
         raise DriftkitError(
-            f"Benchmark {bench.name!r} has no offline fixture file ({bench.fixture}); use --data hub with network access."
+            f"Benchmark {bench.name!r} has no offline fixture file ({bench.fixture}); use --data hub with network "
+            "access."
         )
     return read_jsonl(bench.fixture, "Fixture")
 
@@ -74,7 +75,8 @@ def hub_rows(bench: Benchmark) -> list[dict[str, Any]]:
                     f"log in with 'huggingface-cli login' or set HF_TOKEN."
                 )
             raise DriftkitError(
-                f"Could not load dataset {bench.dataset_id}{'/' + cfg if cfg else ''} (split {bench.split}) for benchmark "
+                f"Could not load dataset {bench.dataset_id}{'/' + cfg if cfg else ''} (split {bench.split}) for "
+                "benchmark "
                 f"{bench.name!r}: {text}.{gated_hint} To run offline on the small bundled fixture instead, pass "
                 f"--data fixtures (scores on fixtures are not comparable with scores on the real dataset)."
             ) from exc

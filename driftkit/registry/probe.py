@@ -114,7 +114,8 @@ class ModelLayout:
                 break
         if layers_name is None:
             raise DriftkitError(
-                f"Could not find the {n} decoder layers of {type(model).__name__}; this architecture is not supported by the bundled probes."
+                f"Could not find the {n} decoder layers of {type(model).__name__}; this architecture is not supported "
+                "by the bundled probes."
             )
         emb = model.get_input_embeddings()
         head = model.get_output_embeddings()

@@ -130,7 +130,8 @@ class Trainer(Configurable, ABC):
                 raise DriftkitError(f"--steps must be at least 1 (got {config[key]}).")
         if int(config["save_steps"]) < 0:
             raise DriftkitError(
-                f"--save-steps must be 0 (no intermediate checkpoints) or a positive number of steps (got {config['save_steps']})."
+                "--save-steps must be 0 (no intermediate checkpoints) or a positive number of steps (got "
+                f"{config['save_steps']})."
             )
         return config
 

@@ -25,7 +25,8 @@ _PAGE = Template(
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>$title</title>
 <style>
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;\
+max-width:1100px;color:#222;padding:0 1rem}
 h1{font-size:1.5rem;margin-bottom:.2rem} h2{border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}
 h3{font-size:1rem;margin:1rem 0 .3rem}
 table{border-collapse:collapse;margin:.4rem 0 1rem;font-size:.88rem}
@@ -42,7 +43,8 @@ $captures
 $notes
 $side
 $sections
-<details><summary>report JSON (driftkit.report/1)</summary><pre style="white-space:pre-wrap;font-size:.75rem">$json</pre></details>
+<details><summary>report JSON (driftkit.report/1)</summary>\
+<pre style="white-space:pre-wrap;font-size:.75rem">$json</pre></details>
 </body></html>
 """
 )
@@ -81,7 +83,6 @@ def render_html(report: Report) -> str:
     body = report.body
     caps = body.get("captures", [])
     title = "driftkit compare: " + " vs ".join(c["label"] for c in caps)
-    opts = body.get("options", {})
     meta = (
         f"{body['n_samples']:,} samples, {body['n_tokens']:,} tokens; positions={positions_label(body)}; "
         f"reference A = {html.escape(caps[0]['label'])}; driftkit {body.get('driftkit_version', '?')}"
@@ -112,7 +113,7 @@ def render_html(report: Report) -> str:
             metrics: list[str] = []
             for s in per_label.values():
                 metrics += [m for m in s if m not in metrics]
-            rows += [[name, m, *[per_label.get(l, {}).get(m) for l in labels]] for m in metrics]
+            rows += [[name, m, *[per_label.get(label, {}).get(m) for label in labels]] for m in metrics]
         side = "<h2>Side by side</h2>" + _table(["analysis", "metric", *labels], rows)
     names: list[str] = []
     for p in pairs:
@@ -126,7 +127,8 @@ def render_html(report: Report) -> str:
             parts.append(f"<p class='meta'>{html.escape(an.description)}</p>")
         if an is not None:
             for fig in an.figures(results):
-                cap = f"<figcaption>{html.escape(fig.title)}{' — ' + html.escape(fig.caption) if fig.caption else ''}</figcaption>"
+                caption = " — " + html.escape(fig.caption) if fig.caption else ""
+                cap = f"<figcaption>{html.escape(fig.title)}{caption}</figcaption>"
                 parts.append(f"<figure>{fig.svg}{cap}</figure>")
         for label, result in results.items():
             parts.append(f"<h3>{html.escape(label)} vs {html.escape(caps[0]['label'])}</h3>")

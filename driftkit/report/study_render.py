@@ -14,11 +14,14 @@ from driftkit.report.wording import DOMAINS, fmt
 if TYPE_CHECKING:  # pragma: no cover
     from driftkit.pipeline.study import Study
 
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;\
+margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-table{border-collapse:collapse;font-size:.85em;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+table{border-collapse:collapse;font-size:.85em;margin:.6em 0}\
+td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}.findings li{margin:.3em 0}
-figure{margin:1em 0}figcaption{font-size:.85em;color:#555}svg{max-width:100%;height:auto}.muted{color:#777;font-size:.85em}"""
+figure{margin:1em 0}figcaption{font-size:.85em;color:#555}svg{max-width:100%;height:auto}\
+.muted{color:#777;font-size:.85em}"""
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:

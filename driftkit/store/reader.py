@@ -96,7 +96,8 @@ class CaptureReader:
         schema = self.attrs.get("schema")
         if schema != S.SCHEMA:
             raise DriftkitError(
-                f"{self.path} has schema {schema!r}, expected {S.SCHEMA!r}: it is not a driftkit capture of this version."
+                f"{self.path} has schema {schema!r}, expected {S.SCHEMA!r}: it is not a driftkit capture of this "
+                "version."
             )
         self.complete = bool(self.attrs.get("complete", False))
         if not self.complete and not allow_incomplete:

@@ -59,7 +59,8 @@ def ensure_shared_unembed(target: str | Path, statics: Sequence[StaticArray], we
             )
         if sha != weights_sha256:
             raise DriftkitError(
-                f"{opt('shared_unembed', str(target))}: {target} holds the unembedding of other weights (weights_sha256 "
+                f"{opt('shared_unembed', str(target))}: {target} holds the unembedding of other weights "
+                "(weights_sha256 "
                 f"{sha[:12]}… vs this checkpoint's {weights_sha256[:12]}…). Share one file per checkpoint: give this "
                 f"model its own path."
             )

@@ -91,7 +91,10 @@ def _io_error(path: Path, exc: BaseException) -> StorageError:
     text = str(exc)
     if code == errno.ENOSPC or "No space" in text or "no space" in text or "errno = 28" in text:
         why = "the disk is full"
-        fix = f"Free space (or choose another {opt('out', None)}) and rerun with {opt('resume')}: completed samples are kept."
+        fix = (
+            f"Free space (or choose another {opt('out', None)}) and rerun with {opt('resume')}: completed samples are "
+            "kept."
+        )
     elif (
         code in (errno.EACCES, errno.EPERM, errno.EROFS)
         or "ermission" in text
@@ -127,8 +130,10 @@ def _check_free_space(path: Path, n_tokens: int, specs: Sequence[ArraySpec], sto
     free = usage.free
     if need > free:
         raise DriftkitError(
-            f"The capture needs about {need / 1e6:.1f} MB but only {free / 1e6:.1f} MB is free at {path.parent}: the disk is "
-            f"too full. Free space, choose another {opt('out', None)}, record fewer layers ({opt('layers', 'every:4')}) or pass "
+            f"The capture needs about {need / 1e6:.1f} MB but only {free / 1e6:.1f} MB is free at {path.parent}: the "
+            "disk is "
+            f"too full. Free space, choose another {opt('out', None)}, record fewer layers "
+            f"({opt('layers', 'every:4')}) or pass "
             f"{opt('compression', 'lzf')}."
         )
 

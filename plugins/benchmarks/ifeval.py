@@ -38,7 +38,8 @@ class IFEval(Benchmark):
         unknown = [i for i in row["instruction_id_list"] if i not in CHECKERS]
         if unknown:
             raise DriftkitError(
-                f"IFEval item {row.get('key')} uses instruction(s) {', '.join(unknown)} that driftkit has no checker for."
+                f"IFEval item {row.get('key')} uses instruction(s) {', '.join(unknown)} that driftkit has no checker "
+                "for."
             )
         return row
 

@@ -53,7 +53,8 @@ def _parse_rules(text: str, where: str) -> list[Rule]:
         missing = [k for k in ("task", "metric", "benchmark", "domain") if k not in r]
         if missing:
             raise DriftkitError(
-                f"{where}: rule {i + 1} lacks {', '.join(missing)}; each [[rule]] needs task, metric, benchmark and domain."
+                f"{where}: rule {i + 1} lacks {', '.join(missing)}; each [[rule]] needs task, metric, benchmark and "
+                "domain."
             )
         if r["domain"] not in DOMAINS:
             raise DriftkitError(f"{where}: rule {i + 1} has domain {r['domain']!r}; use one of {', '.join(DOMAINS)}.")
@@ -276,7 +277,8 @@ def import_lm_eval(
     acc, meta, used, unmapped = _map_tasks(latest, load_rules(user_map))
     if not acc:
         raise DriftkitError(
-            f"None of the lm-eval tasks under {path} ({', '.join(sorted(latest)) or 'none'}) matches a mapping rule. Add "
+            f"None of the lm-eval tasks under {path} ({', '.join(sorted(latest)) or 'none'}) matches a mapping rule. "
+            "Add "
             f"[[rule]] entries for them in a TOML file and pass it with --lm-eval-map."
         )
     scores = _score_records(acc, meta)

@@ -200,7 +200,8 @@ def select_rows(
     if not kept:
         raise DriftkitError(
             f"None of the {checked} rows of {data.spec} that were checked is usable (all failed the filter: "
-            f"gold answers math-verify cannot parse, or solutions whose final \\boxed{{}} answer is not the gold answer)."
+            "gold answers math-verify cannot parse, or solutions whose final \\boxed{} answer is not the gold "
+            "answer)."
         )
     info = {
         "spec": data.spec,

@@ -146,7 +146,8 @@ def load_math_data(
     bad = sorted(set(columns) - set(COLUMNS))
     if bad:
         raise DriftkitError(
-            f"--columns maps unknown names {', '.join(bad)}; driftkit's columns are {', '.join(COLUMNS)} (write problem=YOUR_COLUMN,...)."
+            f"--columns maps unknown names {', '.join(bad)}; driftkit's columns are {', '.join(COLUMNS)} (write "
+            "problem=YOUR_COLUMN,...)."
         )
     raw = load_rows(spec)
     present = set().union(*(r.keys() for r in raw[:100]))

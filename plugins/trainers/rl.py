@@ -72,7 +72,8 @@ class GRPOTrainerPlugin(Trainer):
         "num_iterations": Option(1, "Optimisation passes over each generated batch (GRPO's mu)."),
         "format_reward": Option(
             0.0,
-            "Weight of an extra reward for a well-formed answer (closed reasoning block + \\boxed{}); 0: correctness only.",
+            "Weight of an extra reward for a well-formed answer (closed reasoning block + \\boxed{}); 0: correctness "
+            "only.",
         ),
         "extra_rewards": Option(
             "",
@@ -108,7 +109,8 @@ class GRPOTrainerPlugin(Trainer):
                 )
             if importlib.util.find_spec("vllm") is None:
                 raise DriftkitError(
-                    "--use-vllm: vllm is not installed. Install it with pip install 'driftkit[vllm]' or drop --use-vllm."
+                    "--use-vllm: vllm is not installed. Install it with pip install 'driftkit[vllm]' or drop "
+                    "--use-vllm."
                 )
 
     def train(self, ctx: TrainContext) -> TrainResult:

@@ -83,7 +83,8 @@ class SFTTrainerPlugin(Trainer):
             records.append({"prompt": prompt, "completion": completion})
         if not records:
             raise DriftkitError(
-                f"No training example is left in {ctx.data} after stripping reasoning blocks: every solution is only a <think> block. Use --think."
+                f"No training example is left in {ctx.data} after stripping reasoning blocks: every solution is only a "
+                "<think> block. Use --think."
             )
         dataset = Dataset.from_list(records)
 

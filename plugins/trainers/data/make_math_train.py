@@ -93,7 +93,8 @@ def _fraction(r: random.Random) -> Item:
     return (
         f"What is {a}/{b} + {c}/{d}? Give the answer as a fraction in lowest terms.",
         ans,
-        f"Common denominator {den}: {a * den // b}/{den} + {c * den // d}/{den} = {a * den // b + c * den // d}/{den} = {s}",
+        f"Common denominator {den}: {a * den // b}/{den} + {c * den // d}/{den} = {a * den // b + c * den // d}/{den} "
+        f"= {s}",
     )
 
 
