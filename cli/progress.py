@@ -40,6 +40,15 @@ def _duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def _rate(rate: float, unit: str) -> str:
+    """``812.3 tokens/s``, or for slow work (training steps) ``12.4 s/step`` instead of ``0.1 steps/s``."""
+    if rate <= 0:
+        return f"– {unit}/s"
+    if rate < 1:
+        return f"{1 / rate:,.1f} s/{unit[:-1] if unit.endswith('s') else unit}"
+    return f"{rate:,.1f} {unit}/s"
+
+
 class PlainProgress:
     """Timed plain-text progress lines (see the module docstring)."""
 
@@ -129,7 +138,7 @@ class PlainProgress:
         else:
             head, tail = f"{t.description}: {t.completed:,.0f} {t.unit}", ""
         info = str(t.fields.get("info") or "")
-        return f"{head}, {rate:,.1f} {t.unit}/s{tail}, elapsed {_duration(elapsed)}" + (f" {info}" if info else "")
+        return f"{head}, {_rate(rate, t.unit)}{tail}, elapsed {_duration(elapsed)}" + (f" {info}" if info else "")
 
     def _emit(self, task_id: int, t: _Task) -> None:
         self._last_print[task_id] = time.perf_counter()

@@ -22,7 +22,9 @@ def _execute(ex, resume: bool, json_out: str | None) -> None:
 
         def progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total, info="")
+                # the steps report training steps, captured tokens, generated samples or benchmark items
+                unit = {"train": "steps", "capture": "tokens", "generate": "samples"}.get(phase.split(" ")[0], "items")
+                tasks[phase] = bar.add_task(phase, total=total, info="", unit=unit)
             bar.update(tasks[phase], completed=done, total=total)
 
         result = run_experiment(

@@ -63,3 +63,9 @@ def test_plain_progress_has_rich_start_and_stop() -> None:
     p.start()
     p.stop()
     p.stop()  # idempotent, like rich's
+
+
+def test_slow_work_reads_as_seconds_per_item() -> None:
+    from driftkit.cli.progress import _rate
+
+    assert _rate(0.08, "steps") == "12.5 s/step" and _rate(812.34, "tokens") == "812.3 tokens/s"
