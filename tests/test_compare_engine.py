@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,3 +158,22 @@ def test_plugin_without_work_is_refused() -> None:
     for name in BUNDLED:
         check_plugin(driftkit.load_plugin("analysis", name))
 
+
+
+def test_docs_streaming_example_runs(tiny_capture_pair) -> None:
+    """docs/compare.md's streaming-hooks example works as written and sees every scored position."""
+    import re
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "compare.md").read_text()
+    code = next(c for c in re.findall(r"```python\n(.*?)\n```", doc, re.DOTALL) if "class TopAgreement" in c)
+    ns: dict = {"__name__": "docs_compare"}
+    exec(compile(code, "compare.md", "exec"), ns)
+    a, b = tiny_capture_pair
+    res = driftkit.compare([a, b], analyses=["kl", ns["TopAgreement"]], positions="all").to_dict()["analyses"]
+    with CaptureReader(a) as ra, CaptureReader(b) as rb:
+        m = torch.from_numpy(ra.predictive_mask("all"))
+        la = ra.read("final/hidden")[m].float() @ ra.unembedding().weight.T
+        lb = rb.read("final/hidden")[m].float() @ rb.unembedding().weight.T
+    assert res["top_agreement"]["summary"]["n"] == res["kl"]["summary"]["n_positions"] == int(m.sum())
+    assert res["top_agreement"]["summary"]["top_agreement"] == pytest.approx(
+        float((la.argmax(1) == lb.argmax(1)).double().mean()))
