@@ -295,8 +295,8 @@ def main() -> None:
     ap.add_argument("--n-large", type=int, default=200_000)
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("DRIFTKIT_BENCH_DIR", "/tmp/driftkit_bench")))
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--compare-chunk-tokens", type=int, default=1024,
-                    help="chunk size of the compare runs (both capture sizes should exceed it, so memory can only grow if something scales with the capture)")
+    ap.add_argument("--compare-chunk-tokens", type=int, default=4096,
+                    help="chunk size of the compare runs (default: compare's own; the x5 capture exceeds it, so memory could only grow if something scaled with the tokens)")
     ap.add_argument("--compare-child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--sizes", default="1,5", help="prompt-set repeats of the two compared capture sizes (5: ~9k tokens)")
     ap.add_argument("--repeats", type=int, default=1, help="how many times to run each comparison")

@@ -35,7 +35,15 @@ class SamplePooler:
 
     def update(self, sample_idx: np.ndarray | torch.Tensor, rows: torch.Tensor) -> None:
         idx = torch.as_tensor(np.asarray(sample_idx), dtype=torch.int64)
-        self.sums.index_add_(0, idx, rows.to(torch.float64))
+        # One intra-op thread: a 2-D index_add_ is one tiny add per row, and with several threads each
+        # one is a parallel region; on a busy 2-core machine that measured 68 ms vs 0.2 ms for 800 x 576
+        # rows. The sums are the same (rows are added in order either way).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.sums.index_add_(0, idx, rows.to(torch.float64))
+        finally:
+            torch.set_num_threads(threads)
         self.counts.index_add_(0, idx, torch.ones_like(idx))
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
