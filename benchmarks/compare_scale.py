@@ -197,13 +197,18 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     t = time.perf_counter()
     rep = driftkit.compare([a, b], chunk_tokens=int(chunk_tokens))
     wall = time.perf_counter() - t
-    peak = _peak_rss_mb()  # before the reference work below, which holds its own buffers
     body = rep.to_dict()
-    floor = _unavoidable(a, b, int(chunk_tokens))
-    print(json.dumps({"seconds": wall, "peak_rss_mb": peak, "per_analysis_s": body["seconds"],
-                      "n_tokens": body["n_tokens"], "n_samples": body["n_samples"], "unavoidable": floor,
+    print(json.dumps({"seconds": wall, "peak_rss_mb": _peak_rss_mb(), "per_analysis_s": body["seconds"],
+                      "n_tokens": body["n_tokens"], "n_samples": body["n_samples"],
                       "analyses": sorted(body["analyses"]), "load": os.getloadavg()[0],
                       "driftkit": str(Path(driftkit.__file__).parent)}))
+
+
+def _py(args: list[str], env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: int = 1024,
@@ -216,8 +221,8 @@ def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: 
     from driftkit.capture import CaptureConfig, capture
     from driftkit.models import resolve_model_path
 
-    print(f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of {chunk_tokens:,} tokens, "
-          f"{torch.get_num_threads()} threads) ==")
+    print(f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of "
+          f"{chunk_tokens:,} tokens, {torch.get_num_threads()} threads) ==")
     workdir.mkdir(parents=True, exist_ok=True)
     base = resolve_model_path("smollm2-135m")
     tuned = workdir / "smollm2-perturbed"
@@ -257,18 +262,18 @@ def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: 
                 env = dict(os.environ)
                 if src:
                     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-                # each comparison in a fresh process, so its peak RSS is its own
-                proc = subprocess.run([sys.executable, __file__, "--compare-child", *paths, str(chunk_tokens)],
-                                      capture_output=True, text=True, cwd=ROOT, env=env)
-                if proc.returncode != 0:
-                    raise SystemExit(proc.stderr)
-                r = json.loads(proc.stdout.strip().splitlines()[-1])
+                # each comparison in a fresh process, so its peak RSS is its own; the unavoidable work
+                # is timed just before and just after it (the machine's load drifts) and averaged
+                f1 = _py(["--floor-child", *paths, str(chunk_tokens)], env)
+                r = _py(["--compare-child", *paths, str(chunk_tokens)], env)
+                f2 = _py(["--floor-child", *paths, str(chunk_tokens)], env)
+                r["unavoidable"] = {k: (f1[k] + f2[k]) / 2 for k in f1}
                 u = r["unavoidable"]
                 per = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_analysis_s"].items())
-                print(f"  [{label}] x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: compare {r['seconds']:.1f} s "
-                      f"({per}); unavoidable {u['total_s']:.1f} s (logits {u['logits_s']:.1f} s + CKA products "
-                      f"{u['cka_products_s']:.1f} s) -> ratio {r['seconds'] / u['total_s']:.2f}; peak RSS "
-                      f"{r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}", flush=True)
+                print(f"  [{label}] x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: "
+                      f"compare {r['seconds']:.1f} s ({per}); unavoidable {u['total_s']:.1f} s "
+                      f"(logits {u['logits_s']:.1f} s + CKA products {u['cka_products_s']:.1f} s) -> ratio "
+                      f"{r['seconds'] / u['total_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}", flush=True)
 
 
 def _write_prompts(path: Path, repeat: int) -> None:
@@ -296,9 +301,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("DRIFTKIT_BENCH_DIR", "/tmp/driftkit_bench")))
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--compare-chunk-tokens", type=int, default=4096,
-                    help="chunk size of the compare runs (default: compare's own; the x5 capture exceeds it, so memory could only grow if something scaled with the tokens)")
+                    help="chunk size of the compare runs (default: compare's own; the x5 capture exceeds it, "
+                         "so memory could only grow if something scaled with the tokens)")
     ap.add_argument("--compare-child", nargs=3, help=argparse.SUPPRESS)
-    ap.add_argument("--sizes", default="1,5", help="prompt-set repeats of the two compared capture sizes (5: ~9k tokens)")
+    ap.add_argument("--floor-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", default="1,5",
+                    help="prompt-set repeats of the two compared capture sizes (5: 6,430 tokens)")
     ap.add_argument("--repeats", type=int, default=1, help="how many times to run each comparison")
     ap.add_argument("--baseline-src", help="also time this source tree (package layout, e.g. main's code), interleaved")
     args = ap.parse_args()
@@ -307,6 +315,10 @@ def main() -> None:
         return
     if args.compare_child:
         _compare_child(*args.compare_child)
+        return
+    if args.floor_child:
+        a, b, chunk = args.floor_child
+        print(json.dumps(_unavoidable(a, b, int(chunk))))
         return
     only = set(args.only or ["cka", "kl", "compare"])
     if "cka" in only:

@@ -105,7 +105,8 @@ def test_third_party_consumers_and_legacy_run(tiny_capture_pair) -> None:
     """A legacy run()-only analysis and a scratch-writing logits consumer with its own mask next to
     the bundled ones: the bundled results do not change, and the consumer sees exactly its rows."""
     a, b = tiny_capture_pair
-    ref = driftkit.compare([a, b], analyses=["kl", "token_rank"], positions="all", chunk_tokens=16).to_dict()["analyses"]
+    ref = driftkit.compare([a, b], analyses=["kl", "token_rank"], positions="all",
+                           chunk_tokens=16).to_dict()["analyses"]
     vandal = _Vandal()
     body = driftkit.compare([a, b], analyses=["kl", vandal, "token_rank", _Legacy], positions="all",
                             chunk_tokens=16).to_dict()
@@ -135,12 +136,12 @@ def test_logits_blocks_bounded_by_budget(tiny_capture_pair, monkeypatch: pytest.
 
     a, b = tiny_capture_pair
     vocab = CaptureReader(a).shape("final/unembed")[0]
-    budget = 40 * vocab * (8 + 12 + 1 + 8 + 0)  # engine blocks, kl, token_rank, one copy for two scratch users
+    budget = 40 * vocab * (8 + 12 + 4 + 8)  # engine blocks, kl, token_rank, one copy for two scratch users
     monkeypatch.setattr(E, "LOGITS_BUDGET", budget)
     vandal = _Vandal()
     vandal.logits_mask = lambda pair: pair.mask("predictive")  # type: ignore[method-assign]
     body = driftkit.compare([a, b], analyses=["kl", "token_rank", vandal], positions="all").to_dict()
-    expect = rows_for_budget(vocab, 512, 29, budget)
+    expect = rows_for_budget(vocab, 512, 32, budget)
     assert expect == 40 and body["analyses"]["vandal"]["summary"]["most"] == expect
 
 

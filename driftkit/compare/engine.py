@@ -220,10 +220,11 @@ def run_analyses(pair: "CapturePair", analyses: Sequence["Analysis"]) -> tuple[d
         clock.call(an, an.start, pair)
     logit_cons = [an for an in streaming if LOGITS in an.consumes]
     layer_cons = [an for an in streaming if LAYERS in an.consumes]
-    if logit_cons:
-        _logits_pass(pair, logit_cons, clock)
+    # layers first: their temporaries are gone before the logits pass allocates its blocks (peak RSS)
     if layer_cons:
         _layers_pass(pair, layer_cons, clock)
+    if logit_cons:
+        _logits_pass(pair, logit_cons, clock)
     results: dict[str, Any] = {}
     for an in analyses:
         results[an.name] = clock.call(an, an.finish if an.consumes else an.run, pair)

@@ -44,7 +44,7 @@ class TokenRankAnalysis(Analysis):
         return pair.logits_problem()
 
     consumes = frozenset({"logits"})  # read-only: fed before kl, which overwrites the shared blocks
-    logits_scratch_bytes = 1  # one bool (rows, V) comparison buffer
+    logits_scratch_bytes = 4  # one float32 (rows, V) comparison buffer (counts 10x faster than bool)
 
     def max_logits_rows(self) -> int:
         return int(self.opts["chunk"])
@@ -61,7 +61,7 @@ class TokenRankAnalysis(Analysis):
     def on_logits(self, chunk: Any) -> None:
         n, vocab = chunk.logits_a.shape
         if self._scratch is None or self._scratch.shape[0] < n:
-            self._scratch = torch.empty(chunk.block_rows, vocab, dtype=torch.bool)
+            self._scratch = torch.empty(chunk.block_rows, vocab, dtype=torch.float32)
         if self._shifted is None:
             self._shifted = torch.zeros(vocab, dtype=torch.int64)
         st = rank_stats(chunk.logits_a, chunk.logits_b, chunk.next_ids, self._scratch)
