@@ -20,7 +20,9 @@ features per layer, a rotation measure that does not depend on PC signs or on th
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,9 +101,19 @@ def _one_blas_thread():
     """The SVDs here are of (samples x d) matrices, milliseconds on one core; with several BLAS
     threads on a busy machine OpenBLAS spin-waits and they took 20x longer (measured: 0.8 s vs
     0.04 s for 90 x 576), so BLAS is limited to one thread around them."""
-    from threadpoolctl import threadpool_limits
+    return _blas_controller().limit(limits=1, user_api="blas")
 
-    return threadpool_limits(limits=1, user_api="blas")
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """One threadpoolctl controller for the process: building one scans every loaded library (~20 ms),
+    which per layer and domain added seconds to a comparison. Made after scipy and scikit-learn are
+    imported, so their BLAS is among the libraries it limits."""
+    import scipy.linalg  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def layer_point(fa: np.ndarray, fb: np.ndarray) -> dict[str, float]:
