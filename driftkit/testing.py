@@ -166,7 +166,10 @@ def _check_methods(cls: type, kind: str, base: type) -> list[str]:
     abstract = sorted(getattr(cls, "__abstractmethods__", ()) or ())
     if abstract:
         out.append(f"abstract method(s) not implemented: {', '.join(abstract)}")
-    for meth in REQUIRED[kind]:
+    required = REQUIRED[kind]
+    if kind == "analysis" and getattr(cls, "consumes", None):  # streaming hooks instead of run()
+        required = ("finish", *(h for c, h in (("logits", "on_logits"), ("layers", "on_layer")) if c in cls.consumes))
+    for meth in required:
         if meth in abstract:
             continue
         impl = getattr(cls, meth, None)

@@ -10,8 +10,11 @@ Figures (issue 3):
     1e-6; speed ratio), and the streaming kernel's peak RSS at N = 200,000 vs N = 20,000 (each
     measured in a fresh subprocess, data generated chunk by chunk as a capture file would stream it);
   * exact KL/JS per 1,000 positions over V = 49,152 vs one bare ``hidden @ unembed.T`` (ratio <= 3);
-  * ``driftkit.compare`` of two captures of SmolLM2-135M on the bundled prompt sets, all layers, at
-    two capture sizes: wall time and peak RSS (each in a fresh subprocess).
+  * ``driftkit.compare`` of two captures of SmolLM2-135M on the bundled prompt sets (general-mix, x1
+    and x5 = 8,986 tokens), all layers, each in a fresh subprocess: time per analysis, total, the
+    ratio to the unavoidable work (both models' logits once + CKA's cross-products, timed in the same
+    process; target <= 1.3), and peak RSS (target <= 1 GB at V = 49,152 at both sizes).
+    ``--baseline-src DIR`` times another source tree too, interleaved (before/after a change).
 """
 from __future__ import annotations
 
@@ -156,6 +159,38 @@ def bench_kl(vocab: int = 49152, positions: int = 1000, repeats: int = 5) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
+def _unavoidable(a: str, b: str, chunk_tokens: int, rows: int = 512) -> dict:
+    """The work no comparison can skip, timed on the same files in the same process: both models'
+    logits once (``hidden @ unembed.T`` for A and B over every scored position, in blocks of
+    ``rows``) plus CKA's cross-products (``x^T x``, ``y^T y``, ``x^T y`` in float64 over every
+    layer's chunks). Reading the files and converting dtypes is not counted."""
+    from driftkit.compare.pair import CapturePair, CompareOptions
+    from driftkit.store.reader import CaptureReader
+
+    with CaptureReader(a) as ra, CaptureReader(b) as rb:
+        pair = CapturePair(ra, rb, CompareOptions(chunk_tokens=chunk_tokens))
+        wa, wb = ra.unembedding().weight, rb.unembedding().weight
+        buf = torch.empty(rows, wa.shape[0])
+        t_logits = 0.0
+        for _, ha, hb in pair.iter_pair("final/hidden", pair.mask("predictive")):
+            for s in range(0, len(ha), rows):
+                e = min(len(ha), s + rows)
+                t = time.perf_counter()
+                torch.mm(ha[s:e], wa.T, out=buf[: e - s])
+                torch.mm(hb[s:e], wb.T, out=buf[: e - s])
+                t_logits += time.perf_counter() - t
+        del buf, wa, wb
+        t_cka = 0.0
+        states = pair.mask("states")
+        for _, path in pair.layer_sites():
+            for _, xa, xb in pair.iter_pair(path, states):
+                x, y = xa.double(), xb.double()
+                t = time.perf_counter()
+                _ = x.T @ x, y.T @ y, x.T @ y
+                t_cka += time.perf_counter() - t
+    return {"logits_s": t_logits, "cka_products_s": t_cka, "total_s": t_logits + t_cka}
+
+
 def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     import driftkit
 
@@ -165,15 +200,29 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     body = rep.to_dict()
     print(json.dumps({"seconds": wall, "peak_rss_mb": _peak_rss_mb(), "per_analysis_s": body["seconds"],
                       "n_tokens": body["n_tokens"], "n_samples": body["n_samples"],
-                      "analyses": sorted(body["analyses"])}))
+                      "analyses": sorted(body["analyses"]), "load": os.getloadavg()[0],
+                      "driftkit": str(Path(driftkit.__file__).parent)}))
 
 
-def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 4), chunk_tokens: int = 1024) -> None:
-    """Capture the default model and a perturbed copy on the bundled prompts at two sizes, compare."""
+def _py(args: list[str], env: dict | None = None) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: int = 1024,
+                  baseline_src: str | None = None, repeats: int = 1) -> None:
+    """Capture the default model and a perturbed copy on the bundled prompts (general-mix) at each
+    size (files are reused between runs), then compare each pair in a fresh subprocess: time per
+    analysis, total, the ratio to the unavoidable work measured in that same process, peak RSS.
+    With ``baseline_src`` (a source tree laid out as the installed package, e.g. main's code), the
+    same comparisons also run on that code, interleaved with this one's (the machine is shared)."""
     from driftkit.capture import CaptureConfig, capture
     from driftkit.models import resolve_model_path
 
-    print(f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of {chunk_tokens:,} tokens) ==")
+    print(f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of "
+          f"{chunk_tokens:,} tokens, {torch.get_num_threads()} threads) ==")
     workdir.mkdir(parents=True, exist_ok=True)
     base = resolve_model_path("smollm2-135m")
     tuned = workdir / "smollm2-perturbed"
@@ -193,6 +242,7 @@ def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 4), chunk_tokens: 
         for f in Path(base).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "chat_template.jinja":
                 shutil.copy(f, tuned / f.name)
+    pairs = {}
     for rep_count in sizes:
         prompts = workdir / f"prompts_x{rep_count}.jsonl"
         _write_prompts(prompts, rep_count)
@@ -204,14 +254,26 @@ def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 4), chunk_tokens: 
                 capture(CaptureConfig(model=model, prompts=str(prompts), out=out, probes=["residual", "final"], layers="all", overwrite=True))
                 print(f"  captured {out.name} in {time.perf_counter() - t:.1f} s ({out.stat().st_size / 1e6:.0f} MB)")
             paths.append(str(out))
-        # each comparison in a fresh process, so its peak RSS is its own
-        proc = subprocess.run([sys.executable, __file__, "--compare-child", *paths, str(chunk_tokens)], capture_output=True, text=True, cwd=ROOT)
-        if proc.returncode != 0:
-            raise SystemExit(proc.stderr)
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        per = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_analysis_s"].items())
-        print(f"  x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: compare {r['seconds']:.1f} s ({per}), "
-              f"peak RSS {r['peak_rss_mb']:.0f} MB")
+        pairs[rep_count] = paths
+    codes = [("this", None)] + ([("baseline", baseline_src)] if baseline_src else [])
+    for _ in range(repeats):
+        for rep_count, paths in pairs.items():
+            for label, src in codes:  # interleaved: both codes see the same machine load
+                env = dict(os.environ)
+                if src:
+                    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+                # each comparison in a fresh process, so its peak RSS is its own; the unavoidable work
+                # is timed just before and just after it (the machine's load drifts) and averaged
+                f1 = _py(["--floor-child", *paths, str(chunk_tokens)], env)
+                r = _py(["--compare-child", *paths, str(chunk_tokens)], env)
+                f2 = _py(["--floor-child", *paths, str(chunk_tokens)], env)
+                r["unavoidable"] = {k: (f1[k] + f2[k]) / 2 for k in f1}
+                u = r["unavoidable"]
+                per = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_analysis_s"].items())
+                print(f"  [{label}] x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: "
+                      f"compare {r['seconds']:.1f} s ({per}); unavoidable {u['total_s']:.1f} s "
+                      f"(logits {u['logits_s']:.1f} s + CKA products {u['cka_products_s']:.1f} s) -> ratio "
+                      f"{r['seconds'] / u['total_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}", flush=True)
 
 
 def _write_prompts(path: Path, repeat: int) -> None:
@@ -238,9 +300,15 @@ def main() -> None:
     ap.add_argument("--n-large", type=int, default=200_000)
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("DRIFTKIT_BENCH_DIR", "/tmp/driftkit_bench")))
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--compare-chunk-tokens", type=int, default=1024,
-                    help="chunk size of the compare runs (both capture sizes should exceed it, so memory can only grow if something scales with the capture)")
+    ap.add_argument("--compare-chunk-tokens", type=int, default=4096,
+                    help="chunk size of the compare runs (default: compare's own; the x5 capture exceeds it, "
+                         "so memory could only grow if something scaled with the tokens)")
     ap.add_argument("--compare-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--floor-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--sizes", default="1,5",
+                    help="prompt-set repeats of the two compared capture sizes (5: 6,430 tokens)")
+    ap.add_argument("--repeats", type=int, default=1, help="how many times to run each comparison")
+    ap.add_argument("--baseline-src", help="also time this source tree (package layout, e.g. main's code), interleaved")
     args = ap.parse_args()
     if args.child:
         _child(args.child[0], int(args.child[1]))
@@ -248,13 +316,18 @@ def main() -> None:
     if args.compare_child:
         _compare_child(*args.compare_child)
         return
+    if args.floor_child:
+        a, b, chunk = args.floor_child
+        print(json.dumps(_unavoidable(a, b, int(chunk))))
+        return
     only = set(args.only or ["cka", "kl", "compare"])
     if "cka" in only:
         bench_cka(args.n_small, args.n_large)
     if "kl" in only:
         bench_kl()
     if "compare" in only:
-        bench_compare(args.workdir, chunk_tokens=args.compare_chunk_tokens)
+        bench_compare(args.workdir, tuple(int(x) for x in args.sizes.split(",")), args.compare_chunk_tokens,
+                      args.baseline_src, args.repeats)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ against it. The core never imports an analysis by name: names are resolved throu
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from driftkit.compare.engine import run_analyses
 from driftkit.compare.pair import CaptureReader, CapturePair, CompareOptions, Progress, check_comparable
 from driftkit.errors import DriftkitError
 from driftkit.registry.analysis import Analysis
@@ -146,8 +146,7 @@ def compare(
                     f"No samples left to compare between {pair.a.path} and {pair.b.path} after the selection "
                     f"(domains {opts.domains}, --allow-incomplete {allow_incomplete})."
                 )
-            results: dict[str, Any] = {}
-            timings: dict[str, float] = {}
+            runnable: list[Analysis] = []
             for an in instances:
                 reason = an.check(pair)
                 if reason is not None:
@@ -155,12 +154,12 @@ def compare(
                         raise DriftkitError(f"Analysis {an.name!r} cannot run on {pair.a.path} vs {pair.b.path}: {reason}.")
                     pair.notes.append(f"{an.name} skipped: {reason}")
                     continue
-                t0 = time.perf_counter()
-                result = an.run(pair)
+                runnable.append(an)
+            # one logits pass and one read per layer, shared by every analysis (driftkit.compare.engine)
+            results, timings = run_analyses(pair, runnable)
+            for result in results.values():
                 if isinstance(result, dict):  # every summary records the positions it used
                     result.setdefault("positions", pair.positions)
-                results[an.name] = result
-                timings[an.name] = round(time.perf_counter() - t0, 3)
             bodies.append(
                 {
                     "a": pair.label_a,

@@ -30,13 +30,17 @@ BUCKETS = ("unshifted", "marginal", "shifted")
 def rank_of(logits: torch.Tensor, ids: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """(n,) int64 rank of ``ids[i]`` in row ``i`` of ``logits`` (1 = the argmax).
 
-    ``out`` is an optional (n, V) bool scratch buffer reused across calls (avoids page faults).
+    ``out`` is an optional (n, V) scratch buffer reused across calls (avoids page faults): bool, or
+    float32, which counts ~10x faster (a float sum is vectorised, a bool sum casts entry by entry) and
+    exactly (0/1 partial sums stay integers below 2^24).
     """
     thr = logits.gather(1, ids.view(-1, 1).to(torch.int64))
     if out is None:
         greater = logits > thr
     else:
         greater = torch.gt(logits, thr, out=out[: logits.shape[0]])
+        if greater.dtype == torch.float32:
+            return greater.sum(1).to(torch.int64) + 1
     return greater.sum(1) + 1
 
 
@@ -61,7 +65,8 @@ def rank_stats(
     next_ids: torch.Tensor | None = None,
     scratch: torch.Tensor | None = None,
 ) -> RankStats:
-    """Rank quantities between two (n, V) logit blocks of the same positions (not modified)."""
+    """Rank quantities between two (n, V) logit blocks of the same positions (not modified);
+    ``scratch``: an (n, V) bool or float32 buffer (see :func:`rank_of`)."""
     top_b = logits_b.argmax(1)
     rank_top = rank_of(logits_a, top_b, scratch)
     # Rows where B's maximum is tied (rare): take the tied token A ranks best. Only those rows are
@@ -73,7 +78,7 @@ def rank_stats(
         is_max = torch.eq(logits_b, top_val, out=scratch[: logits_b.shape[0]])
     tied = (is_max.sum(1) > 1).nonzero().view(-1)
     if tied.numel():
-        cand = logits_a[tied].masked_fill(~is_max[tied], float("-inf"))
+        cand = logits_a[tied].masked_fill(logits_b[tied] != top_val[tied], float("-inf"))
         top_b[tied] = cand.argmax(1)
         rank_top[tied] = (logits_a[tied] > cand.amax(1, keepdim=True)).sum(1) + 1
     if next_ids is None:

@@ -14,15 +14,17 @@ given as ``path/to/file.py:ClassName`` (see docs/compare.md).
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from driftkit.registry.options import Configurable
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     from rich.console import RenderableType
 
+    from driftkit.compare.engine import LayerChunk, LogitsChunk
     from driftkit.compare.pair import CapturePair
 
 
@@ -65,9 +67,68 @@ class Analysis(Configurable, ABC):
         return None
 
     # -- the work --------------------------------------------------------------------------------
-    @abstractmethod
+    #: what the analysis reads through the compare engine's shared passes: ``"logits"`` (both
+    #: models' rebuilt next-token logits, :meth:`on_logits`) and/or ``"layers"`` (each layer's rows
+    #: from both captures, :meth:`on_layer`). Empty: the analysis streams its own data in :meth:`run`.
+    consumes: ClassVar[frozenset[str]] = frozenset()
+    #: True when :meth:`on_logits` overwrites the logits blocks (used as scratch): the engine then
+    #: feeds it after every read-only consumer (or gives it a copy when several overwrite).
+    scratch_logits: ClassVar[bool] = False
+    #: bytes per (position, vocabulary entry) of the analysis's own logits-sized scratch buffers
+    #: (e.g. 12 for three float32 blocks); the engine sizes its blocks so the total stays bounded.
+    logits_scratch_bytes: ClassVar[int] = 0
+
     def run(self, pair: "CapturePair") -> dict[str, Any]:
-        """Compute the result (a JSON-able dict) by streaming chunks through ``pair``."""
+        """Compute the result (a JSON-able dict) by streaming chunks through ``pair``.
+
+        Override either this (the analysis reads what it wants itself) or the hooks below with a
+        non-empty :attr:`consumes`; then ``run`` drives the shared passes for this analysis alone,
+        and ``driftkit compare`` drives them once for every analysis of the comparison."""
+        if not self.consumes:
+            raise NotImplementedError(
+                f"analysis {self.name!r} implements neither run(pair) nor the consumes/on_logits/on_layer/finish hooks")
+        from driftkit.compare.engine import run_analyses
+
+        return run_analyses(pair, [self])[0][self.name]
+
+    # -- streaming hooks (analyses with ``consumes``; called by driftkit.compare.engine) ------------
+    def start(self, pair: "CapturePair") -> None:
+        """Before any chunk: set up accumulators (O(d^2) or O(samples x d), never O(tokens))."""
+
+    def logits_mask(self, pair: "CapturePair") -> "np.ndarray":
+        """(T,) positions whose logits this analysis wants. Default: the predictive mask of the
+        selection (positions whose next token is in the selected part)."""
+        return pair.mask("predictive")
+
+    def max_logits_rows(self) -> int:
+        """Most positions per logits block this analysis wants (the engine takes the smallest)."""
+        return 512
+
+    def on_logits(self, chunk: "LogitsChunk") -> None:
+        """One block of positions with both models' logits (``chunk.logits_a``/``logits_b``, (n, V)
+        float32, read-only unless :attr:`scratch_logits`), the next-token ids and domain indices.
+        Reduce it to per-position numbers now: the buffers are reused for the next block."""
+
+    def layers_mask(self, pair: "CapturePair") -> "np.ndarray":
+        """(T,) tokens whose layer rows this analysis wants. Default: the states mask."""
+        return pair.mask("states")
+
+    def layer_sites(self, pair: "CapturePair") -> list[tuple[int | str, str]]:
+        """``(layer, dataset path)`` this analysis wants. Default: every selected layer."""
+        return pair.layer_sites()
+
+    def start_layer(self, pair: "CapturePair", layer: int | str, site: str) -> None:
+        """Before the first chunk of a layer."""
+
+    def on_layer(self, chunk: "LayerChunk") -> None:
+        """A chunk of one layer's rows from both captures (``chunk.xa``, ``chunk.xb``; read-only)."""
+
+    def finish_layer(self, pair: "CapturePair", layer: int | str, site: str) -> None:
+        """After the last chunk of a layer (finalise that layer's numbers, free its accumulators)."""
+
+    def finish(self, pair: "CapturePair") -> dict[str, Any]:
+        """After all passes: the result (a JSON-able dict)."""
+        raise NotImplementedError(f"analysis {self.name!r} declares consumes but implements no finish(pair)")
 
     # -- presentation ----------------------------------------------------------------------------
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:

@@ -45,35 +45,49 @@ class CKAAnalysis(Analysis):
             return "needs residual (or embed) sites recorded in both captures (capture with --probe residual)"
         return None
 
-    def run(self, pair: Any) -> dict[str, Any]:
+    consumes = frozenset({"layers"})
+
+    def start(self, pair: Any) -> None:
+        self._layers: list[dict[str, Any]] = []
+        self._n_rows = 0
+        self._token_sample = pair.token_sample
+
+    def start_layer(self, pair: Any, layer: Any, site: str) -> None:
+        d_a, d_b = pair.a.shape(site)[1], pair.b.shape(site)[1]
+        self._acc = StreamingCKA(d_a, d_b)
+        if self.opts["unit"] == "sample":
+            self._pools = (SamplePooler(pair.a.n_samples, d_a), SamplePooler(pair.a.n_samples, d_b))
+
+    def on_layer(self, chunk: Any) -> None:
+        if self.opts["unit"] == "token":
+            self._acc.update(chunk.xa, chunk.xb)
+        else:
+            s = self._token_sample[chunk.idx]
+            self._pools[0].update(s, chunk.xa)
+            self._pools[1].update(s, chunk.xb)
+
+    def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
+        acc = self._acc
+        if self.opts["unit"] == "sample":
+            (ma, ca), (mb, _) = self._pools[0].means(), self._pools[1].means()
+            keep = ca > 0
+            acc.update(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]))
+            del self._pools
+        if acc.n < 4:
+            raise DriftkitError(
+                f"CKA needs at least 4 {self.opts['unit']}s; the selection leaves {acc.n}. Widen --positions/--domains "
+                f"or raise --max-tokens."
+            )
+        r = acc.result()
+        self._n_rows = r.n
+        self._layers.append({"layer": layer, "site": site.split("/", 1)[1], "linear_cka": r.linear_cka,
+                             "debiased_cka": r.debiased_cka})
+        del self._acc
+
+    def finish(self, pair: Any) -> dict[str, Any]:
         mask = pair.mask("states")
         sites = pair.layer_sites()
-        layers: list[dict[str, Any]] = []
-        n_rows = 0
-        for i, (layer, path) in enumerate(sites):
-            d_a, d_b = pair.a.shape(path)[1], pair.b.shape(path)[1]
-            acc = StreamingCKA(d_a, d_b)
-            if self.opts["unit"] == "token":
-                for _, xa, xb in pair.iter_pair(path, mask):
-                    acc.update(xa, xb)
-            else:
-                pa, pb = SamplePooler(pair.a.n_samples, d_a), SamplePooler(pair.a.n_samples, d_b)
-                for idx, xa, xb in pair.iter_pair(path, mask):
-                    s = pair.token_sample[idx]
-                    pa.update(s, xa)
-                    pb.update(s, xb)
-                (ma, ca), (mb, _) = pa.means(), pb.means()
-                keep = ca > 0
-                acc.update(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]))
-            if acc.n < 4:
-                raise DriftkitError(
-                    f"CKA needs at least 4 {self.opts['unit']}s; the selection leaves {acc.n}. Widen --positions/--domains "
-                    f"or raise --max-tokens."
-                )
-            r = acc.result()
-            n_rows = r.n
-            layers.append({"layer": layer, "site": path.split("/", 1)[1], "linear_cka": r.linear_cka, "debiased_cka": r.debiased_cka})
-            pair.progress("cka", i + 1, len(sites))
+        layers, n_rows = self._layers, self._n_rows
         cross = self._cross_layer(pair, mask, sites) if self.opts["cross_layer"] else None
         deb = [e["debiased_cka"] for e in layers if e["debiased_cka"] == e["debiased_cka"]]
         lin = [e["linear_cka"] for e in layers]

@@ -16,12 +16,11 @@ from rich.table import Table
 from rich.text import Text
 
 from driftkit.errors import DriftkitError
-from driftkit.metrics.kl import KLWorkspace, NonFiniteLogits, kl_from_hidden, rows_for_budget
+from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
 from driftkit.report.wording import NO_CHANGE, negligible
-from driftkit.store import schema as S
 
 KEYS = ("kl_forward", "kl_reverse", "js", "sampled_logratio")
 
@@ -41,45 +40,57 @@ class KLAnalysis(Analysis):
     def check(self, pair: Any) -> str | None:
         return pair.logits_problem()
 
-    def run(self, pair: Any) -> dict[str, Any]:
+    consumes = frozenset({"logits"})
+    scratch_logits = True  # the kernel works in place on the shared blocks: fed last (after token_rank)
+    logits_scratch_bytes = 12  # three float32 (rows, V) blocks of its own
+
+    def max_logits_rows(self) -> int:
+        return int(self.opts["chunk"])
+
+    def start(self, pair: Any) -> None:
         mask = pair.mask("predictive")
-        resp = pair.mask("predictive", positions="response", max_tokens=None)
-        use_resp = bool((mask & resp).any())
-        ua, ub = pair.a.unembedding(), pair.b.unembedding()
-        vocab = ua.weight.shape[0]
-        ws = KLWorkspace(rows_for_budget(vocab, int(self.opts["chunk"])), vocab)
+        self._resp = pair.mask("predictive", positions="response", max_tokens=None)
+        self._use_resp = bool((mask & self._resp).any())
         nd = len(pair.domain_names)
-        sums = torch.zeros(nd, 3, dtype=torch.float64)
-        counts = torch.zeros(nd, dtype=torch.float64)
-        lr_sum = torch.zeros(nd, dtype=torch.float64)
-        lr_cnt = torch.zeros(nd, dtype=torch.float64)
+        self._sums = torch.zeros(nd, 3, dtype=torch.float64)
+        self._counts = torch.zeros(nd, dtype=torch.float64)
+        self._lr_sum = torch.zeros(nd, dtype=torch.float64)
+        self._lr_cnt = torch.zeros(nd, dtype=torch.float64)
+        self._top_val = torch.empty(0, dtype=torch.float64)
+        self._top_idx = torch.empty(0, dtype=torch.int64)
+        self._bufs: list[torch.Tensor] = []
+
+    def on_logits(self, chunk: Any) -> None:
+        n, vocab = chunk.logits_a.shape
+        if not self._bufs or self._bufs[0].shape[0] < n:
+            self._bufs = [torch.empty(chunk.block_rows, vocab) for _ in range(3)]
+        idx = chunk.idx
+        try:
+            st = kl_from_logits_(chunk.logits_a, chunk.logits_b, chunk.next_ids, *(b[:n] for b in self._bufs))
+        except NonFiniteLogits as e:
+            pair = chunk.pair
+            t = int(idx[e.row])
+            smp = int(pair.token_sample[t])
+            raise DriftkitError(f"kl: sample {pair.a.sample_ids[smp]!s} position {t - int(pair.a.offsets[smp])} "
+                                f"(token {t} of the capture): {e}") from None
+        dom = chunk.domain
+        self._sums.index_add_(0, dom, torch.stack([st.kl_forward, st.kl_reverse, st.js], 1).double())
+        self._counts.index_add_(0, dom, torch.ones(len(idx), dtype=torch.float64))
+        sel = torch.from_numpy(self._resp[idx]) if self._use_resp else torch.ones(len(idx), dtype=torch.bool)
+        self._lr_sum.index_add_(0, dom[sel], st.logratio[sel].double())  # type: ignore[index]
+        self._lr_cnt.index_add_(0, dom[sel], torch.ones(int(sel.sum()), dtype=torch.float64))
         top_k = int(self.opts["top"])
-        top_val = torch.empty(0, dtype=torch.float64)
-        top_idx = torch.empty(0, dtype=torch.int64)
-        total, done = int(mask.sum()), 0
-        for idx, ha, hb in pair.iter_pair(S.FINAL_HIDDEN, mask):
-            y = pair.next_token_ids(idx)
-            try:
-                st = kl_from_hidden(ha, hb, ua, ub, next_ids=y, workspace=ws)
-            except NonFiniteLogits as e:
-                t = int(idx[e.row])
-                smp = int(pair.token_sample[t])
-                raise DriftkitError(f"kl: sample {pair.a.sample_ids[smp]!s} position {t - int(pair.a.offsets[smp])} "
-                                    f"(token {t} of the capture): {e}") from None
-            dom = pair.domain_index(idx)
-            sums.index_add_(0, dom, torch.stack([st.kl_forward, st.kl_reverse, st.js], 1).double())
-            counts.index_add_(0, dom, torch.ones(len(idx), dtype=torch.float64))
-            sel = torch.from_numpy(resp[idx]) if use_resp else torch.ones(len(idx), dtype=torch.bool)
-            lr_sum.index_add_(0, dom[sel], st.logratio[sel].double())  # type: ignore[index]
-            lr_cnt.index_add_(0, dom[sel], torch.ones(int(sel.sum()), dtype=torch.float64))
-            if top_k > 0:
-                top_val = torch.cat([top_val, st.kl_forward.double()])
-                top_idx = torch.cat([top_idx, torch.from_numpy(idx)])
-                if top_val.numel() > top_k:
-                    keep = torch.topk(top_val, top_k).indices
-                    top_val, top_idx = top_val[keep], top_idx[keep]
-            done += len(idx)
-            pair.progress("kl", done, total)
+        if top_k > 0:
+            self._top_val = torch.cat([self._top_val, st.kl_forward.double()])
+            self._top_idx = torch.cat([self._top_idx, torch.from_numpy(idx)])
+            if self._top_val.numel() > top_k:
+                keep = torch.topk(self._top_val, top_k).indices
+                self._top_val, self._top_idx = self._top_val[keep], self._top_idx[keep]
+
+    def finish(self, pair: Any) -> dict[str, Any]:
+        self._bufs = []
+        sums, counts, lr_sum, lr_cnt = self._sums, self._counts, self._lr_sum, self._lr_cnt
+        top_val, top_idx, use_resp = self._top_val, self._top_idx, self._use_resp
 
         def row(s: torch.Tensor, n: float, lrs: float, lrn: float) -> dict[str, Any]:
             v = (s / n).tolist() if n > 0 else [None] * 3

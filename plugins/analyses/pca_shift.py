@@ -40,40 +40,48 @@ class PCAShiftAnalysis(Analysis):
             return "needs at least 2 samples"
         return None
 
-    def run(self, pair: Any) -> dict[str, Any]:
-        mask = pair.mask("states")
-        sites = pair.layer_sites()
-        doms = pair.domain_names
-        sample_dom = np.array(pair.a.domains, dtype=object)
-        points: dict[str, list[dict[str, Any]]] = {d: [] for d in doms}
-        skipped: dict[str, int] = {}
-        layers: list[dict[str, Any]] = []
+    consumes = frozenset({"layers"})
+
+    def start(self, pair: Any) -> None:
+        self._sample_dom = np.array(pair.a.domains, dtype=object)
+        self._token_sample = pair.token_sample
+        self._points: dict[str, list[dict[str, Any]]] = {d: [] for d in pair.domain_names}
+        self._skipped: dict[str, int] = {}
+        self._layers: list[dict[str, Any]] = []
+
+    def start_layer(self, pair: Any, layer: Any, site: str) -> None:
+        self._pools = (SamplePooler(pair.a.n_samples, pair.a.shape(site)[1]),
+                       SamplePooler(pair.a.n_samples, pair.b.shape(site)[1]))
+
+    def on_layer(self, chunk: Any) -> None:
+        s = self._token_sample[chunk.idx]
+        self._pools[0].update(s, chunk.xa)
+        self._pools[1].update(s, chunk.xb)
+
+    def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
         k = int(self.opts["k"])
-        for i, (layer, path) in enumerate(sites):
-            pa = SamplePooler(pair.a.n_samples, pair.a.shape(path)[1])
-            pb = SamplePooler(pair.a.n_samples, pair.b.shape(path)[1])
-            for idx, xa, xb in pair.iter_pair(path, mask):
-                s = pair.token_sample[idx]
-                pa.update(s, xa)
-                pb.update(s, xb)
-            (fa, ca), (fb, _) = pa.means(), pb.means()
-            valid = (ca > 0) & pair.sample_selected
-            for d in doms:
-                rows = valid & (sample_dom == d)
-                if rows.sum() < MIN_SAMPLES:
-                    skipped[d] = int(rows.sum())
-                    continue
-                pt = layer_point(fa[rows], fb[rows])
-                points[d].append({"layer": layer, **pt, "distance": layer_distance(pt)})
-            angles = principal_angles(fa[valid], fb[valid], k) if valid.sum() >= 2 else np.zeros(0)
-            layers.append({
-                "layer": layer,
-                "site": path.split("/", 1)[1],
-                "mean_angle_deg": float(angles.mean()) if angles.size else None,
-                "max_angle_deg": float(angles.max()) if angles.size else None,
-                "principal_angles_deg": [float(a) for a in angles],
-            })
-            pair.progress("pca_shift", i + 1, len(sites))
+        (fa, ca), (fb, _) = self._pools[0].means(), self._pools[1].means()
+        del self._pools
+        valid = (ca > 0) & pair.sample_selected
+        for d in pair.domain_names:
+            rows = valid & (self._sample_dom == d)
+            if rows.sum() < MIN_SAMPLES:
+                self._skipped[d] = int(rows.sum())
+                continue
+            pt = layer_point(fa[rows], fb[rows])
+            self._points[d].append({"layer": layer, **pt, "distance": layer_distance(pt)})
+        angles = principal_angles(fa[valid], fb[valid], k) if valid.sum() >= 2 else np.zeros(0)
+        self._layers.append({
+            "layer": layer,
+            "site": site.split("/", 1)[1],
+            "mean_angle_deg": float(angles.mean()) if angles.size else None,
+            "max_angle_deg": float(angles.max()) if angles.size else None,
+            "principal_angles_deg": [float(a) for a in angles],
+        })
+
+    def finish(self, pair: Any) -> dict[str, Any]:
+        doms, sample_dom, k = pair.domain_names, self._sample_dom, int(self.opts["k"])
+        points, skipped, layers = self._points, self._skipped, self._layers
         per_domain: dict[str, Any] = {}
         for d in doms:
             if not points[d]:

@@ -18,13 +18,11 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from driftkit.metrics.kl import logits_into, rows_for_budget
 from driftkit.metrics.ranks import BUCKETS, rank_stats, urial_bucket
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
 from driftkit.report.terminal import bar
-from driftkit.store import schema as S
 
 BUCKET_COLORS = ("#4c9f70", "#e1b12c", "#c0392b")
 
@@ -45,38 +43,40 @@ class TokenRankAnalysis(Analysis):
     def check(self, pair: Any) -> str | None:
         return pair.logits_problem()
 
-    def run(self, pair: Any) -> dict[str, Any]:
-        mask = pair.mask("predictive")
-        ua, ub = pair.a.unembedding(), pair.b.unembedding()
-        vocab = ua.weight.shape[0]
-        rows = rows_for_budget(vocab, int(self.opts["chunk"]), bytes_per_entry=9)  # two float blocks + one bool
-        la_buf = torch.empty(rows, vocab)
-        lb_buf = torch.empty(rows, vocab)
-        scratch = torch.empty(rows, vocab, dtype=torch.bool)
+    consumes = frozenset({"logits"})  # read-only: fed before kl, which overwrites the shared blocks
+    logits_scratch_bytes = 4  # one float32 (rows, V) comparison buffer (counts 10x faster than bool)
+
+    def max_logits_rows(self) -> int:
+        return int(self.opts["chunk"])
+
+    def start(self, pair: Any) -> None:
         nd = len(pair.domain_names)
-        buckets = torch.zeros(nd, 3, dtype=torch.int64)
-        shift_sum = torch.zeros(nd, dtype=torch.float64)
-        top_sum = torch.zeros(nd, dtype=torch.float64)
-        counts = torch.zeros(nd, dtype=torch.int64)
-        shifted_tokens = torch.zeros(vocab, dtype=torch.int64)
-        total, done = int(mask.sum()), 0
-        for idx, ha, hb in pair.iter_pair(S.FINAL_HIDDEN, mask):
-            y_all = pair.next_token_ids(idx)
-            dom_all = pair.domain_index(idx)
-            for s in range(0, len(idx), rows):
-                e = min(len(idx), s + rows)
-                la = logits_into(ua, ha[s:e], la_buf[: e - s])
-                lb = logits_into(ub, hb[s:e], lb_buf[: e - s])
-                st = rank_stats(la, lb, y_all[s:e], scratch)
-                b = urial_bucket(st.rank_a_of_top_b)
-                dom = dom_all[s:e]
-                buckets.index_put_((dom, b), torch.ones_like(b), accumulate=True)
-                shift_sum.index_add_(0, dom, (st.rank_a - st.rank_b).double())  # type: ignore[operator]
-                top_sum.index_add_(0, dom, (st.rank_a_of_top_b - 1).double())
-                counts.index_add_(0, dom, torch.ones_like(dom))
-                shifted_tokens += torch.bincount(st.top_b[b == 2], minlength=vocab)
-            done += len(idx)
-            pair.progress("token_rank", done, total)
+        self._buckets = torch.zeros(nd, 3, dtype=torch.int64)
+        self._shift_sum = torch.zeros(nd, dtype=torch.float64)
+        self._top_sum = torch.zeros(nd, dtype=torch.float64)
+        self._counts = torch.zeros(nd, dtype=torch.int64)
+        self._shifted: torch.Tensor | None = None
+        self._scratch: torch.Tensor | None = None
+
+    def on_logits(self, chunk: Any) -> None:
+        n, vocab = chunk.logits_a.shape
+        if self._scratch is None or self._scratch.shape[0] < n:
+            self._scratch = torch.empty(chunk.block_rows, vocab, dtype=torch.float32)
+        if self._shifted is None:
+            self._shifted = torch.zeros(vocab, dtype=torch.int64)
+        st = rank_stats(chunk.logits_a, chunk.logits_b, chunk.next_ids, self._scratch)
+        b = urial_bucket(st.rank_a_of_top_b)
+        dom = chunk.domain
+        self._buckets.index_put_((dom, b), torch.ones_like(b), accumulate=True)
+        self._shift_sum.index_add_(0, dom, (st.rank_a - st.rank_b).double())  # type: ignore[operator]
+        self._top_sum.index_add_(0, dom, (st.rank_a_of_top_b - 1).double())
+        self._counts.index_add_(0, dom, torch.ones_like(dom))
+        self._shifted += torch.bincount(st.top_b[b == 2], minlength=vocab)
+
+    def finish(self, pair: Any) -> dict[str, Any]:
+        self._scratch = None
+        buckets, shift_sum, top_sum, counts = self._buckets, self._shift_sum, self._top_sum, self._counts
+        shifted_tokens = self._shifted if self._shifted is not None else torch.zeros(1, dtype=torch.int64)
 
         def row(bk: torch.Tensor, ssum: float, tsum: float, n: int) -> dict[str, Any]:
             if n == 0:

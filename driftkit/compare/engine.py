@@ -1,0 +1,239 @@
+"""The compare engine: one pass over the logits and one read of each layer, shared by all analyses.
+
+Why: the two matmuls that rebuild both models' full-vocabulary logits (``hidden @ unembed.T``) are
+the dominant cost of a comparison, and reading a layer from two HDF5 files is the next one. When
+every analysis streamed its own data, KL and token ranks each rebuilt all logits and CKA and the PCA
+shift each read every layer. Here an analysis declares what it consumes (``consumes = {"logits"}``
+and/or ``{"layers"}``) and receives chunks through hooks (:class:`~driftkit.Analysis`): the engine
+rebuilds each block of logits once and hands it to every logits consumer, and reads each layer once
+for every layer consumer. An analysis that only overrides ``run(pair)`` (a third-party or legacy
+one) is called as before, after the shared passes.
+
+Masks: each consumer says which positions it wants (:meth:`Analysis.logits_mask`,
+:meth:`Analysis.layers_mask`); the engine reads the union and hands each consumer its own subset
+(the same chunk object when the subset is the whole chunk, which is the usual case).
+
+Sharing without copies: logits blocks are read-only for consumers, except that one consumer that
+declares ``scratch_logits = True`` (the KL kernel works in place) is fed last and may overwrite them;
+if several do, all but the last get a copy in a spare buffer pair.
+
+Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
+:func:`~driftkit.metrics.kl.rows_for_budget` over the bytes per vocabulary entry of the engine's own
+two blocks plus every consumer's declared scratch (:attr:`Analysis.logits_scratch_bytes`), so the
+whole pass stays within a fixed byte budget at any vocabulary and any number of tokens.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+
+from driftkit.metrics.kl import logits_into, rows_for_budget
+from driftkit.store import schema as S
+
+if TYPE_CHECKING:  # pragma: no cover
+    from driftkit.compare.pair import CapturePair
+    from driftkit.registry.analysis import Analysis
+
+#: what an analysis may list in ``consumes``
+LOGITS, LAYERS = "logits", "layers"
+CONSUMABLE = (LOGITS, LAYERS)
+
+#: byte budget of the logits pass's (rows, V) blocks: the engine's two float32 blocks plus the
+#: consumers' scratch (227 positions at V = 49,152 for kl + token_rank). With the two float32
+#: unembeddings of a 49k x 576 model (226 MB) and the ~410 MB the imports take, a whole comparison
+#: stays under 1 GB; a larger budget buys little (the matmuls are as fast at 227 rows as at 512).
+LOGITS_BUDGET = 256 * 2**20
+
+
+@dataclass
+class LogitsChunk:
+    """One block of positions with both models' rebuilt logits (what :meth:`Analysis.on_logits` gets).
+
+    ``logits_a``/``logits_b`` are (n, V) float32 views of buffers the engine reuses for the next
+    block: read them, reduce them to per-position numbers, keep nothing that aliases them, and do
+    not write to them unless the analysis declares ``scratch_logits = True``."""
+
+    pair: "CapturePair"
+    idx: np.ndarray  # (n,) token indices in the capture (position t predicts token t + 1)
+    logits_a: torch.Tensor  # (n, V) float32, model A (the reference)
+    logits_b: torch.Tensor  # (n, V) float32, model B
+    next_ids: torch.Tensor  # (n,) the realised next token ids
+    domain: torch.Tensor  # (n,) int64 index into pair.domain_names
+    block_rows: int  # the most rows any block of this pass holds (size scratch buffers by it)
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def subset(self, sel: np.ndarray) -> "LogitsChunk":
+        """The rows where ``sel`` (n,) is true, copied (a consumer whose mask is narrower)."""
+        t = torch.from_numpy(np.flatnonzero(sel))
+        return replace(self, idx=self.idx[sel], logits_a=self.logits_a.index_select(0, t),
+                       logits_b=self.logits_b.index_select(0, t), next_ids=self.next_ids[t], domain=self.domain[t])
+
+
+@dataclass
+class LayerChunk:
+    """A chunk of one layer's rows from both captures (what :meth:`Analysis.on_layer` gets); read-only."""
+
+    layer: int | str  # model layer index, or "embed"
+    site: str  # HDF5 dataset path, e.g. "sites/residual.3"
+    idx: np.ndarray  # (n,) token indices in the capture
+    xa: torch.Tensor  # (n, d_a) float32
+    xb: torch.Tensor  # (n, d_b) float32
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def subset(self, sel: np.ndarray) -> "LayerChunk":
+        t = torch.from_numpy(np.flatnonzero(sel))
+        return replace(self, idx=self.idx[sel], xa=self.xa.index_select(0, t), xb=self.xb.index_select(0, t))
+
+
+class _Clock:
+    """Seconds per analysis (its own hooks) and per shared pass (reads and matmuls)."""
+
+    def __init__(self) -> None:
+        self.own: dict[str, float] = {}
+        self.shared: dict[str, float] = {}
+        self.sharers: dict[str, list[str]] = {}
+
+    def call(self, an: "Analysis", fn: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.own[an.name] = self.own.get(an.name, 0.0) + time.perf_counter() - t
+
+    def seconds(self) -> dict[str, float]:
+        """Each analysis's own time plus an equal share of each shared pass it consumed (the
+        figures add up to the comparison's total)."""
+        out = dict(self.own)
+        for what, secs in self.shared.items():
+            names = self.sharers.get(what, [])
+            for n in names:
+                out[n] = out.get(n, 0.0) + secs / len(names)
+        return {k: round(v, 3) for k, v in out.items()}
+
+
+def _select(mask: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
+    """None when ``mask`` keeps every row of ``idx`` (hand over the chunk itself)."""
+    sel = mask[idx]
+    return None if bool(sel.all()) else sel
+
+
+def _logits_pass(pair: "CapturePair", consumers: list["Analysis"], clock: _Clock) -> None:
+    """Rebuild both models' logits once per block and feed every logits consumer."""
+    masks = {an.name: clock.call(an, an.logits_mask, pair) for an in consumers}
+    union = np.logical_or.reduce(list(masks.values()))
+    # read-only consumers first, then those that overwrite the blocks (all but the last on a copy)
+    order = [an for an in consumers if not an.scratch_logits] + [an for an in consumers if an.scratch_logits]
+    n_copies = max(0, sum(an.scratch_logits for an in consumers) - 1)
+    t0 = time.perf_counter()
+    ua, ub = pair.a.unembedding(), pair.b.unembedding()
+    vocab = int(ua.weight.shape[0])
+    per_entry = 8 * (1 + n_copies) + sum(int(an.logits_scratch_bytes) for an in consumers)
+    rows = rows_for_budget(vocab, min(int(an.max_logits_rows()) for an in consumers), per_entry, LOGITS_BUDGET)
+    la_buf, lb_buf = torch.empty(rows, vocab), torch.empty(rows, vocab)
+    spare = (torch.empty(rows, vocab), torch.empty(rows, vocab)) if n_copies else None
+    shared = time.perf_counter() - t0
+    total, done = int(union.sum()), 0
+    names = ", ".join(an.name for an in consumers)
+    read = pair.iter_pair(S.FINAL_HIDDEN, union)
+    while True:
+        t0 = time.perf_counter()
+        item = next(read, None)
+        shared += time.perf_counter() - t0
+        if item is None:
+            break
+        idx, ha, hb = item
+        y_all, dom_all = pair.next_token_ids(idx), pair.domain_index(idx)
+        for s in range(0, len(idx), rows):
+            e = min(len(idx), s + rows)
+            t0 = time.perf_counter()
+            la = logits_into(ua, ha[s:e], la_buf[: e - s])
+            lb = logits_into(ub, hb[s:e], lb_buf[: e - s])
+            shared += time.perf_counter() - t0
+            chunk = LogitsChunk(pair, idx[s:e], la, lb, y_all[s:e], dom_all[s:e], rows)
+            scratch_seen = 0
+            for an in order:
+                sel = _select(masks[an.name], chunk.idx)
+                if sel is not None and not sel.any():
+                    continue
+                part = chunk if sel is None else chunk.subset(sel)
+                if an.scratch_logits and sel is None and scratch_seen < n_copies and spare is not None:
+                    m = len(part)
+                    part = replace(part, logits_a=spare[0][:m].copy_(la), logits_b=spare[1][:m].copy_(lb))
+                scratch_seen += int(an.scratch_logits)
+                clock.call(an, an.on_logits, part)
+        done += len(idx)
+        pair.progress(f"logits ({names})", done, total)
+    clock.shared[LOGITS] = shared
+    clock.sharers[LOGITS] = [an.name for an in consumers]
+
+
+def _layers_pass(pair: "CapturePair", consumers: list["Analysis"], clock: _Clock) -> None:
+    """Read each layer once (the union of what the consumers want) and feed every layer consumer."""
+    masks = {an.name: clock.call(an, an.layers_mask, pair) for an in consumers}
+    wanted = {an.name: list(clock.call(an, an.layer_sites, pair)) for an in consumers}
+    sites: list[tuple[int | str, str]] = []
+    for an in consumers:
+        sites += [s for s in wanted[an.name] if s not in sites]
+    shared = 0.0
+    for i, (layer, path) in enumerate(sites):
+        cons = [an for an in consumers if (layer, path) in wanted[an.name]]
+        for an in cons:
+            clock.call(an, an.start_layer, pair, layer, path)
+        union = np.logical_or.reduce([masks[an.name] for an in cons])
+        read = pair.iter_pair(path, union)
+        while True:
+            t0 = time.perf_counter()
+            item = next(read, None)
+            shared += time.perf_counter() - t0
+            if item is None:
+                break
+            chunk = LayerChunk(layer, path, *item)
+            for an in cons:
+                sel = _select(masks[an.name], chunk.idx)
+                if sel is not None and not sel.any():
+                    continue
+                clock.call(an, an.on_layer, chunk if sel is None else chunk.subset(sel))
+        for an in cons:
+            clock.call(an, an.finish_layer, pair, layer, path)
+        pair.progress(f"layers ({', '.join(an.name for an in consumers)})", i + 1, len(sites))
+    clock.shared[LAYERS] = shared
+    clock.sharers[LAYERS] = [an.name for an in consumers]
+
+
+def run_analyses(pair: "CapturePair", analyses: Sequence["Analysis"]) -> tuple[dict[str, Any], dict[str, float]]:
+    """Run ``analyses`` (already checked) on ``pair``: streaming ones share one logits pass and one
+    read per layer, legacy ones (``run`` only) run on their own. Returns ``(results by name,
+    seconds by name)``; results keep the order of ``analyses``."""
+    clock = _Clock()
+    streaming = [an for an in analyses if an.consumes]
+    for an in streaming:
+        bad = set(an.consumes) - set(CONSUMABLE)
+        if bad:
+            raise ValueError(f"analysis {an.name!r} consumes {sorted(bad)}; known: {', '.join(CONSUMABLE)}")
+        clock.call(an, an.start, pair)
+    logit_cons = [an for an in streaming if LOGITS in an.consumes]
+    layer_cons = [an for an in streaming if LAYERS in an.consumes]
+    done: dict[str, Any] = {}
+    if logit_cons:
+        _logits_pass(pair, logit_cons, clock)
+        # an analysis that needs nothing more finishes now, so its logits-sized scratch is freed
+        # before the layer pass (peak memory is the larger of the two passes, not their sum)
+        for an in logit_cons:
+            if LAYERS not in an.consumes:
+                done[an.name] = clock.call(an, an.finish, pair)
+    if layer_cons:
+        _layers_pass(pair, layer_cons, clock)
+    results: dict[str, Any] = {}
+    for an in analyses:
+        if an.name not in done:
+            done[an.name] = clock.call(an, an.finish if an.consumes else an.run, pair)
+        results[an.name] = done[an.name]
+    return results, clock.seconds()
