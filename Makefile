@@ -26,6 +26,8 @@ demo: install
 	$(BIN)/driftkit demo --out $(OUT)
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 bench: install

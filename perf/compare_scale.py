@@ -16,6 +16,7 @@ Figures (issue 3):
     process; target <= 1.3), and peak RSS (target <= 1 GB at V = 49,152 at both sizes).
     ``--baseline-src DIR`` times another source tree too, interleaved (before/after a change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -75,18 +76,22 @@ def _gram_cka(n: int) -> dict:
     y -= y.mean(0)
 
     k = x @ x.T
-    l = y @ y.T
-    kf, lf = k.view(-1), l.view(-1)
+    gl = y @ y.T
+    kf, lf = k.view(-1), gl.view(-1)
     hkl, hkk, hll = torch.dot(kf, lf), torch.dot(kf, kf), torch.dot(lf, lf)
     biased = float(hkl / torch.sqrt(hkk * hll))
     k.fill_diagonal_(0)
-    l.fill_diagonal_(0)
-    ks, ls = k.sum(0), l.sum(0)  # symmetric: column sums == row sums
+    gl.fill_diagonal_(0)
+    ks, ls = k.sum(0), gl.sum(0)  # symmetric: column sums == row sums
 
     def hsic_u(a: torch.Tensor, b: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor) -> torch.Tensor:
-        return (torch.dot(a.view(-1), b.view(-1)) + sa.sum() * sb.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * torch.dot(sa, sb)) / (n * (n - 3))
+        return (
+            torch.dot(a.view(-1), b.view(-1))
+            + sa.sum() * sb.sum() / ((n - 1) * (n - 2))
+            - 2.0 / (n - 2) * torch.dot(sa, sb)
+        ) / (n * (n - 3))
 
-    debiased = float(hsic_u(k, l, ks, ls) / torch.sqrt(hsic_u(k, k, ks, ks) * hsic_u(l, l, ls, ls)))
+    debiased = float(hsic_u(k, gl, ks, ls) / torch.sqrt(hsic_u(k, k, ks, ks) * hsic_u(gl, gl, ls, ls)))
     return {"linear_cka": biased, "debiased_cka": debiased, "seconds": time.perf_counter() - t}
 
 
@@ -118,12 +123,23 @@ def bench_cka(n_small: int, n_large: int) -> None:
     g_small = _run_child("gram", str(n_small))
     s_large = _run_child("stream", str(n_large))
     for key in ("linear_cka", "debiased_cka"):
-        print(f"  N={n_small:>7,}  {key:13s} streaming {s_small[key]:.12f}   gram {g_small[key]:.12f}   |diff| {abs(s_small[key] - g_small[key]):.2e}")
-    print(f"  N={n_small:>7,}  time: streaming {s_small['seconds']:.2f} s, gram-space {g_small['seconds']:.2f} s "
-          f"-> streaming is {g_small['seconds'] / s_small['seconds']:.1f}x faster")
-    print(f"  N={n_small:>7,}  peak RSS: streaming {s_small['peak_rss_mb']:.0f} MB, gram-space {g_small['peak_rss_mb']:.0f} MB")
-    print(f"  N={n_large:>7,}  streaming {s_large['seconds']:.2f} s, peak RSS {s_large['peak_rss_mb']:.0f} MB "
-          f"({s_large['peak_rss_mb'] / s_small['peak_rss_mb']:.2f}x the N={n_small:,} run); debiased CKA {s_large['debiased_cka']:.6f}")
+        print(
+            f"  N={n_small:>7,}  {key:13s} streaming {s_small[key]:.12f}   gram {g_small[key]:.12f}   "
+            f"|diff| {abs(s_small[key] - g_small[key]):.2e}"
+        )
+    print(
+        f"  N={n_small:>7,}  time: streaming {s_small['seconds']:.2f} s, gram-space {g_small['seconds']:.2f} s "
+        f"-> streaming is {g_small['seconds'] / s_small['seconds']:.1f}x faster"
+    )
+    print(
+        f"  N={n_small:>7,}  peak RSS: streaming {s_small['peak_rss_mb']:.0f} MB, "
+        f"gram-space {g_small['peak_rss_mb']:.0f} MB"
+    )
+    print(
+        f"  N={n_large:>7,}  streaming {s_large['seconds']:.2f} s, peak RSS {s_large['peak_rss_mb']:.0f} MB "
+        f"({s_large['peak_rss_mb'] / s_small['peak_rss_mb']:.2f}x the N={n_small:,} run); "
+        f"debiased CKA {s_large['debiased_cka']:.6f}"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +147,10 @@ def bench_kl(vocab: int = 49152, positions: int = 1000, repeats: int = 5) -> Non
     from driftkit.metrics.kl import KLWorkspace, kl_from_hidden
     from driftkit.store.reader import Unembedding
 
-    print(f"== exact KL/JS/log-ratio, V = {vocab:,}, d = {D}, {positions:,} positions, {torch.get_num_threads()} threads ==")
+    print(
+        f"== exact KL/JS/log-ratio, V = {vocab:,}, d = {D}, {positions:,} positions, "
+        f"{torch.get_num_threads()} threads =="
+    )
     g = torch.Generator().manual_seed(0)
     wa = torch.randn(vocab, D, generator=g) / 8
     wb = wa + 0.02 * torch.randn(vocab, D, generator=g)
@@ -198,10 +217,20 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     rep = driftkit.compare([a, b], chunk_tokens=int(chunk_tokens))
     wall = time.perf_counter() - t
     body = rep.to_dict()
-    print(json.dumps({"seconds": wall, "peak_rss_mb": _peak_rss_mb(), "per_analysis_s": body["seconds"],
-                      "n_tokens": body["n_tokens"], "n_samples": body["n_samples"],
-                      "analyses": sorted(body["analyses"]), "load": os.getloadavg()[0],
-                      "driftkit": str(Path(driftkit.__file__).parent)}))
+    print(
+        json.dumps(
+            {
+                "seconds": wall,
+                "peak_rss_mb": _peak_rss_mb(),
+                "per_analysis_s": body["seconds"],
+                "n_tokens": body["n_tokens"],
+                "n_samples": body["n_samples"],
+                "analyses": sorted(body["analyses"]),
+                "load": os.getloadavg()[0],
+                "driftkit": str(Path(driftkit.__file__).parent),
+            }
+        )
+    )
 
 
 def _py(args: list[str], env: dict | None = None) -> dict:
@@ -211,8 +240,13 @@ def _py(args: list[str], env: dict | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: int = 1024,
-                  baseline_src: str | None = None, repeats: int = 1) -> None:
+def bench_compare(
+    workdir: Path,
+    sizes: tuple[int, ...] = (1, 5),
+    chunk_tokens: int = 1024,
+    baseline_src: str | None = None,
+    repeats: int = 1,
+) -> None:
     """Capture the default model and a perturbed copy on the bundled prompts (general-mix) at each
     size (files are reused between runs), then compare each pair in a fresh subprocess: time per
     analysis, total, the ratio to the unavoidable work measured in that same process, peak RSS.
@@ -221,8 +255,10 @@ def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: 
     from driftkit.capture import CaptureConfig, capture
     from driftkit.models import resolve_model_path
 
-    print(f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of "
-          f"{chunk_tokens:,} tokens, {torch.get_num_threads()} threads) ==")
+    print(
+        f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of "
+        f"{chunk_tokens:,} tokens, {torch.get_num_threads()} threads) =="
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     base = resolve_model_path("smollm2-135m")
     tuned = workdir / "smollm2-perturbed"
@@ -251,7 +287,16 @@ def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: 
             out = workdir / f"{name}_x{rep_count}.h5"
             if not out.exists():
                 t = time.perf_counter()
-                capture(CaptureConfig(model=model, prompts=str(prompts), out=out, probes=["residual", "final"], layers="all", overwrite=True))
+                capture(
+                    CaptureConfig(
+                        model=model,
+                        prompts=str(prompts),
+                        out=out,
+                        probes=["residual", "final"],
+                        layers="all",
+                        overwrite=True,
+                    )
+                )
                 print(f"  captured {out.name} in {time.perf_counter() - t:.1f} s ({out.stat().st_size / 1e6:.0f} MB)")
             paths.append(str(out))
         pairs[rep_count] = paths
@@ -270,10 +315,13 @@ def bench_compare(workdir: Path, sizes: tuple[int, ...] = (1, 5), chunk_tokens: 
                 r["unavoidable"] = {k: (f1[k] + f2[k]) / 2 for k in f1}
                 u = r["unavoidable"]
                 per = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_analysis_s"].items())
-                print(f"  [{label}] x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: "
-                      f"compare {r['seconds']:.1f} s ({per}); unavoidable {u['total_s']:.1f} s "
-                      f"(logits {u['logits_s']:.1f} s + CKA products {u['cka_products_s']:.1f} s) -> ratio "
-                      f"{r['seconds'] / u['total_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}", flush=True)
+                print(
+                    f"  [{label}] x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: "
+                    f"compare {r['seconds']:.1f} s ({per}); unavoidable {u['total_s']:.1f} s "
+                    f"(logits {u['logits_s']:.1f} s + CKA products {u['cka_products_s']:.1f} s) -> ratio "
+                    f"{r['seconds'] / u['total_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}",
+                    flush=True,
+                )
 
 
 def _write_prompts(path: Path, repeat: int) -> None:
@@ -300,13 +348,18 @@ def main() -> None:
     ap.add_argument("--n-large", type=int, default=200_000)
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("DRIFTKIT_BENCH_DIR", "/tmp/driftkit_bench")))
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    ap.add_argument("--compare-chunk-tokens", type=int, default=4096,
-                    help="chunk size of the compare runs (default: compare's own; the x5 capture exceeds it, "
-                         "so memory could only grow if something scaled with the tokens)")
+    ap.add_argument(
+        "--compare-chunk-tokens",
+        type=int,
+        default=4096,
+        help="chunk size of the compare runs (default: compare's own; the x5 capture exceeds it, "
+        "so memory could only grow if something scaled with the tokens)",
+    )
     ap.add_argument("--compare-child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--floor-child", nargs=3, help=argparse.SUPPRESS)
-    ap.add_argument("--sizes", default="1,5",
-                    help="prompt-set repeats of the two compared capture sizes (5: 6,430 tokens)")
+    ap.add_argument(
+        "--sizes", default="1,5", help="prompt-set repeats of the two compared capture sizes (5: 6,430 tokens)"
+    )
     ap.add_argument("--repeats", type=int, default=1, help="how many times to run each comparison")
     ap.add_argument("--baseline-src", help="also time this source tree (package layout, e.g. main's code), interleaved")
     args = ap.parse_args()
@@ -326,8 +379,13 @@ def main() -> None:
     if "kl" in only:
         bench_kl()
     if "compare" in only:
-        bench_compare(args.workdir, tuple(int(x) for x in args.sizes.split(",")), args.compare_chunk_tokens,
-                      args.baseline_src, args.repeats)
+        bench_compare(
+            args.workdir,
+            tuple(int(x) for x in args.sizes.split(",")),
+            args.compare_chunk_tokens,
+            args.baseline_src,
+            args.repeats,
+        )
 
 
 if __name__ == "__main__":

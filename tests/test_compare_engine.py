@@ -1,4 +1,5 @@
 """The compare engine shares one logits pass and one read per layer; results equal each analysis alone."""
+
 from __future__ import annotations
 
 import json
@@ -28,12 +29,20 @@ def _canon(x: Any) -> Any:
     return x
 
 
-@pytest.mark.parametrize("kw", [
-    {"positions": "all"},
-    {"positions": "response", "chunk_tokens": 16},
-    {"positions": "all", "max_tokens": 40, "seed": 1, "layers": "0,2",
-     "options": {"cka": {"unit": "sample"}, "kl": {"chunk": "7"}}},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"positions": "all"},
+        {"positions": "response", "chunk_tokens": 16},
+        {
+            "positions": "all",
+            "max_tokens": 40,
+            "seed": 1,
+            "layers": "0,2",
+            "options": {"cka": {"unit": "sample"}, "kl": {"chunk": "7"}},
+        },
+    ],
+)
 def test_shared_passes_equal_each_analysis_alone(tiny_capture_pair, kw: dict) -> None:
     """All four bundled analyses in one comparison give exactly (==) what each gives run alone."""
     a, b = tiny_capture_pair
@@ -105,11 +114,13 @@ def test_third_party_consumers_and_legacy_run(tiny_capture_pair) -> None:
     """A legacy run()-only analysis and a scratch-writing logits consumer with its own mask next to
     the bundled ones: the bundled results do not change, and the consumer sees exactly its rows."""
     a, b = tiny_capture_pair
-    ref = driftkit.compare([a, b], analyses=["kl", "token_rank"], positions="all",
-                           chunk_tokens=16).to_dict()["analyses"]
+    ref = driftkit.compare([a, b], analyses=["kl", "token_rank"], positions="all", chunk_tokens=16).to_dict()[
+        "analyses"
+    ]
     vandal = _Vandal()
-    body = driftkit.compare([a, b], analyses=["kl", vandal, "token_rank", _Legacy], positions="all",
-                            chunk_tokens=16).to_dict()
+    body = driftkit.compare(
+        [a, b], analyses=["kl", vandal, "token_rank", _Legacy], positions="all", chunk_tokens=16
+    ).to_dict()
     an = body["analyses"]
     assert list(an) == ["kl", "vandal", "token_rank", "legacy_mean"]
     for name in ("kl", "token_rank"):
@@ -160,7 +171,6 @@ def test_plugin_without_work_is_refused() -> None:
         check_plugin(driftkit.load_plugin("analysis", name))
 
 
-
 def test_docs_streaming_example_runs(tiny_capture_pair) -> None:
     """docs/compare.md's streaming-hooks example works as written and sees every scored position."""
     import re
@@ -177,4 +187,5 @@ def test_docs_streaming_example_runs(tiny_capture_pair) -> None:
         lb = rb.read("final/hidden")[m].float() @ rb.unembedding().weight.T
     assert res["top_agreement"]["summary"]["n"] == res["kl"]["summary"]["n_positions"] == int(m.sum())
     assert res["top_agreement"]["summary"]["top_agreement"] == pytest.approx(
-        float((la.argmax(1) == lb.argmax(1)).double().mean()))
+        float((la.argmax(1) == lb.argmax(1)).double().mean())
+    )

@@ -3,6 +3,7 @@
 The package is callable (``driftkit.compare([...])`` forwards to :func:`compare`), so the public
 call works whatever was imported first; see :mod:`driftkit.callable_module`.
 """
+
 from driftkit.callable_module import make_callable
 from driftkit.compare.pair import CapturePair, CompareOptions, check_comparable
 from driftkit.compare.runner import SCHEMA, compare

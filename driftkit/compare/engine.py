@@ -22,11 +22,13 @@ Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
 two blocks plus every consumer's declared scratch (:attr:`Analysis.logits_scratch_bytes`), so the
 whole pass stays within a fixed byte budget at any vocabulary and any number of tokens.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -57,7 +59,7 @@ class LogitsChunk:
     block: read them, reduce them to per-position numbers, keep nothing that aliases them, and do
     not write to them unless the analysis declares ``scratch_logits = True``."""
 
-    pair: "CapturePair"
+    pair: CapturePair
     idx: np.ndarray  # (n,) token indices in the capture (position t predicts token t + 1)
     logits_a: torch.Tensor  # (n, V) float32, model A (the reference)
     logits_b: torch.Tensor  # (n, V) float32, model B
@@ -68,11 +70,17 @@ class LogitsChunk:
     def __len__(self) -> int:
         return len(self.idx)
 
-    def subset(self, sel: np.ndarray) -> "LogitsChunk":
+    def subset(self, sel: np.ndarray) -> LogitsChunk:
         """The rows where ``sel`` (n,) is true, copied (a consumer whose mask is narrower)."""
         t = torch.from_numpy(np.flatnonzero(sel))
-        return replace(self, idx=self.idx[sel], logits_a=self.logits_a.index_select(0, t),
-                       logits_b=self.logits_b.index_select(0, t), next_ids=self.next_ids[t], domain=self.domain[t])
+        return replace(
+            self,
+            idx=self.idx[sel],
+            logits_a=self.logits_a.index_select(0, t),
+            logits_b=self.logits_b.index_select(0, t),
+            next_ids=self.next_ids[t],
+            domain=self.domain[t],
+        )
 
 
 @dataclass
@@ -88,7 +96,7 @@ class LayerChunk:
     def __len__(self) -> int:
         return len(self.idx)
 
-    def subset(self, sel: np.ndarray) -> "LayerChunk":
+    def subset(self, sel: np.ndarray) -> LayerChunk:
         t = torch.from_numpy(np.flatnonzero(sel))
         return replace(self, idx=self.idx[sel], xa=self.xa.index_select(0, t), xb=self.xb.index_select(0, t))
 
@@ -101,7 +109,7 @@ class _Clock:
         self.shared: dict[str, float] = {}
         self.sharers: dict[str, list[str]] = {}
 
-    def call(self, an: "Analysis", fn: Any, *args: Any) -> Any:
+    def call(self, an: Analysis, fn: Any, *args: Any) -> Any:
         t = time.perf_counter()
         try:
             return fn(*args)
@@ -125,7 +133,7 @@ def _select(mask: np.ndarray, idx: np.ndarray) -> np.ndarray | None:
     return None if bool(sel.all()) else sel
 
 
-def _logits_pass(pair: "CapturePair", consumers: list["Analysis"], clock: _Clock) -> None:
+def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) -> None:
     """Rebuild both models' logits once per block and feed every logits consumer."""
     masks = {an.name: clock.call(an, an.logits_mask, pair) for an in consumers}
     union = np.logical_or.reduce(list(masks.values()))
@@ -175,7 +183,7 @@ def _logits_pass(pair: "CapturePair", consumers: list["Analysis"], clock: _Clock
     clock.sharers[LOGITS] = [an.name for an in consumers]
 
 
-def _layers_pass(pair: "CapturePair", consumers: list["Analysis"], clock: _Clock) -> None:
+def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) -> None:
     """Read each layer once (the union of what the consumers want) and feed every layer consumer."""
     masks = {an.name: clock.call(an, an.layers_mask, pair) for an in consumers}
     wanted = {an.name: list(clock.call(an, an.layer_sites, pair)) for an in consumers}
@@ -208,7 +216,7 @@ def _layers_pass(pair: "CapturePair", consumers: list["Analysis"], clock: _Clock
     clock.sharers[LAYERS] = [an.name for an in consumers]
 
 
-def run_analyses(pair: "CapturePair", analyses: Sequence["Analysis"]) -> tuple[dict[str, Any], dict[str, float]]:
+def run_analyses(pair: CapturePair, analyses: Sequence[Analysis]) -> tuple[dict[str, Any], dict[str, float]]:
     """Run ``analyses`` (already checked) on ``pair``: streaming ones share one logits pass and one
     read per layer, legacy ones (``run`` only) run on their own. Returns ``(results by name,
     seconds by name)``; results keep the order of ``analyses``."""

@@ -5,12 +5,14 @@ only meaningful when both files hold the same samples in the same order with ide
 so :func:`check_comparable` refuses anything else with a message that names the first offending
 sample and the likely cause (different tokenizers, or different prompts/responses), before any math.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,7 +81,8 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
         only_b = [s for s in b.sample_ids if s not in set(a.sample_ids)]
         raise IncompatibleCaptures(
             f"{pa} ({a.n_samples} samples) and {pb} ({b.n_samples} samples) hold different samples "
-            f"(only in A: {only_a[:3]}{'...' if len(only_a) > 3 else ''}; only in B: {only_b[:3]}{'...' if len(only_b) > 3 else ''}). "
+            f"(only in A: {only_a[:3]}{'...' if len(only_a) > 3 else ''}; "
+            f"only in B: {only_b[:3]}{'...' if len(only_b) > 3 else ''}). "
             f"Capture both checkpoints on the same prompt file, or capture B with '--tokens-from {pa}'."
         )
     both_done = a.done & b.done
@@ -97,7 +100,8 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
         sha_a, sha_b = a.attrs.get("tokenizer_sha256"), b.attrs.get("tokenizer_sha256")
         if sha_a and sha_b and sha_a != sha_b:
             cause = (
-                f"The two checkpoints use different tokenizers (tokenizer_sha256 {str(sha_a)[:12]} vs {str(sha_b)[:12]}), "
+                f"The two checkpoints use different tokenizers "
+                f"(tokenizer_sha256 {str(sha_a)[:12]} vs {str(sha_b)[:12]}), "
                 f"so the same text gives other ids; token-level comparison needs one tokenizer."
             )
         else:
@@ -115,7 +119,9 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
         only = sorted(sa ^ sb)
         notes.append(f"sites recorded in only one capture are skipped: {', '.join(only)}")
     if not both_done.all():
-        notes.append(f"using the {int(both_done.sum())} of {a.n_samples} samples captured in both files (--allow-incomplete)")
+        notes.append(
+            f"using the {int(both_done.sum())} of {a.n_samples} samples captured in both files (--allow-incomplete)"
+        )
     return notes
 
 
@@ -237,7 +243,7 @@ class CapturePair:
 
             n_layers = int(self.a.attrs.get("num_layers", max(layers, default=-1) + 1))
             wanted = parse_layers(self.options.layers, n_layers)
-            missing = [l for l in wanted if l not in layers]
+            missing = [layer for layer in wanted if layer not in layers]
             if missing:
                 raise DriftkitError(
                     f"--layers asks for layers {missing} that are not recorded in both captures; recorded: "
@@ -248,7 +254,7 @@ class CapturePair:
         out: list[tuple[int | str, str]] = []
         if include_embed and "embed" in common:
             out.append(("embed", S.EMBED_SITE))
-        out += [(l, S.residual_site(l)) for l in layers]
+        out += [(layer, S.residual_site(layer)) for layer in layers]
         return out
 
     def logits_problem(self) -> str | None:
@@ -259,18 +265,25 @@ class CapturePair:
                 return f"needs {p} in both captures (capture with --probe final)"
         va, vb = self.a.shape(S.FINAL_UNEMBED)[0], self.b.shape(S.FINAL_UNEMBED)[0]
         if va != vb:
-            return f"the vocabularies differ ({va} vs {vb} tokens); distributions over different vocabularies cannot be compared"
+            return (
+                f"the vocabularies differ ({va} vs {vb} tokens); distributions over different vocabularies "
+                "cannot be compared"
+            )
         return None
 
     # -- streaming -------------------------------------------------------------------------------
     def iter_pair(
-        self, path: str, mask: np.ndarray | None = None, chunk_tokens: int | None = None, dtype: torch.dtype = torch.float32
+        self,
+        path: str,
+        mask: np.ndarray | None = None,
+        chunk_tokens: int | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Yield ``(token_indices, rows_a, rows_b)`` of dataset ``path`` from both files, aligned,
         in chunks; memory O(chunk x d)."""
         step = chunk_tokens or self.options.chunk_tokens
         it_b = self.b.iter_chunks(path, step, mask, dtype)
-        for (idx, xa), (idx_b, xb) in zip(self.a.iter_chunks(path, step, mask, dtype), it_b):
+        for (idx, xa), (_idx_b, xb) in zip(self.a.iter_chunks(path, step, mask, dtype), it_b):
             yield idx, xa, xb
 
     def next_token_ids(self, token_idx: np.ndarray) -> torch.Tensor:

@@ -4,13 +4,15 @@ The first capture is the reference A (usually the base model); each other captur
 against it. The core never imports an analysis by name: names are resolved through the registry
 (entry points ``driftkit.analyses`` or ``path.py:Class``).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from driftkit.compare.engine import run_analyses
-from driftkit.compare.pair import CaptureReader, CapturePair, CompareOptions, Progress, check_comparable
+from driftkit.compare.pair import CapturePair, CaptureReader, CompareOptions, Progress, check_comparable
 from driftkit.errors import DriftkitError
 from driftkit.registry.analysis import Analysis
 
@@ -60,7 +62,9 @@ def resolve_analyses(
             if not (isinstance(cls, type) and issubclass(cls, Analysis)):
                 raise DriftkitError(f"{spec!r} is not an Analysis subclass.")
             if not cls.name:
-                raise DriftkitError(f"Analysis class {cls.__name__} sets no 'name'; give it a short name (the JSON key of its result).")
+                raise DriftkitError(
+                    f"Analysis class {cls.__name__} sets no 'name'; give it a short name (the JSON key of its result)."
+                )
             inst = cls(**plugin_options.get(cls.name, {}))
         out.append(inst)
         if is_explicit:
@@ -72,7 +76,8 @@ def resolve_analyses(
     unknown_opts = sorted(set(plugin_options) - set(names))
     if unknown_opts:
         raise DriftkitError(
-            f"Options were given for {', '.join(unknown_opts)}, which is not among the analyses run ({', '.join(names)})."
+            f"Options were given for {', '.join(unknown_opts)}, which is not among the analyses run "
+            f"({', '.join(names)})."
         )
     return out, explicit
 
@@ -104,7 +109,7 @@ def compare(
     options: dict[str, dict[str, Any]] | None = None,
     progress: Progress | None = None,
     extra_analyses: Sequence[str | type[Analysis] | Analysis] = (),
-) -> "Report":
+) -> Report:
     """Compare captures: the first is the reference A, each other one is compared against it.
 
     ``positions``: ``auto`` (default: response tokens when both captures hold responses, else all),
@@ -119,7 +124,9 @@ def compare(
 
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
-        raise DriftkitError("compare needs at least two capture files: the reference (A) first, then one or more to compare.")
+        raise DriftkitError(
+            "compare needs at least two capture files: the reference (A) first, then one or more to compare."
+        )
     opts = CompareOptions(
         positions=positions,
         layers=layers,
@@ -151,7 +158,9 @@ def compare(
                 reason = an.check(pair)
                 if reason is not None:
                     if an.name in explicit:
-                        raise DriftkitError(f"Analysis {an.name!r} cannot run on {pair.a.path} vs {pair.b.path}: {reason}.")
+                        raise DriftkitError(
+                            f"Analysis {an.name!r} cannot run on {pair.a.path} vs {pair.b.path}: {reason}."
+                        )
                     pair.notes.append(f"{an.name} skipped: {reason}")
                     continue
                 runnable.append(an)
@@ -172,7 +181,7 @@ def compare(
                     "analyses": results,
                 }
             )
-        captures = [_capture_info(r, l) for r, l in zip(readers, labels)]
+        captures = [_capture_info(r, label) for r, label in zip(readers, labels)]
     finally:
         for r in readers:
             r.close()

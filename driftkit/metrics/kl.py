@@ -34,6 +34,7 @@ A is masked, B puts mass A forbids and KL(P_B || P_A) = +inf by definition (like
 where only B is masked); JS is always finite. A row holding NaN or +inf, or no finite entry, raises
 :class:`NonFiniteLogits` (a :class:`DriftkitError`) naming the row.
 """
+
 from __future__ import annotations
 
 import math
@@ -110,12 +111,15 @@ def _check_rows(la: torch.Tensor, lb: torch.Tensor, rows: torch.Tensor, row_offs
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             row = int(rows[i]) + row_offset
-            what = ("NaN" if bool(torch.isnan(x[i]).any())
-                    else "+inf" if bool(torch.isposinf(x[i]).any()) else "no finite")
+            what = (
+                "NaN" if bool(torch.isnan(x[i]).any()) else "+inf" if bool(torch.isposinf(x[i]).any()) else "no finite"
+            )
             raise NonFiniteLogits(
                 f"Model {name}'s logits at row {row} hold {what} value(s), so its next-token distribution is "
                 "undefined there. The capture's final/hidden or final/unembed is corrupt or the model overflowed "
-                "(float16 captures of large activations); re-capture that checkpoint in bfloat16 or float32.", row)
+                "(float16 captures of large activations); re-capture that checkpoint in bfloat16 or float32.",
+                row,
+            )
 
 
 def _fallback64(la: torch.Tensor, lb: torch.Tensor, ids: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
@@ -144,9 +148,15 @@ def _fallback64(la: torch.Tensor, lb: torch.Tensor, ids: torch.Tensor | None) ->
     return kl_f, kl_r, js, lr
 
 
-def kl_from_logits_(la: torch.Tensor, lb: torch.Tensor, next_ids: torch.Tensor | None = None,
-                    d_buf: torch.Tensor | None = None, ea_buf: torch.Tensor | None = None,
-                    eb_buf: torch.Tensor | None = None, row_offset: int = 0) -> KLStats:
+def kl_from_logits_(
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    next_ids: torch.Tensor | None = None,
+    d_buf: torch.Tensor | None = None,
+    ea_buf: torch.Tensor | None = None,
+    eb_buf: torch.Tensor | None = None,
+    row_offset: int = 0,
+) -> KLStats:
     """Divergences between the rows of two (n, V) float32 logit blocks. **Overwrites** ``la`` and
     ``lb`` (and the optional scratch buffers); pass clones if you need them afterwards.
 
@@ -223,7 +233,11 @@ def kl_from_hidden(
     vocab = un_a.weight.shape[0]
     if un_b.weight.shape[0] != vocab:
         raise ValueError(f"vocabularies differ: {vocab} vs {un_b.weight.shape[0]}")
-    ws = workspace if workspace is not None and workspace.vocab == vocab else KLWorkspace(min(chunk, max(n, 1)), vocab, h_a.device)
+    ws = (
+        workspace
+        if workspace is not None and workspace.vocab == vocab
+        else KLWorkspace(min(chunk, max(n, 1)), vocab, h_a.device)
+    )
     step = ws.rows
     parts: list[KLStats] = []
     for s in range(0, n, step):

@@ -11,12 +11,14 @@ of several captures (:meth:`summary`) and figures for the HTML report (:meth:`fi
 A third-party analysis is a subclass found through the ``driftkit.analyses`` entry point group or
 given as ``path/to/file.py:ClassName`` (see docs/compare.md).
 """
+
 from __future__ import annotations
 
 import math
 from abc import ABC
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from driftkit.registry.options import Configurable
 
@@ -55,11 +57,11 @@ class Analysis(Configurable, ABC):
     options: ClassVar[Mapping[str, Any]] = {}
 
     # -- what it needs ---------------------------------------------------------------------------
-    def requirements(self, pair: "CapturePair") -> list[str]:
+    def requirements(self, pair: CapturePair) -> list[str]:
         """HDF5 dataset paths both captures must hold (e.g. ``final/hidden``)."""
         return []
 
-    def check(self, pair: "CapturePair") -> str | None:
+    def check(self, pair: CapturePair) -> str | None:
         """Why this analysis cannot run on ``pair`` (None when it can). Default: missing datasets."""
         missing = [p for p in self.requirements(pair) if not (pair.a.has(p) and pair.b.has(p))]
         if missing:
@@ -78,7 +80,7 @@ class Analysis(Configurable, ABC):
     #: (e.g. 12 for three float32 blocks); the engine sizes its blocks so the total stays bounded.
     logits_scratch_bytes: ClassVar[int] = 0
 
-    def run(self, pair: "CapturePair") -> dict[str, Any]:
+    def run(self, pair: CapturePair) -> dict[str, Any]:
         """Compute the result (a JSON-able dict) by streaming chunks through ``pair``.
 
         Override either this (the analysis reads what it wants itself) or the hooks below with a
@@ -86,16 +88,17 @@ class Analysis(Configurable, ABC):
         and ``driftkit compare`` drives them once for every analysis of the comparison."""
         if not self.consumes:
             raise NotImplementedError(
-                f"analysis {self.name!r} implements neither run(pair) nor the consumes/on_logits/on_layer/finish hooks")
+                f"analysis {self.name!r} implements neither run(pair) nor the consumes/on_logits/on_layer/finish hooks"
+            )
         from driftkit.compare.engine import run_analyses
 
         return run_analyses(pair, [self])[0][self.name]
 
     # -- streaming hooks (analyses with ``consumes``; called by driftkit.compare.engine) ------------
-    def start(self, pair: "CapturePair") -> None:
+    def start(self, pair: CapturePair) -> None:
         """Before any chunk: set up accumulators (O(d^2) or O(samples x d), never O(tokens))."""
 
-    def logits_mask(self, pair: "CapturePair") -> "np.ndarray":
+    def logits_mask(self, pair: CapturePair) -> np.ndarray:
         """(T,) positions whose logits this analysis wants. Default: the predictive mask of the
         selection (positions whose next token is in the selected part)."""
         return pair.mask("predictive")
@@ -104,29 +107,29 @@ class Analysis(Configurable, ABC):
         """Most positions per logits block this analysis wants (the engine takes the smallest)."""
         return 512
 
-    def on_logits(self, chunk: "LogitsChunk") -> None:
+    def on_logits(self, chunk: LogitsChunk) -> None:
         """One block of positions with both models' logits (``chunk.logits_a``/``logits_b``, (n, V)
         float32, read-only unless :attr:`scratch_logits`), the next-token ids and domain indices.
         Reduce it to per-position numbers now: the buffers are reused for the next block."""
 
-    def layers_mask(self, pair: "CapturePair") -> "np.ndarray":
+    def layers_mask(self, pair: CapturePair) -> np.ndarray:
         """(T,) tokens whose layer rows this analysis wants. Default: the states mask."""
         return pair.mask("states")
 
-    def layer_sites(self, pair: "CapturePair") -> list[tuple[int | str, str]]:
+    def layer_sites(self, pair: CapturePair) -> list[tuple[int | str, str]]:
         """``(layer, dataset path)`` this analysis wants. Default: every selected layer."""
         return pair.layer_sites()
 
-    def start_layer(self, pair: "CapturePair", layer: int | str, site: str) -> None:
+    def start_layer(self, pair: CapturePair, layer: int | str, site: str) -> None:
         """Before the first chunk of a layer."""
 
-    def on_layer(self, chunk: "LayerChunk") -> None:
+    def on_layer(self, chunk: LayerChunk) -> None:
         """A chunk of one layer's rows from both captures (``chunk.xa``, ``chunk.xb``; read-only)."""
 
-    def finish_layer(self, pair: "CapturePair", layer: int | str, site: str) -> None:
+    def finish_layer(self, pair: CapturePair, layer: int | str, site: str) -> None:
         """After the last chunk of a layer (finalise that layer's numbers, free its accumulators)."""
 
-    def finish(self, pair: "CapturePair") -> dict[str, Any]:
+    def finish(self, pair: CapturePair) -> dict[str, Any]:
         """After all passes: the result (a JSON-able dict)."""
         raise NotImplementedError(f"analysis {self.name!r} declares consumes but implements no finish(pair)")
 
@@ -139,7 +142,7 @@ class Analysis(Configurable, ABC):
                 out[k] = float(v)
         return out
 
-    def render(self, result: Mapping[str, Any]) -> "RenderableType":
+    def render(self, result: Mapping[str, Any]) -> RenderableType:
         """A rich renderable for the terminal report. Default: the summary as a small table."""
         from rich.table import Table
 

@@ -4,10 +4,12 @@ Streams each layer's tokens once through :class:`driftkit.metrics.cka.StreamingC
 exact to 1e-6 against the gram-space formula). ``unit=sample`` compares mean-pooled samples instead
 of tokens (coarser, but insensitive to per-token noise).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,8 +35,11 @@ class CKAAnalysis(Analysis):
         "rotation and scale. Debiased CKA (unbiased HSIC) is not inflated by d/n and is the one to read."
     )
     options = {
-        "unit": Option("token", "What one CKA observation is: a token, or a sample's mean-pooled states.",
-                       choices=("token", "sample")),
+        "unit": Option(
+            "token",
+            "What one CKA observation is: a token, or a sample's mean-pooled states.",
+            choices=("token", "sample"),
+        ),
         "cross_layer": Option(False, "Also compute the layer x layer CKA matrix (A's layer i vs B's layer j)."),
     }
 
@@ -80,8 +85,9 @@ class CKAAnalysis(Analysis):
             )
         r = acc.result()
         self._n_rows = r.n
-        self._layers.append({"layer": layer, "site": site.split("/", 1)[1], "linear_cka": r.linear_cka,
-                             "debiased_cka": r.debiased_cka})
+        self._layers.append(
+            {"layer": layer, "site": site.split("/", 1)[1], "linear_cka": r.linear_cka, "debiased_cka": r.debiased_cka}
+        )
         del self._acc
 
     def finish(self, pair: Any) -> dict[str, Any]:
@@ -121,7 +127,7 @@ class CKAAnalysis(Analysis):
                     acc.update(xa, xb)
             matrix.append([acc.result().debiased_cka for acc in accs])
             pair.progress("cka cross-layer", i + 1, len(sites))
-        return {"layers": [l for l, _ in sites], "debiased_cka": matrix}
+        return {"layers": [layer for layer, _ in sites], "debiased_cka": matrix}
 
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
         s = result["summary"]
@@ -141,10 +147,14 @@ class CKAAnalysis(Analysis):
         t.add_row("linear", Text(sparkline(lin, lo, 1.0), style="blue"), "")
         s = result["summary"]
         head = Text.assemble(
-            ("mean debiased CKA ", ""), (fmt(s["mean_debiased_cka"]), "bold"),
-            ("   lowest ", ""), (fmt(s["min_debiased_cka"]), "bold red"), (f" at layer {s['min_layer']}", ""),
+            ("mean debiased CKA ", ""),
+            (fmt(s["mean_debiased_cka"]), "bold"),
+            ("   lowest ", ""),
+            (fmt(s["min_debiased_cka"]), "bold red"),
+            (f" at layer {s['min_layer']}", ""),
             (f"   ({result['n']:,} {result['unit']}s)", "dim"),
         )
+
         # 1 - CKA in 2 significant digits: near-identical checkpoints give CKA 0.99998 vs 0.99990, which
         # any fixed number of decimals prints as "1.000" for every layer, hiding which layers moved
         def gap(v: Any) -> str:
@@ -170,7 +180,9 @@ class CKAAnalysis(Analysis):
         ax.set_xlabel("layer")
         ax.set_ylabel("CKA with A")
         ax.legend(fontsize=8, frameon=False)
-        figs = [Figure("CKA per layer", to_svg(fig), "solid: debiased, dashed: biased linear CKA; 1 = unchanged geometry")]
+        figs = [
+            Figure("CKA per layer", to_svg(fig), "solid: debiased, dashed: biased linear CKA; 1 = unchanged geometry")
+        ]
         for lab, res in results.items():
             cross = res.get("cross_layer")
             if not cross:
@@ -212,6 +224,8 @@ class CKAAnalysis(Analysis):
             low = np.argsort(vals)[:k]
             rest = np.setdiff1d(np.arange(len(vals)), low)
             lo_layers = sorted(str(layers[i]["layer"]) for i in low)
-            out.append(f"{lab}: lowest CKA to the base at layer(s) {', '.join(lo_layers)} "
-                       f"(mean {vals[low].mean():.3f} vs {vals[rest].mean() if rest.size else float('nan'):.3f} elsewhere).")
+            out.append(
+                f"{lab}: lowest CKA to the base at layer(s) {', '.join(lo_layers)} "
+                f"(mean {vals[low].mean():.3f} vs {vals[rest].mean() if rest.size else float('nan'):.3f} elsewhere)."
+            )
         return out

@@ -5,9 +5,11 @@ Logits are rebuilt chunk by chunk from ``final/hidden`` and ``final/unembed`` of
 estimator, the mean of ``log p_B(y_t) - log p_A(y_t)`` over *response* tokens y_t in the selection
 (over all selected positions when the captures hold no responses).
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,8 +73,10 @@ class KLAnalysis(Analysis):
             pair = chunk.pair
             t = int(idx[e.row])
             smp = int(pair.token_sample[t])
-            raise DriftkitError(f"kl: sample {pair.a.sample_ids[smp]!s} position {t - int(pair.a.offsets[smp])} "
-                                f"(token {t} of the capture): {e}") from None
+            raise DriftkitError(
+                f"kl: sample {pair.a.sample_ids[smp]!s} position {t - int(pair.a.offsets[smp])} "
+                f"(token {t} of the capture): {e}"
+            ) from None
         dom = chunk.domain
         self._sums.index_add_(0, dom, torch.stack([st.kl_forward, st.kl_reverse, st.js], 1).double())
         self._counts.index_add_(0, dom, torch.ones(len(idx), dtype=torch.float64))
@@ -94,10 +98,18 @@ class KLAnalysis(Analysis):
 
         def row(s: torch.Tensor, n: float, lrs: float, lrn: float) -> dict[str, Any]:
             v = (s / n).tolist() if n > 0 else [None] * 3
-            return {"kl_forward": v[0], "kl_reverse": v[1], "js": v[2],
-                    "sampled_logratio": lrs / lrn if lrn > 0 else None, "n_positions": int(n)}
+            return {
+                "kl_forward": v[0],
+                "kl_reverse": v[1],
+                "js": v[2],
+                "sampled_logratio": lrs / lrn if lrn > 0 else None,
+                "n_positions": int(n),
+            }
 
-        per_domain = {d: row(sums[i], float(counts[i]), float(lr_sum[i]), float(lr_cnt[i])) for i, d in enumerate(pair.domain_names)}
+        per_domain = {
+            d: row(sums[i], float(counts[i]), float(lr_sum[i]), float(lr_cnt[i]))
+            for i, d in enumerate(pair.domain_names)
+        }
         summary = row(sums.sum(0), float(counts.sum()), float(lr_sum.sum()), float(lr_cnt.sum()))
         order = torch.argsort(top_val, descending=True)
         top = []
@@ -105,8 +117,14 @@ class KLAnalysis(Analysis):
             t = int(top_idx[j])
             s = int(pair.token_sample[t])
             nxt = int(pair.a.token_ids[t + 1])
-            top.append({"sample": str(pair.a.sample_ids[s]), "position": t - int(pair.a.offsets[s]),
-                        "next_token": pair.token_strings([nxt])[0], "kl_forward": float(top_val[j])})
+            top.append(
+                {
+                    "sample": str(pair.a.sample_ids[s]),
+                    "position": t - int(pair.a.offsets[s]),
+                    "next_token": pair.token_strings([nxt])[0],
+                    "kl_forward": float(top_val[j]),
+                }
+            )
         return {
             "positions": pair.positions,
             "logratio_positions": "response" if use_resp else pair.positions,
@@ -120,8 +138,14 @@ class KLAnalysis(Analysis):
 
     def render(self, result: Mapping[str, Any]) -> Any:
         t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-        for c, j in (("domain", "left"), ("positions", "right"), ("KL(B‖A)", "right"), ("KL(A‖B)", "right"),
-                     ("JS", "right"), ("log-ratio", "right")):
+        for c, j in (
+            ("domain", "left"),
+            ("positions", "right"),
+            ("KL(B‖A)", "right"),
+            ("KL(A‖B)", "right"),
+            ("JS", "right"),
+            ("log-ratio", "right"),
+        ):
             t.add_column(c, justify=j)  # type: ignore[arg-type]
         for dom, r in result["per_domain"].items():
             t.add_row(dom, f"{r['n_positions']:,}", *[fmt(r[k]) for k in KEYS])
@@ -130,7 +154,12 @@ class KLAnalysis(Analysis):
         parts: list[Any] = [t]
         if result.get("top_positions"):
             mv = Text("largest KL(B‖A): ", style="bold")
-            mv.append("  ".join(f"{p['sample']}@{p['position']}→{p['next_token']!r} {fmt(p['kl_forward'], 3)}" for p in result["top_positions"][:5]))
+            mv.append(
+                "  ".join(
+                    f"{p['sample']}@{p['position']}→{p['next_token']!r} {fmt(p['kl_forward'], 3)}"
+                    for p in result["top_positions"][:5]
+                )
+            )
             parts.append(mv)
         return Group(*parts)
 
@@ -149,7 +178,11 @@ class KLAnalysis(Analysis):
             ax.set_xticklabels(domains, fontsize=8)
             ax.set_title(name, fontsize=10)
         axes[0][0].legend(fontsize=8, frameon=False)
-        return [Figure("KL and JS per domain", to_svg(fig), "means over the selected positions, exact over the full vocabulary")]
+        return [
+            Figure(
+                "KL and JS per domain", to_svg(fig), "means over the selected positions, exact over the full vocabulary"
+            )
+        ]
 
     # -- the study report --------------------------------------------------------------------------
     def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,8 +190,15 @@ class KLAnalysis(Analysis):
 
     def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
         s = result["summary"]
-        return [(label, s.get(k), ".3f") for label, k in
-                (("KL fwd", "kl_forward"), ("KL rev", "kl_reverse"), ("JS", "js"), ("log-ratio", "sampled_logratio"))]
+        return [
+            (label, s.get(k), ".3f")
+            for label, k in (
+                ("KL fwd", "kl_forward"),
+                ("KL rev", "kl_reverse"),
+                ("JS", "js"),
+                ("log-ratio", "sampled_logratio"),
+            )
+        ]
 
     def drift_measures(self, result: Mapping[str, Any]) -> dict[str, float]:
         kl = result["summary"].get("kl_forward")
@@ -175,6 +215,8 @@ class KLAnalysis(Analysis):
                 continue
             pos = r.get("positions", "all")
             where = "its response tokens" if pos == "response" else f"{pos} positions"
-            out.append(f"{lab}: mean KL(P_tuned||P_base) over {where} {kl:.3f} nats"
-                       + (f" ({NO_CHANGE})." if negligible(kl) else "."))
+            out.append(
+                f"{lab}: mean KL(P_tuned||P_base) over {where} {kl:.3f} nats"
+                + (f" ({NO_CHANGE})." if negligible(kl) else ".")
+            )
         return out

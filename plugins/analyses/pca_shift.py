@@ -6,17 +6,25 @@ O(samples x d). Per domain, PCA(2) is fit on A's pooled features and both models
 it (DESIGN.md section 4; :mod:`driftkit.metrics.pca`). Principal angles between A's and B's top-k
 PCA subspaces of the pooled features (all selected samples) measure rotation independent of signs.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from driftkit.metrics.pca import (MIN_SAMPLES, SamplePooler, layer_distance, layer_point, principal_angles,
-                                  shift_from_points)
+from driftkit.metrics.pca import (
+    MIN_SAMPLES,
+    SamplePooler,
+    layer_distance,
+    layer_point,
+    principal_angles,
+    shift_from_points,
+)
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
@@ -50,8 +58,10 @@ class PCAShiftAnalysis(Analysis):
         self._layers: list[dict[str, Any]] = []
 
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
-        self._pools = (SamplePooler(pair.a.n_samples, pair.a.shape(site)[1]),
-                       SamplePooler(pair.a.n_samples, pair.b.shape(site)[1]))
+        self._pools = (
+            SamplePooler(pair.a.n_samples, pair.a.shape(site)[1]),
+            SamplePooler(pair.a.n_samples, pair.b.shape(site)[1]),
+        )
 
     def on_layer(self, chunk: Any) -> None:
         s = self._token_sample[chunk.idx]
@@ -71,13 +81,15 @@ class PCAShiftAnalysis(Analysis):
             pt = layer_point(fa[rows], fb[rows])
             self._points[d].append({"layer": layer, **pt, "distance": layer_distance(pt)})
         angles = principal_angles(fa[valid], fb[valid], k) if valid.sum() >= 2 else np.zeros(0)
-        self._layers.append({
-            "layer": layer,
-            "site": site.split("/", 1)[1],
-            "mean_angle_deg": float(angles.mean()) if angles.size else None,
-            "max_angle_deg": float(angles.max()) if angles.size else None,
-            "principal_angles_deg": [float(a) for a in angles],
-        })
+        self._layers.append(
+            {
+                "layer": layer,
+                "site": site.split("/", 1)[1],
+                "mean_angle_deg": float(angles.mean()) if angles.size else None,
+                "max_angle_deg": float(angles.max()) if angles.size else None,
+                "principal_angles_deg": [float(a) for a in angles],
+            }
+        )
 
     def finish(self, pair: Any) -> dict[str, Any]:
         doms, sample_dom, k = pair.domain_names, self._sample_dom, int(self.opts["k"])
@@ -88,22 +100,33 @@ class PCAShiftAnalysis(Analysis):
                 continue
             n = int(((pair.sample_selected) & (sample_dom == d)).sum())
             res = shift_from_points(points[d], n)
-            per_domain[d] = {"distance": res.distance, "mean_layer_distance": res.mean_layer_distance,
-                             "centroid_a": list(res.centroid_a), "centroid_b": list(res.centroid_b),
-                             "n_samples": n, "points": points[d]}
+            per_domain[d] = {
+                "distance": res.distance,
+                "mean_layer_distance": res.mean_layer_distance,
+                "centroid_a": list(res.centroid_a),
+                "centroid_b": list(res.centroid_b),
+                "n_samples": n,
+                "points": points[d],
+            }
         dists = [v["distance"] for v in per_domain.values()]
         out: dict[str, Any] = {
             "positions": pair.positions,
             "k": k,
-            "summary": {"mean_distance": float(np.mean(dists)) if dists else None, "max_distance": float(np.max(dists)) if dists else None,
-                        "mean_angle_deg": float(np.mean([l["mean_angle_deg"] for l in layers if l["mean_angle_deg"] is not None] or [np.nan]))},
+            "summary": {
+                "mean_distance": float(np.mean(dists)) if dists else None,
+                "max_distance": float(np.max(dists)) if dists else None,
+                "mean_angle_deg": float(
+                    np.mean([row["mean_angle_deg"] for row in layers if row["mean_angle_deg"] is not None] or [np.nan])
+                ),
+            },
             "per_domain": per_domain,
             "layers": layers,
         }
         if skipped:
             out["skipped_domains"] = {
                 d: f"{n} sample(s) with selected tokens; the PCA shift needs at least {MIN_SAMPLES}"
-                for d, n in skipped.items()}
+                for d, n in skipped.items()
+            }
         return out
 
     def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
@@ -124,15 +147,24 @@ class PCAShiftAnalysis(Analysis):
         per = result["per_domain"]
         top = max([v["distance"] for v in per.values()] or [1.0]) or 1.0
         for d, v in sorted(per.items(), key=lambda kv: -kv[1]["distance"]):
-            t.add_row(d, str(v["n_samples"]), fmt(v["distance"], 3), fmt(v.get("mean_layer_distance"), 3),
-                      Text(bar(v["distance"] / top, 10), style="magenta"),
-                      Text(sparkline([abs(p["pc1_shift"]) for p in v["points"]]), style="magenta"))
+            t.add_row(
+                d,
+                str(v["n_samples"]),
+                fmt(v["distance"], 3),
+                fmt(v.get("mean_layer_distance"), 3),
+                Text(bar(v["distance"] / top, 10), style="magenta"),
+                Text(sparkline([abs(p["pc1_shift"]) for p in v["points"]]), style="magenta"),
+            )
         parts: list[Any] = [t]
-        ang = [l["mean_angle_deg"] for l in result["layers"]]
+        ang = [row["mean_angle_deg"] for row in result["layers"]]
         if any(a is not None for a in ang):
-            parts.append(Text.assemble(("principal angle (top-%d, mean°) by layer: " % result["k"], "bold"),
-                                       (sparkline(ang, 0.0, 90.0), "yellow"),
-                                       (f"  mean {fmt(result['summary']['mean_angle_deg'], 1)}°", "")))
+            parts.append(
+                Text.assemble(
+                    (f"principal angle (top-{result['k']}, mean°) by layer: ", "bold"),
+                    (sparkline(ang, 0.0, 90.0), "yellow"),
+                    (f"  mean {fmt(result['summary']['mean_angle_deg'], 1)}°", ""),
+                )
+            )
         for d, why in (result.get("skipped_domains") or {}).items():
             parts.append(Text(f"{d}: skipped ({why})", style="yellow"))
         return Group(*parts)
@@ -153,9 +185,18 @@ class PCAShiftAnalysis(Analysis):
                     pts = v["points"]
                     c = COLORS[i % len(COLORS)]
                     if i == 0:
-                        ax.scatter([0.0] * len(pts), [p["pc2_a"] for p in pts], s=10, color="#777", label="A (per layer)")
+                        ax.scatter(
+                            [0.0] * len(pts), [p["pc2_a"] for p in pts], s=10, color="#777", label="A (per layer)"
+                        )
                         ax.scatter([0.0], [v["centroid_a"][1]], marker="*", s=120, color="#333")
-                    ax.scatter([p["pc1_shift"] for p in pts], [p["pc2_b"] for p in pts], s=10, color=c, alpha=0.7, label=f"{lab} (per layer)")
+                    ax.scatter(
+                        [p["pc1_shift"] for p in pts],
+                        [p["pc2_b"] for p in pts],
+                        s=10,
+                        color=c,
+                        alpha=0.7,
+                        label=f"{lab} (per layer)",
+                    )
                     ax.scatter([v["centroid_b"][0]], [v["centroid_b"][1]], marker="*", s=120, color=c)
                     ax.plot([0.0, v["centroid_b"][0]], [v["centroid_a"][1], v["centroid_b"][1]], color=c, lw=1)
                 ax.axvline(0, color="#aaa", lw=0.8)
@@ -164,18 +205,31 @@ class PCAShiftAnalysis(Analysis):
                 if j == 0:
                     ax.set_ylabel("PC2")
                     ax.legend(fontsize=7, frameon=False)
-            figs.append(Figure("PCA shift per domain (paper style)", to_svg(fig),
-                               "each dot is one layer; stars are layer-averaged centroids; the line length is the shift distance"))
+            figs.append(
+                Figure(
+                    "PCA shift per domain (paper style)",
+                    to_svg(fig),
+                    "each dot is one layer; stars are layer-averaged centroids; the line length is the shift distance",
+                )
+            )
         fig, axes = new_figure(7.0, 3.0, ncols=2)
         labels: list[Any] = []
         for i, (lab, r) in enumerate(results.items()):
             c = COLORS[i % len(COLORS)]
             for j, d in enumerate(r["per_domain"]):
                 pts = r["per_domain"][d]["points"]
-                axes[0][0].plot(range(len(pts)), [p["pc1_shift"] for p in pts], ["-", "--", ":", "-."][j % 4], color=c,
-                                label=f"{lab} · {d}", lw=1.2)
-            labels = [l["layer"] for l in r["layers"]]
-            axes[0][1].plot(range(len(labels)), [l["mean_angle_deg"] for l in r["layers"]], "-o", ms=3, color=c, label=lab)
+                axes[0][0].plot(
+                    range(len(pts)),
+                    [p["pc1_shift"] for p in pts],
+                    ["-", "--", ":", "-."][j % 4],
+                    color=c,
+                    label=f"{lab} · {d}",
+                    lw=1.2,
+                )
+            labels = [row["layer"] for row in r["layers"]]
+            axes[0][1].plot(
+                range(len(labels)), [row["mean_angle_deg"] for row in r["layers"]], "-o", ms=3, color=c, label=lab
+            )
         axes[0][0].set_title("PC1 shift by layer", fontsize=10)
         axes[0][0].legend(fontsize=7, frameon=False)
         axes[0][1].set_title(f"mean principal angle (°), top-{next(iter(results.values()))['k']}", fontsize=10)
@@ -188,10 +242,13 @@ class PCAShiftAnalysis(Analysis):
     # -- the study report --------------------------------------------------------------------------
     def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
         per = result["per_domain"]
-        return {"pca_distance": {d: v["distance"] for d, v in per.items()},
-                "pca_points": {d: v.get("points", []) for d, v in per.items()},
-                "principal_angles": [{"layer": x["layer"], "mean_angle_deg": x.get("mean_angle_deg")}
-                                     for x in result.get("layers", [])]}
+        return {
+            "pca_distance": {d: v["distance"] for d, v in per.items()},
+            "pca_points": {d: v.get("points", []) for d, v in per.items()},
+            "principal_angles": [
+                {"layer": x["layer"], "mean_angle_deg": x.get("mean_angle_deg")} for x in result.get("layers", [])
+            ],
+        }
 
     def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
         per = result["per_domain"]
@@ -215,11 +272,15 @@ class PCAShiftAnalysis(Analysis):
             if negligible(dists[hi]):
                 out.append(f"No tuned model moved pooled representations: {NO_CHANGE} in the PCA shift.")
             elif not negligible(dists[lo]):
-                out.append(f"{hi} moved pooled representations {dists[hi] / dists[lo]:.1f}x as far as {lo} "
-                           f"(mean PCA-shift distance {dists[hi]:.3g} vs {dists[lo]:.3g}).")
+                out.append(
+                    f"{hi} moved pooled representations {dists[hi] / dists[lo]:.1f}x as far as {lo} "
+                    f"(mean PCA-shift distance {dists[hi]:.3g} vs {dists[lo]:.3g})."
+                )
             else:
-                out.append(f"{hi} moved pooled representations (mean PCA-shift distance {dists[hi]:.3g}); "
-                           f"{lo} did not move them at all.")
+                out.append(
+                    f"{hi} moved pooled representations (mean PCA-shift distance {dists[hi]:.3g}); "
+                    f"{lo} did not move them at all."
+                )
         for lab, r in results.items():
             d = {k: v["distance"] for k, v in r["per_domain"].items()}
             if not d:
@@ -228,6 +289,9 @@ class PCAShiftAnalysis(Analysis):
                 out.append(f"{lab}: PCA shift: {NO_CHANGE} on any domain.")
                 continue
             top = max(d, key=d.__getitem__)
-            out.append(f"{lab}: PCA shift is largest on {domain_name(top)} prompts ({d[top]:.3g}; "
-                       + ", ".join(f"{domain_name(k)} {v:.3g}" for k, v in d.items() if k != top) + ").")
+            out.append(
+                f"{lab}: PCA shift is largest on {domain_name(top)} prompts ({d[top]:.3g}; "
+                + ", ".join(f"{domain_name(k)} {v:.3g}" for k, v in d.items() if k != top)
+                + ")."
+            )
         return out

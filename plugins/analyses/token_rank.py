@@ -8,9 +8,11 @@ paper's ``rank_A(top_B) - 1``. Ranks are "min" ranks, counts of strictly larger 
 by vocabulary order. The tokens B most often puts on top where A did not
 rank them in its top 3 are listed with readable strings.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,14 +82,28 @@ class TokenRankAnalysis(Analysis):
 
         def row(bk: torch.Tensor, ssum: float, tsum: float, n: int) -> dict[str, Any]:
             if n == 0:
-                return {"unshifted": None, "marginal": None, "shifted": None, "rank_shift": None,
-                        "rank_shift_top": None, "n_positions": 0}
+                return {
+                    "unshifted": None,
+                    "marginal": None,
+                    "shifted": None,
+                    "rank_shift": None,
+                    "rank_shift_top": None,
+                    "n_positions": 0,
+                }
             f = (bk.double() / n).tolist()
-            return {"unshifted": f[0], "marginal": f[1], "shifted": f[2], "rank_shift": ssum / n,
-                    "rank_shift_top": tsum / n, "n_positions": n}
+            return {
+                "unshifted": f[0],
+                "marginal": f[1],
+                "shifted": f[2],
+                "rank_shift": ssum / n,
+                "rank_shift_top": tsum / n,
+                "n_positions": n,
+            }
 
-        per_domain = {d: row(buckets[i], float(shift_sum[i]), float(top_sum[i]), int(counts[i]))
-                      for i, d in enumerate(pair.domain_names)}
+        per_domain = {
+            d: row(buckets[i], float(shift_sum[i]), float(top_sum[i]), int(counts[i]))
+            for i, d in enumerate(pair.domain_names)
+        }
         summary = row(buckets.sum(0), float(shift_sum.sum()), float(top_sum.sum()), int(counts.sum()))
         k = int(self.opts["top"])
         top: list[dict[str, Any]] = []
@@ -116,9 +132,14 @@ class TokenRankAnalysis(Analysis):
             if not r["n_positions"]:
                 continue
             style = "bold" if dom == "all" else ""
-            t.add_row(Text(dom, style=style), f"{r['n_positions']:,}", *[f"{100 * r[b]:.1f}%" for b in BUCKETS],
-                      Text(bar(r["shifted"], 10), style="red"), fmt(r["rank_shift"], 2),
-                      fmt(r.get("rank_shift_top"), 2))
+            t.add_row(
+                Text(dom, style=style),
+                f"{r['n_positions']:,}",
+                *[f"{100 * r[b]:.1f}%" for b in BUCKETS],
+                Text(bar(r["shifted"], 10), style="red"),
+                fmt(r["rank_shift"], 2),
+                fmt(r.get("rank_shift_top"), 2),
+            )
         parts: list[Any] = [t]
         if result.get("top_shifted_tokens"):
             line = Text("top shifted tokens (B's choice, not in A's top 3): ", style="bold")
@@ -151,24 +172,36 @@ class TokenRankAnalysis(Analysis):
         ax2 = axes2[0][0]
         for i, (lab, r) in enumerate(results.items()):
             doms = [d for d, v in r["per_domain"].items() if v["n_positions"]]
-            ax2.plot(doms, [r["per_domain"][d]["rank_shift"] for d in doms], "o-", color=COLORS[i % len(COLORS)], label=lab)
+            ax2.plot(
+                doms, [r["per_domain"][d]["rank_shift"] for d in doms], "o-", color=COLORS[i % len(COLORS)], label=lab
+            )
         ax2.axhline(0, color="#888", lw=0.8)
         ax2.set_ylabel("mean rank_A(y) − rank_B(y)")
         ax2.legend(fontsize=8, frameon=False)
         return [
-            Figure("URIAL rank buckets", to_svg(fig), "rank under A of B's top token: 1 unshifted, 2–3 marginal, >3 shifted"),
+            Figure(
+                "URIAL rank buckets",
+                to_svg(fig),
+                "rank under A of B's top token: 1 unshifted, 2–3 marginal, >3 shifted",
+            ),
             Figure("Rank shift of realised tokens per domain", to_svg(fig2)),
         ]
 
     # -- the study report --------------------------------------------------------------------------
     def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
-        return {"rank": result["summary"], "rank_per_domain": result.get("per_domain", {}),
-                "top_shifted_tokens": list(result.get("top_shifted_tokens", []))[:12]}
+        return {
+            "rank": result["summary"],
+            "rank_per_domain": result.get("per_domain", {}),
+            "top_shifted_tokens": list(result.get("top_shifted_tokens", []))[:12],
+        }
 
     def study_rows(self, result: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
         s = result["summary"]
-        return [("unshifted", s.get("unshifted"), ".3f"), ("shifted", s.get("shifted"), ".3f"),
-                ("rank shift", s.get("rank_shift"), ".2f")]
+        return [
+            ("unshifted", s.get("unshifted"), ".3f"),
+            ("shifted", s.get("shifted"), ".3f"),
+            ("rank shift", s.get("rank_shift"), ".2f"),
+        ]
 
     def drift_measures(self, result: Mapping[str, Any]) -> dict[str, float]:
         shifted = result["summary"].get("shifted")
@@ -181,6 +214,8 @@ class TokenRankAnalysis(Analysis):
             if not s.get("n_positions"):
                 continue
             toks = ", ".join(repr(t["token"]) for t in r.get("top_shifted_tokens", [])[:5])
-            out.append(f"{lab}: {100 * s['unshifted']:.0f}% of tokens unshifted, {100 * s['shifted']:.0f}% shifted "
-                       "(rank > 3 under the base)" + (f"; most shifted: {toks}" if toks else "") + ".")
+            out.append(
+                f"{lab}: {100 * s['unshifted']:.0f}% of tokens unshifted, {100 * s['shifted']:.0f}% shifted "
+                "(rank > 3 under the base)" + (f"; most shifted: {toks}" if toks else "") + "."
+            )
         return out

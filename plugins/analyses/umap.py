@@ -7,9 +7,11 @@ Not run by a plain ``driftkit compare`` (``default = False``): importing and fit
 seconds that the default comparison should not pay; ask for it with ``--analyses umap``. The study
 of ``driftkit run`` requests it.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from rich.text import Text
@@ -26,8 +28,10 @@ MIN_SAMPLES = 6  # UMAP of fewer points (both models together) is not meaningful
 class UMAPAnalysis(Analysis):
     name = "umap"
     title = "UMAP of mean-pooled hidden states"
-    description = ("2-D UMAP of per-sample mean-pooled residual states of A and B together, at one layer (the middle "
-                   "recorded one by default). Not run by default: ask for it with --analyses umap.")
+    description = (
+        "2-D UMAP of per-sample mean-pooled residual states of A and B together, at one layer (the middle "
+        "recorded one by default). Not run by default: ask for it with --analyses umap."
+    )
     options = {
         "layer": Option(-1, "Decoder layer to embed; -1: the middle one of the layers recorded in both files."),
         "neighbors": Option(15, "UMAP n_neighbors (capped at the number of points - 1)."),
@@ -50,8 +54,10 @@ class UMAPAnalysis(Analysis):
             return "needs residual sites recorded in both captures (capture with --probe residual)"
         n = len(np.unique(pair.token_sample[np.flatnonzero(pair.mask("states"))]))
         if n * 2 < MIN_SAMPLES:
-            return (f"needs at least {MIN_SAMPLES} pooled samples (A and B together); {n} per model have selected "
-                    f"tokens at positions '{pair.positions}'")
+            return (
+                f"needs at least {MIN_SAMPLES} pooled samples (A and B together); {n} per model have selected "
+                f"tokens at positions '{pair.positions}'"
+            )
         return None
 
     def run(self, pair: Any) -> dict[str, Any]:
@@ -68,17 +74,23 @@ class UMAPAnalysis(Analysis):
         (fa, ca), (fb, _) = pa.means(), pb.means()
         keep = np.flatnonzero((ca > 0) & pair.sample_selected)
         x = np.concatenate([fa[keep], fb[keep]])
-        emb = umap.UMAP(n_neighbors=min(int(self.opts["neighbors"]), len(x) - 1), random_state=pair.options.seed,
-                        n_jobs=1).fit_transform(x)
+        emb = umap.UMAP(
+            n_neighbors=min(int(self.opts["neighbors"]), len(x) - 1), random_state=pair.options.seed, n_jobs=1
+        ).fit_transform(x)
         doms = [str(pair.a.domains[i]) for i in keep]
         ids = [str(pair.a.sample_ids[i]) for i in keep]
-        points = [{"side": side, "sample": ids[j], "domain": doms[j], "x": float(e[0]), "y": float(e[1])}
-                  for k, side in enumerate(("a", "b")) for j, e in enumerate(emb[k * len(keep):(k + 1) * len(keep)])]
+        points = [
+            {"side": side, "sample": ids[j], "domain": doms[j], "x": float(e[0]), "y": float(e[1])}
+            for k, side in enumerate(("a", "b"))
+            for j, e in enumerate(emb[k * len(keep) : (k + 1) * len(keep)])
+        ]
         return {"positions": pair.positions, "layer": layer, "summary": {"n_samples": len(keep)}, "points": points}
 
     def render(self, result: Mapping[str, Any]) -> Any:
-        return Text(f"UMAP of {result['summary']['n_samples']} pooled samples per model at layer {result['layer']} "
-                    "(see the HTML report for the figure)")
+        return Text(
+            f"UMAP of {result['summary']['n_samples']} pooled samples per model at layer {result['layer']} "
+            "(see the HTML report for the figure)"
+        )
 
     def study_entry(self, result: Mapping[str, Any]) -> dict[str, Any]:
         return {"umap": {"layer": result["layer"], "points": list(result["points"])}}
@@ -96,9 +108,21 @@ class UMAPAnalysis(Analysis):
             for k, (side, name) in enumerate((("a", "A"), ("b", lab))):
                 for m, d in enumerate(doms):
                     pts = [p for p in r["points"] if p["side"] == side and p["domain"] == d]
-                    ax.scatter([p["x"] for p in pts], [p["y"] for p in pts], s=14, marker=MARKERS[m % len(MARKERS)],
-                               color=COLORS[k], alpha=0.75, label=f"{name} / {d}")
+                    ax.scatter(
+                        [p["x"] for p in pts],
+                        [p["y"] for p in pts],
+                        s=14,
+                        marker=MARKERS[m % len(MARKERS)],
+                        color=COLORS[k],
+                        alpha=0.75,
+                        label=f"{name} / {d}",
+                    )
             ax.set_title(f"A vs {lab}, layer {r['layer']}", fontsize=9)
             ax.legend(fontsize=6, ncol=2, frameon=False)
-        return [Figure("UMAP of mean-pooled representations", to_svg(fig),
-                       "one point per prompt, A and B embedded together; colour: model, marker: domain")]
+        return [
+            Figure(
+                "UMAP of mean-pooled representations",
+                to_svg(fig),
+                "one point per prompt, A and B embedded together; colour: model, marker: domain",
+            )
+        ]
