@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
         import json
 
-        from driftkit.capture import CaptureConfig, CaptureEngine
+        from driftkit.capturing import CaptureConfig, CaptureEngine
         from driftkit.store.reader import CaptureReader
 
         cfg = CaptureConfig(

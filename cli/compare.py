@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal report."),
     ) -> None:
         """Compare captures of several checkpoints: CKA, exact KL/JS, token-rank shift, PCA shift."""
-        from driftkit.compare import compare
+        from driftkit.comparing import compare
 
         specs: list[str] | None = _split(analyses)
         options = parse_plugin_options(opt)

@@ -15,7 +15,7 @@ def describe(path: Path) -> dict:
     """A JSON-able description of a capture file (used by ``inspect --json`` and the table)."""
     import h5py
 
-    from driftkit.capture.lock import busy_message, holder_of
+    from driftkit.capturing.lock import busy_message, holder_of
     from driftkit.errors import DriftkitError
     from driftkit.store.reader import CaptureReader
 
@@ -100,7 +100,7 @@ def describe(path: Path) -> dict:
 
 def _verify(path: Path, json_out: str | None) -> None:
     """``inspect --verify``: the same check the capture runs before it sets ``complete``."""
-    from driftkit.capture.lock import busy_message, holder_of
+    from driftkit.capturing.lock import busy_message, holder_of
     from driftkit.errors import DriftkitError
     from driftkit.store.reader import CaptureReader
     from driftkit.store.verify import verify_file

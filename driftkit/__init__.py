@@ -10,8 +10,8 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "CaptureConfig": ("driftkit.capture", "CaptureConfig"),
-    "capture": ("driftkit.capture", "capture"),
+    "CaptureConfig": ("driftkit.capturing", "CaptureConfig"),
+    "capture": ("driftkit.capturing", "capture"),
     "CaptureReader": ("driftkit.store.reader", "CaptureReader"),
     "load_model": ("driftkit.models", "load_model"),
     "load_prompts": ("driftkit.prompts", "load_prompts"),
@@ -19,7 +19,7 @@ _LAZY = {
     "Site": ("driftkit.registry.probe", "Site"),
     "Output": ("driftkit.registry.probe", "Output"),
     "DriftkitError": ("driftkit.errors", "DriftkitError"),
-    "compare": ("driftkit.compare.runner", "compare"),
+    "compare": ("driftkit.comparing.runner", "compare"),
     "Report": ("driftkit.report.report", "Report"),
     "Analysis": ("driftkit.registry.analysis", "Analysis"),
     # the plugin author's public names (docs/plugins.md)

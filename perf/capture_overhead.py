@@ -43,7 +43,7 @@ from pathlib import Path
 
 RSS_CHILD = r"""
 import json, resource, sys
-from driftkit.capture import CaptureConfig, capture
+from driftkit.capturing import CaptureConfig, capture
 cfg = CaptureConfig(
     model=sys.argv[1], prompts=sys.argv[2], out=sys.argv[3], overwrite=True, max_batch_tokens=int(sys.argv[4])
 )
@@ -121,9 +121,9 @@ def main() -> None:
     import torch
 
     threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
-    from driftkit.capture import CaptureConfig, CaptureEngine
-    from driftkit.capture.batching import token_budget_batches
-    from driftkit.capture.engine import build_samples
+    from driftkit.capturing import CaptureConfig, CaptureEngine
+    from driftkit.capturing.batching import token_budget_batches
+    from driftkit.capturing.engine import build_samples
     from driftkit.models import load_model
 
     print(f"torch threads: {threads}, cpus: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")

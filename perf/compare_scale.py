@@ -183,7 +183,7 @@ def _unavoidable(a: str, b: str, chunk_tokens: int, rows: int = 512) -> dict:
     logits once (``hidden @ unembed.T`` for A and B over every scored position, in blocks of
     ``rows``) plus CKA's cross-products (``x^T x``, ``y^T y``, ``x^T y`` in float64 over every
     layer's chunks). Reading the files and converting dtypes is not counted."""
-    from driftkit.compare.pair import CapturePair, CompareOptions
+    from driftkit.comparing.pair import CapturePair, CompareOptions
     from driftkit.store.reader import CaptureReader
 
     with CaptureReader(a) as ra, CaptureReader(b) as rb:
@@ -252,7 +252,7 @@ def bench_compare(
     analysis, total, the ratio to the unavoidable work measured in that same process, peak RSS.
     With ``baseline_src`` (a source tree laid out as the installed package, e.g. main's code), the
     same comparisons also run on that code, interleaved with this one's (the machine is shared)."""
-    from driftkit.capture import CaptureConfig, capture
+    from driftkit.capturing import CaptureConfig, capture
     from driftkit.models import resolve_model_path
 
     print(

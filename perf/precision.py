@@ -100,7 +100,7 @@ def reference(base: Path, tuned: Path, capture_path: Path) -> dict[str, float]:
 
 
 def driftkit_kl(a: Path, b: Path) -> dict[str, float]:
-    from driftkit.compare.runner import compare
+    from driftkit.comparing.runner import compare
 
     rep = compare([a, b], analyses=["kl"], positions="all")
     return dict(json.loads(rep.to_json())["analyses"]["kl"]["summary"])
@@ -115,7 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    from driftkit.capture import CaptureConfig, capture
+    from driftkit.capturing import CaptureConfig, capture
 
     keys = ("kl_forward", "kl_reverse", "js", "sampled_logratio")
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,7 +61,7 @@ def tiny_capture_pair(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, tiny_tuned: Path, tiny_prompts: Path
 ) -> tuple[Path, Path]:
     """Two complete captures (base, tuned) of the same prompts, all residual layers + final."""
-    from driftkit.capture import CaptureConfig, capture
+    from driftkit.capturing import CaptureConfig, capture
 
     d = tmp_path_factory.mktemp("captures")
     a = capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=d / "base.h5", max_batch_tokens=64))

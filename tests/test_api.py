@@ -39,7 +39,7 @@ print(json.dumps({{"kl": rep.to_dict()["analyses"]["kl"]["summary"]["kl_forward"
     "imports",
     [
         "",
-        "import driftkit.capture.engine\nfrom driftkit.compare import compare",
+        "import driftkit.capturing.engine\nfrom driftkit.comparing import compare",
     ],
     ids=["plain", "subpackages-first"],
 )

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from driftkit.capture import CaptureConfig, capture
+from driftkit.capturing import CaptureConfig, capture
 from driftkit.models import load_model
 from driftkit.store import schema as S
 from driftkit.store.reader import CaptureReader

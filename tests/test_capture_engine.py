@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from driftkit.capture import CaptureConfig, capture
+from driftkit.capturing import CaptureConfig, capture
 from driftkit.models import load_model
 from driftkit.store.reader import CaptureReader
 
@@ -219,7 +219,7 @@ def test_bfloat16_storage_and_compression(tiny_model: Path, tiny_prompts: Path, 
 
 KILL_SCRIPT = """
 import os, sys
-from driftkit.capture import CaptureConfig, capture
+from driftkit.capturing import CaptureConfig, capture
 cfg = CaptureConfig(
     model=sys.argv[1], prompts=sys.argv[2], out=sys.argv[3], max_batch_tokens=48, resume=len(sys.argv) > 4
 )

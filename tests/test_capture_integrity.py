@@ -15,8 +15,8 @@ import h5py
 import pytest
 from typer.testing import CliRunner
 
-from driftkit.capture import CaptureConfig, capture
-from driftkit.capture.lock import CaptureLock, holder_of, lock_path
+from driftkit.capturing import CaptureConfig, capture
+from driftkit.capturing.lock import CaptureLock, holder_of, lock_path
 from driftkit.errors import DriftkitError
 from driftkit.models import load_model
 from driftkit.store import schema as S
@@ -241,7 +241,7 @@ def test_truncate_cuts_and_records(short_model, long_prompts, tmp_path, side) ->
 
 # -- locks --------------------------------------------------------------------------------------------
 _HOLD = (
-    "import sys, time; from driftkit.capture.lock import CaptureLock; CaptureLock(sys.argv[1]).acquire(); "
+    "import sys, time; from driftkit.capturing.lock import CaptureLock; CaptureLock(sys.argv[1]).acquire(); "
     "print('held', flush=True); time.sleep(60)"
 )
 
@@ -283,7 +283,7 @@ def test_lock_is_exclusive_in_process(tmp_path) -> None:
 
 # -- messages -----------------------------------------------------------------------------------------
 def test_ctrl_c_while_loading_does_not_say_resume(tiny_model, tiny_prompts, tmp_path, monkeypatch) -> None:
-    import driftkit.capture.engine as engine
+    import driftkit.capturing.engine as engine
 
     def interrupted(*a: object, **k: object) -> None:
         raise KeyboardInterrupt

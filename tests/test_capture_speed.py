@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from driftkit.capture import CaptureConfig, capture
-from driftkit.capture import engine as engine_mod
-from driftkit.capture.batching import token_budget_batches
+from driftkit.capturing import CaptureConfig, capture
+from driftkit.capturing import engine as engine_mod
+from driftkit.capturing.batching import token_budget_batches
 from driftkit.store.reader import CaptureReader
 from driftkit.store.writer import ArraySpec, CaptureWriter
 

@@ -142,7 +142,7 @@ def pair3(tmp_path_factory, tiny_model: Path, tiny_tuned: Path):
     plus a second capture of the base model (identical to the first)."""
     import json
 
-    from driftkit.capture import CaptureConfig, capture
+    from driftkit.capturing import CaptureConfig, capture
 
     d = tmp_path_factory.mktemp("pca3")
     texts = {

@@ -133,7 +133,7 @@ def test_third_party_consumers_and_legacy_run(tiny_capture_pair) -> None:
         assert an["legacy_mean"]["summary"]["mean"] == pytest.approx(float(ra.read("final/hidden").double().mean()))
     assert set(body["seconds"]) == set(an)
     # run() alone still works for a streaming analysis (drives the engine for itself)
-    from driftkit.compare.pair import CapturePair
+    from driftkit.comparing.pair import CapturePair
 
     with CaptureReader(a) as ra, CaptureReader(b) as rb:
         alone = _Vandal().run(CapturePair(ra, rb))
@@ -142,7 +142,7 @@ def test_third_party_consumers_and_legacy_run(tiny_capture_pair) -> None:
 
 def test_logits_blocks_bounded_by_budget(tiny_capture_pair, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks never exceed rows_for_budget of the engine's and consumers' bytes per vocabulary entry."""
-    import driftkit.compare.engine as E
+    import driftkit.comparing.engine as E
     from driftkit.metrics.kl import rows_for_budget
 
     a, b = tiny_capture_pair

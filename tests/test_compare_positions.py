@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import driftkit
-from driftkit.capture import CaptureConfig, capture
+from driftkit.capturing import CaptureConfig, capture
 from driftkit.cli.main import app
 
 

@@ -39,7 +39,7 @@ def test_conversion_from_gguf_into_a_fresh_cache(tmp_path: Path, monkeypatch: py
 
 
 def test_real_model_answers_and_captures_exactly(default_model, tmp_path: Path) -> None:
-    from driftkit.capture import CaptureConfig, capture
+    from driftkit.capturing import CaptureConfig, capture
     from driftkit.store.reader import CaptureReader
 
     lm = default_model

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from driftkit.capture import CaptureConfig, capture
+from driftkit.capturing import CaptureConfig, capture
 from driftkit.errors import DriftkitError
 from driftkit.models import load_model
 from driftkit.store import schema as S

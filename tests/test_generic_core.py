@@ -148,8 +148,8 @@ def test_experiment_checks_measures_and_expectations() -> None:
 
 def test_umap_is_a_plugin_that_streams_through_compare(tiny_capture_pair) -> None:
     from driftkit import registry
-    from driftkit.compare import compare
-    from driftkit.compare.runner import resolve_analyses
+    from driftkit.comparing import compare
+    from driftkit.comparing.runner import resolve_analyses
     from driftkit.testing import check_plugin
 
     cls = registry.load("analysis", "umap")

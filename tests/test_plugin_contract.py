@@ -277,7 +277,7 @@ def test_load_errors_are_clear(tmp_path: Path) -> None:
 def test_capture_with_module_probe_then_by_name(
     tiny_model: Path, tiny_prompts: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    from driftkit.capture import CaptureConfig, capture
+    from driftkit.capturing import CaptureConfig, capture
     from driftkit.store.reader import CaptureReader
 
     monkeypatch.chdir(tmp_path)

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import driftkit
-from driftkit.capture import CaptureConfig, capture
+from driftkit.capturing import CaptureConfig, capture
 from driftkit.cli.main import app
 from driftkit.errors import DriftkitError
 from driftkit.store.reader import CaptureReader

@@ -47,7 +47,7 @@ def mean(xs: list[Any]) -> float | None:
 
 def _instances(specs: list[str], options: dict[str, dict[str, Any]]) -> dict[str, Analysis]:
     """The experiment's analyses as instances, by name (``file.py:Class`` specs included)."""
-    from driftkit.compare.runner import resolve_analyses
+    from driftkit.comparing.runner import resolve_analyses
 
     insts, _ = resolve_analyses(list(specs), {})
     named = {a.name: a for a in insts}

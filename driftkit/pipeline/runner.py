@@ -175,7 +175,7 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
     base_on (the base scores a tuned model's generated tokens)."""
 
     def run(ctx: Ctx) -> dict[str, Any]:
-        from driftkit.capture import CaptureConfig, capture
+        from driftkit.capturing import CaptureConfig, capture
 
         c = ctx.ex.capture
         rel = f"captures/{name}.{kind}.h5" if kind != "base_on" else f"captures/base_on_{name}.h5"
@@ -227,7 +227,7 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
 
 def _compare(kind: str, name: str | None = None) -> Callable[[Ctx], dict[str, Any]]:
     def run(ctx: Ctx) -> dict[str, Any]:
-        from driftkit.compare.runner import compare
+        from driftkit.comparing.runner import compare
 
         cmp = ctx.ex.compare
         if kind == "raw":
@@ -284,7 +284,7 @@ def _measures(ctx: Ctx, base_raw: Path, base_tf: Path) -> Callable[[Path, Path],
         return {k: v for k, v in (cmp["options"] or {}).items() if k in names} or None
 
     def run(raw: Path, tf: Path) -> dict[str, float]:
-        from driftkit.compare.runner import compare
+        from driftkit.comparing.runner import compare
 
         summaries: dict[str, dict[str, float]] = {}
         for names, paths, kw in (
@@ -310,7 +310,7 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
     """
 
     def run(ctx: Ctx) -> dict[str, Any]:
-        from driftkit.capture import CaptureConfig, capture
+        from driftkit.capturing import CaptureConfig, capture
 
         d = ctx.ex.drift
         work = ctx.path(f"drift/{name}")

@@ -1,7 +1,7 @@
 """The Analysis plugin kind: a computation on two comparable captures (A = reference, B = other).
 
 Why this shape: ``driftkit compare`` checks once that the two files describe the same tokens, then
-hands every analysis a :class:`~driftkit.compare.pair.CapturePair` that already knows the user's
+hands every analysis a :class:`~driftkit.comparing.pair.CapturePair` that already knows the user's
 selection (positions, layers, domains, token subsample) and streams aligned chunks of any dataset
 from both files. An analysis therefore only says what it needs (:meth:`Analysis.requirements`),
 does its math chunk by chunk in :meth:`Analysis.run`, and returns a JSON-able dict; the report
@@ -26,8 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     from rich.console import RenderableType
 
-    from driftkit.compare.engine import LayerChunk, LogitsChunk
-    from driftkit.compare.pair import CapturePair
+    from driftkit.comparing.engine import LayerChunk, LogitsChunk
+    from driftkit.comparing.pair import CapturePair
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,11 @@ class Analysis(Configurable, ABC):
             raise NotImplementedError(
                 f"analysis {self.name!r} implements neither run(pair) nor the consumes/on_logits/on_layer/finish hooks"
             )
-        from driftkit.compare.engine import run_analyses
+        from driftkit.comparing.engine import run_analyses
 
         return run_analyses(pair, [self])[0][self.name]
 
-    # -- streaming hooks (analyses with ``consumes``; called by driftkit.compare.engine) ------------
+    # -- streaming hooks (analyses with ``consumes``; called by driftkit.comparing.engine) ------------
     def start(self, pair: CapturePair) -> None:
         """Before any chunk: set up accumulators (O(d^2) or O(samples x d), never O(tokens))."""
 

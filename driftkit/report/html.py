@@ -50,7 +50,8 @@ $sections
 )
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """The one HTML table builder of the reports: cells escaped, numbers through :func:`fmt`."""
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(c if isinstance(c, str) else fmt(c))}</td>" for c in r) + "</tr>"
@@ -64,18 +65,18 @@ def _result_tables(result: Mapping[str, Any]) -> str:
     summary = result.get("summary")
     if isinstance(summary, dict) and summary:
         keys = [k for k, v in summary.items() if not isinstance(v, (dict, list))]
-        out.append(_table(keys, [[summary[k] for k in keys]]))
+        out.append(table(keys, [[summary[k] for k in keys]]))
     per = result.get("per_domain")
     if isinstance(per, dict) and per:
         cols: list[str] = []
         for d in per.values():
             cols += [k for k, v in d.items() if k not in cols and not isinstance(v, (dict, list))]
-        out.append(_table(["domain", *cols], [[dom, *[d.get(c) for c in cols]] for dom, d in per.items()]))
+        out.append(table(["domain", *cols], [[dom, *[d.get(c) for c in cols]] for dom, d in per.items()]))
     layers = result.get("layers")
     if isinstance(layers, list) and layers and isinstance(layers[0], dict):
         cols = [k for k, v in layers[0].items() if not isinstance(v, (dict, list))]
         rows = [[str(e.get(c)) if c in ("layer", "site") else e.get(c) for c in cols] for e in layers]
-        out.append(f"<details><summary>per layer ({len(layers)})</summary>{_table(cols, rows)}</details>")
+        out.append(f"<details><summary>per layer ({len(layers)})</summary>{table(cols, rows)}</details>")
     return "\n".join(out)
 
 
@@ -87,7 +88,7 @@ def render_html(report: Report) -> str:
         f"{body['n_samples']:,} samples, {body['n_tokens']:,} tokens; positions={positions_label(body)}; "
         f"reference A = {html.escape(caps[0]['label'])}; driftkit {body.get('driftkit_version', '?')}"
     )
-    cap_table = _table(
+    cap_table = table(
         ["", "label", "model", "samples", "tokens", "weights sha256"],
         [
             [
@@ -114,7 +115,7 @@ def render_html(report: Report) -> str:
             for s in per_label.values():
                 metrics += [m for m in s if m not in metrics]
             rows += [[name, m, *[per_label.get(label, {}).get(m) for label in labels]] for m in metrics]
-        side = "<h2>Side by side</h2>" + _table(["analysis", "metric", *labels], rows)
+        side = "<h2>Side by side</h2>" + table(["analysis", "metric", *labels], rows)
     names: list[str] = []
     for p in pairs:
         names += [n for n in p["analyses"] if n not in names]

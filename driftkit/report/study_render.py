@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING, Any
 
+from driftkit.report.html import table
 from driftkit.report.wording import DOMAINS, fmt
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,12 +23,6 @@ td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f5f5f5}td:first-child,th:first-child{text-align:left}.findings li{margin:.3em 0}
 figure{margin:1em 0}figcaption{font-size:.85em;color:#555}svg{max-width:100%;height:auto}\
 .muted{color:#777;font-size:.85em}"""
-
-
-def table(header: list[str], rows: list[list[Any]]) -> str:
-    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
-    return f"<table><tr>{h}</tr>{body}</table>"
 
 
 def score_rows(data: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from driftkit.compare.engine import run_analyses
-from driftkit.compare.pair import CapturePair, CaptureReader, CompareOptions, Progress, check_comparable
+from driftkit.comparing.engine import run_analyses
+from driftkit.comparing.pair import CapturePair, CaptureReader, CompareOptions, Progress, check_comparable
 from driftkit.errors import DriftkitError
 from driftkit.registry.analysis import Analysis
 
@@ -164,7 +164,7 @@ def compare(
                     pair.notes.append(f"{an.name} skipped: {reason}")
                     continue
                 runnable.append(an)
-            # one logits pass and one read per layer, shared by every analysis (driftkit.compare.engine)
+            # one logits pass and one read per layer, shared by every analysis (driftkit.comparing.engine)
             results, timings = run_analyses(pair, runnable)
             for result in results.values():
                 if isinstance(result, dict):  # every summary records the positions it used

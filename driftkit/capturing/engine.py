@@ -21,9 +21,9 @@ from typing import Any
 import torch
 
 from driftkit import __version__
-from driftkit.capture.batching import token_budget_batches
-from driftkit.capture.config import RESUME_KEYS, TRUNCATE_MODES, CaptureConfig
-from driftkit.capture.lock import CaptureLock, busy_message, holder_of
+from driftkit.capturing.batching import token_budget_batches
+from driftkit.capturing.config import RESUME_KEYS, TRUNCATE_MODES, CaptureConfig
+from driftkit.capturing.lock import CaptureLock, busy_message, holder_of
 from driftkit.errors import DriftkitError, opt
 from driftkit.models import LoadedModel, load_model, tokenizer_sha256, weights_sha256
 from driftkit.prompts import Prompt, encode_prompt, encode_response, load_prompts

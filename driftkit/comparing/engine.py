@@ -37,7 +37,7 @@ from driftkit.metrics.kl import logits_into, rows_for_budget
 from driftkit.store import schema as S
 
 if TYPE_CHECKING:  # pragma: no cover
-    from driftkit.compare.pair import CapturePair
+    from driftkit.comparing.pair import CapturePair
     from driftkit.registry.analysis import Analysis
 
 #: what an analysis may list in ``consumes``
