@@ -44,6 +44,9 @@ def _suites_text() -> str:
 
 
 def register(app: typer.Typer) -> None:
+    """Register the verb. Long, like the command inside it, because typer declares every option in the
+    command's signature; the command bodies are short."""
+
     @app.command(
         "bench",
         epilog=(

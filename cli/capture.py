@@ -16,6 +16,9 @@ def parse_probe_opts(items: list[str]) -> dict[str, str]:
 
 
 def register(app: typer.Typer) -> None:
+    """Register the verb. Long, like the command inside it, because typer declares every option in the
+    command's signature; the command bodies are short."""
+
     @app.command(
         "capture",
         epilog=(

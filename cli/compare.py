@@ -46,6 +46,9 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def register(app: typer.Typer) -> None:
+    """Register the verb. Long, like the command inside it, because typer declares every option in the
+    command's signature; the command bodies are short."""
+
     @app.command("compare", epilog=EPILOG)
     @handle_errors
     def compare_cmd(

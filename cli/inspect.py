@@ -12,7 +12,8 @@ from driftkit.cli.common import console, emit_json, handle_errors, json_option
 
 
 def describe(path: Path) -> dict:
-    """A JSON-able description of a capture file (used by ``inspect --json`` and the table)."""
+    """A JSON-able description of a capture file (used by ``inspect --json`` and the table); long
+    because it gathers every field ``inspect`` shows, one line each."""
     import h5py
 
     from driftkit.capturing.lock import busy_message, holder_of
@@ -137,6 +138,8 @@ def _verify(path: Path, json_out: str | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    """Register the verb (long because it holds the command and its table, one row per field)."""
+
     @app.command(
         "inspect",
         epilog="Examples:\n\n  driftkit inspect base.h5\n\n  driftkit inspect base.h5 --json\n\n"

@@ -134,6 +134,9 @@ class _TrainCommand(DriftkitCommand):
 
 
 def register(app: typer.Typer) -> None:
+    """Register the verb. Long, like the command inside it, because typer declares every option in the
+    command's signature; the command bodies are short."""
+
     @app.command("train", help=HELP, no_args_is_help=True, cls=_TrainCommand)
     @handle_errors
     def train_cmd(

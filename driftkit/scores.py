@@ -274,6 +274,9 @@ def transfer(
     listed under ``forced`` in the result (and passed to ``warn`` if given). Returns a
     ``driftkit.transfer/1`` document as a :class:`~driftkit.metrics.transfer.TransferResult` (a dict
     with ``to_frame``/``to_json``).
+
+    Long because it validates every input document (settings, benchmarks, sigma) before any arithmetic, each with its
+    own message.
     """
     from driftkit.metrics.transfer import TransferResult, transferability
 

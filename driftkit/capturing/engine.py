@@ -526,6 +526,9 @@ class CaptureEngine:
             lock.release()
 
     def _run_locked(self, nn_model_cls: Any) -> Path:
+        """The capture loop in one place (long on purpose): batches, the nnsight forward, probe finalize,
+        the first-batch logit check and the hand-off to the writer thread must share one try/finally so
+        that a crash keeps every batch already handed over."""
         cfg = self.cfg
         writer, samples = self._open()
         lengths = [len(t) for t in samples.tokens]

@@ -119,6 +119,9 @@ def compare(
     addition (e.g. a ``file.py:Class`` next to the defaults). ``options`` holds
     per-analysis plugin options, e.g. ``{"cka": {"unit": "sample"}}``. Returns a
     :class:`~driftkit.report.Report` (``.show()``, ``.to_json()``, ``.to_frame()``, ``.to_html()``).
+
+    Long because of its documented keyword parameters and the per-pair bookkeeping (checks, skipped analyses, timings)
+    that the JSON report records.
     """
     from driftkit.report.report import Report
 

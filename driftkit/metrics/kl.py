@@ -161,6 +161,9 @@ def kl_from_logits_(
     ``lb`` (and the optional scratch buffers); pass clones if you need them afterwards.
 
     Raises :class:`NonFiniteLogits` (a :class:`DriftkitError`) naming the row (plus ``row_offset``)
+
+    Long because it is one fused kernel: every step reuses the previous step's buffers in place, which is what keeps
+    it within one pass over the logits (see the module docstring).
     when a row holds NaN or +inf or has no finite entry."""
     f32 = torch.float32
     if la.dtype != f32 or lb.dtype != f32:

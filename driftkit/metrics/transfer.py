@@ -134,6 +134,9 @@ def transferability(
     ``sigma`` (per group, or per model for ``per-model``) and ``models.<m> = {ti, di, sigma,
     benchmarks.<b> = {delta, z, s, w}}``. TI is None when the model's math DI is 0 (undefined) and a
     group's DI/TI is None when the group has no benchmark.
+
+    Long because it follows the paper's formula step by step (deltas, sigma per group, signed square roots, weights,
+    DI, TI), each step named as in the paper so it can be checked against it.
     """
     mode = parse_sigma(sigma) if isinstance(sigma, str) else parse_sigma(dict(sigma))
     if not models:

@@ -44,6 +44,7 @@ DEMO_STUDY: dict[str, Any] = {"expect": ["sft > rl"], "expect_why": "The paper's
 
 
 def demo_config(out: str | Path, quick: bool = False) -> dict[str, Any]:
+    """The demo experiment (long because it is data: every setting of the demo study, spelled out once)."""
     if quick:
         from driftkit.tiny import build_tiny_model
 

@@ -307,9 +307,12 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
     checkpoints are scored on identical text), and the drift benchmarks' scores. The base point is
     the base compared with itself; the final checkpoint reuses the main captures and scores instead of
     recomputing them.
+
+    Long because the nested step body captures, compares and benchmarks every checkpoint in one resumable loop.
     """
 
     def run(ctx: Ctx) -> dict[str, Any]:
+        """Long because one checkpoint's capture, compares and scores share its temporary files and cleanup."""
         from driftkit.capturing import CaptureConfig, capture
 
         d = ctx.ex.drift
@@ -419,7 +422,11 @@ def _report(ctx: Ctx) -> dict[str, Any]:
 
 # -- plan -------------------------------------------------------------------------------------------
 def plan(ex: Experiment) -> list[Step]:
-    """The ordered steps of an experiment, each with the settings and dependencies that make its hash."""
+    """The ordered steps of an experiment, each with the settings and dependencies that make its hash.
+
+    Long because it is the pipeline's table of steps: each step's hashed inputs and dependencies are listed where they
+    are defined, so the cache keys can be read in one place.
+    """
     steps: list[Step] = []
     ident: dict[str, Any] = {"base": _model_identity(ex.base, ex.revision)}
     for m in ex.models:

@@ -81,6 +81,8 @@ def _result_tables(result: Mapping[str, Any]) -> str:
 
 
 def render_html(report: Report) -> str:
+    """Builds the self-contained page (long because it is one page template filled in order: header, captures, notes,
+    each analysis's panel and figures)."""
     body = report.body
     caps = body.get("captures", [])
     title = "driftkit compare: " + " vs ".join(c["label"] for c in caps)

@@ -187,6 +187,9 @@ class CaptureWriter:
         truncated: Sequence[int] | None = None,
     ) -> CaptureWriter:
         """Create the file with every dataset preallocated. ``truncated``: tokens cut per sample by
+
+        Long because the whole layout is created in one go (index, tokens, every preallocated dataset) so a file
+        either has all of it or does not exist.
         ``--truncate`` (stored as ``samples/truncated`` so a reader knows which samples are not whole)."""
         path = Path(path)
         lengths = np.array([len(t) for t in token_ids], dtype=np.int64)

@@ -170,6 +170,8 @@ class PCAShiftAnalysis(Analysis):
         return Group(*parts)
 
     def figures(self, results: Mapping[str, Mapping[str, Any]]) -> list[Figure]:
+        """The paper-style scatter per domain, and shift and principal angle by layer (long because
+        each figure is drawn step by step with matplotlib)."""
         figs: list[Figure] = []
         domains: list[str] = []
         for r in results.values():

@@ -114,6 +114,8 @@ class GRPOTrainerPlugin(Trainer):
                 )
 
     def train(self, ctx: TrainContext) -> TrainResult:
+        """GRPO through TRL. Long because TRL's GRPOConfig takes its settings as one call, which reads
+        best in one place next to the reward wiring."""
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
