@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from driftkit.answers import THINK_RULE, strip_think
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.parsing import parse_kv
 from driftkit.registry.benchmark import Benchmark, LoadedData
 from driftkit.registry.suites import resolve_suite
@@ -80,7 +80,8 @@ def parse_budget(spec: str | int | None) -> int | dict[str, int] | None:
         return int(spec)
     except ValueError:
         raise DriftkitError(
-            f"Cannot read --max-new-tokens {spec!r}: give a number (64) or name=number pairs (math500=128,ifeval=96)."
+            f"Cannot read {opt('max_new_tokens', spec)}: give a number (64) or name=number pairs "
+            "(math500=128,ifeval=96)."
         ) from None
 
 
@@ -95,7 +96,7 @@ def load_benchmarks(names: Sequence[str] | dict[str, int | None], settings: Benc
         unknown = [k for k in user if k not in suite_budget]
         if unknown:
             raise DriftkitError(
-                f"--max-new-tokens names {', '.join(unknown)}, which are not among the benchmarks run "
+                f"{opt('max_new_tokens', None)} names {', '.join(unknown)}, which are not among the benchmarks run "
                 f"({', '.join(suite_budget)})."
             )
     out = []
@@ -212,8 +213,10 @@ def check_settings(s: BenchSettings) -> None:
         )
     if s.samples_per_item > 1 and s.temperature == 0:
         raise DriftkitError(
-            f"--samples {s.samples_per_item} with greedy decoding would repeat the same answer; set --temperature > 0 "
-            f"(e.g. 0.6) for pass@k with several samples, or use --samples 1."
+            f"{opt('samples_per_item', s.samples_per_item, flag='--samples')} with greedy decoding would repeat the "
+            "same "
+            f"answer; set {opt('temperature', 0.6)} (or any value > 0) for pass@k with several samples, or use "
+            f"{opt('samples_per_item', 1, flag='--samples')}."
         )
 
 

@@ -45,7 +45,7 @@ def test_gated_dataset_error_says_how_to_log_in(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(DriftkitError) as ei:
         GPQADiamond().load("hub")
     msg = str(ei.value)
-    assert "gated" in msg and "HF_TOKEN" in msg and "--data fixtures" in msg
+    assert "gated" in msg and "HF_TOKEN" in msg and "data='fixtures'" in msg
 
 
 def test_hub_error_is_not_silently_replaced_by_fixtures(monkeypatch: pytest.MonkeyPatch):

@@ -76,7 +76,7 @@ def test_missing_columns_are_named(tmp_path: Path) -> None:
         load_math_data(str(p), need=("problem", "answer", "solution"))
     msg = str(err.value)
     assert "'problem'" in msg and "'answer'" in msg and "'solution'" in msg
-    assert "question" in msg and "final" in msg and "--columns" in msg
+    assert "question" in msg and "final" in msg and "columns=" in msg
     with pytest.raises(DriftkitError, match="mapped to 'nope'"):
         load_math_data(str(p), columns={"problem": "question", "answer": "nope"})
     with pytest.raises(DriftkitError, match="unknown names"):

@@ -303,10 +303,10 @@ def test_config_file_and_python_api_errors(tiny_model: Path, tmp_path: Path) -> 
 
     with pytest.raises(DriftkitError, match="at least 2"):
         GRPOTrainerPlugin(num_generations=1, batch_size=4)
-    with pytest.raises(DriftkitError, match="--steps must be at least 1"):
+    with pytest.raises(DriftkitError, match="steps= must be at least 1"):
         GRPOTrainerPlugin(steps=0)
     out = tmp_path / "short"
-    with pytest.raises(DriftkitError, match="--max-length 8 leaves no solution token"):
+    with pytest.raises(DriftkitError, match="max_length=8 leaves no solution token"):
         train("sft", str(tiny_model), "bundled:math-train", out, steps=1, batch_size=2, max_length=8)
     assert not out.exists()
     cfg = tmp_path / "rl.toml"

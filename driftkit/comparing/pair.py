@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from driftkit.errors import DriftkitError, IncompatibleCaptures
+from driftkit.errors import DriftkitError, IncompatibleCaptures, opt
 from driftkit.store import schema as S
 from driftkit.store.reader import POSITIONS, CaptureReader
 
@@ -43,9 +43,13 @@ class CompareOptions:
 
     def validate(self) -> None:
         if self.positions not in COMPARE_POSITIONS:
-            raise DriftkitError(f"--positions must be one of {', '.join(COMPARE_POSITIONS)}, not {self.positions!r}.")
+            raise DriftkitError(
+                f"{opt('positions', None)} must be one of {', '.join(COMPARE_POSITIONS)}, not {self.positions!r}."
+            )
         if self.max_tokens is not None and self.max_tokens < 4:
-            raise DriftkitError(f"--max-tokens must be at least 4 (CKA needs 4 rows), got {self.max_tokens}.")
+            raise DriftkitError(
+                f"{opt('max_tokens', None)} must be at least 4 (CKA needs 4 rows), got {self.max_tokens}."
+            )
         if self.chunk_tokens < 1:
             raise DriftkitError(f"chunk_tokens must be positive, got {self.chunk_tokens}.")
 
@@ -75,7 +79,7 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
             raise IncompatibleCaptures(
                 f"{pa} and {pb} hold the same samples in a different order (first difference at position {i}: "
                 f"{a.sample_ids[i]!r} vs {b.sample_ids[i]!r}). Capture both from the same prompt file, or capture "
-                f"{pb.name} with '--tokens-from {pa}' so it reuses A's samples and tokens."
+                f"{pb.name} with {opt('tokens_from', str(pa))} so it reuses A's samples and tokens."
             )
         only_a = [s for s in a.sample_ids if s not in set(b.sample_ids)]
         only_b = [s for s in b.sample_ids if s not in set(a.sample_ids)]
@@ -83,7 +87,7 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
             f"{pa} ({a.n_samples} samples) and {pb} ({b.n_samples} samples) hold different samples "
             f"(only in A: {only_a[:3]}{'...' if len(only_a) > 3 else ''}; "
             f"only in B: {only_b[:3]}{'...' if len(only_b) > 3 else ''}). "
-            f"Capture both checkpoints on the same prompt file, or capture B with '--tokens-from {pa}'."
+            f"Capture both checkpoints on the same prompt file, or capture B with {opt('tokens_from', str(pa))}."
         )
     both_done = a.done & b.done
     lens_a, lens_b = np.diff(a.offsets), np.diff(b.offsets)
@@ -107,7 +111,7 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
         else:
             cause = (
                 "The tokenizers are the same, so the texts differ: most often each model generated its own "
-                f"response. Capture B on A's exact tokens with 'driftkit capture MODEL_B --tokens-from {pa}'."
+                f"response. Capture B on A's exact tokens with {opt('tokens_from', str(pa))}."
             )
         raise IncompatibleCaptures(
             f"{pa} and {pb} have different token ids for sample {sid!r} (sample #{first_bad}: {lens_a[first_bad]} vs "
@@ -120,7 +124,8 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
         notes.append(f"sites recorded in only one capture are skipped: {', '.join(only)}")
     if not both_done.all():
         notes.append(
-            f"using the {int(both_done.sum())} of {a.n_samples} samples captured in both files (--allow-incomplete)"
+            f"using the {int(both_done.sum())} of {a.n_samples} samples captured in both files "
+            f"({opt('allow_incomplete')})"
         )
     return notes
 
@@ -149,7 +154,7 @@ class CapturePair:
             unknown = [d for d in self.options.domains if d not in present]
             if unknown:
                 raise DriftkitError(
-                    f"--domains {', '.join(unknown)} not found in {a.path}; its domains are: {', '.join(present)}."
+                    f"{opt('domains', ','.join(unknown))} not found in {a.path}; its domains are: {', '.join(present)}."
                 )
 
     # -- samples and tokens ----------------------------------------------------------------------
@@ -246,8 +251,9 @@ class CapturePair:
             missing = [layer for layer in wanted if layer not in layers]
             if missing:
                 raise DriftkitError(
-                    f"--layers asks for layers {missing} that are not recorded in both captures; recorded: "
-                    f"{layers or 'none'}. Pick among those or capture with '--layers all'."
+                    f"{opt('layers', None)} asks for layers {missing} that are not recorded in both captures; "
+                    "recorded: "
+                    f"{layers or 'none'}. Pick among those or capture with {opt('layers', 'all')}."
                 )
             layers = wanted
             include_embed = False  # an explicit selection names decoder layers only

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from driftkit.comparing.engine import run_analyses
 from driftkit.comparing.pair import CapturePair, CaptureReader, CompareOptions, Progress, check_comparable
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.registry.analysis import Analysis
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,7 +154,7 @@ def compare(
             if pair.n_samples == 0:
                 raise DriftkitError(
                     f"No samples left to compare between {pair.a.path} and {pair.b.path} after the selection "
-                    f"(domains {opts.domains}, --allow-incomplete {allow_incomplete})."
+                    f"(domains {opts.domains}, {opt('allow_incomplete', allow_incomplete)})."
                 )
             runnable: list[Analysis] = []
             for an in instances:

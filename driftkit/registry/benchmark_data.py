@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.parsing import read_jsonl
 from driftkit.registry.benchmark import DATA_SOURCES, LoadedData
 from driftkit.scores import sha256_text
@@ -52,7 +52,8 @@ def fixture_rows(bench: Benchmark) -> list[dict[str, Any]]:
     """Rows of the benchmark's offline fixture file."""
     if bench.fixture is None or not Path(bench.fixture).is_file():
         raise DriftkitError(
-            f"Benchmark {bench.name!r} has no offline fixture file ({bench.fixture}); use --data hub with network "
+            f"Benchmark {bench.name!r} has no offline fixture file ({bench.fixture}); use {opt('data', 'hub')} with "
+            "network "
             "access."
         )
     return read_jsonl(bench.fixture, "Fixture")
@@ -78,7 +79,7 @@ def hub_rows(bench: Benchmark) -> list[dict[str, Any]]:
                 f"Could not load dataset {bench.dataset_id}{'/' + cfg if cfg else ''} (split {bench.split}) for "
                 "benchmark "
                 f"{bench.name!r}: {text}.{gated_hint} To run offline on the small bundled fixture instead, pass "
-                f"--data fixtures (scores on fixtures are not comparable with scores on the real dataset)."
+                f"{opt('data', 'fixtures')} (scores on fixtures are not comparable with scores on the real dataset)."
             ) from exc
         for row in ds:
             r = dict(row)
@@ -134,7 +135,9 @@ def load_items(bench: Benchmark, data: str = "auto", limit: int | None = None) -
     if limit is not None and limit > 0:
         items = items[:limit]
     if not items:
-        raise DriftkitError(f"Benchmark {bench.name!r} loaded no items from {source}; check --limit and the dataset.")
+        raise DriftkitError(
+            f"Benchmark {bench.name!r} loaded no items from {source}; check {opt('limit', None)} and the dataset."
+        )
     for i, it in enumerate(items):
         it.setdefault("_id", bench.item_id(it, i))
     prov["limit"] = limit

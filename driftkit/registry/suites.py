@@ -16,7 +16,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from pathlib import Path
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.parsing import load_toml
 
 GROUP = "driftkit.suites"
@@ -62,6 +62,6 @@ def resolve_suite(name: str) -> Suite:
     if name not in known:
         raise DriftkitError(
             f"Unknown suite {name!r}; available suites: {', '.join(known) or 'none'}. "
-            f"Or list benchmarks with --benchmarks a,b."
+            f"Or list benchmarks with {opt('benchmarks', 'a,b')}."
         )
     return dict(known[name])

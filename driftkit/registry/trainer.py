@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.registry.options import Configurable, Option, option_table
 from driftkit.registry.options import resolve as resolve_options
 from driftkit.registry.run_folder import (  # noqa: F401  (the run-folder names, kept importable from here)
@@ -127,7 +127,7 @@ class Trainer(Configurable, ABC):
         config = resolve_options(cls, given)
         for key in ("steps",):
             if int(config[key]) < 1:
-                raise DriftkitError(f"--steps must be at least 1 (got {config[key]}).")
+                raise DriftkitError(f"{opt('steps', None)} must be at least 1 (got {config[key]}).")
         if int(config["save_steps"]) < 0:
             raise DriftkitError(
                 "--save-steps must be 0 (no intermediate checkpoints) or a positive number of steps (got "

@@ -28,7 +28,7 @@ from typing import Any
 
 from driftkit import parsing
 from driftkit.answers import strip_think as _strip_reasoning
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.registry.data import PREFIX, DataSet, bundled, bundled_name, data_sets
 
 #: Instruction appended to every problem, at training and at evaluation time (the usual wording of
@@ -146,7 +146,8 @@ def load_math_data(
     bad = sorted(set(columns) - set(COLUMNS))
     if bad:
         raise DriftkitError(
-            f"--columns maps unknown names {', '.join(bad)}; driftkit's columns are {', '.join(COLUMNS)} (write "
+            f"{opt('columns', None)} maps unknown names {', '.join(bad)}; driftkit's columns are "
+            f"{', '.join(COLUMNS)} (write "
             "problem=YOUR_COLUMN,...)."
         )
     raw = load_rows(spec)
@@ -158,10 +159,11 @@ def load_math_data(
         if mapping[name] not in present
     ]
     if missing:
+        example = "problem=question,answer=final_answer" + (",solution=response" if "solution" in need else "")
         raise DriftkitError(
             f"The data {spec} lacks the column(s) {', '.join(missing)} this trainer needs; it has: "
-            f"{', '.join(sorted(map(str, present))) or 'nothing'}. Map yours with --columns, e.g. "
-            f"--columns problem=question,answer=final_answer{',solution=response' if 'solution' in need else ''}."
+            f"{', '.join(sorted(map(str, present))) or 'nothing'}. Map yours with {opt('columns', None)}, e.g. "
+            f"{opt('columns', example)}."
         )
     rows: list[dict[str, Any]] = []
     for i, r in enumerate(raw):

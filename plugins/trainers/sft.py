@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.plugins.trainers.common import (
     SHARED_OPTIONS,
     attach,
@@ -106,8 +106,9 @@ class SFTTrainerPlugin(Trainer):
         kept = len(trainer.train_dataset)
         if kept == 0:
             raise DriftkitError(
-                f"--max-length {cfg['max_length']} leaves no solution token to train on: every prompt is at least that "
-                f"long once tokenized (with the chat template). Raise --max-length (prompts here need more tokens)."
+                f"{opt('max_length', cfg['max_length'])} leaves no solution token to train on: every prompt is at "
+                f"least that long once tokenized (with the chat template). Raise {opt('max_length', None)} (prompts "
+                "here need more tokens)."
             )
         data_info["n_examples_trained"] = kept  # after TRL dropped examples truncated to their prompt
         return train_and_finish(trainer, tok, ctx, data_info, base, chat_template=chat)
