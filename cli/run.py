@@ -66,14 +66,25 @@ def register(app: typer.Typer) -> None:
             False, "--resume", help="Continue interrupted steps (captures, training) instead of redoing them."
         ),
         out: Path | None = typer.Option(None, "--out", help="Override [experiment].out."),
+        device: str | None = typer.Option(
+            None, "--device", help="Override [experiment].device: auto, cpu, cuda or cuda:N (every step's models)."
+        ),
+        dtype: str | None = typer.Option(
+            None, "--dtype", help="Override [experiment].dtype: auto, float32, bfloat16 or float16."
+        ),
+        revision: str | None = typer.Option(None, "--revision", help="Override [experiment].revision (base model)."),
+        seed: int | None = typer.Option(None, "--seed", help="Override [experiment].seed."),
         json_out: str | None = json_option("a summary (out, html, executed, skipped, findings)"),
     ) -> None:
         """Run the whole study: train -> bench -> capture -> compare -> transfer -> report, cached by input hashes."""
+        from driftkit.models import pick_device, pick_dtype
         from driftkit.pipeline.experiment import load_experiment
 
         ex = load_experiment(config)
-        if out is not None:
-            ex.out = out
+        for key, value in (("out", out), ("device", device), ("dtype", dtype), ("revision", revision), ("seed", seed)):
+            if value is not None:
+                setattr(ex, key, value)
+        pick_dtype(ex.dtype, pick_device(ex.device))  # a wrong device or dtype fails now, not after training
         _execute(ex, resume, json_out)
 
     @app.command("demo", epilog="Examples:\n\n  driftkit demo\n\n  driftkit demo --quick --out /tmp/demo")

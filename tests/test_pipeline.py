@@ -290,3 +290,22 @@ def test_revisions_reach_every_model_load(tiny_model: Path, tiny_tuned: Path, tm
     ctx = SimpleNamespace(ex=ex)
     assert (model_revision(ctx, "base"), model_revision(ctx, "other")) == ("v1", "abc123")
     assert _model_identity(str(tiny_model), "v1") != _model_identity(str(tiny_model))
+
+
+def test_run_overrides_and_device_checks(tiny_model: Path, tmp_path: Path) -> None:
+    """run --device/--dtype/--revision/--seed override [experiment]; an absent device fails before any step."""
+    from typer.testing import CliRunner
+
+    from driftkit.cli.main import app
+    from driftkit.parsing import loads_toml
+
+    toml = tmp_path / "e.toml"
+    toml.write_text(
+        f'[experiment]\nname = "d"\nbase = "{tiny_model}"\nout = "{tmp_path / "out"}"\ndtype = "float32"\n'
+        f'[[models]]\nname = "other"\npath = "{tiny_model}"\n'
+    )
+    ex = from_dict(loads_toml(toml.read_text(), str(toml)))
+    assert (ex.device, ex.dtype) == ("auto", "float32")
+    r = CliRunner().invoke(app, ["run", str(toml), "--device", "cuda:7"])
+    assert r.exit_code == 1 and "cuda" in r.output.lower()
+    assert not (tmp_path / "out").exists()

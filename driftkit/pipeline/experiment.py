@@ -87,6 +87,8 @@ class Experiment:
     out: Path
     seed: int = 0
     revision: str | None = None  # of the base model, when it is a hub id
+    device: str = "auto"  # where every step loads its models: auto, cpu, cuda, cuda:N (not hashed: a runtime knob)
+    dtype: str = "auto"  # the models' compute dtype for training, benchmarks and captures (hashed when set)
     train: list[TrainSpec] = field(default_factory=list)
     models: list[ModelSpec] = field(default_factory=list)
     bench: dict[str, Any] = field(default_factory=dict)
@@ -107,7 +109,15 @@ SECTIONS = ("experiment", "train", "models", "bench", "capture", "compare", "tra
 #: accepted keys and their types, per table; a tuple of types means any of them ("list" = list of str)
 _STR, _INT, _BOOL, _TABLE, _LIST = (str,), (int,), (bool,), (dict,), ("list",)
 SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
-    "experiment": {"name": _STR, "base": _STR + (Path,), "out": _STR + (Path,), "seed": _INT, "revision": _STR},
+    "experiment": {
+        "name": _STR,
+        "base": _STR + (Path,),
+        "out": _STR + (Path,),
+        "seed": _INT,
+        "revision": _STR,
+        "device": _STR,
+        "dtype": _STR,
+    },
     "train": {"name": _STR, "trainer": _STR, "data": _STR + (Path,), "options": _TABLE},
     "models": {"name": _STR, "path": _STR + (Path,), "revision": _STR},
     "bench": {"suite": _STR, "benchmarks": _LIST, "limit": _INT, "data": _STR, "options": _TABLE, "enabled": _BOOL},
@@ -258,6 +268,8 @@ def from_dict(d: dict[str, Any], where: str = "<dict>", base_dir: Path | None = 
         out=out,
         seed=int(ex.get("seed", 0)),
         revision=ex.get("revision"),
+        device=str(ex.get("device", "auto")),
+        dtype=str(ex.get("dtype", "auto")),
         train=train,
         models=models,
         source=where,

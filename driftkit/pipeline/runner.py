@@ -102,6 +102,13 @@ def model_path(ctx: Ctx, name: str) -> str:
     return ctx.ex.base if name == "base" else _tuned_path(ctx, name)
 
 
+def _load_settings(ex: Any) -> dict[str, Any]:
+    """Trainer options that say how the base model is loaded, when the experiment sets them."""
+    out: dict[str, Any] = {"revision": ex.revision} if ex.revision else {}
+    out.update({k: getattr(ex, k) for k in ("device", "dtype") if getattr(ex, k) != "auto"})
+    return out
+
+
 def model_revision(ctx: Ctx, name: str) -> str | None:
     """The hub revision of a model of the experiment (None for trained folders and by default)."""
     if name == "base":
@@ -123,7 +130,7 @@ def _train(name: str) -> Callable[[Ctx], dict[str, Any]]:
             if ctx.progress:
                 ctx.progress(f"train {name}", step, total)
 
-        opts = {"seed": ctx.ex.seed, **({"revision": ctx.ex.revision} if ctx.ex.revision else {}), **spec.options}
+        opts = {"seed": ctx.ex.seed, **_load_settings(ctx.ex), **spec.options}
         train(spec.trainer, ctx.ex.base, spec.data, out, overwrite=not resume, resume=resume, progress=progress, **opts)
         man = read_manifest(out)
         ckpts = (
@@ -153,6 +160,8 @@ def _bench(name: str) -> Callable[[Ctx], dict[str, Any]]:
         kwargs: dict[str, Any] = dict(b["options"])
         if model_revision(ctx, name):
             kwargs.setdefault("revision", model_revision(ctx, name))
+        for key in ("device", "dtype"):
+            kwargs.setdefault(key, getattr(ctx.ex, key))
         names = b.get("benchmarks")
         run_suite(
             model_path(ctx, name),
@@ -187,6 +196,8 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
             resume=resume,
             storage_dtype=c["storage_dtype"],
             max_batch_tokens=c["max_batch_tokens"],
+            device=ctx.ex.device,
+            dtype=ctx.ex.dtype,
         )
         if kind == "raw":
             cfg = CaptureConfig(
@@ -432,11 +443,12 @@ def plan(ex: Experiment) -> list[Step]:
     for m in ex.models:
         ident[m.name] = _model_identity(m.path, m.revision)
     model_dep: dict[str, list[str]] = {"base": []}
+    base_id = {**ident["base"], "dtype": ex.dtype} if ex.dtype != "auto" else ident["base"]  # auto: old cache keys
     for t in ex.train:
         steps.append(
             Step(
                 f"train.{t.name}",
-                {"trainer": t.trainer, "data": t.data, "options": t.options, "seed": ex.seed, "base": ident["base"]},
+                {"trainer": t.trainer, "data": t.data, "options": t.options, "seed": ex.seed, "base": base_id},
                 [],
                 _train(t.name),
                 f"train {t.name} ({t.trainer})",
@@ -448,7 +460,8 @@ def plan(ex: Experiment) -> list[Step]:
     names = ["base", *ex.tuned_names]
 
     def mid(n: str) -> Any:
-        return ident.get(n, {"trained": n})
+        model = ident.get(n, {"trained": n})
+        return {**model, "dtype": ex.dtype} if ex.dtype != "auto" else model  # auto keeps old cache keys
 
     if ex.bench.get("enabled", True):
         for n in names:
