@@ -63,3 +63,16 @@ def test_plain_progress_has_rich_start_and_stop() -> None:
     p.start()
     p.stop()
     p.stop()  # idempotent, like rich's
+
+
+def test_train_progress_rates_only_the_steps_it_timed(monkeypatch) -> None:
+    """train's task is created at the first step report, after that step ran: the rate must not count it
+    (a 1-step GRPO run printed "63,804.0 steps/s" in the issue 12 walkthrough)."""
+    import driftkit.cli.train as train_cli
+
+    con, buf = _console()
+    monkeypatch.setattr(train_cli, "progress_bar", lambda: PlainProgress(con, interval=0.0))
+    with train_cli._Progress("train rl") as p:
+        p(1, 1, {"loss": 0.0})
+    line = buf.getvalue().strip().splitlines()[-1]
+    assert line.startswith("train rl: 1/1 steps (100%), 0.0 steps/s"), line
