@@ -11,6 +11,7 @@ context manager), so callers do not care which one they got.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -124,10 +125,11 @@ class PlainProgress:
         if t.total:
             pct = 100.0 * t.completed / t.total
             eta = (t.total - t.completed) / rate if rate > 0 else None
-            head = f"{t.description}: {t.completed:,.0f}/{t.total:,.0f} {t.unit} ({pct:.0f}%)"
+            # whole items only: generation reports fractions (tokens of a batch), and 1.5 rounded read "2/2 (75%)"
+            head = f"{t.description}: {math.floor(t.completed):,}/{t.total:,.0f} {t.unit} ({pct:.0f}%)"
             tail = f", ETA {_duration(eta)}" if eta is not None and not t.finished else ""
         else:
-            head, tail = f"{t.description}: {t.completed:,.0f} {t.unit}", ""
+            head, tail = f"{t.description}: {math.floor(t.completed):,} {t.unit}", ""
         info = str(t.fields.get("info") or "")
         return f"{head}, {rate:,.1f} {t.unit}/s{tail}, elapsed {_duration(elapsed)}" + (f" {info}" if info else "")
 

@@ -76,3 +76,12 @@ def test_train_progress_rates_only_the_steps_it_timed(monkeypatch) -> None:
         p(1, 1, {"loss": 0.0})
     line = buf.getvalue().strip().splitlines()[-1]
     assert line.startswith("train rl: 1/1 steps (100%), 0.0 steps/s"), line
+
+
+def test_fractional_progress_shows_whole_items_done() -> None:
+    """Generation reports fractional samples; the count must not round up past the percentage."""
+    con, buf = _console()
+    with PlainProgress(con, interval=0.0) as p:
+        t = p.add_task("generating", total=2, unit="samples")
+        p.update(t, completed=1.5)
+    assert buf.getvalue().splitlines()[0].startswith("generating: 1/2 samples (75%)")
