@@ -131,7 +131,9 @@ class PlainProgress:
         else:
             head, tail = f"{t.description}: {math.floor(t.completed):,} {t.unit}", ""
         info = str(t.fields.get("info") or "")
-        return f"{head}, {rate:,.1f} {t.unit}/s{tail}, elapsed {_duration(elapsed)}" + (f" {info}" if info else "")
+        # no rate when nothing was timed: a task first seen already done (an analysis that reports once) has none
+        shown = f", {rate:,.1f} {t.unit}/s" if t.completed > t.start_completed else ""
+        return f"{head}{shown}{tail}, elapsed {_duration(elapsed)}" + (f" {info}" if info else "")
 
     def _emit(self, task_id: int, t: _Task) -> None:
         self._last_print[task_id] = time.perf_counter()
