@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
 
         def on_progress(desc: str, done: int, total: int) -> None:
             if desc not in tasks:
-                tasks[desc] = progress.add_task(desc, total=total, info="")
+                tasks[desc] = progress.add_task(desc, total=total, completed=done, info="")  # done before: not timed
             progress.update(tasks[desc], completed=done, total=total)
 
         with progress:

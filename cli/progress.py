@@ -11,6 +11,7 @@ context manager), so callers do not care which one they got.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -133,12 +134,15 @@ class PlainProgress:
         if t.total:
             pct = 100.0 * t.completed / t.total
             eta = (t.total - t.completed) / rate if rate > 0 else None
-            head = f"{t.description}: {t.completed:,.0f}/{t.total:,.0f} {t.unit} ({pct:.0f}%)"
+            # whole items only: generation reports fractions (tokens of a batch), and 1.5 rounded read "2/2 (75%)"
+            head = f"{t.description}: {math.floor(t.completed):,}/{t.total:,.0f} {t.unit} ({pct:.0f}%)"
             tail = f", ETA {_duration(eta)}" if eta is not None and not t.finished else ""
         else:
-            head, tail = f"{t.description}: {t.completed:,.0f} {t.unit}", ""
+            head, tail = f"{t.description}: {math.floor(t.completed):,} {t.unit}", ""
         info = str(t.fields.get("info") or "")
-        return f"{head}, {_rate(rate, t.unit)}{tail}, elapsed {_duration(elapsed)}" + (f" {info}" if info else "")
+        # no rate when nothing was timed: a task first seen already done (an analysis that reports once) has none
+        shown = f", {_rate(rate, t.unit)}" if t.completed > t.start_completed else ""
+        return f"{head}{shown}{tail}, elapsed {_duration(elapsed)}" + (f" {info}" if info else "")
 
     def _emit(self, task_id: int, t: _Task) -> None:
         self._last_print[task_id] = time.perf_counter()

@@ -206,6 +206,17 @@ def test_example_experiment_file_parses_and_plans() -> None:
     assert ex.tuned_names == ["sft", "rl"] and ex.bench["suite"] == "quick"
 
 
+def test_missing_experiment_file_points_to_the_example_that_exists(tmp_path: Path) -> None:
+    """The message names examples/experiment.toml, where the example lives (issue 12), and that file exists."""
+    from driftkit.errors import DriftkitError
+    from driftkit.pipeline.experiment import load_experiment
+
+    with pytest.raises(DriftkitError, match="examples/experiment.toml") as exc:
+        load_experiment(tmp_path / "missing.toml")
+    assert "missing.toml does not exist" in str(exc.value)
+    assert (Path(__file__).resolve().parents[1] / "examples" / "experiment.toml").is_file()
+
+
 def test_bad_experiment_files_are_clear_errors(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

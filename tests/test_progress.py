@@ -69,3 +69,25 @@ def test_slow_work_reads_as_seconds_per_item() -> None:
     from driftkit.cli.progress import _rate
 
     assert _rate(0.08, "steps") == "12.5 s/step" and _rate(812.34, "tokens") == "812.3 tokens/s"
+
+
+def test_train_progress_rates_only_the_steps_it_timed(monkeypatch) -> None:
+    """train's task is created at the first step report, after that step ran: the rate must not count it
+    (a 1-step GRPO run printed "63,804.0 steps/s" in the issue 12 walkthrough)."""
+    import driftkit.cli.train as train_cli
+
+    con, buf = _console()
+    monkeypatch.setattr(train_cli, "progress_bar", lambda: PlainProgress(con, interval=0.0))
+    with train_cli._Progress("train rl") as p:
+        p(1, 1, {"loss": 0.0})
+    line = buf.getvalue().strip().splitlines()[-1]
+    assert line.startswith("train rl: 1/1 steps (100%), elapsed") and "steps/s" not in line, line
+
+
+def test_fractional_progress_shows_whole_items_done() -> None:
+    """Generation reports fractional samples; the count must not round up past the percentage."""
+    con, buf = _console()
+    with PlainProgress(con, interval=0.0) as p:
+        t = p.add_task("generating", total=2, unit="samples")
+        p.update(t, completed=1.5)
+    assert buf.getvalue().splitlines()[0].startswith("generating: 1/2 samples (75%)")

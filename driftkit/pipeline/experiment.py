@@ -310,5 +310,8 @@ def load_experiment(path: str | Path) -> Experiment:
 
     p = Path(path)
     if not p.is_file():
-        raise DriftkitError(f"Experiment file {p} does not exist. Start from the example in docs/pipeline.md.")
+        raise DriftkitError(
+            f"Experiment file {p} does not exist. Start from examples/experiment.toml in the driftkit "
+            "repository (every section, with comments); docs/pipeline.md describes the keys."
+        )
     return from_dict(load_toml(p, "Experiment file"), str(p), p.parent)
