@@ -17,7 +17,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from driftkit.errors import DriftkitError
+from driftkit.errors import DriftkitError, opt
 from driftkit.metrics.cka import StreamingCKA
 from driftkit.metrics.pca import SamplePooler
 from driftkit.registry.analysis import Analysis, Figure, fmt
@@ -80,8 +80,8 @@ class CKAAnalysis(Analysis):
             del self._pools
         if acc.n < 4:
             raise DriftkitError(
-                f"CKA needs at least 4 {self.opts['unit']}s; the selection leaves {acc.n}. Widen --positions/--domains "
-                f"or raise --max-tokens."
+                f"CKA needs at least 4 {self.opts['unit']}s; the selection leaves {acc.n}. Widen "
+                f"{opt('positions', None)}/{opt('domains', None)} or raise {opt('max_tokens', None)}."
             )
         r = acc.result()
         self._n_rows = r.n
