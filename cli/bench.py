@@ -181,7 +181,9 @@ def register(app: typer.Typer) -> None:
 
                 def _progress(bench: str, done: int, total: int) -> None:
                     if bench not in tasks:
-                        tasks[bench] = pb.add_task(bench, total=total, info="", unit="samples")
+                        tasks[bench] = pb.add_task(
+                            bench, total=total, info="", unit="tokens" if bench.endswith(" tokens") else "samples"
+                        )
                     pb.update(tasks[bench], completed=done)
 
                 path = run_benchmarks(

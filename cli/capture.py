@@ -135,11 +135,16 @@ def register(app: typer.Typer) -> None:
         engine: CaptureEngine | None = None
         with progress_bar() as bar:
             tasks: dict[str, int] = {}
-            labels = {"convert": "converting model", "generate": "generating", "capture": "capturing tokens"}
+            labels = {
+                "convert": "converting model",
+                "generate": "generating",
+                "generate tokens": "generated tokens (of the budget)",
+                "capture": "capturing tokens",
+            }
 
             def progress(phase: str, done: int, total: int) -> None:
                 if phase not in tasks:
-                    unit = {"capture": "tokens", "generate": "samples"}.get(phase, "steps")
+                    unit = {"capture": "tokens", "generate": "samples", "generate tokens": "tokens"}.get(phase, "steps")
                     tasks[phase] = bar.add_task(
                         labels.get(phase, phase), total=total, completed=done, info="", unit=unit
                     )

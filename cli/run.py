@@ -24,6 +24,7 @@ def _execute(ex, resume: bool, json_out: str | None) -> None:
             if phase not in tasks:
                 # the steps report training steps, captured tokens, generated samples or benchmark items
                 unit = {"train": "steps", "capture": "tokens", "generate": "samples"}.get(phase.split(" ")[0], "items")
+                unit = "tokens" if phase.endswith(" tokens") else unit
                 tasks[phase] = bar.add_task(phase, total=total, info="", unit=unit)
             bar.update(tasks[phase], completed=done, total=total)
 

@@ -266,13 +266,16 @@ def generate_group(
     generated ids in request order and the seconds it took."""
     label = "+".join(b.name for b in group)
     pooled = [r for b in group for r in requests[b.name].ids]
-    done = 0
+    done, tokens_done = 0.0, 0
+    budget = len(pooled) * group[0].max_new_tokens
 
-    def _tick(n: int) -> None:
-        nonlocal done
+    def _tick(n: float, tokens: int = 0) -> None:
+        nonlocal done, tokens_done
         done += n
+        tokens_done += tokens
         if progress:
             progress(label, done, len(pooled))
+            progress(f"{label} tokens", tokens_done, budget)  # generated tokens, of the budget
 
     if progress:
         progress(label, 0, len(pooled))

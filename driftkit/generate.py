@@ -49,42 +49,48 @@ class Generator(ABC):
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[float, int], None] | None = None,
     ) -> list[list[int]]:
         """Return, for each prompt, the generated token ids (stopping at EOS, EOS included).
 
-        ``progress(n)`` is called with the number of samples' worth of work just done; it may be
-        fractional (the HF back-end advances a batch of R rows by R / max_new_tokens per decoding
-        step), and the increments of a call add up to ``len(prompts)``."""
+        ``progress(n, tokens)`` is called with the samples' worth of work just done and the new tokens
+        generated meanwhile. ``n`` may be fractional (the HF back-end advances a batch of R rows by
+        R / max_new_tokens per decoding step); over a call the ``n`` add up to ``len(prompts)`` and the
+        ``tokens`` to the generated tokens returned."""
 
 
 class _StepProgress:
-    """A ``generate`` streamer that turns decoding steps into sample progress.
+    """A ``generate`` streamer that turns decoding steps into sample and token progress.
 
     Why: a batch of 32 prompts at 256 new tokens can decode for minutes; reporting only finished
     batches left progress at 0 all that time. ``generate`` calls ``put`` once with the prompt, then
-    once per decoding step, so each step advances the batch by rows / max_new_tokens samples.
+    once per decoding step with each row's new token, so each step advances the batch by
+    rows / max_new_tokens samples and by one token per row that had not yet ended at EOS.
     """
 
-    def __init__(self, rows: int, max_new_tokens: int, progress: Callable[[float], None]) -> None:
+    def __init__(self, rows: int, max_new_tokens: int, eos: list[int], progress: Callable[[float, int], None]) -> None:
         self.step = rows / max(1, max_new_tokens)
         self.reported = 0.0
         self.rows = rows
         self.progress = progress
+        self.eos = torch.as_tensor(eos, dtype=torch.long)
+        self.active = torch.ones(rows, dtype=torch.bool)
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        if self.reported + self.step <= self.rows:
-            self.reported += self.step
-            self.progress(self.step)
+        tokens = int(self.active.sum())
+        self.active &= ~torch.isin(torch.as_tensor(value).view(-1)[: self.rows], self.eos)
+        step = self.step if self.reported + self.step <= self.rows else 0.0
+        self.reported += step
+        self.progress(step, tokens)
 
     def end(self) -> None:
         """The rest of the batch at once (rows that stopped early at EOS)."""
         if self.rows - self.reported > 0:
-            self.progress(self.rows - self.reported)
+            self.progress(self.rows - self.reported, 0)
         self.reported = float(self.rows)
 
 
@@ -118,7 +124,7 @@ class HFGenerator(Generator):
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[float, int], None] | None = None,
     ) -> list[list[int]]:
         model, tok = self.loaded.model, self.loaded.tokenizer
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -141,7 +147,7 @@ class HFGenerator(Generator):
                 kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
             else:
                 kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            streamer = _StepProgress(len(idx), max_new_tokens, progress) if progress else None
+            streamer = _StepProgress(len(idx), max_new_tokens, eos, progress) if progress else None
             gen = model.generate(
                 input_ids=input_ids.to(device), attention_mask=attn.to(device), streamer=streamer, **kwargs
             )
@@ -195,15 +201,16 @@ class VLLMGenerator(Generator):
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int = 0,
-        progress: Callable[[int], None] | None = None,
+        progress: Callable[[float, int], None] | None = None,
     ) -> list[list[int]]:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        result = [list(o.outputs[0].token_ids) for o in outs]
         if progress:
-            progress(len(prompts))
-        return [list(o.outputs[0].token_ids) for o in outs]
+            progress(len(prompts), sum(len(r) for r in result))
+        return result
 
 
 def make_generator(backend: str, loaded: LoadedModel, **opts: Any) -> Generator:

@@ -1,4 +1,4 @@
-"""Generation reports progress per decoding step (not per finished batch), adding up to the samples."""
+"""Generation reports progress per decoding step (not per finished batch): samples and tokens."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ def test_progress_moves_during_a_batch(tiny_model: Path) -> None:
         tok("Write a poem about the sea.")["input_ids"],
         tok("def add(a, b):")["input_ids"],
     ]
-    calls: list[float] = []
+    calls: list[tuple[float, int]] = []
     gen = HFGenerator(loaded, batch_size=8)  # one batch: the old code reported once, at the end
-    outs = gen.generate(prompts, max_new_tokens=12, progress=calls.append)
+    outs = gen.generate(prompts, max_new_tokens=12, progress=lambda n, tokens: calls.append((n, tokens)))
     assert len(outs) == 3
     assert len(calls) > 3  # advanced while decoding
-    assert sum(calls) == pytest.approx(3.0)
-    assert all(c > 0 for c in calls)
+    assert sum(n for n, _ in calls) == pytest.approx(3.0)
+    assert sum(t for _, t in calls) == sum(len(o) for o in outs)  # every generated token, EOS included, once

@@ -255,12 +255,14 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
 
         todo = [i for i, p in enumerate(prompts) if p.response is None]
         gen = HFGenerator(loaded, batch_size=cfg.gen_batch_size)
-        done = [0]
+        done = [0.0, 0]  # samples, tokens
 
-        def tick(n: int) -> None:
+        def tick(n: float, tokens: int = 0) -> None:
             done[0] += n
+            done[1] += tokens
             if progress:
                 progress("generate", done[0], len(todo))
+                progress("generate tokens", done[1], len(todo) * cfg.max_new_tokens)  # of the budget
 
         outs = gen.generate(
             [prompt_ids[i] for i in todo], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, progress=tick
