@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -371,7 +372,7 @@ class CaptureEngine:
             "model": cfg.model,
             "model_path": lm.path,
             "model_revision": cfg.revision or "",
-            "weights_sha256": weights_sha256(lm.path),
+            "weights_sha256": self.weights_sha256,
             "tokenizer_sha256": tokenizer_sha256(lm.tokenizer),
             "dtype": str(lm.dtype).replace("torch.", ""),
             "device": str(lm.device),
@@ -434,7 +435,7 @@ class CaptureEngine:
         if old_hash != new_hash:
             diffs.append(("prompt contents (sha256)", old_hash[:12], new_hash[:12]))
         model_ids = (
-            ("weights_sha256", weights_sha256(self.loaded.path)),
+            ("weights_sha256", self.weights_sha256),
             ("tokenizer_sha256", tokenizer_sha256(self.loaded.tokenizer)),
         )
         for key, new in model_ids:
@@ -501,11 +502,17 @@ class CaptureEngine:
         writer.flush()
         return writer, samples
 
+    @cached_property
+    def weights_sha256(self) -> str:
+        """The checkpoint's weights hash, computed once per capture (it reads up to 32 MiB per shard)
+        and used by the file's attrs, the resume check and the shared unembedding check."""
+        return weights_sha256(self.loaded.path)
+
     def _shared_unembed(self, statics: list[Any]) -> Path | None:
         """The shared unembedding file (checked or written) when ``shared_unembed`` is set."""
         if not self.cfg.shared_unembed or not any(st.path in SHARED_PATHS for st in statics):
             return None
-        return ensure_shared_unembed(self.cfg.shared_unembed, statics, weights_sha256(self.loaded.path), self.cfg.model)
+        return ensure_shared_unembed(self.cfg.shared_unembed, statics, self.weights_sha256, self.cfg.model)
 
     def _forward(
         self, nn_model: Any, ordered: list[tuple[Probe, Site]], input_ids: torch.Tensor, attn: torch.Tensor
