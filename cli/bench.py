@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from driftkit.cli.common import console, emit_json, err_console, handle_errors, json_option, progress_bar
+from driftkit.cli.progress import phase_callback
 
 
 def scores_table(doc: dict[str, Any]) -> Any:
@@ -177,14 +178,8 @@ def register(app: typer.Typer) -> None:
                 dataset_revision=dataset_revision,
             )
             with progress_bar() as pb:
-                tasks: dict[str, Any] = {}
-
-                def _progress(bench: str, done: int, total: int) -> None:
-                    if bench not in tasks:
-                        tasks[bench] = pb.add_task(
-                            bench, total=total, info="", unit="tokens" if bench.endswith(" tokens") else "samples"
-                        )
-                    pb.update(tasks[bench], completed=done)
+                # phases are benchmark groups (samples) and their generated "... tokens"
+                _progress = phase_callback(pb, unit=lambda p: "tokens" if p.endswith(" tokens") else "samples")
 
                 path = run_benchmarks(
                     model,

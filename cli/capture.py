@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from driftkit.cli.common import emit_json, err_console, handle_errors, json_option, progress_bar
+from driftkit.cli.progress import phase_callback
 
 
 def parse_probe_opts(items: list[str]) -> dict[str, str]:
@@ -134,21 +135,13 @@ def register(app: typer.Typer) -> None:
         )
         engine: CaptureEngine | None = None
         with progress_bar() as bar:
-            tasks: dict[str, int] = {}
             labels = {
                 "convert": "converting model",
                 "generate": "generating",
                 "generate tokens": "generated tokens (of the budget)",
                 "capture": "capturing tokens",
             }
-
-            def progress(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    unit = {"capture": "tokens", "generate": "samples", "generate tokens": "tokens"}.get(phase, "steps")
-                    tasks[phase] = bar.add_task(
-                        labels.get(phase, phase), total=total, completed=done, info="", unit=unit
-                    )
-                bar.update(tasks[phase], completed=done, total=total)
+            progress = phase_callback(bar, labels)
 
             try:
                 engine = CaptureEngine(cfg, progress=progress)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
 from driftkit.cli.common import console, handle_errors, json_option, progress_bar
+from driftkit.cli.progress import phase_callback
 
 EPILOG = (
     "Examples:\n\n"
@@ -104,12 +104,7 @@ def register(app: typer.Typer) -> None:
         specs: list[str] | None = _split(analyses)
         options = parse_plugin_options(opt)
         progress = progress_bar()
-        tasks: dict[str, Any] = {}
-
-        def on_progress(desc: str, done: int, total: int) -> None:
-            if desc not in tasks:
-                tasks[desc] = progress.add_task(desc, total=total, completed=done, info="")  # done before: not timed
-            progress.update(tasks[desc], completed=done, total=total)
+        on_progress = phase_callback(progress)
 
         with progress:
             report = compare(

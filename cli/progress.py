@@ -16,6 +16,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,3 +189,28 @@ def progress_bar(console: Console, **kwargs: Any) -> Any:
         disable=mode == "0",
         **kwargs,
     )
+
+
+def unit_of(phase: str) -> str:
+    """What a progress phase reported by the engines counts: ``train ...`` steps, ``capture`` and
+    ``... tokens`` tokens, ``generate`` samples, anything else items."""
+    if phase.endswith(" tokens"):
+        return "tokens"
+    return {"train": "steps", "capture": "tokens", "generate": "samples"}.get(phase.split(" ")[0], "items")
+
+
+def phase_callback(
+    bar: Any, labels: Mapping[str, str] | None = None, unit: Callable[[str], str] = unit_of
+) -> Callable[[str, float, float], None]:
+    """The ``progress(phase, done, total)`` callback the engines take, drawing one task per phase on
+    ``bar`` (either display). A task starts at the ``done`` of its first report, so work finished
+    before (a resume) does not count in its rate."""
+    tasks: dict[str, Any] = {}
+
+    def progress(phase: str, done: float, total: float) -> None:
+        if phase not in tasks:
+            label = (labels or {}).get(phase, phase)
+            tasks[phase] = bar.add_task(label, total=total, completed=done, info="", unit=unit(phase))
+        bar.update(tasks[phase], completed=done, total=total)
+
+    return progress

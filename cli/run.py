@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from driftkit.cli.common import console, emit_json, err_console, handle_errors, json_option, progress_bar
+from driftkit.cli.progress import phase_callback
 
 
 def _execute(ex, resume: bool, json_out: str | None) -> None:
@@ -18,15 +19,7 @@ def _execute(ex, resume: bool, json_out: str | None) -> None:
 
     t0 = time.perf_counter()
     with progress_bar() as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                # the steps report training steps, captured tokens, generated samples or benchmark items
-                unit = {"train": "steps", "capture": "tokens", "generate": "samples"}.get(phase.split(" ")[0], "items")
-                unit = "tokens" if phase.endswith(" tokens") else unit
-                tasks[phase] = bar.add_task(phase, total=total, info="", unit=unit)
-            bar.update(tasks[phase], completed=done, total=total)
+        progress = phase_callback(bar)  # training steps, captured tokens, generated samples, benchmark items
 
         result = run_experiment(
             ex, resume=resume, log=lambda m: err_console.print(m, highlight=False), progress=progress

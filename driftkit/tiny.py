@@ -91,17 +91,20 @@ def build_tiny_model(
     vocab_size: int = 320,
     tie_word_embeddings: bool = False,
     max_positions: int = 4096,
+    model_vocab_size: int | None = None,
 ) -> Path:
     """Write a random-weight ``arch`` causal LM (safetensors) plus the fixture tokenizer to ``out_dir``.
 
-    ``max_positions``: the config's max_position_embeddings / n_positions (small values test length checks)."""
+    ``max_positions``: the config's max_position_embeddings / n_positions (small values test length checks).
+    ``model_vocab_size``: the model's vocabulary when it should be larger than the tokenizer's (metrics
+    over a 30k-150k vocabulary; the extra entries are never produced as input ids)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_tokenizer(out, vocab_size)
-    V = len(tok)
+    V = max(len(tok), model_vocab_size or 0)
     common = dict(
         vocab_size=V,
         tie_word_embeddings=tie_word_embeddings,

@@ -33,37 +33,15 @@ sys.path.insert(0, str(ROOT))
 
 def build_pair(root: Path, vocab: int, eps: float, seed: int = 0) -> tuple[Path, Path]:
     """A tiny base model over ``vocab`` entries and a copy with every weight matrix moved by eps."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    from driftkit.tiny import build_tokenizer
+    from driftkit.tiny import build_tiny_model
 
     base, tuned = root / "base", root / f"tuned_{eps:g}"
-    for p in (base, tuned):
-        p.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(base)
-    build_tokenizer(tuned)
-    cfg = AutoConfig.for_model(
-        "llama",
-        num_hidden_layers=2,
-        hidden_size=64,
-        intermediate_size=128,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        vocab_size=vocab,
-        tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.mul_(4.0)
     if not (base / "model.safetensors").exists():
-        model.save_pretrained(base, safe_serialization=True)
+        build_tiny_model(base, "llama", num_layers=2, seed=seed, max_positions=512, model_vocab_size=vocab)
+    build_tiny_model(tuned, "llama", num_layers=2, seed=seed, max_positions=512, model_vocab_size=vocab)
+    model = AutoModelForCausalLM.from_pretrained(tuned, dtype=torch.float32)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():

@@ -26,7 +26,7 @@ whole pass stays within a fixed byte budget at any vocabulary and any number of 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -150,14 +150,8 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     shared = time.perf_counter() - t0
     total, done = int(union.sum()), 0
     names = ", ".join(an.name for an in consumers)
-    read = pair.iter_pair(S.FINAL_HIDDEN, union)
-    while True:
-        t0 = time.perf_counter()
-        item = next(read, None)
-        shared += time.perf_counter() - t0
-        if item is None:
-            break
-        idx, ha, hb = item
+    read_time = [0.0]
+    for idx, ha, hb in _timed(pair.iter_pair(S.FINAL_HIDDEN, union), read_time):
         y_all, dom_all = pair.next_token_ids(idx), pair.domain_index(idx)
         for s in range(0, len(idx), rows):
             e = min(len(idx), s + rows)
@@ -179,8 +173,20 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
                 clock.call(an, an.on_logits, part)
         done += len(idx)
         pair.progress(f"logits ({names})", done, total)
-    clock.shared[LOGITS] = shared
+    clock.shared[LOGITS] = shared + read_time[0]
     clock.sharers[LOGITS] = [an.name for an in consumers]
+
+
+def _timed(items: Iterator[Any], seconds: list[float]) -> Iterator[Any]:
+    """Yield from ``items``, adding the time spent producing them (the shared file reads) to
+    ``seconds[0]``, so the report can split a pass into shared work and each analysis's own."""
+    while True:
+        t0 = time.perf_counter()
+        item = next(items, None)
+        seconds[0] += time.perf_counter() - t0
+        if item is None:
+            return
+        yield item
 
 
 def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) -> None:
@@ -190,19 +196,13 @@ def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     sites: list[tuple[int | str, str]] = []
     for an in consumers:
         sites += [s for s in wanted[an.name] if s not in sites]
-    shared = 0.0
+    read_time = [0.0]
     for i, (layer, path) in enumerate(sites):
         cons = [an for an in consumers if (layer, path) in wanted[an.name]]
         for an in cons:
             clock.call(an, an.start_layer, pair, layer, path)
         union = np.logical_or.reduce([masks[an.name] for an in cons])
-        read = pair.iter_pair(path, union)
-        while True:
-            t0 = time.perf_counter()
-            item = next(read, None)
-            shared += time.perf_counter() - t0
-            if item is None:
-                break
+        for item in _timed(pair.iter_pair(path, union), read_time):
             chunk = LayerChunk(layer, path, *item)
             for an in cons:
                 sel = _select(masks[an.name], chunk.idx)
@@ -212,7 +212,7 @@ def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
         for an in cons:
             clock.call(an, an.finish_layer, pair, layer, path)
         pair.progress(f"layers ({', '.join(an.name for an in consumers)})", i + 1, len(sites))
-    clock.shared[LAYERS] = shared
+    clock.shared[LAYERS] = read_time[0]
     clock.sharers[LAYERS] = [an.name for an in consumers]
 
 
