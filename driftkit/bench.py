@@ -288,6 +288,8 @@ def generate_group(
         seed=s.seed,
         progress=_tick,
     )
+    if progress:  # rows that stopped at EOS used less than the budget: close the line at what was made
+        progress(f"{label} tokens", tokens_done, tokens_done)
     return gen, time.perf_counter() - t0
 
 

@@ -268,6 +268,8 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         outs = gen.generate(
             [prompt_ids[i] for i in todo], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, progress=tick
         )
+        if progress:  # rows that stopped at EOS used less than the budget: close the line at what was made
+            progress("generate tokens", done[1], done[1])
         for i, o in zip(todo, outs):
             responses[i] = o
     return SampleSet(
