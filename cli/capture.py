@@ -70,6 +70,18 @@ def register(app: typer.Typer) -> None:
             "auto", "--dtype", help="Model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."
         ),
         device: str = typer.Option("auto", "--device", help="auto (the GPU when there is one), cpu, cuda or cuda:N."),
+        device_map: str | None = typer.Option(
+            None,
+            "--device-map",
+            help="auto | balanced | sequential: accelerate spreads the layers over the GPUs (then CPU memory), "
+            "for models bigger than one device. Default: the whole model on --device.",
+        ),
+        backend: str = typer.Option(
+            "hf",
+            "--backend",
+            help="Generation engine for --generate: hf (default) or vllm (GPU; pip install "
+            "'driftkit[vllm]'). The capture then scores the generated tokens teacher-forced either way.",
+        ),
         storage_dtype: str = typer.Option(
             "float16", "--storage-dtype", help="Activation storage: float16 or bfloat16."
         ),
@@ -123,6 +135,8 @@ def register(app: typer.Typer) -> None:
             prompt_seed=prompt_seed,
             dtype=dtype,
             device=device,
+            device_map=device_map,
+            backend=backend,
             storage_dtype=storage_dtype,
             compression=None if compression == "none" else compression,
             max_batch_tokens=max_batch_tokens,

@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
         html_out: Path | None = typer.Option(None, "--html", help="Write a self-contained HTML report with figures."),
         chunk_tokens: int = typer.Option(4096, "--chunk-tokens", help="Tokens read per chunk (memory vs. speed)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="Do not print the terminal report."),
+        jobs: int = typer.Option(
+            1, "--jobs", "-j", help="Processes for the layers pass (CKA, PCA shift); results are identical to 1."
+        ),
     ) -> None:
         """Compare captures of several checkpoints: CKA, exact KL/JS, token-rank shift, PCA shift."""
         from driftkit.comparing import compare
@@ -120,6 +123,7 @@ def register(app: typer.Typer) -> None:
                 options=options,
                 progress=on_progress,
                 extra_analyses=list(analysis_files),
+                jobs=jobs,
             )
         if html_out is not None:
             report.to_html(html_out)

@@ -286,13 +286,53 @@ def load_tokenizer(spec: str, revision: str | None = None, trust_remote_code: bo
     return tok
 
 
+#: what ``--device-map`` accepts on the command line (accelerate's strategies); Python also takes a
+#: ``{module name: device}`` dict, passed to ``from_pretrained`` as is
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: Any) -> None:
+    """Refuse an unknown ``--device-map`` before any loading."""
+    if device_map is None or isinstance(device_map, dict) or device_map in DEVICE_MAPS:
+        return
+    raise DriftkitError(
+        f"Unknown --device-map {device_map!r}; use {', '.join(DEVICE_MAPS)} (accelerate places the layers over the "
+        "GPUs, then CPU memory), or leave it out to load the model whole on --device."
+    )
+
+
+def placement_summary(model: Any) -> dict[str, int]:
+    """``{device: number of parameters}`` of a loaded model (recorded with ``--device-map``)."""
+    out: dict[str, int] = {}
+    for p in model.parameters():
+        out[str(p.device)] = out.get(str(p.device), 0) + p.numel()
+    return out
+
+
+def _check_device_map(spec: str, model: Any) -> torch.device:
+    """After a ``device_map`` load: refuse weights accelerate left on disk (the ``meta`` device) and
+    return where inputs go (the device of the first parameter, the embedding).
+
+    Why refuse disk offload: the capture reads the unembedding and the final norm's parameters
+    directly (final/unembed, the logit check), which an offloaded module does not hold between
+    forwards; and a capture that streams every layer from disk per batch would take days."""
+    where = placement_summary(model)
+    if "meta" in where:
+        raise DriftkitError(
+            f"Model {spec} does not fit in GPU and CPU memory: accelerate offloaded {where['meta']:,} parameters to "
+            "disk, which a capture cannot use (the unembedding must be readable, and every batch would reload "
+            "them). Use more GPUs, a machine with more memory, or a smaller --dtype (bfloat16)."
+        )
+    return next(model.parameters()).device
+
+
 def load_model(
     spec: str,
     dtype: str = "auto",
     device: str = "auto",
     trust_remote_code: bool = False,
     revision: str | None = None,
-    device_map: str | None = None,
+    device_map: str | dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for inference (eval mode, no grad needed).
@@ -303,6 +343,7 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     dev = pick_device(device)  # before any conversion or download: a wrong device fails at once
+    check_device_map(device_map)
     path = resolve_model_path(spec, progress)
     dt = pick_dtype(dtype, dev)
     try:
@@ -330,8 +371,11 @@ def load_model(
         ) from exc
     if device_map is None:
         model.to(dev)
+    else:
+        dev = _check_device_map(spec, model)
     model.eval()
     info = {
+        **({"device_map": placement_summary(model)} if device_map is not None else {}),
         "model_type": model.config.model_type,
         "num_layers": int(model.config.get_text_config().num_hidden_layers),
         "hidden_size": int(model.config.get_text_config().hidden_size),

@@ -65,6 +65,8 @@ class CaptureConfig:
     shared_unembed: str | Path | None = None  # one unembedding file shared by captures of a checkpoint
     check_logits: bool = True
     truncate: str | None = None  # left | right: cut samples longer than the model's positions instead of refusing
+    backend: str = "hf"  # generation back-end for --generate: hf | vllm (driftkit.generation_backends)
+    device_map: Any = None  # "auto" (or a dict): accelerate places the layers over the devices (models bigger than one)
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -252,10 +252,12 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
     room = [cfg.max_new_tokens if cfg.generate and p.response is None else 0 for p in prompts]
     cut = fit_lengths([p.id for p in prompts], prompt_ids, responses, room, limit, cfg.truncate)
     if cfg.generate:
-        from driftkit.generate import HFGenerator
+        from driftkit.generation_backends import make_backend, release
 
         todo = [i for i, p in enumerate(prompts) if p.response is None]
-        gen = HFGenerator(loaded, batch_size=cfg.gen_batch_size)
+        gen = make_backend(
+            cfg.backend, loaded, batch_size=cfg.gen_batch_size, seed=cfg.seed, trust_remote_code=cfg.trust_remote_code
+        )
         done = [0.0, 0]  # samples, tokens
 
         def tick(n: float, tokens: int = 0) -> None:
@@ -268,6 +270,7 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         outs = gen.generate(
             [prompt_ids[i] for i in todo], cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.seed, progress=tick
         )
+        release(gen)  # the forward passes need the memory a vLLM engine holds
         if progress:  # rows that stopped at EOS used less than the budget: close the line at what was made
             progress("generate tokens", done[1], done[1])
         for i, o in zip(todo, outs):
@@ -308,6 +311,21 @@ def pack_batch(
 
 
 # -- the engine -------------------------------------------------------------------------------------
+def _check_backend(cfg: CaptureConfig) -> None:
+    """An unknown ``--backend``, or one given without ``--generate``, fails before the model loads."""
+    from driftkit.generation_backends import BACKENDS
+
+    if cfg.backend not in BACKENDS:
+        raise DriftkitError(
+            f"Unknown {opt('backend', cfg.backend)}; use {' or '.join(sorted(BACKENDS))} (hf is the default)."
+        )
+    if cfg.backend != "hf" and not cfg.generate:
+        raise DriftkitError(
+            f"{opt('backend', cfg.backend)} picks the engine that generates responses, so it needs "
+            f"{opt('generate')}; without it the capture scores the given prompts (and responses) only."
+        )
+
+
 class CaptureEngine:
     """Runs one capture. Use :func:`capture` unless you need the pieces (tests, benchmarks)."""
 
@@ -322,6 +340,7 @@ class CaptureEngine:
             raise DriftkitError(
                 f"Unknown {opt('truncate', cfg.truncate)}; use left (drop the oldest tokens) or right (the newest)."
             )
+        _check_backend(cfg)
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
@@ -348,6 +367,7 @@ class CaptureEngine:
             cfg.device,
             cfg.trust_remote_code,
             cfg.revision,
+            device_map=cfg.device_map,
             progress=(lambda m: progress("convert", 0, 1)) if progress else None,
         )
         self.layout = ModelLayout.of(self.loaded.model)

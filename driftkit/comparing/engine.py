@@ -193,33 +193,62 @@ def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     """Read each layer once (the union of what the consumers want) and feed every layer consumer."""
     masks = {an.name: clock.call(an, an.layers_mask, pair) for an in consumers}
     wanted = {an.name: list(clock.call(an, an.layer_sites, pair)) for an in consumers}
-    sites: list[tuple[int | str, str]] = []
-    for an in consumers:
-        sites += [s for s in wanted[an.name] if s not in sites]
+    sites = layer_sites_union(consumers, wanted)
     read_time = [0.0]
     for i, (layer, path) in enumerate(sites):
         cons = [an for an in consumers if (layer, path) in wanted[an.name]]
-        for an in cons:
-            clock.call(an, an.start_layer, pair, layer, path)
-        union = np.logical_or.reduce([masks[an.name] for an in cons])
-        for item in _timed(pair.iter_pair(path, union), read_time):
-            chunk = LayerChunk(layer, path, *item)
-            for an in cons:
-                sel = _select(masks[an.name], chunk.idx)
-                if sel is not None and not sel.any():
-                    continue
-                clock.call(an, an.on_layer, chunk if sel is None else chunk.subset(sel))
-        for an in cons:
-            clock.call(an, an.finish_layer, pair, layer, path)
+        one_layer(pair, layer, path, cons, masks, clock, read_time)
         pair.progress(f"layers ({', '.join(an.name for an in consumers)})", i + 1, len(sites))
     clock.shared[LAYERS] = read_time[0]
     clock.sharers[LAYERS] = [an.name for an in consumers]
 
 
-def run_analyses(pair: CapturePair, analyses: Sequence[Analysis]) -> tuple[dict[str, Any], dict[str, float]]:
+def layer_sites_union(
+    consumers: Sequence[Analysis], wanted: dict[str, list[tuple[int | str, str]]]
+) -> list[tuple[int | str, str]]:
+    """Every ``(layer, path)`` some consumer wants, in the consumers' order (the order layers are read)."""
+    sites: list[tuple[int | str, str]] = []
+    for an in consumers:
+        sites += [s for s in wanted[an.name] if s not in sites]
+    return sites
+
+
+def one_layer(
+    pair: CapturePair,
+    layer: int | str,
+    path: str,
+    cons: Sequence[Analysis],
+    masks: dict[str, np.ndarray],
+    clock: _Clock,
+    read_time: list[float],
+) -> None:
+    """One layer for its consumers: ``start_layer``, every chunk to ``on_layer``, ``finish_layer``.
+
+    Shared by the one-process pass and the ``--jobs`` workers (driftkit.comparing.layer_jobs), so a
+    layer is computed by the same code, in the same chunks, wherever it runs."""
+    for an in cons:
+        clock.call(an, an.start_layer, pair, layer, path)
+    union = np.logical_or.reduce([masks[an.name] for an in cons])
+    for item in _timed(pair.iter_pair(path, union), read_time):
+        chunk = LayerChunk(layer, path, *item)
+        for an in cons:
+            sel = _select(masks[an.name], chunk.idx)
+            if sel is not None and not sel.any():
+                continue
+            clock.call(an, an.on_layer, chunk if sel is None else chunk.subset(sel))
+    for an in cons:
+        clock.call(an, an.finish_layer, pair, layer, path)
+
+
+def run_analyses(
+    pair: CapturePair, analyses: Sequence[Analysis], jobs: int = 1
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Run ``analyses`` (already checked) on ``pair``: streaming ones share one logits pass and one
     read per layer, legacy ones (``run`` only) run on their own. Returns ``(results by name,
-    seconds by name)``; results keep the order of ``analyses``."""
+    seconds by name)``; results keep the order of ``analyses``.
+
+    ``jobs > 1`` spreads the layers pass over that many processes (driftkit.comparing.layer_jobs);
+    the results are identical to ``jobs=1``."""
     clock = _Clock()
     streaming = [an for an in analyses if an.consumes]
     for an in streaming:
@@ -237,7 +266,11 @@ def run_analyses(pair: CapturePair, analyses: Sequence[Analysis]) -> tuple[dict[
         for an in logit_cons:
             if LAYERS not in an.consumes:
                 done[an.name] = clock.call(an, an.finish, pair)
-    if layer_cons:
+    if layer_cons and jobs > 1:
+        from driftkit.comparing.layer_jobs import layers_pass_jobs
+
+        layers_pass_jobs(pair, layer_cons, clock, jobs)
+    elif layer_cons:
         _layers_pass(pair, layer_cons, clock)
     results: dict[str, Any] = {}
     for an in analyses:

@@ -109,6 +109,7 @@ def compare(
     options: dict[str, dict[str, Any]] | None = None,
     progress: Progress | None = None,
     extra_analyses: Sequence[str | type[Analysis] | Analysis] = (),
+    jobs: int = 1,
 ) -> Report:
     """Compare captures: the first is the reference A, each other one is compared against it.
 
@@ -119,6 +120,7 @@ def compare(
     addition (e.g. a ``file.py:Class`` next to the defaults). ``options`` holds
     per-analysis plugin options, e.g. ``{"cka": {"unit": "sample"}}``. Returns a
     :class:`~driftkit.report.Report` (``.show()``, ``.to_json()``, ``.to_frame()``, ``.to_html()``).
+    ``jobs``: processes for the layers pass (CKA, PCA shift, ...); the results are identical to 1.
 
     Long because of its documented keyword parameters and the per-pair bookkeeping (checks, skipped analyses, timings)
     that the JSON report records.
@@ -141,6 +143,8 @@ def compare(
         plugin_options=dict(options or {}),
     )
     opts.validate()
+    if jobs < 1:
+        raise DriftkitError(f"{opt('jobs', jobs)} must be at least 1 (processes for the layers pass).")
     instances, explicit = resolve_analyses(analyses, opts.plugin_options, extra_analyses or ())
     labels = _labels(paths)
     readers = [CaptureReader(p, allow_incomplete=allow_incomplete) for p in paths]
@@ -168,7 +172,7 @@ def compare(
                     continue
                 runnable.append(an)
             # one logits pass and one read per layer, shared by every analysis (driftkit.comparing.engine)
-            results, timings = run_analyses(pair, runnable)
+            results, timings = run_analyses(pair, runnable, jobs=jobs)
             for result in results.values():
                 if isinstance(result, dict):  # every summary records the positions it used
                     result.setdefault("positions", pair.positions)

@@ -190,6 +190,23 @@ class Analysis(Configurable, ABC):
         model's label to its result. Say "no measurable change" rather than quote zeros. Default: none."""
         return []
 
+    # -- layers across processes (``driftkit compare --jobs N``) ----------------------------------------
+    # Why a hook pair and not pickled analyses: a worker process computes some layers with its own
+    # fresh instance (same class, same options, its own ``start``), and only what ``finish_layer``
+    # kept for a layer has to reach the parent's instance. The pair keeps that explicit, small and
+    # plain (lists, dicts, numbers, arrays); nothing is ever unpickled from a file.
+
+    def layer_state(self, layer: int | str) -> Any:
+        """In a worker, right after :meth:`finish_layer` of ``layer``: what that call kept for this
+        layer (plain picklable data). Return ``NotImplemented`` (the default) when the analysis cannot
+        run its layers in other processes; ``--jobs`` then runs it in the main process, with a note."""
+        return NotImplemented
+
+    def load_layer_state(self, layer: int | str, state: Any) -> None:
+        """In the main process, in the layer order of a one-process pass: take in what a worker's
+        :meth:`layer_state` returned, so that :meth:`finish` gives exactly what ``--jobs 1`` gives."""
+        raise NotImplementedError(f"analysis {self.name!r} implements layer_state but not load_layer_state")
+
 
 def fmt(v: Any, digits: int = 4) -> str:
     """Human formatting for report numbers (None/NaN as an en dash)."""

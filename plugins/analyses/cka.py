@@ -90,6 +90,14 @@ class CKAAnalysis(Analysis):
         )
         del self._acc
 
+    def layer_state(self, layer: Any) -> Any:
+        """``--jobs``: the row finish_layer just appended and the observation count."""
+        return {"entry": self._layers[-1], "n": self._n_rows}
+
+    def load_layer_state(self, layer: Any, state: Any) -> None:
+        self._layers.append(state["entry"])
+        self._n_rows = state["n"]
+
     def finish(self, pair: Any) -> dict[str, Any]:
         mask = pair.mask("states")
         sites = pair.layer_sites()

@@ -91,6 +91,20 @@ class PCAShiftAnalysis(Analysis):
             }
         )
 
+    def layer_state(self, layer: Any) -> Any:
+        """``--jobs``: what finish_layer just recorded: the layer's row, each domain's point (or, for a
+        domain with too few samples, its count, in the order finish_layer met them)."""
+        points = {d: pts[-1] for d, pts in self._points.items() if pts and pts[-1]["layer"] == layer}
+        skipped = [(d, self._skipped[d]) for d in self._points if d not in points and d in self._skipped]
+        return {"layer": self._layers[-1], "points": points, "skipped": skipped}
+
+    def load_layer_state(self, layer: Any, state: Any) -> None:
+        for d, point in state["points"].items():
+            self._points[d].append(point)
+        for d, n in state["skipped"]:
+            self._skipped[d] = n
+        self._layers.append(state["layer"])
+
     def finish(self, pair: Any) -> dict[str, Any]:
         doms, sample_dom, k = pair.domain_names, self._sample_dom, int(self.opts["k"])
         points, skipped, layers = self._points, self._skipped, self._layers

@@ -1,0 +1,87 @@
+"""``compare --jobs N``: the layers pass over N processes gives exactly the JSON of ``--jobs 1``."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+
+import driftkit
+from driftkit import Analysis
+from driftkit.comparing.layer_jobs import supports_jobs
+from driftkit.errors import DriftkitError
+
+
+def _canon(x: Any) -> Any:
+    """JSON-comparable (NaN == NaN, bit-identical floats otherwise), without the timings."""
+    if isinstance(x, float) and math.isnan(x):
+        return "nan"
+    if isinstance(x, dict):
+        return {k: _canon(v) for k, v in x.items() if k != "seconds"}
+    if isinstance(x, (list, tuple)):
+        return [_canon(v) for v in x]
+    return x
+
+
+class LayerMeans(Analysis):
+    """A layer analysis without the --jobs hooks: it must run in the main process, with a note."""
+
+    name = "layer_means"
+    consumes = frozenset({"layers"})
+
+    def start(self, pair: Any) -> None:
+        self.rows: list[list[Any]] = []
+
+    def start_layer(self, pair: Any, layer: Any, site: str) -> None:
+        self.total = 0.0
+
+    def on_layer(self, chunk: Any) -> None:
+        self.total += float((chunk.xb - chunk.xa).double().sum())
+
+    def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
+        self.rows.append([layer, self.total])
+
+    def finish(self, pair: Any) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"positions": "all", "chunk_tokens": 16},
+        {
+            "positions": "all",
+            "max_tokens": 40,
+            "seed": 1,
+            "options": {"cka": {"unit": "sample"}, "pca_shift": {"k": 2}},
+        },
+    ],
+)
+def test_jobs_equal_one_process(tiny_capture_pair, kw: dict) -> None:
+    """CKA + PCA shift + KL with --jobs 2 equal --jobs 1 exactly (every number, every key, same order)."""
+    a, b = tiny_capture_pair
+    names = ["kl", "cka", "pca_shift"]
+    one = driftkit.compare([a, b], analyses=names, **kw).to_dict()
+    two = driftkit.compare([a, b], analyses=names, jobs=2, **kw).to_dict()
+    assert json.dumps(_canon(two)) == json.dumps(_canon(one))
+    assert len(one["analyses"]["cka"]["layers"]) > 1, "the test must exercise several layers"
+
+
+def test_analysis_without_hooks_runs_in_main_process(tiny_capture_pair) -> None:
+    a, b = tiny_capture_pair
+    assert supports_jobs(LayerMeans()) is not None
+    assert supports_jobs(driftkit.registry.load("analysis", "cka")()) is None
+    one = driftkit.compare([a, b], analyses=["cka"], extra_analyses=[LayerMeans], positions="all").to_dict()
+    two = driftkit.compare([a, b], analyses=["cka"], extra_analyses=[LayerMeans], positions="all", jobs=3).to_dict()
+    pair1, pair2 = one, two
+    assert pair2["analyses"] == pair1["analyses"]
+    assert any("layer_means ran its layers in the main process" in n for n in pair2["notes"])
+    assert not any("main process" in n for n in pair1["notes"])
+
+
+def test_jobs_must_be_positive(tiny_capture_pair) -> None:
+    a, b = tiny_capture_pair
+    with pytest.raises(DriftkitError, match="jobs"):
+        driftkit.compare([a, b], analyses=["cka"], jobs=0)
