@@ -85,3 +85,12 @@ def test_jobs_must_be_positive(tiny_capture_pair) -> None:
     a, b = tiny_capture_pair
     with pytest.raises(DriftkitError, match="jobs"):
         driftkit.compare([a, b], analyses=["cka"], jobs=0)
+
+
+def test_workers_use_the_main_process_thread_count() -> None:
+    """BLAS results depend on the thread count (last bits of CKA at d = 576): workers must match."""
+    import torch
+
+    from driftkit.comparing.layer_jobs import worker_threads
+
+    assert worker_threads() == torch.get_num_threads()

@@ -21,7 +21,7 @@ How it works:
 
 Memory: each worker holds what one process holds with ``--jobs 1`` (a chunk of rows per capture and
 the analyses' O(d^2) accumulators, independent of the token count), so the total is at most N times
-that. Each worker runs torch on ``threads // N`` threads.
+that. Each worker runs torch on as many threads as the main process (see :func:`worker_threads`).
 """
 
 from __future__ import annotations
@@ -82,6 +82,16 @@ def _rebuild(recipe: Recipe) -> Analysis:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj(**opts)
+
+
+def worker_threads() -> int:
+    """Torch threads per worker: as many as this process uses, on purpose.
+
+    Why not ``threads // N``: BLAS splits a float64 product differently over another number of
+    threads, which changes the last bits of CKA's moments (measured: 1e-16 relative at d = 576), and
+    ``--jobs N`` promises the numbers of ``--jobs 1`` exactly. To trade threads for processes, set
+    ``OMP_NUM_THREADS`` (or ``torch.set_num_threads``) lower for both runs."""
+    return torch.get_num_threads()
 
 
 # -- in the worker processes ------------------------------------------------------------------------
@@ -145,7 +155,7 @@ def layers_pass_jobs(pair: CapturePair, consumers: list[Analysis], clock: _Clock
         "label_a": pair.label_a,
         "label_b": pair.label_b,
         "analyses": [_recipe(an) for an in movable],
-        "threads": max(1, torch.get_num_threads() // max(1, n)),
+        "threads": worker_threads(),
     }
     names = ", ".join(an.name for an in movable)
     pool = ProcessPoolExecutor(
