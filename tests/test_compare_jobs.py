@@ -94,3 +94,20 @@ def test_workers_use_the_main_process_thread_count() -> None:
     from driftkit.comparing.layer_jobs import worker_threads
 
     assert worker_threads() == torch.get_num_threads()
+
+
+def test_cli_jobs_flag(tiny_capture_pair) -> None:
+    """``driftkit compare --jobs 2 --json -`` prints the report of ``--jobs 1``; ``--jobs 0`` is refused."""
+    from typer.testing import CliRunner
+
+    from driftkit.cli.main import app
+
+    a, b = tiny_capture_pair
+    runner = CliRunner()
+    base = ["compare", str(a), str(b), "--analyses", "cka,pca_shift", "--json", "-"]
+    one = runner.invoke(app, base)
+    two = runner.invoke(app, [*base, "--jobs", "2"])
+    assert one.exit_code == 0 and two.exit_code == 0, two.output
+    assert json.dumps(_canon(json.loads(two.stdout))) == json.dumps(_canon(json.loads(one.stdout)))
+    bad = runner.invoke(app, [*base, "--jobs", "0"])
+    assert bad.exit_code == 1 and "--jobs 0" in bad.output
