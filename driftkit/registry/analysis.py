@@ -190,6 +190,16 @@ class Analysis(Configurable, ABC):
         model's label to its result. Say "no measurable change" rather than quote zeros. Default: none."""
         return []
 
+    # -- interactive HTML (``driftkit compare --html`` and the study report) ------------------------
+    def html_sections(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Raw HTML fragments placed in this analysis's section of the compare report (after its
+        figures) and in the study report; ``results`` maps each compared capture's (or tuned model's)
+        label to its result. Why raw HTML: a view that is not a static figure (e.g. an interactive
+        token view) brings its own markup, inline CSS and inline script. Each fragment must be
+        self-contained (no network), work when several fragments share a page, and escape any text
+        taken from the data. Default: none."""
+        return []
+
 
 def fmt(v: Any, digits: int = 4) -> str:
     """Human formatting for report numbers (None/NaN as an en dash)."""
