@@ -278,3 +278,22 @@ def test_compare_html_report_carries_the_view(tiny_capture_pair, tmp_path: Path)
         parsed.feed(_dump(browser, (tmp_path / "r.html").as_uri(), tmp_path / "profile"))
         first = rep.to_dict()["analyses"]["token_view"]["samples"][0]
         assert parsed.box["data-sample"] == first["sample_id"] and len(parsed.spans) == len(first["tokens"])
+
+
+def test_sharing_the_logits_pass_with_kl_changes_neither(tiny_capture_pair) -> None:
+    """Both overwrite the shared blocks (one gets the engine's copy): results equal running each alone."""
+    a, b = tiny_capture_pair
+    both = driftkit.compare([a, b], analyses=["kl", "token_rank", "token_view"], positions="all").to_dict()
+    for name in ("kl", "token_view"):
+        alone = driftkit.compare([a, b], analyses=[name], positions="all").to_dict()["analyses"][name]
+        assert both["analyses"][name] == alone
+
+
+def test_study_page_carries_the_sections() -> None:
+    from driftkit.pipeline.study import Study
+    from driftkit.report.study_render import render_html
+
+    data = {"experiment": "x", "base": "b", "models": ["base", "t"], "drift_table": []}
+    sections = TokenViewAnalysis().html_sections({"t": _result()})
+    page = render_html(Study(data, ["a finding"], [], sections))
+    assert sections and sections[0] in page
