@@ -18,6 +18,10 @@
     for (var i = 0; i < mode.edges.length; i++) if (v >= mode.edges[i]) b = i + 1;
     return b;
   }
+  function ink(hex) {
+    var n = parseInt(hex.slice(1), 16), r = n >> 16, g = (n >> 8) & 255, b = n & 255;
+    return 0.299 * r + 0.587 * g + 0.114 * b < 140 ? "#fff" : "#111";
+  }
   function shown(text) {
     return text.replace(/\n/g, "\u21b5\n").replace(/\t/g, "\u2192\t");
   }
@@ -63,6 +67,7 @@
       m.names.forEach(function (n, i) {
         var s = document.createElement("span");
         s.style.background = m.colors[i];
+        s.style.color = ink(m.colors[i]);
         s.textContent = n;
         legend.appendChild(s);
       });
@@ -87,6 +92,7 @@
         sp.setAttribute("data-bucket", String(b));
         sp.className = "dk-b" + b;
         sp.style.backgroundColor = m.colors[b];
+        sp.style.color = ink(m.colors[b]);
         frag.appendChild(sp);
       });
       box.appendChild(frag);
