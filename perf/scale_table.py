@@ -25,7 +25,12 @@ SHAPES = {  # name: (model_type, layers, hidden, heads, kv heads, intermediate, 
     "7B (Qwen2.5-7B)": ("qwen2", 28, 3584, 28, 4, 18944, 152064),
     "14B (Qwen3-14B)": ("qwen3", 40, 5120, 40, 8, 17408, 151936),
 }
-MODES = ("tokens", "pooled", "sample:64")
+MODES = {  # row label: extra capture arguments
+    "tokens": ["--store", "tokens"],
+    "pooled": ["--store", "pooled"],
+    "sample:64": ["--store", "sample:64"],
+    "sample:64, residual only": ["--store", "sample:64", "--probe", "residual"],
+}
 PROMPTS, TOKENS, CAPTURES = 1000, 4000, 5
 
 
@@ -62,8 +67,8 @@ def main() -> None:
         prompts.write_text(json.dumps({"id": "a", "text": "The sea is wide and blue."}) + "\n")
         for name, shape in SHAPES.items():
             folder = config_folder(Path(tmp), name, shape)
-            for mode in MODES:
-                args = ["capture", str(folder), "--prompts", str(prompts), "--store", mode, "--dtype", "bfloat16"]
+            for mode, extra in MODES.items():
+                args = ["capture", str(folder), "--prompts", str(prompts), *extra, "--dtype", "bfloat16"]
                 r = CliRunner().invoke(app, [*args, "--dry-run", "--json", "-"])
                 if r.exit_code != 0:
                     raise SystemExit(r.output)
