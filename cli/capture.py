@@ -183,6 +183,7 @@ def register(app: typer.Typer) -> None:
                 "sites": r.sites(),
                 "bytes": path.stat().st_size,
                 "complete": r.complete,
+                "store": r.store,
             }
         if not emit_json(json_out, json.dumps(summary)):
             err_console.print(

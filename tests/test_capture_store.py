@@ -261,3 +261,18 @@ def test_resume_keeps_store(tiny_model, tiny_prompts, tmp_path) -> None:
         assert f.attrs["store"] == "pooled"
     with pytest.raises(DriftkitError, match="store"):
         capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, store="tokens", resume=True))
+
+
+def test_cli_shows_skips_and_inspects_pooled(store_captures, tmp_path) -> None:
+    a, b = store_captures["pooled"]
+    r = CliRunner().invoke(app, ["compare", str(a), str(b), "--positions", "all"])
+    assert r.exit_code == 0, r.output
+    assert "cka skipped" in r.output and "pooled" in r.output
+    out = tmp_path / "rep.json"
+    r = CliRunner().invoke(app, ["compare", str(a), str(b), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "cka" in json.loads(out.read_text())["skipped"]
+    r = CliRunner().invoke(app, ["inspect", str(a), "--json", "-"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["store"] == "pooled" and "pooled/residual.0" in [x["path"] for x in info["arrays"]]
