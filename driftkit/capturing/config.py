@@ -31,6 +31,7 @@ RESUME_KEYS = (
     "compression",
     "truncate",
     "shared_unembed",
+    "store",
 )
 TRUNCATE_MODES = ("left", "right")
 
@@ -65,6 +66,7 @@ class CaptureConfig:
     shared_unembed: str | Path | None = None  # one unembedding file shared by captures of a checkpoint
     check_logits: bool = True
     truncate: str | None = None  # left | right: cut samples longer than the model's positions instead of refusing
+    store: str = "tokens"  # layer sites: tokens | pooled | sample:K (driftkit.capturing.pooling)
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
