@@ -9,6 +9,8 @@ import typer
 from driftkit.cli.common import emit_json, err_console, handle_errors, json_option, progress_bar
 from driftkit.cli.progress import phase_callback
 
+STORE_HELP = "tokens (per token, default), pooled (3 vectors per sample) or sample:K (K tokens per sample)"
+
 
 def parse_probe_opts(items: list[str]) -> dict[str, str]:
     from driftkit.parsing import parse_kv
@@ -35,7 +37,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def capture_cmd(
         model: str = typer.Argument(..., help="HF id, local safetensors folder, or a bundled model (smollm2-135m)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Output HDF5 file."),
+        out: Path | None = typer.Option(None, "--out", "-o", help="Output HDF5 file (required unless --dry-run)."),
         prompts: str | None = typer.Option(
             None,
             "--prompts",
@@ -109,17 +111,25 @@ def register(app: typer.Typer) -> None:
             help="Keep the unembedding in this file, shared by every capture of the same "
             "checkpoint (written on first use; refused for other weights). Small captures stay small.",
         ),
+        store: str = typer.Option("tokens", "--store", help=f"Layer sites: {STORE_HELP}. final/* stays per token."),
+        dry_run: bool = typer.Option(
+            False, "--dry-run", help="Print the capture's size (config + tokenizer only, no weights) and stop."
+        ),
         json_out: str | None = json_option("a summary (out, model, samples, tokens, sites, bytes, complete)"),
     ) -> None:
         """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
         import json
 
         from driftkit.capturing import CaptureConfig, CaptureEngine
+        from driftkit.errors import DriftkitError
         from driftkit.store.reader import CaptureReader
 
+        if out is None and not dry_run:
+            raise DriftkitError("Missing --out: give the output HDF5 file (only --dry-run runs without one).")
         cfg = CaptureConfig(
             model=model,
-            out=out,
+            out=out or Path("capture.h5"),
+            store=store,
             prompts=prompts,
             tokens_from=tokens_from,
             probes=list(probe),
@@ -147,6 +157,9 @@ def register(app: typer.Typer) -> None:
             truncate=truncate,
             shared_unembed=shared_unembed,
         )
+        if dry_run:
+            _dry_run(cfg, json_out)
+            return
         engine: CaptureEngine | None = None
         with progress_bar() as bar:
             labels = {
@@ -184,9 +197,38 @@ def register(app: typer.Typer) -> None:
                 "sites": r.sites(),
                 "bytes": path.stat().st_size,
                 "complete": r.complete,
+                "store": r.store,
             }
         if not emit_json(json_out, json.dumps(summary)):
             err_console.print(
                 f"[green]wrote[/] {path}: {summary['samples']} samples, {summary['tokens']} tokens, "
                 f"{len(summary['sites'])} sites, {summary['bytes'] / 1e6:.1f} MB"
             )
+
+
+def _dry_run(cfg: object, json_out: str | None) -> None:
+    """``--dry-run``: the size estimate (driftkit.capturing.sizing) as JSON or a short table."""
+    import json
+
+    from rich.table import Table
+
+    from driftkit.capturing.sizing import estimate, human
+    from driftkit.cli.common import console
+
+    est = estimate(cfg)  # type: ignore[arg-type]
+    if emit_json(json_out, json.dumps(est)):
+        return
+    t = Table(title=f"{est['model']}: --store {est['store']}, {est['storage_dtype']} layers", title_justify="left")
+    t.add_column("array")
+    t.add_column("bytes", justify="right")
+    t.add_column("per", style="dim")
+    for path, b in est["per_site"].items():
+        t.add_row(path, f"{b:,}", "token")
+    for path, b in est["per_site_per_sample"].items():
+        t.add_row(path, f"{b:,}", "sample")
+    console.print(t)
+    console.print(
+        f"{est['samples']} samples, {est['tokens']:,} tokens: {est['bytes_per_token']:,} B/token"
+        + (f" + {est['bytes_per_sample']:,} B/sample" if est["bytes_per_sample"] else "")
+        + f" + {human(est['static_bytes'])} once = [bold]{human(est['total_bytes'])}[/] ({est['total_bytes']:,} bytes)"
+    )

@@ -74,6 +74,7 @@ def describe(path: Path) -> dict:
             "device": r.attrs.get("device"),
             "weights_sha256": r.attrs.get("weights_sha256"),
             "tokenizer_sha256": r.attrs.get("tokenizer_sha256"),
+            "store": r.store,  # layer sites: tokens | pooled | sample:K (capture --store)
             "samples": r.n_samples,
             "samples_done": int(r.done.sum()),
             "tokens": r.n_tokens,

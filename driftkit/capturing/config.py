@@ -31,6 +31,7 @@ RESUME_KEYS = (
     "compression",
     "truncate",
     "shared_unembed",
+    "store",
 )
 TRUNCATE_MODES = ("left", "right")
 
@@ -65,6 +66,7 @@ class CaptureConfig:
     shared_unembed: str | Path | None = None  # one unembedding file shared by captures of a checkpoint
     check_logits: bool = True
     truncate: str | None = None  # left | right: cut samples longer than the model's positions instead of refusing
+    store: str = "tokens"  # layer sites: tokens | pooled | sample:K (driftkit.capturing.pooling)
     backend: str = "hf"  # generation back-end for --generate: hf | vllm (driftkit.generation_backends)
     device_map: Any = None  # "auto" (or a dict): accelerate places the layers over the devices (models bigger than one)
 

@@ -25,6 +25,7 @@ from driftkit import __version__
 from driftkit.capturing.batching import token_budget_batches
 from driftkit.capturing.config import RESUME_KEYS, TRUNCATE_MODES, CaptureConfig
 from driftkit.capturing.lock import CaptureLock, busy_message, holder_of
+from driftkit.capturing.pooling import all_sample_positions, parse_store, reduce_packed, store_specs
 from driftkit.errors import DriftkitError, opt
 from driftkit.models import LoadedModel, load_model, tokenizer_sha256, weights_sha256
 from driftkit.prompts import Prompt, encode_prompt, encode_response, load_prompts
@@ -383,6 +384,8 @@ class CaptureEngine:
             for p in self.probes
             for o in p.outputs(self.layout)
         ]
+        self.store_mode = parse_store(cfg.store)  # --store: what the layer sites keep (pooling.py)
+        self.specs, self.layer_paths = store_specs(self.store_mode, self.specs)
         self.timing: dict[str, float] = {"forward": 0.0, "finalize": 0.0, "queue_wait": 0.0}
 
     # ---------------------------------------------------------------------------------------------
@@ -495,10 +498,14 @@ class CaptureEngine:
                 )
             writer = CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype)
         else:
+            if cfg.generate and cfg.compression in (None, "none"):
+                from driftkit.capturing.sizing import check_space_before_generating
+
+                check_space_before_generating(cfg, self.loaded.tokenizer, self.specs, self.out)
             samples = build_samples(cfg, self.loaded, self.progress)
             if self.out.exists():
                 self.out.unlink()  # --overwrite (checked in __init__; the lock says nobody else writes it)
-            attrs = {**self._attrs(), "prompts_sha256": samples.content_sha256}
+            attrs = {**self._attrs(), "prompts_sha256": samples.content_sha256, "store": self.store_mode.label}
             writer = CaptureWriter.create(
                 self.out,
                 attrs,
@@ -510,6 +517,11 @@ class CaptureEngine:
                 cfg.storage_dtype,
                 cfg.compression,
                 truncated=samples.truncated,
+                sampled_positions=(
+                    all_sample_positions(samples.tokens, self.store_mode.k)
+                    if self.store_mode.kind == "sampled"
+                    else None
+                ),
             )
         self.opened = True
         # Static arrays are written when missing, also on resume: a run killed before its first flush
@@ -606,7 +618,16 @@ class CaptureEngine:
                         probe.check(mine, batch, self.layout, cfg.storage_dtype)
                     outputs.update(probe.finalize(mine, batch))
                 checked = True
-                file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, writer.specs)
+                file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, writer.specs.keys() | self.layer_paths)
+                packed = reduce_packed(
+                    self.store_mode,
+                    packed,
+                    file_order,
+                    samples.tokens,
+                    samples.prompt_len,
+                    cfg.storage_dtype,
+                    self.layer_paths,
+                )
                 del values, outputs
                 t2 = time.perf_counter()
                 bg.put_packed(file_order, packed)

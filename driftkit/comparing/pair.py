@@ -263,6 +263,47 @@ class CapturePair:
         out += [(layer, S.residual_site(layer)) for layer in layers]
         return out
 
+    # -- storage budgets (--store) ----------------------------------------------------------------
+    @cached_property
+    def layer_rows(self) -> str:
+        """What a layer-site row is in both files: ``tokens``, ``pooled`` or ``sampled`` (a sampled file
+        pairs with a sampled or per-token one on the positions both hold); ``mixed`` when one file is
+        pooled and the other is not (see :meth:`layer_rows_problem`)."""
+        kinds = {self.a.layer_rows, self.b.layer_rows}
+        if "pooled" in kinds:
+            return "pooled" if kinds == {"pooled"} else "mixed"
+        return "sampled" if "sampled" in kinds else "tokens"
+
+    @property
+    def layer_rows_label(self) -> str:
+        """How the layer rows were chosen, for results: ``tokens``, ``pooled`` or ``sampled:K``."""
+        if self.layer_rows != "sampled":
+            return self.layer_rows
+        mode = self.a.store if self.a.layer_rows == "sampled" else self.b.store
+        return "sampled:" + mode.split(":", 1)[1]
+
+    def layer_rows_problem(self) -> str | None:
+        """Why layer rows of the two files cannot be paired (None when they can)."""
+        if self.layer_rows != "mixed":
+            return None
+        pooled, other = (self.a, self.b) if self.a.layer_rows == "pooled" else (self.b, self.a)
+        return (
+            f"{pooled.path} stores layer sites pooled per sample (--store pooled) and {other.path} stores them as "
+            f"{other.store}; a pooled layer cannot be paired with per-token rows, so capture both with the same "
+            "--store"
+        )
+
+    @cached_property
+    def sampled_mask(self) -> np.ndarray | None:
+        """(T,) tokens whose layer rows both files hold when either is ``sample:K`` (None otherwise)."""
+        m = None
+        for r in (self.a, self.b):
+            if r.layer_rows == "sampled":
+                held = np.zeros(r.n_tokens, dtype=bool)
+                held[r.sampled_positions()] = True
+                m = held if m is None else m & held
+        return m
+
     def logits_problem(self) -> str | None:
         """Why next-token distributions cannot be rebuilt for both captures (None when they can):
         both need the final hidden states and an unembedding over the same vocabulary."""
@@ -278,6 +319,11 @@ class CapturePair:
         return None
 
     # -- streaming -------------------------------------------------------------------------------
+    def pooled_means(self, site: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """Both files' per-sample means of a pooled layer site over the pair's positions:
+        ``((means_a, counts_a), (means_b, counts_b))`` (see :meth:`CaptureReader.pooled_means`)."""
+        return self.a.pooled_means(site, self.positions), self.b.pooled_means(site, self.positions)
+
     def iter_pair(
         self,
         path: str,
@@ -288,6 +334,10 @@ class CapturePair:
         """Yield ``(token_indices, rows_a, rows_b)`` of dataset ``path`` from both files, aligned,
         in chunks; memory O(chunk x d)."""
         step = chunk_tokens or self.options.chunk_tokens
+        if path.startswith(S.SITES_GROUP + "/") and self.layer_rows in ("pooled", "mixed"):
+            return  # per-sample vectors: analyses read them with pooled_means (nothing per token to stream)
+        if path.startswith(S.SITES_GROUP + "/") and self.sampled_mask is not None:
+            mask = self.sampled_mask if mask is None else mask & self.sampled_mask
         it_b = self.b.iter_chunks(path, step, mask, dtype)
         for (idx, xa), (_idx_b, xb) in zip(self.a.iter_chunks(path, step, mask, dtype), it_b):
             yield idx, xa, xb

@@ -92,6 +92,7 @@ def _capture_info(r: CaptureReader, label: str) -> dict[str, Any]:
         "n_samples": r.n_samples,
         "n_tokens": r.n_tokens,
         "complete": r.complete,
+        "store": r.store,
     }
 
 
@@ -161,16 +162,20 @@ def compare(
                     f"(domains {opts.domains}, {opt('allow_incomplete', allow_incomplete)})."
                 )
             runnable: list[Analysis] = []
+            skipped: dict[str, str] = {}  # analysis -> why (JSON "skipped"; the terminal shows the notes)
             for an in instances:
-                reason = an.check(pair)
+                reason = an.check_layers(pair) or an.check(pair)  # --store first: what the files hold
                 if reason is not None:
                     if an.name in explicit:
                         raise DriftkitError(
                             f"Analysis {an.name!r} cannot run on {pair.a.path} vs {pair.b.path}: {reason}."
                         )
                     pair.notes.append(f"{an.name} skipped: {reason}")
+                    skipped[an.name] = reason
                     continue
                 runnable.append(an)
+            if pair.layer_rows == "pooled" and opts.max_tokens is not None and runnable:
+                pair.notes.append("--max-tokens does not subsample pooled layer states (one vector per sample)")
             # one logits pass and one read per layer, shared by every analysis (driftkit.comparing.engine)
             results, timings = run_analyses(pair, runnable, jobs=jobs)
             for result in results.values():
@@ -184,6 +189,7 @@ def compare(
                     "n_samples": pair.n_samples,
                     "n_tokens": pair.n_tokens,
                     "notes": pair.notes,
+                    "skipped": skipped,
                     "seconds": timings,
                     "analyses": results,
                 }

@@ -25,6 +25,8 @@ class Study:
     data: dict[str, Any]
     findings: list[str]
     figures: list[Figure] = field(default_factory=list)
+    #: raw HTML fragments from the analyses' ``html_sections`` (interactive views)
+    sections: list[str] = field(default_factory=list)
 
     def write(self, folder: Path) -> None:
         from driftkit.report.study_render import render_html
@@ -44,4 +46,5 @@ def build_study(ctx: Ctx) -> Study:
     from driftkit.report.study_findings import findings
 
     data, ran = gather(ctx)
-    return Study(data, findings(data, ran), figures(data, ran))
+    sections = [html for r in ran for html in r.analysis.html_sections(r.results)]
+    return Study(data, findings(data, ran), figures(data, ran), sections)

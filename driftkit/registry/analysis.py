@@ -68,6 +68,37 @@ class Analysis(Configurable, ABC):
             return f"needs {', '.join(missing)} in both captures (record them with the matching probe)"
         return None
 
+    #: the layer-row kinds (``driftkit capture --store``) this analysis can work on: ``"tokens"`` (a row
+    #: per token), ``"sampled"`` (``sample:K``: K token rows per sample, the same positions in both files,
+    #: streamed through ``on_layer`` like tokens) and ``"pooled"`` (3 vectors per sample; read them with
+    #: ``pair.pooled_means(site)``, ``on_layer`` gets no chunks). None: the analysis reads no layer
+    #: sites (KL, ranks). An analysis that consumes ``"layers"`` without declaring it needs per-token
+    #: rows (``{"tokens", "sampled"}``). ``driftkit compare`` skips (and reports) an analysis whose
+    #: need the files do not meet, before calling :meth:`check`.
+    needs_layers: ClassVar[frozenset[str] | None] = None
+
+    def layer_needs(self) -> frozenset[str] | None:
+        """The effective :attr:`needs_layers` (override when it depends on options, e.g. CKA's unit)."""
+        if self.needs_layers is None and "layers" in self.consumes:
+            return frozenset({"tokens", "sampled"})
+        return None if self.needs_layers is None else frozenset(self.needs_layers)
+
+    def check_layers(self, pair: CapturePair) -> str | None:
+        """Why the files' layer rows do not suit this analysis (None when they do, or it reads no layers)."""
+        needs = self.layer_needs()
+        if needs is None:
+            return None
+        problem = pair.layer_rows_problem()
+        if problem is not None:
+            return problem
+        if pair.layer_rows not in needs:
+            fix = "tokens" if "tokens" in needs else "pooled"
+            return (
+                f"needs layer sites stored as {' or '.join(sorted(needs))}, and the captures hold "
+                f"{pair.layer_rows_label} layer states (capture with --store {fix})"
+            )
+        return None
+
     # -- the work --------------------------------------------------------------------------------
     #: what the analysis reads through the compare engine's shared passes: ``"logits"`` (both
     #: models' rebuilt next-token logits, :meth:`on_logits`) and/or ``"layers"`` (each layer's rows
@@ -188,6 +219,16 @@ class Analysis(Configurable, ABC):
     def findings(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
         """One-line findings for the study, generated from the numbers; ``results`` maps each tuned
         model's label to its result. Say "no measurable change" rather than quote zeros. Default: none."""
+        return []
+
+    # -- interactive HTML (``driftkit compare --html`` and the study report) ------------------------
+    def html_sections(self, results: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """Raw HTML fragments placed in this analysis's section of the compare report (after its
+        figures) and in the study report; ``results`` maps each compared capture's (or tuned model's)
+        label to its result. Why raw HTML: a view that is not a static figure (e.g. an interactive
+        token view) brings its own markup, inline CSS and inline script. Each fragment must be
+        self-contained (no network), work when several fragments share a page, and escape any text
+        taken from the data. Default: none."""
         return []
 
     # -- layers across processes (``driftkit compare --jobs N``) ----------------------------------------

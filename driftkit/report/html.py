@@ -133,6 +133,7 @@ def render_html(report: Report) -> str:
                 caption = " — " + html.escape(fig.caption) if fig.caption else ""
                 cap = f"<figcaption>{html.escape(fig.title)}{caption}</figcaption>"
                 parts.append(f"<figure>{fig.svg}{cap}</figure>")
+            parts += an.html_sections(results)
         for label, result in results.items():
             parts.append(f"<h3>{html.escape(label)} vs {html.escape(caps[0]['label'])}</h3>")
             parts.append(_result_tables(result))

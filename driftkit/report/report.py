@@ -90,6 +90,7 @@ class Report:
                 **head,
                 "positions": p.get("positions"),
                 "notes": p["notes"],
+                "skipped": p.get("skipped", {}),
                 "seconds": p["seconds"],
                 "analyses": p["analyses"],
             }
@@ -137,6 +138,7 @@ class Report:
                 "n_samples": self.body["n_samples"],
                 "n_tokens": self.body["n_tokens"],
                 "notes": self.body.get("notes", []),
+                "skipped": self.body.get("skipped", {}),
                 "seconds": self.body.get("seconds", {}),
                 "analyses": self.body["analyses"],
             }

@@ -69,6 +69,7 @@ def render_html(study: Study) -> str:
     for f in study.figures:
         cap = html.escape(f.caption or f.title)
         parts.append(f"<h2>{html.escape(f.title)}</h2><figure>{f.svg}<figcaption>{cap}</figcaption></figure>")
+    parts += study.sections
     dvt = d.get("drift_vs_transfer", [])
     keys = list(dict.fromkeys(k for r in dvt for k in r if k not in ("model", "domain", "score_change")))
     if dvt:

@@ -117,6 +117,7 @@ class CaptureReader:
         self.prompt_len = np.asarray(self._f[S.SAMPLES_PROMPT_LEN][()], dtype=np.int64)
         self.done = np.asarray(self._f[S.SAMPLES_DONE][()], dtype=bool)
         self._token_ids: np.ndarray | None = None
+        self._positions: np.ndarray | None = None
 
     # -- context manager -------------------------------------------------------------------------
     def close(self) -> None:
@@ -173,11 +174,52 @@ class CaptureReader:
                         out.append(f"{group}/{name}")
         return out
 
+    # -- storage budgets (--store; layout in driftkit.capturing.pooling) -----------------------------
+    @property
+    def store(self) -> str:
+        """How layer sites are stored: ``tokens``, ``pooled`` or ``sample:K`` (root attr ``store``)."""
+        return str(self.attrs.get("store", "tokens"))
+
+    @property
+    def layer_rows(self) -> str:
+        """``tokens``, ``pooled`` or ``sampled``: what a row of a layer site is in this file."""
+        mode = self.store
+        return "sampled" if mode.startswith("sample:") else mode
+
+    def sampled_positions(self) -> np.ndarray:
+        """(T_s,) token-axis index of each stored row of a ``sample:K`` file's layer sites."""
+        if self._positions is None:
+            self._positions = np.asarray(self._f[f"{S.SITES_GROUP}/positions"][()], dtype=np.int64)
+        return self._positions
+
+    def pooled_means(self, site: str, positions: str = "all") -> tuple[np.ndarray, np.ndarray]:
+        """Per-sample mean of a layer site over ``positions`` (all | prompt | response) from a pooled file:
+        ``((N, d) float64 means, NaN without tokens; (N,) token counts)``, the same numbers a mean over
+        the per-token rows gives. ``site``: ``residual.3`` or ``sites/residual.3``."""
+        if positions not in POSITIONS:
+            raise DriftkitError(f"{opt('positions', None)} must be one of {', '.join(POSITIONS)}, not {positions!r}.")
+        x = np.asarray(self._f[f"pooled/{site.rsplit('/', 1)[-1]}"][()], dtype=np.float64)  # (N, 3, d)
+        n_tok = np.diff(self.offsets)
+        n_p = np.minimum(self.prompt_len, n_tok)
+        counts = {"prompt": n_p, "response": n_tok - n_p, "all": n_tok}[positions]
+        if positions == "prompt":
+            return x[:, 0], counts
+        if positions == "response":
+            return x[:, 1], counts
+        w = np.stack([n_p, n_tok - n_p], 1).astype(np.float64)[:, :, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.nansum(x[:, :2] * w, axis=1) / counts[:, None]
+        means[counts == 0] = np.nan
+        return means, counts
+
     def sites(self) -> list[str]:
-        """Activation sites recorded under ``sites/`` (e.g. ``residual.3``, ``embed``), sorted by layer."""
-        if S.SITES_GROUP not in self._f:
+        """Activation sites recorded under ``sites/`` (e.g. ``residual.3``, ``embed``), sorted by layer;
+        in a pooled file the sites under ``pooled/`` (``sites/positions`` of a sampled file is not a site)."""
+        names = [n for n in (self._f[S.SITES_GROUP].keys() if S.SITES_GROUP in self._f else []) if n != "positions"]
+        if "pooled" in self._f:
+            names += list(self._f["pooled"].keys())
+        if not names:
             return []
-        names = list(self._f[S.SITES_GROUP].keys())
 
         def key(n: str) -> tuple:
             head, _, tail = n.rpartition(".")
@@ -236,6 +278,10 @@ class CaptureReader:
             p: {"shape": list(self._f[p].shape), "dtype": str(self._f[p].attrs.get("dtype", self._f[p].dtype))}
             for p in self.datasets()
         }
+        for g in ("pooled", S.SITES_GROUP):  # --store pooled / sample:K arrays (not per token)
+            for name, ds in self._f[g].items() if g in self._f else []:
+                if isinstance(ds, h5py.Dataset) and ds.attrs.get("per") in ("sample", "sampled"):
+                    arrays[f"{g}/{name}"] = {"shape": list(ds.shape), "dtype": str(ds.attrs.get("dtype", ds.dtype))}
         if S.FINAL_UNEMBED in self._f:
             arrays[S.FINAL_UNEMBED] = {
                 "shape": list(self._f[S.FINAL_UNEMBED].shape),
@@ -345,6 +391,9 @@ class CaptureReader:
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(token_indices, rows)`` over the dataset in contiguous chunks of ``chunk_tokens``,
         keeping only rows where ``mask`` is true. Memory is O(chunk_tokens x d)."""
+        if self._f[path].attrs.get("per") == "sampled":  # sample:K rows: the masked tokens that were kept
+            yield from self._iter_sampled(path, chunk_tokens, mask, dtype)
+            return
         T = self.n_tokens
         for start in range(0, T, chunk_tokens):
             stop = min(T, start + chunk_tokens)
@@ -357,6 +406,21 @@ class CaptureReader:
                 block = self.read(path, start, stop, dtype)[torch.from_numpy(sel)]
             else:
                 block = self.read(path, start, stop, dtype)
+            yield idx, block
+
+    def _iter_sampled(
+        self, path: str, chunk_tokens: int, mask: np.ndarray | None, dtype: torch.dtype
+    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        pos = self.sampled_positions()
+        for start in range(0, len(pos), chunk_tokens):
+            stop = min(len(pos), start + chunk_tokens)
+            idx = pos[start:stop]
+            block = self.read(path, start, stop, dtype)
+            if mask is not None:
+                sel = mask[idx]
+                if not sel.any():
+                    continue
+                idx, block = idx[sel], block[torch.from_numpy(sel)]
             yield idx, block
 
     def unembedding(self, dtype: torch.dtype = torch.float32) -> Unembedding:

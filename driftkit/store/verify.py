@@ -73,11 +73,16 @@ def verify_file(f: h5py.File) -> Verification:
     if not done.all():
         problems.append(f"{int((~done).sum())} of {n} samples were never captured: {_name(ids, np.flatnonzero(~done))}")
     paths = per_token_paths(f)
+    # rows per dataset by its attr ``per`` (--store): tokens, one per sample (pooled), or sites/positions (sampled)
+    n_pos = f[f"{S.SITES_GROUP}/positions"].shape[0] if f"{S.SITES_GROUP}/positions" in f else 0
+    want = {"sample": (n, "samples"), "sampled": (n_pos, "sampled positions")}
     for p in paths:
         if p not in f:
             problems.append(f"site {p} does not exist")
-        elif f[p].shape[0] != T:
-            problems.append(f"site {p} has {f[p].shape[0]} rows, not the {T} tokens of the file")
+            continue
+        rows, what = want.get(str(f[p].attrs.get("per", "token")), (T, "tokens"))
+        if f[p].shape[0] != rows:
+            problems.append(f"site {p} has {f[p].shape[0]} rows, not the {rows} {what} of the file")
     if S.SAMPLES_SITES_WRITTEN in f:
         written = np.asarray(f[S.SAMPLES_SITES_WRITTEN][()], dtype=bool)
         for j, p in enumerate(paths):

@@ -36,12 +36,17 @@ CHUNK_BYTES = 1 << 20
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """A per-token dataset: HDF5 path, trailing shape, storage kind ("activation" or numpy dtype)."""
+    """A per-token dataset: HDF5 path, trailing shape, storage kind ("activation" or numpy dtype).
+
+    ``rows`` (``--store``, see :mod:`driftkit.capturing.pooling`): ``token`` (one row per token),
+    ``sample`` (one row per sample: pooled) or ``sampled`` (the ``sample:K`` rows of ``sites/positions``).
+    """
 
     path: str
     shape: tuple[int, ...]
     dtype: str = "activation"
     attrs: tuple[tuple[str, Any], ...] = ()
+    rows: str = "token"
 
 
 def _stored_as(spec: ArraySpec, storage_dtype: str) -> tuple[np.dtype, str | None]:
@@ -109,32 +114,52 @@ def _io_error(path: Path, exc: BaseException) -> StorageError:
     return StorageError(f"Writing the capture file {path} failed: {why}. {fix}")
 
 
-def estimate_bytes(n_tokens: int, specs: Sequence[ArraySpec], storage_dtype: str) -> int:
-    """Uncompressed size of the per-token arrays of a capture of ``n_tokens`` tokens."""
+def spec_row_bytes(spec: ArraySpec, storage_dtype: str) -> int:
+    """Bytes of one row of ``spec`` as stored."""
+    dt = numpy_storage_dtype(storage_dtype) if spec.dtype == "activation" else np.dtype(spec.dtype)
+    return int(np.prod(spec.shape, dtype=np.int64)) * dt.itemsize
+
+
+def estimate_bytes(
+    n_tokens: int, specs: Sequence[ArraySpec], storage_dtype: str, n_samples: int = 0, n_sampled: int = 0
+) -> int:
+    """Uncompressed size of the per-token, per-sample (pooled) and sampled (``sample:K``: ``n_sampled``
+    rows plus their int64 positions) arrays of a capture of ``n_tokens`` tokens."""
     total = n_tokens * 4  # tokens/ids
+    rows = {"token": n_tokens, "sample": n_samples, "sampled": n_sampled}
     for spec in specs:
-        dt = numpy_storage_dtype(storage_dtype) if spec.dtype == "activation" else np.dtype(spec.dtype)
-        total += n_tokens * int(np.prod(spec.shape, dtype=np.int64)) * dt.itemsize
+        total += rows[spec.rows] * spec_row_bytes(spec, storage_dtype)
+    if any(spec.rows == "sampled" for spec in specs):
+        total += n_sampled * 8
     return total
 
 
-def _check_free_space(path: Path, n_tokens: int, specs: Sequence[ArraySpec], storage_dtype: str) -> None:
+def _check_free_space(
+    path: Path,
+    n_tokens: int,
+    specs: Sequence[ArraySpec],
+    storage_dtype: str,
+    n_samples: int = 0,
+    n_sampled: int = 0,
+    upper_bound: str = "",
+) -> None:
     """Fail before any compute when the capture cannot fit: finding out after an hour of forward
-    passes, with HDF5 reporting the failure from deep in its cache, is much worse."""
+    passes, with HDF5 reporting the failure from deep in its cache, is much worse. ``upper_bound``:
+    a note for the message when the estimate assumes every response uses the whole budget."""
     import shutil
 
-    need = estimate_bytes(n_tokens, specs, storage_dtype)
+    need = estimate_bytes(n_tokens, specs, storage_dtype, n_samples, n_sampled)
     usage = shutil.disk_usage(path.parent)
     if usage.total == 0:  # a pseudo file system (/proc, ...): no size to check, the write will say what is wrong
         return
     free = usage.free
     if need > free:
         raise DriftkitError(
-            f"The capture needs about {need / 1e6:.1f} MB but only {free / 1e6:.1f} MB is free at {path.parent}: the "
-            "disk is "
-            f"too full. Free space, choose another {opt('out', None)}, record fewer layers "
-            f"({opt('layers', 'every:4')}) or pass "
-            f"{opt('compression', 'lzf')}."
+            f"The capture needs about {need / 1e6:.1f} MB ({n_tokens} tokens{upper_bound}) but only "
+            f"{free / 1e6:.1f} MB is free at {path.parent}: the disk is too full, and nothing was computed. Free "
+            f"space, choose another {opt('out', None)}, record fewer layers ({opt('layers', 'every:4')}), store "
+            f"less per token ({opt('store', 'pooled')} or {opt('store', 'sample:64')}) or pass "
+            f"{opt('compression', 'lzf')}; {opt('dry_run')} prints the estimate per site."
         )
 
 
@@ -163,6 +188,11 @@ class CaptureWriter:
         self.storage_dtype = storage_dtype
         self.offsets = np.asarray(f[S.SAMPLES_OFFSETS][()], dtype=np.int64)
         self.done = np.asarray(f[S.SAMPLES_DONE][()], dtype=bool)
+        # first row of each sample per row kind (--store): tokens, pooled (one row), sampled (sites/positions)
+        self.row_offsets = {"token": self.offsets, "sample": np.arange(len(self.done) + 1, dtype=np.int64)}
+        if f"{S.SITES_GROUP}/positions" in f:
+            pos = np.asarray(f[f"{S.SITES_GROUP}/positions"][()], dtype=np.int64)
+            self.row_offsets["sampled"] = np.searchsorted(pos, self.offsets).astype(np.int64)
         # Per-site record of written rows (absent in files of older versions: then ``done`` alone rules).
         self.site_cols: dict[str, int] = {}
         self.written: np.ndarray | None = None
@@ -185,12 +215,14 @@ class CaptureWriter:
         storage_dtype: str = "float16",
         compression: str | None = None,
         truncated: Sequence[int] | None = None,
+        sampled_positions: np.ndarray | None = None,
     ) -> CaptureWriter:
         """Create the file with every dataset preallocated. ``truncated``: tokens cut per sample by
 
         Long because the whole layout is created in one go (index, tokens, every preallocated dataset) so a file
         either has all of it or does not exist.
-        ``--truncate`` (stored as ``samples/truncated`` so a reader knows which samples are not whole)."""
+        ``--truncate`` (stored as ``samples/truncated`` so a reader knows which samples are not whole).
+        ``sampled_positions``: the token-axis rows of ``sample:K`` specs (stored as ``sites/positions``)."""
         path = Path(path)
         lengths = np.array([len(t) for t in token_ids], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -206,8 +238,10 @@ class CaptureWriter:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _io_error(path, exc) from exc
+        n_sampled = 0 if sampled_positions is None else len(sampled_positions)
+        n_rows = {"token": T, "sample": len(lengths), "sampled": n_sampled}
         if compression in (None, "none"):
-            _check_free_space(path, T, specs, storage_dtype)
+            _check_free_space(path, T, specs, storage_dtype, len(lengths), n_sampled)
         try:
             f = h5py.File(path, "w")
         except (OSError, RuntimeError) as exc:
@@ -233,21 +267,28 @@ class CaptureWriter:
                 f.create_dataset(S.SAMPLES_TRUNCATED, data=np.asarray(truncated, dtype=np.int32))
             flat = np.fromiter((t for seq in token_ids for t in seq), dtype=np.int32, count=T)
             f.create_dataset(S.TOKEN_IDS, data=flat, chunks=_chunks(max(T, 1), (), 4) if T else None)
+            if sampled_positions is not None:
+                from driftkit.capturing.pooling import POSITIONS_PATH
+
+                f.create_dataset(POSITIONS_PATH, data=np.asarray(sampled_positions, dtype=np.int64))
             for spec in specs:
                 dt = numpy_storage_dtype(storage_dtype) if spec.dtype == "activation" else np.dtype(spec.dtype)
-                if comp_kwargs and spec.dtype == "activation" and T:
+                R = n_rows[spec.rows]
+                if comp_kwargs and spec.dtype == "activation" and R:
                     ds = f.create_dataset(
                         spec.path,
-                        shape=(T, *spec.shape),
+                        shape=(R, *spec.shape),
                         dtype=dt,
-                        chunks=_chunks(T, spec.shape, dt.itemsize),
+                        chunks=_chunks(R, spec.shape, dt.itemsize),
                         fillvalue=np.nan if dt.kind == "f" else 0,
                         **comp_kwargs,
                     )
                 else:
                     # Contiguous and allocated up front: later writes touch only raw bytes, never HDF5
                     # metadata, so a kill -9 mid-write cannot corrupt the file (resume stays safe).
-                    ds = f.create_dataset(spec.path, shape=(T, *spec.shape), dtype=dt, dcpl=_early_alloc_dcpl())
+                    ds = f.create_dataset(spec.path, shape=(R, *spec.shape), dtype=dt, dcpl=_early_alloc_dcpl())
+                if spec.rows != "token":
+                    ds.attrs["per"] = spec.rows
                 if spec.dtype == "activation" and storage_dtype == "bfloat16":
                     ds.attrs["dtype"] = "bfloat16"
                 for k, v in spec.attrs:
@@ -319,14 +360,18 @@ class CaptureWriter:
         }
         self.write_packed([samples[j] for j in order], packed)
 
-    def _file_selection(self, ds: h5py.Dataset, samples: Sequence[int]) -> h5py.h5s.SpaceID:
-        """The union of the samples' row ranges on the token axis (adjacent samples merge into one block)."""
+    def _file_selection(
+        self, ds: h5py.Dataset, samples: Sequence[int], offsets: np.ndarray | None = None
+    ) -> h5py.h5s.SpaceID:
+        """The union of the samples' row ranges on the token axis (adjacent samples merge into one block);
+        ``offsets``: the rows' per-sample offsets when they are not tokens (``--store``)."""
+        offsets = self.offsets if offsets is None else offsets
         space = ds.id.get_space()
         space.select_none()
         tail = tuple(ds.shape[1:])
         runs: list[list[int]] = []
         for i in samples:
-            a, b = int(self.offsets[i]), int(self.offsets[i + 1])
+            a, b = int(offsets[i]), int(offsets[i + 1])
             if b == a:
                 continue
             if runs and runs[-1][1] == a:
@@ -346,11 +391,12 @@ class CaptureWriter:
         tokens per sample the per-call overhead (held under the GIL) was most of the writer's time."""
         if any(b <= a for a, b in zip(samples, samples[1:])):
             raise ValueError("write_packed needs samples in increasing file order")
-        n_rows = int(sum(int(self.offsets[i + 1] - self.offsets[i]) for i in samples))
         try:
             for path, t in arrays.items():
                 spec = self.specs[path]
                 ds = self.f[path]
+                offsets = self.row_offsets[spec.rows]
+                n_rows = int(sum(int(offsets[i + 1] - offsets[i]) for i in samples))
                 if int(t.shape[0]) != n_rows:
                     raise ValueError(f"{path}: {t.shape[0]} packed rows for samples holding {n_rows} tokens")
                 if spec.dtype == "activation" and isinstance(t, torch.Tensor):
@@ -370,7 +416,7 @@ class CaptureWriter:
                 data = np.ascontiguousarray(data, dtype=ds.dtype)
                 if not n_rows:
                     continue
-                ds.id.write(h5py.h5s.create_simple(data.shape), self._file_selection(ds, samples), data)
+                ds.id.write(h5py.h5s.create_simple(data.shape), self._file_selection(ds, samples, offsets), data)
             done = self.f[S.SAMPLES_DONE]
             rows = np.asarray(list(samples), dtype=np.int64)
             if self.written is not None:

@@ -52,12 +52,20 @@ class CKAAnalysis(Analysis):
 
     consumes = frozenset({"layers"})
 
+    def layer_needs(self) -> frozenset[str]:
+        """Token CKA needs token rows (all, or the same sampled positions); sample CKA also runs on
+        pooled captures (their per-sample means over the selected positions)."""
+        base = {"tokens", "sampled"}
+        return frozenset(base | {"pooled"} if self.opts["unit"] == "sample" else base)
+
     def start(self, pair: Any) -> None:
         self._layers: list[dict[str, Any]] = []
         self._n_rows = 0
         self._token_sample = pair.token_sample
 
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
+        if pair.layer_rows == "pooled":  # per-sample means are read whole in finish_layer
+            return
         d_a, d_b = pair.a.shape(site)[1], pair.b.shape(site)[1]
         self._acc = StreamingCKA(d_a, d_b)
         if self.opts["unit"] == "sample":
@@ -72,8 +80,13 @@ class CKAAnalysis(Analysis):
             self._pools[1].update(s, chunk.xb)
 
     def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
+        if pair.layer_rows == "pooled":
+            (ma, ca), (mb, _) = pair.pooled_means(site)
+            keep = (ca > 0) & pair.sample_selected
+            self._acc = StreamingCKA(ma.shape[1], mb.shape[1])
+            self._acc.update(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]))
         acc = self._acc
-        if self.opts["unit"] == "sample":
+        if self.opts["unit"] == "sample" and pair.layer_rows != "pooled":
             (ma, ca), (mb, _) = self._pools[0].means(), self._pools[1].means()
             keep = ca > 0
             acc.update(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]))
@@ -100,14 +113,19 @@ class CKAAnalysis(Analysis):
 
     def finish(self, pair: Any) -> dict[str, Any]:
         mask = pair.mask("states")
+        if pair.sampled_mask is not None:  # sample:K captures: the positions both files hold
+            mask = mask & pair.sampled_mask
         sites = pair.layer_sites()
         layers, n_rows = self._layers, self._n_rows
-        cross = self._cross_layer(pair, mask, sites) if self.opts["cross_layer"] else None
+        cross = (
+            self._cross_layer(pair, mask, sites) if self.opts["cross_layer"] and pair.layer_rows != "pooled" else None
+        )
         deb = [e["debiased_cka"] for e in layers if e["debiased_cka"] == e["debiased_cka"]]
         lin = [e["linear_cka"] for e in layers]
         worst = min(layers, key=lambda e: e["debiased_cka"] if e["debiased_cka"] == e["debiased_cka"] else math.inf)
         out: dict[str, Any] = {
             "unit": self.opts["unit"],
+            "rows": pair.layer_rows_label,  # tokens | sampled:K (K stored tokens per sample) | pooled
             "n": n_rows,
             "layers": layers,
             "summary": {

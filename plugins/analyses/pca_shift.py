@@ -49,6 +49,8 @@ class PCAShiftAnalysis(Analysis):
         return None
 
     consumes = frozenset({"layers"})
+    #: pooled captures hold exactly the per-sample means this statistic needs (same numbers)
+    needs_layers = frozenset({"tokens", "pooled", "sampled"})
 
     def start(self, pair: Any) -> None:
         self._sample_dom = np.array(pair.a.domains, dtype=object)
@@ -58,6 +60,8 @@ class PCAShiftAnalysis(Analysis):
         self._layers: list[dict[str, Any]] = []
 
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
+        if pair.layer_rows == "pooled":  # the file holds the means: read them in finish_layer
+            return
         self._pools = (
             SamplePooler(pair.a.n_samples, pair.a.shape(site)[1]),
             SamplePooler(pair.a.n_samples, pair.b.shape(site)[1]),
@@ -70,8 +74,11 @@ class PCAShiftAnalysis(Analysis):
 
     def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
         k = int(self.opts["k"])
-        (fa, ca), (fb, _) = self._pools[0].means(), self._pools[1].means()
-        del self._pools
+        if pair.layer_rows == "pooled":
+            (fa, ca), (fb, _) = pair.pooled_means(site)
+        else:
+            (fa, ca), (fb, _) = self._pools[0].means(), self._pools[1].means()
+            del self._pools
         valid = (ca > 0) & pair.sample_selected
         for d in pair.domain_names:
             rows = valid & (self._sample_dom == d)
@@ -125,6 +132,7 @@ class PCAShiftAnalysis(Analysis):
         dists = [v["distance"] for v in per_domain.values()]
         out: dict[str, Any] = {
             "positions": pair.positions,
+            "rows": pair.layer_rows_label,  # tokens | pooled | sampled:K (means over the sampled tokens only)
             "k": k,
             "summary": {
                 "mean_distance": float(np.mean(dists)) if dists else None,

@@ -37,6 +37,7 @@ class UMAPAnalysis(Analysis):
         "neighbors": Option(15, "UMAP n_neighbors (capped at the number of points - 1)."),
     }
     default = False
+    needs_layers = frozenset({"tokens", "sampled"})  # pools token rows itself (pooled files: not yet)
 
     def _site(self, pair: Any) -> tuple[int | str, str] | None:
         sites = pair.layer_sites(include_embed=False)
