@@ -111,3 +111,23 @@ def test_cli_jobs_flag(tiny_capture_pair) -> None:
     assert json.dumps(_canon(json.loads(two.stdout))) == json.dumps(_canon(json.loads(one.stdout)))
     bad = runner.invoke(app, [*base, "--jobs", "0"])
     assert bad.exit_code == 1 and "--jobs 0" in bad.output
+
+
+def test_jobs_on_pooled_and_sampled_captures(tiny_model, tiny_tuned, tiny_prompts, tmp_path) -> None:
+    """--store pooled / sample:K captures: the layers pass over workers still equals one process."""
+    from driftkit.capturing import CaptureConfig, capture
+
+    for store, names, opts in (
+        ("pooled", ["cka", "pca_shift"], {"cka": {"unit": "sample"}}),
+        ("sample:3", ["cka", "pca_shift"], {}),
+    ):
+        paths = [
+            capture(
+                CaptureConfig(model=str(m), prompts=str(tiny_prompts), out=tmp_path / f"{i}{store[:4]}.h5", store=store)
+            )
+            for i, m in enumerate((tiny_model, tiny_tuned))
+        ]
+        one = driftkit.compare(paths, analyses=names, options=opts, positions="all").to_dict()
+        two = driftkit.compare(paths, analyses=names, options=opts, positions="all", jobs=2).to_dict()
+        assert json.dumps(_canon(two)) == json.dumps(_canon(one)), store
+        assert len(one["analyses"]["cka"]["layers"]) > 1
