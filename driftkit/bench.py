@@ -150,7 +150,7 @@ class _Model:
     """What the loop needs from a model: a tokenizer, a generator and identity for provenance."""
 
     def __init__(self, spec: str, s: BenchSettings, progress: Callable[[str], None] | None) -> None:
-        from driftkit.generate import VLLMGenerator, make_generator
+        from driftkit.generate import HFGenerator, VLLMGenerator
         from driftkit.models import load_model, load_tokenizer, resolve_model_path, tokenizer_sha256, weights_sha256
 
         self.spec = spec
@@ -171,7 +171,7 @@ class _Model:
                 progress=progress,
             )
             self.tokenizer = loaded.tokenizer
-            self.generator = make_generator("hf", loaded, batch_size=s.batch_size)
+            self.generator = HFGenerator(loaded, batch_size=s.batch_size)
             self.path, self.dtype, self.device = (
                 loaded.path,
                 str(loaded.dtype).replace("torch.", ""),

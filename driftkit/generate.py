@@ -211,16 +211,3 @@ class VLLMGenerator(Generator):
         if progress:
             progress(len(prompts), sum(len(r) for r in result))
         return result
-
-
-def make_generator(backend: str, loaded: LoadedModel, **opts: Any) -> Generator:
-    """Build a generator by back-end name (``hf`` or ``vllm``)."""
-    if backend == "hf":
-        return HFGenerator(loaded, batch_size=opts.get("batch_size", 8))
-    if backend == "vllm":
-        return VLLMGenerator(
-            loaded.path,
-            tensor_parallel_size=opts.get("tensor_parallel_size", 1),
-            trust_remote_code=opts.get("trust_remote_code", False),
-        )
-    raise DriftkitError(f"Unknown generation back-end {backend!r}; use 'hf' or 'vllm'.")
