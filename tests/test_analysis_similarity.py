@@ -97,7 +97,7 @@ def test_report_dominance_findings_and_study_hooks(pair, result) -> None:
     res = dict(result["similarity"])
     res["threshold"] = 0.01
     lines = cls.dominance_lines(res)
-    assert lines and "raw CKA is dominated" in lines[0]
+    assert lines and "Raw CKA is dominated" in lines[0]
     tuned = {k: v for k, v in res.items()}
     tuned["layers"] = [dict(e, standardized_cka=e["standardized_cka"] - 0.1) for e in res["layers"]]
     tuned["dominated_layers"] = [d["layer"] for d in res["dominant"]]
@@ -120,7 +120,7 @@ def test_report_dominance_findings_and_study_hooks(pair, result) -> None:
 
     con = Console(record=True, width=140)
     con.print(cls(threshold=0.01).render(rep.to_dict()["analyses"]["similarity"]))
-    assert "raw CKA is dominated" in con.export_text()
+    assert "Raw CKA is dominated" in con.export_text()
 
 
 _ideal = {"standardized_cka": 1.0, "procrustes": 0.0, "mutual_knn": 1.0}

@@ -204,22 +204,27 @@ class SimilarityAnalysis(Analysis):
 
     @staticmethod
     def dominance_lines(result: Mapping[str, Any]) -> list[str]:
-        """Sentences naming the layers where raw CKA is dominated by a few features, grouped by the
-        set of features that dominate (usually one set across most of the depth)."""
+        """One sentence naming the layers where raw CKA is dominated by a few features (top-k share
+        of A's variance above the threshold), the range of that share, and the features that recur
+        most among those layers' top-k (the same massive-activation features usually span the depth)."""
         thr = result["threshold"]
-        groups: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-        for d in result["dominant"]:
-            if d["top_share"] == d["top_share"] and d["top_share"] > thr:
-                groups.setdefault(tuple(d["top_features"]), []).append(d)
-        out = []
-        for feats, rows in groups.items():
-            lo, hi = min(r["top_share"] for r in rows), max(r["top_share"] for r in rows)
-            share = f"{lo:.0%}" if abs(hi - lo) < 0.005 else f"{lo:.0%}–{hi:.0%}"
-            out.append(
-                f"layer(s) {_span([r['layer'] for r in rows])}: features {', '.join(map(str, feats))} hold {share} "
-                f"of A's variance, so raw CKA is dominated by them and uninformative there; read standardized CKA."
-            )
-        return out
+        rows = [d for d in result["dominant"] if d["top_share"] == d["top_share"] and d["top_share"] > thr]
+        if not rows:
+            return []
+        count: dict[int, int] = {}
+        for d in rows:
+            for f in d["top_features"]:
+                count[f] = count.get(f, 0) + 1
+        feats = sorted(count, key=lambda f: (-count[f], f))[:5]
+        lo, hi = min(d["top_share"] for d in rows), max(d["top_share"] for d in rows)
+        share = f"{lo:.0%}" if hi - lo < 0.005 else f"{lo:.0%}–{hi:.0%}"
+        named = ", ".join(f"{f} at {count[f]}" for f in feats)
+        return [
+            f"Raw CKA is dominated by a few features, and uninformative, at {len(rows)} of "
+            f"{len(result['dominant'])} layers ({_span([d['layer'] for d in rows])}): the top-{result['top_k']} "
+            f"features hold {share} of A's variance there (features among the top-{result['top_k']}: {named} of them). "
+            "Read standardized CKA, Procrustes and mutual k-NN at those layers."
+        ]
 
     def render(self, result: Mapping[str, Any]) -> Any:
         layers = result["layers"]
@@ -327,12 +332,5 @@ class SimilarityAnalysis(Analysis):
                 out.append(f"{name}: {order[0]} drifts more ({vals[order[0]]:.3g} vs {rest}; mean over layers).")
         first = next(iter(results.values()), None)
         if first:
-            n_dom, n_all = len(first.get("dominated_layers", [])), len(first["dominant"])
-            if n_dom:
-                top = max(first["dominant"], key=lambda d: d["top_share"] if d["top_share"] == d["top_share"] else -1)
-                out.append(
-                    f"Raw CKA is dominated by a few features at {n_dom} of {n_all} layers (top-{first['top_k']} "
-                    f"features {', '.join(map(str, top['top_features']))} hold up to {top['top_share']:.0%} of the "
-                    "base's variance); standardized CKA, Procrustes and mutual k-NN are the ones to read there."
-                )
+            out += self.dominance_lines(first)
         return out
