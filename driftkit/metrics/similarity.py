@@ -146,13 +146,9 @@ def shared_accumulator(
     pool = _POOL.setdefault(owner, {})
     key = _key(site, mask)
     acc = pool.get(key)
-    if acc is None or (acc.n > 0 and acc.users == 0):
+    if acc is None or acc.n > 0:  # none yet, or left over from an earlier pass (fed already): a fresh one
         acc = pool[key] = SimilarityAccumulator(d_x, d_y, fourth=fourth)
-    elif fourth and acc.stats_class is not StandardizedStats:
-        if acc.n > 0:  # too late to share: a private one
-            acc = SimilarityAccumulator(d_x, d_y, fourth=True)
-            acc.users += 1
-            return acc
+    elif fourth:
         acc.stats_class = StandardizedStats
     acc.users += 1
     return acc
