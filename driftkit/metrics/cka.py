@@ -70,6 +70,9 @@ class _Stats:
     ``ab = sum a b``, ``px = sum a x``, ``py = sum b y``, ``qx = sum b x``, ``qy = sum a y``.
     """
 
+    #: the sums :meth:`merge` adds (a subclass that keeps more sums extends it)
+    SUMS: tuple[str, ...] = ("sxx", "syy", "sxy", "a1", "b1", "aa", "bb", "ab", "px", "py", "qx", "qy")
+
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.n = x.shape[0]
         self.mx, self.my = x.mean(0), y.mean(0)
@@ -109,7 +112,7 @@ class _Stats:
         my = self.my + (other.my - self.my) * (other.n / n)
         self._shift(self.mx - mx, self.my - my)
         other._shift(other.mx - mx, other.my - my)
-        for k in ("sxx", "syy", "sxy", "a1", "b1", "aa", "bb", "ab", "px", "py", "qx", "qy"):
+        for k in self.SUMS:
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.n, self.mx, self.my = n, mx, my
 
@@ -121,10 +124,14 @@ class StreamingCKA:
     ``result()`` may be called at any time. Memory: about ``(d_x + d_y)^2`` float64 numbers.
     """
 
-    def __init__(self, d_x: int, d_y: int, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, d_x: int, d_y: int, device: str | torch.device = "cpu", stats_class: type[_Stats] | None = None
+    ) -> None:
         self.device = torch.device(device)
         self.d_x, self.d_y = d_x, d_y
         self.stats: _Stats | None = None
+        #: the class of the per-chunk sums (a subclass keeps more, e.g. standardized CKA's fourth moments)
+        self.stats_class = stats_class or _Stats
 
     @property
     def n(self) -> int:
@@ -135,7 +142,7 @@ class StreamingCKA:
             raise ValueError(f"CKA needs matching rows, got {x.shape[0]} and {y.shape[0]}")
         if x.shape[0] == 0:
             return
-        chunk = _Stats(x.to(self.device, _F64), y.to(self.device, _F64))
+        chunk = self.stats_class(x.to(self.device, _F64), y.to(self.device, _F64))
         if self.stats is None:
             self.stats = chunk
         else:
@@ -147,22 +154,41 @@ class StreamingCKA:
             raise ValueError(f"debiased CKA needs at least 4 rows, got {n}")
         st = self.stats
         hxy, hxx, hyy = (st.sxy * st.sxy).sum(), (st.sxx * st.sxx).sum(), (st.syy * st.syy).sum()
-        k1, k2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
-        dxy = hxy - k1 * st.ab + k2 * st.a1 * st.b1
-        dxx = hxx - k1 * st.aa + k2 * st.a1 * st.a1
-        dyy = hyy - k1 * st.bb + k2 * st.b1 * st.b1
-        # Identical representations (same sums bit for bit) give exactly 1, not 1 - 1 ulp; otherwise
-        # Cauchy-Schwarz bounds the biased estimate by 1 and rounding must not push it past.
-        if bool(hxy == hxx) and bool(hxx == hyy):
-            biased = 1.0
-        else:
-            biased = min(1.0, float(hxy / torch.sqrt(hxx * hyy)))
-        denom = dxx * dyy
-        if bool(dxy == dxx) and bool(dxx == dyy) and denom > 0:
-            debiased = 1.0
-        else:
-            debiased = float(dxy / torch.sqrt(denom)) if denom > 0 else math.nan
+        biased, debiased = cka_from_sums(hxy, hxx, hyy, st.ab, st.aa, st.bb, st.a1, st.b1, n)
         return CKAResult(linear_cka=biased, debiased_cka=debiased, n=n)
+
+
+def cka_from_sums(
+    hxy: torch.Tensor,
+    hxx: torch.Tensor,
+    hyy: torch.Tensor,
+    ab: torch.Tensor,
+    aa: torch.Tensor,
+    bb: torch.Tensor,
+    a1: torch.Tensor,
+    b1: torch.Tensor,
+    n: int,
+) -> tuple[float, float]:
+    """(biased, debiased) linear CKA from the feature-space sums: ``hxy = |Xc^T Yc|_F^2`` (and
+    ``hxx``, ``hyy``), the row-norm sums ``ab = sum |x_i|^2 |y_i|^2``, ``aa``, ``bb`` and
+    ``a1 = |Xc|_F^2``, ``b1``. Shared by :class:`StreamingCKA` and standardized CKA
+    (:mod:`driftkit.metrics.similarity`), which feeds the same sums of z-scored features."""
+    k1, k2 = n / (n - 2), 1.0 / ((n - 1) * (n - 2))
+    dxy = hxy - k1 * ab + k2 * a1 * b1
+    dxx = hxx - k1 * aa + k2 * a1 * a1
+    dyy = hyy - k1 * bb + k2 * b1 * b1
+    # Identical representations (same sums bit for bit) give exactly 1, not 1 - 1 ulp; otherwise
+    # Cauchy-Schwarz bounds the biased estimate by 1 and rounding must not push it past.
+    if bool(hxy == hxx) and bool(hxx == hyy):
+        biased = 1.0
+    else:
+        biased = min(1.0, float(hxy / torch.sqrt(hxx * hyy)))
+    denom = dxx * dyy
+    if bool(dxy == dxx) and bool(dxx == dyy) and denom > 0:
+        debiased = 1.0
+    else:
+        debiased = float(dxy / torch.sqrt(denom)) if denom > 0 else math.nan
+    return biased, debiased
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor, chunk: int = 8192) -> CKAResult:

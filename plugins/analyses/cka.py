@@ -20,6 +20,7 @@ from rich.text import Text
 from driftkit.errors import DriftkitError, opt
 from driftkit.metrics.cka import StreamingCKA
 from driftkit.metrics.pca import SamplePooler
+from driftkit.metrics.similarity import release_accumulator, shared_accumulator
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
@@ -62,18 +63,22 @@ class CKAAnalysis(Analysis):
         self._layers: list[dict[str, Any]] = []
         self._n_rows = 0
         self._token_sample = pair.token_sample
+        self._mask = self.layers_mask(pair)
 
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
         if pair.layer_rows == "pooled":  # per-sample means are read whole in finish_layer
             return
         d_a, d_b = pair.a.shape(site)[1], pair.b.shape(site)[1]
-        self._acc = StreamingCKA(d_a, d_b)
-        if self.opts["unit"] == "sample":
+        if self.opts["unit"] == "token":
+            # shared with the similarity analysis when it runs too: the d x d sums are added once
+            self._acc = shared_accumulator(pair, site, self._mask, d_a, d_b)
+        else:
+            self._acc = StreamingCKA(d_a, d_b)
             self._pools = (SamplePooler(pair.a.n_samples, d_a), SamplePooler(pair.a.n_samples, d_b))
 
     def on_layer(self, chunk: Any) -> None:
         if self.opts["unit"] == "token":
-            self._acc.update(chunk.xa, chunk.xb)
+            self._acc.feed(chunk.idx, chunk.xa, chunk.xb)
         else:
             s = self._token_sample[chunk.idx]
             self._pools[0].update(s, chunk.xa)
@@ -97,6 +102,8 @@ class CKAAnalysis(Analysis):
                 f"{opt('positions', None)}/{opt('domains', None)} or raise {opt('max_tokens', None)}."
             )
         r = acc.result()
+        if self.opts["unit"] == "token":
+            release_accumulator(pair, site, self._mask)
         self._n_rows = r.n
         self._layers.append(
             {"layer": layer, "site": site.split("/", 1)[1], "linear_cka": r.linear_cka, "debiased_cka": r.debiased_cka}
