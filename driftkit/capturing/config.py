@@ -32,6 +32,7 @@ RESUME_KEYS = (
     "truncate",
     "shared_unembed",
     "store",
+    "shard",
 )
 TRUNCATE_MODES = ("left", "right")
 
@@ -67,6 +68,7 @@ class CaptureConfig:
     check_logits: bool = True
     truncate: str | None = None  # left | right: cut samples longer than the model's positions instead of refusing
     store: str = "tokens"  # layer sites: tokens | pooled | sample:K (driftkit.capturing.pooling)
+    shard: list[int] | None = None  # [rank, world]: capture only this rank's share (capturing/distributed.py)
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
