@@ -118,6 +118,7 @@ def register(app: typer.Typer) -> None:
         from driftkit.capturing.distributed import capture_sharded, dist_env
         from driftkit.errors import DriftkitError
         from driftkit.store.reader import CaptureReader
+        from driftkit.store.stitch import capture_bytes
 
         if out is None and not dry_run:
             raise DriftkitError("Missing --out: give the output HDF5 file (only --dry-run runs without one).")
@@ -164,7 +165,7 @@ def register(app: typer.Typer) -> None:
             progress = phase_callback(bar, labels)
 
             try:
-                if nproc > 1 or dist_env() is not None:  # several processes: docs/scale.md
+                if nproc != 1 or dist_env() is not None:  # several processes: docs/scale.md
                     path = capture_sharded(cfg, nproc, progress)
                 else:
                     engine = CaptureEngine(cfg, progress=progress)
@@ -193,7 +194,7 @@ def register(app: typer.Typer) -> None:
                 "samples": r.n_samples,
                 "tokens": r.n_tokens,
                 "sites": r.sites(),
-                "bytes": path.stat().st_size,
+                "bytes": capture_bytes(path),  # with its shard files when --nproc stitched it
                 "complete": r.complete,
                 "store": r.store,
             }

@@ -164,3 +164,24 @@ def test_two_gloo_ranks_fail_resume_and_equal_one_process(
     _assert_identical(one, out)
     report = driftkit.compare([one, out], analyses=["kl", "cka"], positions="all").to_dict()["analyses"]
     assert report["kl"]["summary"]["kl_forward"] == 0.0 and report["kl"]["summary"]["js"] == 0.0
+
+
+def test_cli_nproc_errors(tiny_model: Path, prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused before any process starts: --nproc 0, --nproc inside torchrun, an existing shard."""
+    from typer.testing import CliRunner
+
+    from driftkit.cli.main import app
+
+    def run(*args: object):
+        return CliRunner().invoke(app, ["capture", str(tiny_model), "--prompts", str(prompts), *map(str, args)])
+
+    r = run("--out", tmp_path / "o.h5", "--nproc", "0")
+    assert r.exit_code == 1 and "--nproc 0 must be at least 1" in r.output
+    shard_path(tmp_path / "o.h5", 1, 2).parent.mkdir()
+    shard_path(tmp_path / "o.h5", 1, 2).write_bytes(b"")
+    r = run("--out", tmp_path / "o.h5", "--nproc", "2")
+    assert r.exit_code == 1 and "rank-00001-of-00002.h5 already exists" in r.output and "--resume" in r.output
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = run("--out", tmp_path / "o.h5", "--nproc", "2")
+    assert r.exit_code == 1 and "inside a torchrun job of 2 processes" in r.output

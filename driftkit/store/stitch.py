@@ -209,3 +209,15 @@ def check_shards(path: Path, attrs: dict) -> None:
             f"{path} stitches shard files that are missing: {', '.join(missing[:4])} (relative to {path.parent}). "
             f"Keep the folder {shard_dir(path).name}/ next to {path.name} when moving or copying it."
         )
+
+
+def capture_bytes(path: str | Path) -> int:
+    """Bytes on disk of a capture: the file, plus its shard files when it is a stitched capture."""
+    path = Path(path)
+    total = path.stat().st_size
+    with h5py.File(path, "r") as f:
+        raw = _attr(f.attrs.get(SHARDS_ATTR))
+    for s in json.loads(raw) if raw else []:
+        shard = path.resolve().parent / s
+        total += shard.stat().st_size if shard.is_file() else 0
+    return total
