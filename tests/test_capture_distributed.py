@@ -134,6 +134,16 @@ def test_tokens_from_and_generate_shard(tiny_model: Path, prompts: Path, tmp_pat
     _assert_identical(one, _sharded_in_process(cfg))
 
 
+def test_shards_share_one_unembedding_file(tiny_model: Path, prompts: Path, tmp_path: Path) -> None:
+    """--shared-unembed: every shard links one file, and so does the stitched capture (relative to itself)."""
+    cfg = _cfg(tiny_model, prompts, tmp_path / "run" / "st.h5", shared_unembed=tmp_path / "u.h5")
+    st = _sharded_in_process(cfg)
+    with h5py.File(st, "r") as f:
+        assert f.get("final/unembed", getlink=True).filename == "../u.h5"
+    one = capture(_cfg(tiny_model, prompts, tmp_path / "one.h5"))
+    _assert_identical(one, st)
+
+
 def test_two_gloo_ranks_fail_resume_and_equal_one_process(
     tiny_model: Path, prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -25,6 +25,7 @@ import traceback
 import uuid
 from collections.abc import Sequence
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,9 @@ from driftkit.capturing.config import CaptureConfig
 from driftkit.errors import DriftkitError, cli_interface, interface, opt
 from driftkit.store.stitch import shard_path, stitch
 
+#: how long a rank that finished its share waits for the slowest one at the outcome exchange (the
+#: collective timeout: torch's default, 10-30 minutes, is shorter than a large share's capture)
+EXCHANGE_TIMEOUT = timedelta(hours=24)
 #: test hook: the rank named here raises after its first captured batch (exercises fail + resume)
 FAIL_RANK_ENV = "DRIFTKIT_TEST_FAIL_RANK"
 
@@ -130,7 +134,7 @@ def run_rank(cfg: CaptureConfig, progress: Any = None) -> Path | None:
         torch.cuda.set_device(local_rank)
     own_pg = not dist.is_initialized()
     if own_pg:
-        dist.init_process_group("nccl" if gpu else "gloo")
+        dist.init_process_group("nccl" if gpu else "gloo", timeout=EXCHANGE_TIMEOUT)
     try:
         error: str | None = None
         try:
