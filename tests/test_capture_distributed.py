@@ -195,3 +195,12 @@ def test_cli_nproc_errors(tiny_model: Path, prompts: Path, tmp_path: Path, monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     r = run("--out", tmp_path / "o.h5", "--nproc", "2")
     assert r.exit_code == 1 and "inside a torchrun job of 2 processes" in r.output
+
+
+def test_module_entry_point_for_torchrun() -> None:
+    """``torchrun -m driftkit.cli capture ...`` needs ``python -m driftkit.cli`` to be the command."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "driftkit.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("driftkit "), r.stderr

@@ -11,9 +11,9 @@ What goes where in the stitched file:
 - per-token arrays (``tokens/ids``, every ``sites/*`` and ``final/*`` per-token dataset): VDS that
   concatenate the shards' rows in rank order;
 - other per-sample arrays outside ``samples/`` (first axis = the shard's samples): VDS as well;
-- the sample index (``samples/*``): copied, concatenated, with ``samples/offsets`` shifted by the
-  tokens of the shards before it. It is small, read eagerly by every reader, and holds
-  variable-length strings, which HDF5 virtual datasets do not map;
+- the sample index (``samples/*``): copied, concatenated, with ``samples/offsets`` (and
+  ``sites/positions`` of ``--store sample:K``) shifted by the tokens of the shards before it. It is
+  small and read eagerly by every reader, so a copy costs nothing and keeps one read per array;
 - once-per-file arrays (attr ``per="file"``: the unembedding, the final norm): external links to
   shard 0 (or to the shared unembedding file shard 0 links to);
 - root attributes: shard 0's, after checking that every shard agrees on each of them (the creation
@@ -44,6 +44,8 @@ from driftkit.store.verify import per_token_paths
 
 #: root attribute of a stitched capture: JSON list of its shard files, relative to its folder
 SHARDS_ATTR = "shards"
+#: (T_s,) token-axis index of sampled rows (``--store sample:K``, DESIGN.md section 3)
+TOKEN_POSITIONS = "sites/positions"
 #: root attributes allowed to differ between shards (the rest must be equal to be one capture)
 PER_SHARD_ATTRS = ("created", "device", "config_json", "complete")
 #: config keys allowed to differ between shards' ``config_json``
@@ -144,6 +146,12 @@ def _walk(
                 parts.append(o[1:] + shift)
                 shift += int(o[-1])
             f.create_dataset(name, data=np.concatenate(parts))
+        elif name == TOKEN_POSITIONS:  # --store sample:K: indexes into the token axis, shifted like offsets
+            parts, shift = [], 0
+            for g in files:
+                parts.append(np.asarray(g[name][()]) + shift)
+                shift += int(g[S.SAMPLES_OFFSETS][-1])
+            f.create_dataset(name, data=np.concatenate(parts).astype(obj.dtype))
         elif name.startswith("samples/"):
             f.create_dataset(name, data=np.concatenate([g[name][()] for g in files]), dtype=obj.dtype)
         elif _attr(obj.attrs.get("per")) == "file":
