@@ -134,6 +134,16 @@ def test_tokens_from_and_generate_shard(tiny_model: Path, prompts: Path, tmp_pat
     _assert_identical(one, _sharded_in_process(cfg))
 
 
+@pytest.mark.parametrize("store", ["pooled", "sample:3"])
+def test_store_modes_stitch(tiny_model: Path, prompts: Path, tmp_path: Path, store: str) -> None:
+    """pooled/* (per sample) and sample:K rows (with sites/positions shifted by the tokens before) stitch exactly."""
+    one = capture(_cfg(tiny_model, prompts, tmp_path / "one.h5", store=store, layers="0,2"))
+    st = _sharded_in_process(_cfg(tiny_model, prompts, tmp_path / "st.h5", store=store, layers="0,2"))
+    _assert_identical(one, st)
+    with h5py.File(st, "r") as f:
+        assert verify_file(f).ok
+
+
 def test_shards_share_one_unembedding_file(tiny_model: Path, prompts: Path, tmp_path: Path) -> None:
     """--shared-unembed: every shard links one file, and so does the stitched capture (relative to itself)."""
     cfg = _cfg(tiny_model, prompts, tmp_path / "run" / "st.h5", shared_unembed=tmp_path / "u.h5")
