@@ -115,14 +115,22 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Print the capture's size (config + tokenizer only, no weights) and stop."
         ),
+        nproc: int = typer.Option(
+            1,
+            "--nproc",
+            help="Capture in N processes (torch.distributed), one shard file per rank in OUT.shards/, stitched into "
+            "OUT. Under torchrun leave it out: torchrun starts the processes.",
+        ),
         json_out: str | None = json_option("a summary (out, model, samples, tokens, sites, bytes, complete)"),
     ) -> None:
         """Capture a checkpoint's layer activations and final hidden states (exact logits) to HDF5."""
         import json
 
         from driftkit.capturing import CaptureConfig, CaptureEngine
+        from driftkit.capturing.distributed import capture_sharded, dist_env
         from driftkit.errors import DriftkitError
         from driftkit.store.reader import CaptureReader
+        from driftkit.store.stitch import capture_bytes
 
         if out is None and not dry_run:
             raise DriftkitError("Missing --out: give the output HDF5 file (only --dry-run runs without one).")
@@ -171,8 +179,11 @@ def register(app: typer.Typer) -> None:
             progress = phase_callback(bar, labels)
 
             try:
-                engine = CaptureEngine(cfg, progress=progress)
-                path = engine.run()
+                if nproc != 1 or dist_env() is not None:  # several processes: docs/scale.md
+                    path = capture_sharded(cfg, nproc, progress)
+                else:
+                    engine = CaptureEngine(cfg, progress=progress)
+                    path = engine.run()
             except KeyboardInterrupt:
                 if engine is not None and engine.opened:
                     raise  # a file holds completed samples: the generic "rerun with --resume" is right
@@ -188,6 +199,8 @@ def register(app: typer.Typer) -> None:
                         f"{'changed' if out.exists() else 'created'}); rerun the same command to start."
                     )
                 raise typer.Exit(130) from None
+        if path is None:  # a torchrun rank other than 0: rank 0 stitches and reports
+            return
         with CaptureReader(path) as r:
             summary = {
                 "out": str(path),
@@ -195,7 +208,7 @@ def register(app: typer.Typer) -> None:
                 "samples": r.n_samples,
                 "tokens": r.n_tokens,
                 "sites": r.sites(),
-                "bytes": path.stat().st_size,
+                "bytes": capture_bytes(path),  # with its shard files when --nproc stitched it
                 "complete": r.complete,
                 "store": r.store,
             }

@@ -32,6 +32,7 @@ RESUME_KEYS = (
     "truncate",
     "shared_unembed",
     "store",
+    "shard",
 )
 TRUNCATE_MODES = ("left", "right")
 
@@ -69,6 +70,7 @@ class CaptureConfig:
     store: str = "tokens"  # layer sites: tokens | pooled | sample:K (driftkit.capturing.pooling)
     backend: str = "hf"  # generation back-end for --generate: hf | vllm (driftkit.generation_backends)
     device_map: Any = None  # "auto" (or a dict): accelerate places the layers over the devices (models bigger than one)
+    shard: list[int] | None = None  # [rank, world]: capture only this rank's share (capturing/distributed.py)
 
     def as_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -24,6 +24,7 @@ import torch
 from driftkit import __version__
 from driftkit.capturing.batching import token_budget_batches
 from driftkit.capturing.config import RESUME_KEYS, TRUNCATE_MODES, CaptureConfig
+from driftkit.capturing.distributed import take_share
 from driftkit.capturing.lock import CaptureLock, busy_message, holder_of
 from driftkit.capturing.pooling import all_sample_positions, parse_store, reduce_packed, store_specs
 from driftkit.errors import DriftkitError, opt
@@ -229,6 +230,9 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         ps = [t[:n] for t, n in zip(s.tokens, s.prompt_len)]
         rs = [t[n:] for t, n in zip(s.tokens, s.prompt_len)]
         cut = fit_lengths(s.ids, ps, rs, [0] * len(ps), limit, cfg.truncate)
+        if cfg.shard:  # this rank's contiguous share of the source's samples (capturing/distributed.py)
+            budgets = [len(a) + len(b) for a, b in zip(ps, rs)]
+            s.ids, s.domains, ps, rs, cut = take_share(cfg.shard, budgets, s.ids, s.domains, ps, rs, cut)
         return SampleSet(
             s.ids,
             s.domains,
@@ -252,6 +256,12 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         raise DriftkitError(f"Prompt {empty[0]!r} tokenizes to nothing; give it some text.")
     room = [cfg.max_new_tokens if cfg.generate and p.response is None else 0 for p in prompts]
     cut = fit_lengths([p.id for p in prompts], prompt_ids, responses, room, limit, cfg.truncate)
+    content_sha256 = prompts_sha256(prompts)  # of the whole set, in every shard too (resume compares it)
+    if cfg.shard:  # this rank's contiguous share, by token budget (capturing/distributed.py)
+        budgets = [len(a) + len(b) + g for a, b, g in zip(prompt_ids, responses, room)]
+        prompts, prompt_ids, responses, room, cut = take_share(
+            cfg.shard, budgets, prompts, prompt_ids, responses, room, cut
+        )
     if cfg.generate:
         from driftkit.generation_backends import make_backend, release
 
@@ -281,7 +291,7 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
         domains=[p.domain for p in prompts],
         tokens=[a + b for a, b in zip(prompt_ids, responses)],
         prompt_len=[len(a) for a in prompt_ids],
-        content_sha256=prompts_sha256(prompts),
+        content_sha256=content_sha256,
         truncated=cut if cfg.truncate else None,
     )
 

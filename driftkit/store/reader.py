@@ -99,6 +99,14 @@ class CaptureReader:
                 f"{self.path} has schema {schema!r}, expected {S.SCHEMA!r}: it is not a driftkit capture of this "
                 "version."
             )
+        if "shards" in self.attrs:  # a stitched capture (capture --nproc): its rows live in shard files
+            from driftkit.store.stitch import check_shards
+
+            try:
+                check_shards(self.path, self.attrs)
+            except DriftkitError:
+                self._f.close()
+                raise
         self.complete = bool(self.attrs.get("complete", False))
         if not self.complete and not allow_incomplete:
             n_done = int(np.asarray(self._f[S.SAMPLES_DONE]).sum())
