@@ -111,6 +111,7 @@ def compare(
     progress: Progress | None = None,
     extra_analyses: Sequence[str | type[Analysis] | Analysis] = (),
     jobs: int = 1,
+    skip_unfit: bool = False,
 ) -> Report:
     """Compare captures: the first is the reference A, each other one is compared against it.
 
@@ -122,6 +123,9 @@ def compare(
     per-analysis plugin options, e.g. ``{"cka": {"unit": "sample"}}``. Returns a
     :class:`~driftkit.report.Report` (``.show()``, ``.to_json()``, ``.to_frame()``, ``.to_html()``).
     ``jobs``: processes for the layers pass (CKA, PCA shift, ...); the results are identical to 1.
+    ``skip_unfit``: a named analysis the files cannot feed (token CKA on pooled captures) is skipped
+    with a note, as a default one is, instead of refused (``driftkit run`` names its analyses once for
+    captures of any ``store``).
 
     Long because of its documented keyword parameters and the per-pair bookkeeping (checks, skipped analyses, timings)
     that the JSON report records.
@@ -166,7 +170,7 @@ def compare(
             for an in instances:
                 reason = an.check_layers(pair) or an.check(pair)  # --store first: what the files hold
                 if reason is not None:
-                    if an.name in explicit:
+                    if an.name in explicit and not skip_unfit:
                         raise DriftkitError(
                             f"Analysis {an.name!r} cannot run on {pair.a.path} vs {pair.b.path}: {reason}."
                         )

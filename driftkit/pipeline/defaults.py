@@ -20,6 +20,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "layers": "all",
         "max_batch_tokens": 4096,
         "storage_dtype": "float16",
+        # scale (docs/scale.md): layer storage of the raw-text captures, processes per capture, the
+        # generation engine of the answers, accelerate's placement of models bigger than one device
+        "store": "tokens",
+        "nproc": 1,
+        "backend": "hf",
+        "device_map": None,
     },
     # raw_analyses run on the raw-text captures (representations), gen_analyses on each tuned model's
     # own answers scored by both models (distributions)
@@ -27,6 +33,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "raw_analyses": ["cka", "similarity", "pca_shift", "umap"],
         "gen_analyses": ["kl", "token_rank", "token_view"],
         "options": {},
+        "jobs": 1,  # processes for the layers pass (identical numbers; not hashed)
     },
     "transfer": {"sigma": "pooled"},
     # measures: key of each drift point -> "analysis.summary_key"; headline: the measure whose

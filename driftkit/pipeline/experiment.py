@@ -29,11 +29,16 @@ chat_prompts = "bundled:general-mix"  # prompts each tuned model answers (KL, to
 chat_limit = 30           # taken round-robin over domains
 max_new_tokens = 64
 layers = "all"
+store = "tokens"          # raw-text layer sites: tokens | pooled | sample:K (docs/scale.md)
+nproc = 1                 # processes per capture (torch.distributed), one shard each
+backend = "hf"            # what generates the answers: hf | vllm
+# device_map = "auto"     # accelerate spreads each model over the GPUs (bigger than one device)
 
 [compare]
 raw_analyses = ["cka", "pca_shift"]
 gen_analyses = ["kl", "token_rank"]
 options = {}
+jobs = 1                  # processes for the layers pass (same numbers as 1)
 
 [transfer]
 sigma = "pooled"
@@ -129,8 +134,12 @@ SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
         "layers": _STR + _INT,
         "max_batch_tokens": _INT,
         "storage_dtype": _STR,
+        "store": _STR,
+        "nproc": _INT,
+        "backend": _STR,
+        "device_map": _STR + _TABLE,
     },
-    "compare": {"raw_analyses": _LIST, "gen_analyses": _LIST, "options": _TABLE},
+    "compare": {"raw_analyses": _LIST, "gen_analyses": _LIST, "options": _TABLE, "jobs": _INT},
     "transfer": {"sigma": _STR + _TABLE},
     "drift": {
         "enabled": _BOOL,
@@ -142,7 +151,7 @@ SCHEMA: dict[str, dict[str, tuple[Any, ...]]] = {
     },
     "study": {"expect": _LIST, "expect_why": _STR},
 }
-OPTIONAL_NONE = ("chat_limit", "bench_limit", "benchmarks")  # may be given as None from Python
+OPTIONAL_NONE = ("chat_limit", "bench_limit", "benchmarks", "device_map")  # may be given as None from Python
 REQUIRED = {"experiment": ("base",), "train": ("name", "trainer", "data"), "models": ("name", "path")}
 
 
@@ -217,7 +226,62 @@ def validate_dict(d: Any) -> list[str]:
             for key in REQUIRED.get(sec, ()):
                 if key not in table:
                     problems.append(f"{where}: '{key}' is required")
-    return problems
+    return problems + _check_values(d)
+
+
+def _check_values(d: dict[str, Any]) -> list[str]:
+    """Problems of the scale keys' values (``[capture]`` store, nproc, backend, device_map and
+    ``[compare]`` jobs), given that their types are right: the capture and compare calls would refuse
+    them too, but only when that step starts, possibly hours into the run. (Imports only for the
+    keys given: they load torch.)"""
+    cap = d.get("capture") if isinstance(d.get("capture"), dict) else {}
+    cmp = d.get("compare") if isinstance(d.get("compare"), dict) else {}
+    out: list[str] = []
+    store = cap.get("store")
+    if isinstance(store, str):
+        from driftkit.capturing.pooling import parse_store
+
+        try:
+            parse_store(store)
+        except DriftkitError:
+            out.append(
+                f"[capture]: 'store' must be tokens (every layer per token), pooled (per sample: prompt mean, "
+                f"response mean, last prompt token) or sample:K with K >= 1, got {store!r}"
+                f"{_suggest(store, ('tokens', 'pooled', 'sample:64'))}"
+            )
+    for where, table, key, what in (
+        ("[capture]", cap, "nproc", "processes per capture"),
+        ("[compare]", cmp, "jobs", "processes for the layers pass"),
+    ):
+        v = table.get(key)
+        if _type_ok(v, _INT) and v < 1:
+            out.append(f"{where}: '{key}' ({what}) must be at least 1, got {v}")
+    backend = cap.get("backend")
+    if isinstance(backend, str):
+        from driftkit.generation_backends import BACKENDS
+
+        if backend not in BACKENDS:
+            out.append(
+                f"[capture]: 'backend' must be {' or '.join(sorted(BACKENDS))} (what generates the tuned models' "
+                f"answers), got {backend!r}{_suggest(backend, BACKENDS)}"
+            )
+    dm = cap.get("device_map")
+    if isinstance(dm, str):
+        from driftkit.models import DEVICE_MAPS
+
+        if dm not in DEVICE_MAPS:
+            out.append(
+                f"[capture]: 'device_map' must be {', '.join(DEVICE_MAPS)} or a table of module = device, got "
+                f"{dm!r}{_suggest(dm, DEVICE_MAPS)}"
+            )
+    nproc = cap.get("nproc")
+    if dm is not None and _type_ok(nproc, _INT) and nproc > 1:
+        out.append(
+            "[capture]: 'device_map' and 'nproc' > 1 do not combine: every process would spread its own copy of the "
+            "model over all the GPUs. Use nproc (one model per GPU) when a model fits on one device, else device_map "
+            "with nproc = 1"
+        )
+    return out
 
 
 def _merge(section: str, given: Any) -> dict[str, Any]:

@@ -79,6 +79,26 @@ def analysis_results(ctx: Ctx) -> list[Ran]:
     return list(ran.values())
 
 
+def skipped_analyses(ctx: Ctx) -> dict[str, dict[str, dict[str, str]]]:
+    """What the compare steps skipped: ``{section: {tuned model: {analysis: why}}}``, models with none left out.
+
+    Why: a study of pooled captures (``[capture] store = "pooled"``) cannot run token CKA; compare
+    skips it and says why in its report, and the study must say so too rather than just lack a section.
+    """
+    ex = ctx.ex
+    raw = json.loads(ctx.path(ctx.outputs("compare.raw")["report"]).read_text())
+    bodies = {"raw": list(zip(ex.tuned_names, raw["pairs"] if "pairs" in raw else [raw]))}
+    bodies["gen"] = [
+        (n, json.loads(ctx.path(ctx.outputs(f"compare.gen.{n}")["report"]).read_text())) for n in ex.tuned_names
+    ]
+    out: dict[str, dict[str, dict[str, str]]] = {section: {} for section in SECTIONS.values()}
+    for kind, pairs in bodies.items():
+        for model, body in pairs:
+            if body.get("skipped"):
+                out[SECTIONS[kind]][model] = dict(body["skipped"])
+    return out
+
+
 def _scores(ctx: Ctx, names: list[str]) -> dict[str, dict[str, Any]]:
     from driftkit.scores import primary_scores, read_scores
 
@@ -171,6 +191,7 @@ def gather(ctx: Ctx) -> tuple[dict[str, Any], list[Ran]]:
         if st:
             data["drift"][t.name] = json.loads(ctx.path(st["outputs"]["drift"]).read_text())["points"]
     data["drift_vs_transfer"] = drift_vs_transfer(ran, tuned, scores)
+    data["skipped"] = skipped_analyses(ctx)
     data["expect"] = list(ex.study.get("expect", []))
     data["expect_why"] = ex.study.get("expect_why")
     data["drift_headline"] = ex.drift.get("headline")

@@ -42,6 +42,9 @@ class Ctx:
     manifest: Manifest
     log: Log
     progress: Callable[[str, int, int], None] | None = None
+    #: the step being run was last recorded with the same hash (an interrupted run of the same settings):
+    #: only then does ``--resume`` continue its partial output; a changed step starts over
+    resumable: bool = False
 
     def path(self, rel: str) -> Path:
         return self.out / rel
@@ -179,17 +182,51 @@ def _bench(name: str) -> Callable[[Ctx], dict[str, Any]]:
     return run
 
 
+def _run_capture(ctx: Ctx, cfg: Any) -> None:
+    """One capture of the study: in ``[capture] nproc`` processes (sharded, then stitched) or in this one.
+
+    Why here: every capture of the pipeline (the drift checkpoints' too) goes through one place, so a
+    paper-scale study shards all of them. A capture that is not resumed starts clean, shards included
+    (a shard folder of another process count would otherwise be left beside the new one)."""
+    from driftkit.store.stitch import shard_dir
+
+    nproc = int(ctx.ex.capture.get("nproc", 1))
+    if not cfg.resume:
+        shutil.rmtree(shard_dir(cfg.out), ignore_errors=True)
+    if nproc > 1:
+        from driftkit.capturing.distributed import capture_sharded
+
+        capture_sharded(cfg, nproc, ctx.progress)
+    else:
+        from driftkit.capturing import capture
+
+        capture(cfg, progress=ctx.progress)
+
+
+def _remove_capture(path: Path) -> None:
+    """Delete a capture file and its shard folder (a sharded capture's rows live there)."""
+    from driftkit.store.stitch import shard_dir
+
+    path.unlink(missing_ok=True)
+    shutil.rmtree(shard_dir(path), ignore_errors=True)
+
+
 def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
     """kind: raw (representations on raw text), gen (the model answers the chat prompts),
-    base_on (the base scores a tuned model's generated tokens)."""
+    base_on (the base scores a tuned model's generated tokens).
+
+    ``[capture] store`` applies to the raw captures only: the other two record just ``final/*``, which
+    every store mode keeps per token (KL and ranks need every position). ``backend`` generates the
+    answers of the gen captures; ``device_map`` and ``nproc`` apply to all three."""
 
     def run(ctx: Ctx) -> dict[str, Any]:
-        from driftkit.capturing import CaptureConfig, capture
+        from driftkit.capturing import CaptureConfig
+        from driftkit.store.stitch import shard_dir
 
         c = ctx.ex.capture
         rel = f"captures/{name}.{kind}.h5" if kind != "base_on" else f"captures/base_on_{name}.h5"
         out = ctx.path(rel)
-        resume = ctx.resume and out.exists()
+        resume = ctx.resume and ctx.resumable and (out.exists() or shard_dir(out).exists())
         common = dict(
             out=out,
             overwrite=not resume,
@@ -198,6 +235,7 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
             max_batch_tokens=c["max_batch_tokens"],
             device=ctx.ex.device,
             dtype=ctx.ex.dtype,
+            device_map=c.get("device_map"),
         )
         if kind == "raw":
             cfg = CaptureConfig(
@@ -205,6 +243,7 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
                 revision=model_revision(ctx, name),
                 prompts=c["prompts"],
                 layers=c["layers"],
+                store=c.get("store", "tokens"),
                 **common,
             )
         elif kind == "gen":
@@ -220,6 +259,7 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
                 max_new_tokens=c["max_new_tokens"],
                 seed=ctx.ex.seed,
                 probes=["final"],
+                backend=c.get("backend", "hf"),
                 **common,
             )
         else:
@@ -230,8 +270,11 @@ def _capture(kind: str, name: str) -> Callable[[Ctx], dict[str, Any]]:
                 probes=["final"],
                 **common,
             )
-        capture(cfg, progress=ctx.progress)
-        return {"outputs": {"capture": rel}, "summary": {}}
+        _run_capture(ctx, cfg)
+        outputs = {"capture": rel}
+        if int(c.get("nproc", 1)) > 1:  # the stitched file reads its rows from here (checked and cleaned with it)
+            outputs["shards"] = str(shard_dir(Path(rel)))
+        return {"outputs": outputs, "summary": {}}
 
     return run
 
@@ -250,8 +293,16 @@ def _compare(kind: str, name: str | None = None) -> Callable[[Ctx], dict[str, An
                 ctx.path(ctx.outputs(f"capture.gen.{name}")["capture"]),
             ]
             analyses, positions, rel = cmp["gen_analyses"], "response", f"reports/gen_{name}"
+        # skip_unfit: an analysis the captures cannot feed (token CKA on pooled captures) is skipped and
+        # listed under "skipped" in the report, which the study then names, instead of failing the run
         report = compare(
-            paths, analyses=analyses, positions=positions, options=cmp["options"] or None, seed=ctx.ex.seed
+            paths,
+            analyses=analyses,
+            positions=positions,
+            options=cmp["options"] or None,
+            seed=ctx.ex.seed,
+            jobs=int(cmp.get("jobs", 1)),
+            skip_unfit=True,
         )
         ctx.path(rel).parent.mkdir(parents=True, exist_ok=True)
         report.to_json(ctx.path(rel + ".json"))
@@ -284,6 +335,8 @@ def _measures(ctx: Ctx, base_raw: Path, base_tf: Path) -> Callable[[Path, Path],
     ``[drift] measures`` maps each point's key to ``analysis.summary_key``; an analysis of
     ``[compare] raw_analyses`` is run on the raw-text captures (over ``[drift] layers``), one of
     ``gen_analyses`` on the teacher-forced captures of the final model's answers (response tokens).
+    A measure whose analysis the captures cannot feed (token CKA on ``store = "pooled"``) is None at
+    every point: the study says why (see :mod:`driftkit.pipeline.study`).
     """
     d, cmp = ctx.ex.drift, ctx.ex.compare
     specs = {k: str(v).partition(".")[::2] for k, v in d["measures"].items()}
@@ -303,9 +356,12 @@ def _measures(ctx: Ctx, base_raw: Path, base_tf: Path) -> Callable[[Path, Path],
             (gen_an, [base_tf, tf], {"positions": "response"}),
         ):
             if names:
-                rep = compare(paths, analyses=names, options=options(names), **kw)
-                summaries.update({n: rep.analysis(n).summary(rep.to_dict()["analyses"][n]) for n in names})
-        return {k: summaries[an][stat] for k, (an, stat) in specs.items()}
+                rep = compare(
+                    paths, analyses=names, options=options(names), jobs=int(cmp.get("jobs", 1)), skip_unfit=True, **kw
+                )
+                ran = rep.to_dict()["analyses"]
+                summaries.update({n: rep.analysis(n).summary(ran[n]) for n in names if n in ran})
+        return {k: summaries[an][stat] if an in summaries else None for k, (an, stat) in specs.items()}
 
     return run
 
@@ -324,7 +380,7 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
 
     def run(ctx: Ctx) -> dict[str, Any]:
         """Long because one checkpoint's capture, compares and scores share its temporary files and cleanup."""
-        from driftkit.capturing import CaptureConfig, capture
+        from driftkit.capturing import CaptureConfig
 
         d = ctx.ex.drift
         work = ctx.path(f"drift/{name}")
@@ -347,18 +403,22 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
         for i, rel in enumerate(ckpts):
             path = ctx.path(rel)
             raw, tf = work / f"{path.name}.raw.h5", work / f"{path.name}.tf.h5"
-            common = dict(overwrite=True, storage_dtype=ctx.ex.capture["storage_dtype"])
-            capture(
-                CaptureConfig(
-                    model=str(path),
-                    prompts=ctx.ex.capture["prompts"],
-                    layers=d["layers"],
-                    probes=["residual"],
-                    out=raw,
-                    **common,
-                )
+            common = dict(
+                overwrite=True,
+                storage_dtype=ctx.ex.capture["storage_dtype"],
+                device_map=ctx.ex.capture.get("device_map"),
             )
-            capture(CaptureConfig(model=str(path), tokens_from=gen, probes=["final"], out=tf, **common))
+            raw_cfg = CaptureConfig(
+                model=str(path),
+                prompts=ctx.ex.capture["prompts"],
+                layers=d["layers"],
+                probes=["residual"],
+                out=raw,
+                store=ctx.ex.capture.get("store", "tokens"),  # as the base's raw capture, so their rows pair up
+                **common,
+            )
+            _run_capture(ctx, raw_cfg)
+            _run_capture(ctx, CaptureConfig(model=str(path), tokens_from=gen, probes=["final"], out=tf, **common))
             step = int(path.name.split("-")[1])
             points.append(
                 {
@@ -368,8 +428,8 @@ def _drift(name: str) -> Callable[[Ctx], dict[str, Any]]:
                     "score": _drift_scores(ctx, name, str(path), f"{name}@{step}", None),
                 }
             )
-            raw.unlink(missing_ok=True)
-            tf.unlink(missing_ok=True)
+            _remove_capture(raw)
+            _remove_capture(tf)
             if ctx.progress:
                 ctx.progress(f"drift {name}", i + 1, len(ckpts) + 1)
         final_raw = ctx.path(ctx.outputs(f"capture.raw.{name}")["capture"])
@@ -469,11 +529,25 @@ def plan(ex: Experiment) -> list[Step]:
                 Step(f"bench.{n}", {"model": mid(n), "bench": ex.bench}, model_dep[n], _bench(n), f"bench {n}")
             )
     cap = ex.capture
+    # the scale keys enter a capture's hash only when set away from their defaults, so the cache keys of
+    # existing runs stay valid: store (what the raw files hold), nproc (a stitched file of shards, whose
+    # resume needs the same process count), backend (vLLM's answers are other tokens than hf's).
+    # device_map and [compare] jobs are run-time knobs like device: same numbers, not hashed.
+    nproc = {"nproc": cap["nproc"]} if cap.get("nproc", 1) != 1 else {}
+    store = {"store": cap["store"]} if cap.get("store", "tokens") != "tokens" else {}
+    backend = {"backend": cap["backend"]} if cap.get("backend", "hf") != "hf" else {}
     for n in names:
         steps.append(
             Step(
                 f"capture.raw.{n}",
-                {"model": mid(n), "prompts": cap["prompts"], "layers": cap["layers"], "dtype": cap["storage_dtype"]},
+                {
+                    "model": mid(n),
+                    "prompts": cap["prompts"],
+                    "layers": cap["layers"],
+                    "dtype": cap["storage_dtype"],
+                    **store,
+                    **nproc,
+                },
                 model_dep[n],
                 _capture("raw", n),
                 f"capture {n} (raw text)",
@@ -491,6 +565,8 @@ def plan(ex: Experiment) -> list[Step]:
                     "max_new_tokens": cap["max_new_tokens"],
                     "seed": ex.seed,
                     "dtype": cap["storage_dtype"],
+                    **backend,
+                    **nproc,
                 },
                 model_dep[n],
                 _capture("gen", n),
@@ -500,7 +576,7 @@ def plan(ex: Experiment) -> list[Step]:
         steps.append(
             Step(
                 f"capture.base_on.{n}",
-                {"model": mid("base"), "dtype": cap["storage_dtype"]},
+                {"model": mid("base"), "dtype": cap["storage_dtype"], **nproc},
                 [f"capture.gen.{n}"],
                 _capture("base_on", n),
                 f"capture base on {n}'s tokens",
@@ -544,7 +620,14 @@ def plan(ex: Experiment) -> list[Step]:
                 steps.append(
                     Step(
                         f"drift.{t.name}",
-                        {"drift": ex.drift, "bench": ex.bench, "prompts": cap["prompts"], "compare": ex.compare},
+                        {
+                            "drift": ex.drift,
+                            "bench": ex.bench,
+                            "prompts": cap["prompts"],
+                            "compare": {k: v for k, v in ex.compare.items() if k != "jobs"},  # jobs: a run-time knob
+                            **store,
+                            **nproc,
+                        },
                         deps,
                         _drift(t.name),
                         f"drift over training ({t.name})",
@@ -593,6 +676,7 @@ def run_experiment(
         if only and not any(step.id.startswith(o) for o in only):
             continue
         log(f"[bold]run[/]     {step.label or step.id}")
+        ctx.resumable = bool(entry and entry.get("hash") == h)  # before the record below replaces it
         t0 = time.perf_counter()
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         manifest.record(

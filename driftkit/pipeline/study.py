@@ -9,6 +9,7 @@ and what every analysis contributes, :mod:`driftkit.report.study_findings` write
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,4 +48,24 @@ def build_study(ctx: Ctx) -> Study:
 
     data, ran = gather(ctx)
     sections = [html for r in ran for html in r.analysis.html_sections(r.results)]
-    return Study(data, findings(data, ran), figures(data, ran), sections)
+    return Study(data, findings(data, ran) + skipped_findings(data), figures(data, ran), sections)
+
+
+def skipped_findings(data: dict[str, Any]) -> list[str]:
+    """One sentence per analysis the compare steps skipped, with compare's reason and the models.
+
+    Why a finding and not only the JSON: a study of pooled captures shows no CKA figure and no CKA
+    drift measure; the reader must learn that it was not run (and how to get it), not guess that it is
+    missing by mistake. The reason names the CLI flag; the experiment file's key is given next to it.
+    """
+    out = []
+    for section, per_model in (data.get("skipped") or {}).items():
+        by: dict[tuple[str, str], list[str]] = {}
+        for model, skipped in per_model.items():
+            for name, why in skipped.items():
+                by.setdefault((name, why), []).append(model)
+        for (name, why), models in by.items():
+            who = "every tuned model" if set(models) == set(data.get("models", [])[1:]) else ", ".join(models)
+            fix = re.sub(r"--store (\S+?)\)", r'--store \1; in the experiment file [capture] store = "\1")', why)
+            out.append(f"{name} was not run on the {section} ({who}): {fix}.")
+    return out
