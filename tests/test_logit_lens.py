@@ -19,6 +19,7 @@ from driftkit.capturing import CaptureConfig, capture
 from driftkit.comparing.pair import CapturePair, CompareOptions
 from driftkit.comparing.runner import compare
 from driftkit.errors import DriftkitError
+from driftkit.metrics.lens import FinalNorm
 from driftkit.store import schema as S
 from driftkit.store.reader import CaptureReader
 from driftkit.testing import check_plugin
@@ -187,3 +188,64 @@ def test_figure_and_study_hooks(captures) -> None:
     assert an.drift_measures(res)["lens KL"] == res["summary"]["mean_kl"]
     line = an.findings({"sft": res, "rl": {**res, "summary": {**res["summary"], "mean_kl": 0.0}}})[0]
     assert "sft drifts more than rl" in line and f"layer {res['half_kl_layer']}" in line
+
+
+@pytest.mark.parametrize("arch", ["gemma3_text", "gpt2", "cohere", "phi"])
+def test_final_norm_found_and_reproduced(arch: str, tmp_path: Path) -> None:
+    """Gemma's (1 + w) RMSNorm, LayerNorm with bias (GPT-2, Phi) and without (Cohere): the recorded
+    norm applied to the last decoder layer's own output is the model's own lm_head input."""
+    from driftkit.models import load_model
+    from driftkit.probes.final import final_norm_arrays
+    from driftkit.registry.probe import ModelLayout
+    from driftkit.tiny import build_tiny_model
+
+    mdir = build_tiny_model(tmp_path / arch, arch, num_layers=2, hidden_size=64)
+    model = load_model(str(mdir), dtype="float32").model
+    layout = ModelLayout.of(model)
+    arrays = {a.path: a for a in final_norm_arrays(layout)}
+    w = arrays[S.FINAL_NORM_WEIGHT]
+    want = {"gemma3_text": ("rmsnorm", 1.0), "gpt2": ("layernorm", 0.0), "cohere": ("layernorm", 0.0)}
+    want["phi"] = want["gpt2"]
+    assert (w.attrs["type"], w.attrs["weight_offset"]) == want[arch]
+    assert (S.FINAL_NORM_BIAS in arrays) == (arch in ("gpt2", "phi"))
+    got: dict[str, torch.Tensor] = {}
+    layers = dict(model.named_modules())[layout.layers]
+    hooks = [
+        layers[-1].register_forward_hook(lambda m, a, o: got.__setitem__("x", o[0] if isinstance(o, tuple) else o)),
+        model.get_output_embeddings().register_forward_pre_hook(lambda m, a: got.__setitem__("h", a[0])),
+    ]
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[1, 5, 9, 20, 33, 40, 7]]))
+    for h in hooks:
+        h.remove()
+    bias = arrays.get(S.FINAL_NORM_BIAS)
+    norm = FinalNorm(
+        w.attrs["type"], w.array.float(), bias.array.float() if bias else None, w.attrs["eps"], w.attrs["weight_offset"]
+    )
+    torch.testing.assert_close(norm.apply(got["x"][0]), got["h"][0], rtol=0, atol=1e-6 * float(got["h"].abs().max()))
+
+
+def test_unsupported_norms_are_not_recorded_and_refused(captures, tmp_path: Path) -> None:
+    """A norm no known formula reproduces is not classified; a file naming an unknown type is refused."""
+    from driftkit.metrics.lens import classify_norm
+
+    class ScaleNorm(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(16))
+            self.eps = 1e-6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x / x.norm(dim=-1, keepdim=True).clamp_min(self.eps) * self.weight
+
+    assert classify_norm(ScaleNorm(), 16) is None
+    assert classify_norm(torch.nn.LayerNorm(16), 16) == ("layernorm", 1e-5, 0.0)
+    odd = []
+    for p in captures:
+        q = tmp_path / p.name
+        q.write_bytes(p.read_bytes())
+        with h5py.File(q, "a") as f:
+            f[S.FINAL_NORM_WEIGHT].attrs["type"] = "scalenorm"
+        odd.append(q)
+    with pytest.raises(DriftkitError, match="scalenorm"):
+        compare(odd, analyses=["logit_lens"], positions="all")

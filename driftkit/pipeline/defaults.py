@@ -23,7 +23,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     # raw_analyses run on the raw-text captures (representations), gen_analyses on each tuned model's
     # own answers scored by both models (distributions)
-    "compare": {"raw_analyses": ["cka", "pca_shift", "umap"], "gen_analyses": ["kl", "token_rank"], "options": {}},
+    "compare": {
+        "raw_analyses": ["cka", "pca_shift", "umap", "logit_lens"],
+        "gen_analyses": ["kl", "token_rank"],
+        "options": {},
+    },
     "transfer": {"sigma": "pooled"},
     # measures: key of each drift point -> "analysis.summary_key"; headline: the measure whose
     # half-way step the findings quote
