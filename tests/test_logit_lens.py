@@ -184,6 +184,7 @@ def test_figure_and_study_hooks(captures) -> None:
     an = _lens_cls()()
     figs = an.figures({"sft": res, "rl": res})
     assert figs and figs[0].svg.startswith("<svg")
+    assert "Logit-lens drift per layer" in rep.to_html()  # compare --html carries the figure
     assert an.study_entry(res)["logit_lens"]["layers"][0].keys() == {"layer", "kl_forward"}
     assert an.drift_measures(res)["lens KL"] == res["summary"]["mean_kl"]
     line = an.findings({"sft": res, "rl": {**res, "summary": {**res["summary"], "mean_kl": 0.0}}})[0]
