@@ -37,27 +37,30 @@ def _lens_cls():
     return LogitLensAnalysis
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny llama and a slightly perturbed copy (a small drift, as fine-tuning gives)."""
+def _make_pair(root: Path, noise: float = 0.02, **build: object) -> tuple[Path, Path]:
+    """A tiny llama and a perturbed copy (a small drift, as fine-tuning gives) with its own final norm."""
     from transformers import AutoModelForCausalLM
 
     from driftkit.tiny import build_tiny_model
 
-    root = tmp_path_factory.mktemp("lens")
-    base = build_tiny_model(root / "base", "llama", num_layers=3, hidden_size=64, seed=0)
+    base = build_tiny_model(root / "base", "llama", hidden_size=64, seed=0, **build)  # type: ignore[arg-type]
     m = AutoModelForCausalLM.from_pretrained(str(base))
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in m.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.02 * p.abs().mean())
-        m.model.norm.weight.mul_(1.1)  # the final norms differ too: each model must use its own
+            p.add_(torch.randn(p.shape, generator=g) * noise * p.abs().mean())
+        m.model.norm.weight.mul_(1 + 5 * noise)  # the final norms differ too: each model must use its own
     tuned = root / "tuned"
     m.save_pretrained(str(tuned))
     for f in base.iterdir():
         if "token" in f.name or f.name.endswith(".jinja"):
             (tuned / f.name).write_bytes(f.read_bytes())
     return base, tuned
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _make_pair(tmp_path_factory.mktemp("lens"), num_layers=3)
 
 
 @pytest.fixture(scope="module")
@@ -250,3 +253,19 @@ def test_unsupported_norms_are_not_recorded_and_refused(captures, tmp_path: Path
         odd.append(q)
     with pytest.raises(DriftkitError, match="scalenorm"):
         compare(odd, analyses=["logit_lens"], positions="all")
+
+
+def test_small_drift_over_a_large_vocabulary(tmp_path: Path) -> None:
+    """KL ~1e-4..1e-3 nats over a 32k vocabulary still matches the float64 reference closely."""
+    models = _make_pair(tmp_path, noise=0.002, num_layers=2, model_vocab_size=32_000)
+    caps = [
+        capture(CaptureConfig(model=str(m), prompts=PROMPTS[:2], out=tmp_path / f"{i}.h5", storage_dtype="float32"))
+        for i, m in enumerate(models)
+    ]
+    rep = compare(caps, analyses=["logit_lens"], positions="all", options={"logit_lens": {"max_positions": 0}})
+    got = [e["kl_forward"] for e in rep.body["analyses"]["logit_lens"]["layers"]]
+    with CaptureReader(caps[0]) as r, CaptureReader(caps[1]) as rb:
+        pos = np.flatnonzero(CapturePair(r, rb, CompareOptions(positions="all")).mask("predictive"))
+        ref = _reference(models, r, pos)
+    assert max(ref) < 2e-3 and min(ref) > 1e-6
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
