@@ -144,7 +144,7 @@ class FinalProbe(Probe):
         out = [StaticArray(S.FINAL_UNEMBED, head.weight.detach(), "model", attrs)]
         if getattr(head, "bias", None) is not None:
             out.append(StaticArray(S.FINAL_UNEMBED_BIAS, head.bias.detach(), "model"))
-        return out
+        return out + final_norm_arrays(layout)
 
     def finalize(self, values: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
         logits = values[LOGITS_KEY]  # (B, S, V)
@@ -223,3 +223,49 @@ class FinalProbe(Probe):
                 f"would be wrong. Capture without the 'final' probe, or write a custom probe that stores what this "
                 f"model does."
             )
+
+
+def find_final_norm(layout: ModelLayout) -> tuple[str, torch.nn.Module] | None:
+    """``(dotted name, module)`` of the norm whose output feeds ``lm_head``, found structurally: the
+    last module registered after the decoder-layer list, outside it and outside ``lm_head``, whose
+    class is a norm over the hidden width (``model.norm``, ``transformer.ln_f``, ``final_layernorm``,
+    ...). transformers registers the final norm after the layers in every causal LM family, and an
+    embedding norm (Bloom's) before them, so no architecture needs naming here."""
+    d, found, after = layout.hidden_size, None, False
+    for name, mod in layout.model.named_modules():
+        if name == layout.layers:
+            after = True
+            continue
+        inside = name.startswith(layout.layers + ".") or name == layout.lm_head or name.startswith(layout.lm_head + ".")
+        if not after or inside:
+            continue
+        is_norm = isinstance(mod, (torch.nn.LayerNorm, torch.nn.RMSNorm)) or type(mod).__name__.lower().endswith("norm")
+        w = getattr(mod, "weight", None)
+        if is_norm and (w is None or tuple(w.shape) == (d,)):
+            found = (name, mod)
+    return found
+
+
+def final_norm_arrays(layout: ModelLayout) -> list[StaticArray]:
+    """``final/norm/weight`` (+ ``final/norm/bias``) with the norm's type, eps and weight offset as
+    attrs, for the logit lens; nothing when the model's final norm is not found or is of a kind
+    :func:`~driftkit.metrics.lens.classify_norm` does not reproduce (the lens then skips the file
+    with that reason instead of applying a wrong norm)."""
+    from driftkit.metrics.lens import classify_norm
+
+    hit = find_final_norm(layout)
+    if hit is None:
+        return []
+    name, mod = hit
+    spec = classify_norm(mod, layout.hidden_size)
+    if spec is None:
+        return []
+    kind, eps, offset = spec
+    w = getattr(mod, "weight", None)
+    weight = w.detach() if w is not None else torch.ones(layout.hidden_size)
+    attrs = {"type": kind, "eps": eps, "weight_offset": offset, "module": name}
+    out = [StaticArray(S.FINAL_NORM_WEIGHT, weight, "model", attrs)]
+    b = getattr(mod, "bias", None)
+    if kind == "layernorm" and isinstance(b, torch.Tensor):
+        out.append(StaticArray(S.FINAL_NORM_BIAS, b.detach(), "model"))
+    return out

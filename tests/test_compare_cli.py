@@ -47,7 +47,7 @@ def test_json_report_keys(caps, tmp_path: Path) -> None:
     assert {"captures", "n_samples", "n_tokens", "analyses"} <= set(body)
     assert [c["label"] for c in body["captures"]] == ["base", "tuned"] and body["captures"][0]["weights_sha256"]
     an = body["analyses"]
-    assert set(an) == {"cka", "kl", "token_rank", "pca_shift", "token_view"}
+    assert set(an) == {"cka", "similarity", "kl", "token_rank", "pca_shift", "token_view", "logit_lens"}
     assert all({"layer", "linear_cka", "debiased_cka"} <= set(e) for e in an["cka"]["layers"])
     assert set(an["kl"]["summary"]) >= {"kl_forward", "kl_reverse", "js", "sampled_logratio"}
     assert set(an["kl"]["per_domain"]) == {"math", "other", "non"}

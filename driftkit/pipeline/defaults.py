@@ -30,7 +30,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     # raw_analyses run on the raw-text captures (representations), gen_analyses on each tuned model's
     # own answers scored by both models (distributions)
     "compare": {
-        "raw_analyses": ["cka", "similarity", "pca_shift", "umap"],
+        "raw_analyses": ["cka", "similarity", "pca_shift", "umap", "logit_lens"],
         "gen_analyses": ["kl", "token_rank", "token_view"],
         "options": {},
         "jobs": 1,  # processes for the layers pass (identical numbers; not hashed)

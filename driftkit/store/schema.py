@@ -26,6 +26,10 @@ FINAL_LOGPROB = "final/logprob"
 FINAL_ENTROPY = "final/entropy"
 FINAL_TOPK_IDS = "final/topk_ids"
 FINAL_TOPK_LOGPROBS = "final/topk_logprobs"
+#: the final norm (logit lens), once per file: weight (d,) with attrs ``type`` (rmsnorm | layernorm), ``eps``,
+#: ``weight_offset`` (1.0 for Gemma's ``x * (1 + w)``, else 0.0) and ``module``; a LayerNorm's bias (d,) if any
+FINAL_NORM_WEIGHT = "final/norm/weight"
+FINAL_NORM_BIAS = "final/norm/bias"
 
 #: attribute written on a uint16 dataset that actually holds bfloat16 bits
 BF16_ATTR = ("dtype", "bfloat16")
