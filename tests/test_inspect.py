@@ -23,6 +23,7 @@ def test_inspect_table_lists_every_site_once(tmp_path: Path) -> None:
         "final/entropy",
         "final/hidden",
         "final/logprob",
+        "final/norm/weight",
         "final/topk_ids",
         "final/topk_logprobs",
         "final/unembed",
