@@ -26,9 +26,9 @@ the two logit matmuls are the floor, so we (1) reuse preallocated buffers (:clas
 (2) keep A's probabilities unnormalised (``e_A = exp(l_A - max)``, ``s_A = sum e_A``) and fold the
 normaliser into per-row scalars, (3) turn every weighted sum into a batched dot product (``bmm``
 of a row with a row, laid out as a streaming GEMM: :func:`rowdot`), which reads its inputs once and
-allocates nothing, and (4) never store ``r``: sums are taken against ``u`` and corrected by ``C`` per
-row (``E_P[r] = E_P[u] - C``). Per (227, 49,152) block that is ~76 ms of CPU beside ~165 ms for one
-logit matmul (it was ~140 ms before (3)'s GEMM layout and (4); perf/compare_scale.py).
+allocates nothing, and (4) take JS as ``(KL(P_B || P_A) - E_B[f] - E_A[f]) / 2`` (no ``r - f`` block).
+Per (227, 49,152) block that is ~78 ms of CPU beside ~165 ms for one logit matmul (it was ~140 ms
+before (3)'s GEMM layout and (4); docs/compare.md, Performance).
 
 Masked vocabulary (``-inf`` logits) and log-ratios past float32's ``exp`` range (|r| > ~88) make
 ``C`` non-finite; those rows (rare, a handful) are recomputed in float64 by :func:`_fallback64`:
@@ -197,11 +197,10 @@ def kl_from_logits_(
         slow = _fallback64(la_s, lb_s, next_ids[bad] if next_ids is not None else None)
     s_eu = rowdot(ea, u)
     kl_r = c - s_eu / sa  # KL(A||B) = C - E_A[u]
+    r = u.sub_(c.unsqueeze(1))  # r = log p_B - log p_A (rounded once per entry, as the float64 check wants)
     logratio = None
-    if next_ids is not None:  # r = u - C = log p_B - log p_A, at the next token only
-        logratio = u.gather(1, next_ids.view(-1, 1).to(torch.int64)).view(-1) - c
-    # r = u - C itself is never stored: every sum below is taken against u and corrected by C per
-    # row (E_P[r] = E_P[u] - C for any normalised P), which saves a pass and a write of a block.
+    if next_ids is not None:
+        logratio = r.gather(1, next_ids.view(-1, 1).to(torch.int64)).view(-1)
     # expm1(r) / 2 from expm1(u) with one fused pass instead of another expm1:
     # expm1(r) = expm1(u) e^-C + expm1(-C); exactly 0 where u = 0 and C = 0.
     em2 = torch.addcmul((0.5 * torch.expm1(-c)).unsqueeze(1), w, (0.5 * torch.exp(-c)).unsqueeze(1), out=lb)
@@ -210,8 +209,8 @@ def kl_from_logits_(
     if float(la.amin()) > -80.0:
         pb = torch.addcmul(ea, ea, em2, value=2.0, out=w)
     else:
-        pb = torch.add(la, u, out=w).sub_(c.unsqueeze(1)).exp_()
-    kl_f = rowdot(pb, u) / sa - c  # KL(B||A) = E_B[r] = E_B[u] - C
+        pb = torch.add(la, r, out=w).exp_()
+    kl_f = rowdot(pb, r) / sa  # KL(B||A) = E_B[r]
     # JS = 1/2 sum [p_B (r - f(r)) - p_A f(r)], f(r) = log((1 + e^r) / 2) = log(m / p_A): f is O(r) and
     # vanishes at r = 0, unlike a difference of entropy-sized sums.
     f = em2.log1p_()
