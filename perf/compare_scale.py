@@ -13,7 +13,9 @@ Figures (issue 3):
   * ``driftkit.compare`` of two captures of SmolLM2-135M on the bundled prompt sets (general-mix, x1
     and x5 = 8,986 tokens), all layers, each in a fresh subprocess: time per analysis, total, the
     ratio to the unavoidable work (both models' logits once + CKA's cross-products, timed in the same
-    process; target <= 1.3), and peak RSS (target <= 1 GB at V = 49,152 at both sizes).
+    process; target <= 1.3), and peak RSS (target <= 1 GB at V = 49,152 at both sizes). The same ratio
+    is also printed in process CPU time (all threads), which a loaded shared machine disturbs far less
+    than wall time.
     ``--baseline-src DIR`` times another source tree too, interleaved (before/after a change).
 """
 
@@ -190,37 +192,47 @@ def _unavoidable(a: str, b: str, chunk_tokens: int, rows: int = 512) -> dict:
         pair = CapturePair(ra, rb, CompareOptions(chunk_tokens=chunk_tokens))
         wa, wb = ra.unembedding().weight, rb.unembedding().weight
         buf = torch.empty(rows, wa.shape[0])
-        t_logits = 0.0
+        t_logits = c_logits = 0.0
         for _, ha, hb in pair.iter_pair("final/hidden", pair.mask("predictive")):
             for s in range(0, len(ha), rows):
                 e = min(len(ha), s + rows)
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 torch.mm(ha[s:e], wa.T, out=buf[: e - s])
                 torch.mm(hb[s:e], wb.T, out=buf[: e - s])
                 t_logits += time.perf_counter() - t
+                c_logits += time.process_time() - c
         del buf, wa, wb
-        t_cka = 0.0
+        t_cka = c_cka = 0.0
         states = pair.mask("states")
         for _, path in pair.layer_sites():
             for _, xa, xb in pair.iter_pair(path, states):
                 x, y = xa.double(), xb.double()
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 _ = x.T @ x, y.T @ y, x.T @ y
                 t_cka += time.perf_counter() - t
-    return {"logits_s": t_logits, "cka_products_s": t_cka, "total_s": t_logits + t_cka}
+                c_cka += time.process_time() - c
+    return {
+        "logits_s": t_logits,
+        "cka_products_s": t_cka,
+        "total_s": t_logits + t_cka,
+        "logits_cpu_s": c_logits,
+        "cka_products_cpu_s": c_cka,
+        "total_cpu_s": c_logits + c_cka,
+    }
 
 
 def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     import driftkit
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     rep = driftkit.compare([a, b], chunk_tokens=int(chunk_tokens))
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
     body = rep.to_dict()
     print(
         json.dumps(
             {
                 "seconds": wall,
+                "cpu_s": cpu,
                 "peak_rss_mb": _peak_rss_mb(),
                 "per_analysis_s": body["seconds"],
                 "n_tokens": body["n_tokens"],
@@ -319,7 +331,9 @@ def bench_compare(
                     f"  [{label}] x{rep_count}: {r['n_samples']} samples, {r['n_tokens']:,} tokens: "
                     f"compare {r['seconds']:.1f} s ({per}); unavoidable {u['total_s']:.1f} s "
                     f"(logits {u['logits_s']:.1f} s + CKA products {u['cka_products_s']:.1f} s) -> ratio "
-                    f"{r['seconds'] / u['total_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}",
+                    f"{r['seconds'] / u['total_s']:.2f}; CPU time {r['cpu_s']:.1f} s vs {u['total_cpu_s']:.1f} s "
+                    f"(logits {u['logits_cpu_s']:.1f} + CKA {u['cka_products_cpu_s']:.1f}) -> CPU ratio "
+                    f"{r['cpu_s'] / u['total_cpu_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}",
                     flush=True,
                 )
 

@@ -92,3 +92,22 @@ def test_vocabulary_permutation_changes_nothing() -> None:
     assert torch.equal(urial_bucket(st.rank_a_of_top_b), urial_bucket(sp.rank_a_of_top_b))
     assert torch.equal(st.rank_a - st.rank_b, sp.rank_a - sp.rank_b)
     assert torch.equal(la.gather(1, st.top_b[:, None]), la[:, perm].gather(1, sp.top_b[:, None]))
+
+
+def test_top_token_from_one_comparison_matches_argmax_reference() -> None:
+    """B's top token comes from amax + one comparison + a small product (not argmax): check it against
+    a direct reference on rows with and without ties at the top, a NaN row, and a float32 scratch."""
+    g = torch.Generator().manual_seed(11)
+    la = torch.randn(40, 5_003, generator=g)
+    lb = torch.randn(40, 5_003, generator=g)
+    lb[::3, [7, 4_999]] = lb[::3].amax(1, keepdim=True) + 1.0  # every third row: a tie at the top
+    lb[5, 100] = float("nan")
+    st = rank_stats(la, lb, None, torch.empty(64, 5_003))
+    for i in range(40):
+        if i == 5:
+            assert int(st.top_b[i]) == int(lb[i].argmax())  # argmax's answer for a NaN row
+            continue
+        cand = torch.where(lb[i] == lb[i].max())[0]
+        best = cand[la[i, cand] == la[i, cand].max()].min()
+        assert int(st.top_b[i]) == int(best)
+        assert int(st.rank_a_of_top_b[i]) == int((la[i] > la[i, best]).sum()) + 1

@@ -59,6 +59,23 @@ class RankStats:
     rank_b: torch.Tensor | None  # ... and under B
 
 
+def _top_and_ties(logits: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: the maximum (n, 1), the id of the maximal entry (n,) and how many entries tie at it (n,).
+
+    Why not ``argmax``: on CPU ``argmax``/``max(dim)`` run ~4x slower than ``amax`` (9.4 vs 2.3 ms on a
+    (227, 49,152) float32 block). Instead one comparison pass writes the 0/1 indicator of the maxima and
+    one small matrix product with the columns ``[id, 1]`` gives, per row, the sum of the maximal ids and
+    their count: the id itself when the maximum is unique (exact in float32: one integer below 2^24;
+    counts are 0/1 partial sums below 2^24). Rows with a tie or no maximum (NaN) are fixed by the caller."""
+    vocab = logits.shape[1]
+    top_val = logits.amax(1, keepdim=True)
+    is_max = torch.eq(logits, top_val, out=scratch)
+    # (2, V) then transposed: the product streams the indicator once (a (V, 2) layout runs 3x slower)
+    cols = torch.stack([torch.arange(vocab, dtype=torch.float32), torch.ones(vocab)])
+    id_sum, count = torch.mm(is_max, cols.T).unbind(1)
+    return top_val, id_sum.to(torch.int64), count.to(torch.int64)
+
+
 def rank_stats(
     logits_a: torch.Tensor,
     logits_b: torch.Tensor,
@@ -66,20 +83,26 @@ def rank_stats(
     scratch: torch.Tensor | None = None,
 ) -> RankStats:
     """Rank quantities between two (n, V) logit blocks of the same positions (not modified);
-    ``scratch``: an (n, V) bool or float32 buffer (see :func:`rank_of`)."""
-    top_b = logits_b.argmax(1)
-    rank_top = rank_of(logits_a, top_b, scratch)
+    ``scratch``: an (n, V) float32 buffer reused across calls (one is allocated when not given)."""
+    n, vocab = logits_b.shape
+    if scratch is None or scratch.dtype != torch.float32:
+        scratch = torch.empty(n, vocab, dtype=torch.float32)
+    if vocab < 2**24:
+        top_val, top_b, count = _top_and_ties(logits_b, scratch[:n])
+        odd = (count != 1).nonzero().view(-1)
+    else:  # float32 cannot hold such ids exactly: plain argmax, ties found by counting
+        top_val, top_b = logits_b.amax(1, keepdim=True), logits_b.argmax(1)
+        odd = (torch.eq(logits_b, top_val, out=scratch[:n]).sum(1) != 1).nonzero().view(-1)
+    rank_top = rank_of(logits_a, top_b.clamp_(0, vocab - 1), scratch)
     # Rows where B's maximum is tied (rare): take the tied token A ranks best. Only those rows are
-    # re-examined, so no (n, V) float temporary is made for the common untied case.
-    top_val = logits_b.amax(1, keepdim=True)
-    if scratch is None:
-        is_max = logits_b == top_val
-    else:
-        is_max = torch.eq(logits_b, top_val, out=scratch[: logits_b.shape[0]])
-    tied = (is_max.sum(1) > 1).nonzero().view(-1)
-    if tied.numel():
+    # re-examined, so no (n, V) float temporary is made for the common untied case. A row without a
+    # maximum (NaN logits) keeps argmax's answer.
+    if odd.numel():
+        top_b[odd] = logits_b[odd].argmax(1)
+        tied = odd[(logits_b[odd] == top_val[odd]).sum(1) > 1]
         cand = logits_a[tied].masked_fill(logits_b[tied] != top_val[tied], float("-inf"))
         top_b[tied] = cand.argmax(1)
+        rank_top[odd] = rank_of(logits_a[odd], top_b[odd])
         rank_top[tied] = (logits_a[tied] > cand.amax(1, keepdim=True)).sum(1) + 1
     if next_ids is None:
         return RankStats(top_b, rank_top, None, None)
