@@ -267,3 +267,21 @@ def test_nan_logits_name_sample_and_position(pair3, tmp_path: Path) -> None:
         f["final/hidden"][t] = row
     with pytest.raises(DriftkitError, match=r"sample o1 position 2\b.*NaN"):
         driftkit.compare([a, bad], analyses=["kl"])
+
+
+def test_token_strings_match_transformers_decode(pair) -> None:
+    """The report's token strings come from the tokenizers library (no transformers import); they
+    must equal what the model's own transformers tokenizer decodes, for every id."""
+    from transformers import AutoTokenizer
+
+    from driftkit.comparing.pair import CapturePair, CompareOptions
+    from driftkit.store.reader import CaptureReader
+
+    a, b, _, _ = pair
+    with CaptureReader(a) as ra, CaptureReader(b) as rb:
+        cp = CapturePair(ra, rb, CompareOptions())
+        hf = AutoTokenizer.from_pretrained(ra.attrs["model_path"])
+        ids = list(range(len(hf)))
+        assert type(cp._tokenizer).__name__ == "_RustTokenizer"
+        expected = [hf.decode([i]) if "\ufffd" not in hf.decode([i]) else hf.convert_ids_to_tokens(i) for i in ids]
+        assert cp.token_strings(ids) == expected

@@ -348,13 +348,30 @@ class CapturePair:
 
     @cached_property
     def _tokenizer(self) -> Any:
-        """The tokenizer of capture A if it can be loaded locally (for readable token strings)."""
+        """The tokenizer of capture A if it can be loaded locally (for readable token strings).
+
+        Why the ``tokenizers`` library first: a comparison only decodes a few dozen ids for its
+        report, and importing transformers for that costs about a second (3 s on a busy machine),
+        more than some whole analyses. A fast tokenizer's ``tokenizer.json`` decodes the same
+        strings through the same Rust decoder; transformers is the fallback for other tokenizers
+        and for those that post-process decoded text (``clean_up_tokenization_spaces``)."""
+        import json
         import os
 
         path = self.a.attrs.get("model_path") or self.a.attrs.get("model")
         if not path or not os.path.isdir(str(path)):
             return None
+        folder = Path(str(path))
         try:
+            cfg = (
+                json.loads((folder / "tokenizer_config.json").read_text())
+                if (folder / "tokenizer_config.json").exists()
+                else {}
+            )
+            if (folder / "tokenizer.json").exists() and not cfg.get("clean_up_tokenization_spaces"):
+                from tokenizers import Tokenizer
+
+                return _RustTokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")))
             from transformers import AutoTokenizer
 
             return AutoTokenizer.from_pretrained(str(path))
@@ -379,3 +396,17 @@ class CapturePair:
     def progress(self, description: str, done: int, total: int) -> None:
         if self._progress is not None:
             self._progress(f"{self.label_b}: {description}", done, total)
+
+
+class _RustTokenizer:
+    """The two calls :meth:`CapturePair.token_strings` makes, on a ``tokenizers.Tokenizer`` (the
+    same decoding as transformers' fast tokenizer: special tokens kept, no clean-up)."""
+
+    def __init__(self, tok: Any) -> None:
+        self._tok = tok
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    def convert_ids_to_tokens(self, i: int) -> str | None:
+        return self._tok.id_to_token(i)
