@@ -84,10 +84,10 @@ def test_component_signs_do_not_depend_on_the_library(monkeypatch: pytest.Monkey
 
     fa, fb = _layers(2)
     ref = pca_shift(fa, fb)
-    real = P._pca
+    real = P._fit_components
 
     for flip in ([-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]):
-        monkeypatch.setattr(P, "_pca", lambda k, flip=flip: _FlipPCA(real(k), np.array(flip)))
+        monkeypatch.setattr(P, "_fit_components", lambda x, k, flip=flip: real(x, k) * np.array(flip)[:, None])
         got = pca_shift(fa, fb)
         assert got.distance == ref.distance and got.mean_layer_distance == ref.mean_layer_distance
         assert got.layers == ref.layers
@@ -95,15 +95,6 @@ def test_component_signs_do_not_depend_on_the_library(monkeypatch: pytest.Monkey
     neg = pca_shift([-x for x in fa], [-x for x in fb])
     assert neg.distance == pytest.approx(ref.distance, rel=1e-12)
     assert neg.mean_layer_distance == pytest.approx(ref.mean_layer_distance, rel=1e-12)
-
-
-class _FlipPCA:
-    def __init__(self, inner, flip: np.ndarray) -> None:
-        self.inner, self.flip = inner, flip
-
-    def fit(self, x: np.ndarray) -> _FlipPCA:
-        self.components_ = self.inner.fit(x).components_ * self.flip[:, None]
-        return self
 
 
 def test_mean_layer_distance_vs_numpy() -> None:
@@ -138,3 +129,22 @@ def test_principal_angles_vs_svd() -> None:
     expected = np.sort(np.degrees(np.arccos(cos)))
     np.testing.assert_allclose(principal_angles(fa, fb, k), expected, atol=1e-6)
     np.testing.assert_allclose(principal_angles(fa, fa.copy(), k), 0.0, atol=1e-5)
+
+
+def test_arpack_axes_equal_the_full_svd() -> None:
+    """Large inputs take ARPACK (a few axes of a wide matrix): the same axes as the full SVD, to
+    float64 rounding, including an outlier feature and a rank-deficient input (which falls back)."""
+    from sklearn.decomposition import PCA
+
+    import driftkit.metrics.pca as P
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 96)) * np.linspace(0.1, 3.0, 96)
+    x[:, 7] += 40 * rng.standard_normal(200)
+    low_rank = rng.standard_normal((200, 2)) @ rng.standard_normal((2, 96))
+    for data in (x, low_rank):
+        for k in (2, 4):
+            got = P.fix_signs(P._fit_components(data, k))
+            ref = P.fix_signs(PCA(n_components=k, svd_solver="full").fit(data).components_)
+            top = 2 if data is low_rank else k  # beyond the rank the axes are arbitrary
+            np.testing.assert_allclose(got[:top], ref[:top], atol=1e-10)

@@ -92,10 +92,28 @@ class PCAShift:
     mean_layer_distance: float = 0.0
 
 
-def _pca(n_components: int):
+#: below this many samples the full SVD is as fast as ARPACK (and has no convergence to check)
+ARPACK_MIN_SAMPLES = 32
+
+
+def _fit_components(x: np.ndarray, n_components: int) -> np.ndarray:
+    """The top ``n_components`` principal axes of ``x`` (n, d), scikit-learn's PCA.
+
+    Why ARPACK for larger inputs: only 2 to 4 components are wanted, and the full SVD of a
+    (samples x 576) matrix computes all of them: ARPACK (Lanczos to machine precision, fixed start
+    vector) gave the same axes to 1e-14 in 4.5 ms instead of 11.7 ms at 150 samples and 7 ms
+    instead of 50 ms at 450, which was a tenth of a whole comparison's time. The full SVD remains
+    for small inputs and whenever ARPACK cannot serve (a rank-deficient matrix, no convergence)."""
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=n_components, svd_solver="full")
+    if min(x.shape) > max(ARPACK_MIN_SAMPLES, n_components + 1):
+        try:
+            comps = PCA(n_components=n_components, svd_solver="arpack", random_state=0).fit(x).components_
+            if np.isfinite(comps).all():
+                return comps
+        except Exception:  # noqa: BLE001 - ArpackNoConvergence/ArpackError: the exact full SVD serves
+            pass
+    return PCA(n_components=n_components, svd_solver="full").fit(x).components_
 
 
 def _one_blas_thread():
@@ -123,7 +141,7 @@ def layer_point(fa: np.ndarray, fb: np.ndarray) -> dict[str, float]:
     if fa.shape[0] < 2:
         raise ValueError(f"PCA shift needs at least 2 samples, got {fa.shape[0]}")
     with _one_blas_thread():
-        comps = fix_signs(_pca(2).fit(fa).components_)  # (2, d)
+        comps = fix_signs(_fit_components(fa, 2))  # (2, d)
     m_a = (fa @ comps.T).mean(0)
     m_b = (fb @ comps.T).mean(0)
     return {"pc1_shift": float(m_b[0] - m_a[0]), "pc2_a": float(m_a[1]), "pc2_b": float(m_b[1])}
@@ -164,6 +182,6 @@ def principal_angles(fa: np.ndarray, fb: np.ndarray, k: int = 4) -> np.ndarray:
     if k < 1:
         return np.zeros(0)
     with _one_blas_thread():
-        ua = _pca(k).fit(fa).components_.T
-        ub = _pca(k).fit(fb).components_.T
+        ua = _fit_components(fa, k).T
+        ub = _fit_components(fb, k).T
         return np.sort(np.degrees(subspace_angles(ua, ub)))
