@@ -36,6 +36,8 @@ import torch
 D = 576
 CHUNK = 4096
 ROOT = Path(__file__).resolve().parents[1]
+#: the analyses issue 13 timed (compare's defaults have grown since: --analyses default runs those)
+ISSUE_ANALYSES = "cka,kl,pca_shift,token_rank"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,7 +227,9 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     import driftkit
 
     t, c = time.perf_counter(), time.process_time()
-    rep = driftkit.compare([a, b], chunk_tokens=int(chunk_tokens))
+    names = os.environ.get("DRIFTKIT_BENCH_ANALYSES", ISSUE_ANALYSES)
+    analyses = None if names == "default" else names.split(",")
+    rep = driftkit.compare([a, b], chunk_tokens=int(chunk_tokens), analyses=analyses)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
     body = rep.to_dict()
     print(
@@ -267,8 +271,9 @@ def bench_compare(
     from driftkit.capturing import CaptureConfig, capture
     from driftkit.models import resolve_model_path
 
+    names = os.environ.get("DRIFTKIT_BENCH_ANALYSES", ISSUE_ANALYSES)
     print(
-        f"== driftkit.compare of two SmolLM2-135M captures (all layers, all analyses, chunks of "
+        f"== driftkit.compare of two SmolLM2-135M captures (all layers, analyses {names}, chunks of "
         f"{chunk_tokens:,} tokens, {torch.get_num_threads()} threads) =="
     )
     workdir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +379,11 @@ def main() -> None:
     ap.add_argument(
         "--sizes", default="1,5", help="prompt-set repeats of the two compared capture sizes (5: 6,430 tokens)"
     )
+    ap.add_argument(
+        "--analyses",
+        default=ISSUE_ANALYSES,
+        help=f"the compared analyses, comma-separated, or 'default' for compare's defaults (default: {ISSUE_ANALYSES})",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="how many times to run each comparison")
     ap.add_argument("--baseline-src", help="also time this source tree (package layout, e.g. main's code), interleaved")
     args = ap.parse_args()
@@ -393,6 +403,7 @@ def main() -> None:
     if "kl" in only:
         bench_kl()
     if "compare" in only:
+        os.environ["DRIFTKIT_BENCH_ANALYSES"] = args.analyses
         bench_compare(
             args.workdir,
             tuple(int(x) for x in args.sizes.split(",")),
