@@ -301,3 +301,37 @@ def test_unknown_shared_quantity_is_refused(tiny_capture_pair) -> None:
     bad = type("_Bad", (_Entropy,), {"name": "bad", "logits_shared": frozenset({"entropy"})})()
     with pytest.raises(ValueError, match="logits_shared"):
         driftkit.compare(list(tiny_capture_pair), analyses=[bad], positions="all")
+
+
+def test_memo_keeps_values_and_errors_per_block() -> None:
+    """A LogitsChunk on its own (no pass): kl() and ranks() equal the kernels on copies and leave the
+    blocks intact; an error (NaN logits) is raised to every asker, the kernel running once."""
+    from driftkit.comparing.engine import LogitsChunk
+    from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_
+    from driftkit.metrics.ranks import rank_stats
+
+    g = torch.Generator().manual_seed(0)
+    la, lb = torch.randn(6, 50, generator=g), torch.randn(6, 50, generator=g)
+    y = torch.arange(6)
+    c = LogitsChunk(None, np.arange(6), la, lb, y, torch.zeros(6, dtype=torch.int64), 6)  # type: ignore[arg-type]
+    a0, b0 = la.clone(), lb.clone()
+    ref, rk = kl_from_logits_(la.clone(), lb.clone(), y), rank_stats(la, lb, y)
+    st = c.kl()
+    assert c.kl() is st and c.ranks() is c.ranks()
+    assert torch.equal(la, a0) and torch.equal(lb, b0)
+    assert all(torch.equal(getattr(st, k), getattr(ref, k)) for k in ("kl_forward", "kl_reverse", "js", "logratio"))
+    assert torch.equal(c.ranks().rank_a, rk.rank_a) and torch.equal(c.ranks().top_b, rk.top_b)
+    bad = la.clone()
+    bad[3, 7] = float("nan")
+    runs = []
+    c2 = LogitsChunk(None, np.arange(6), bad, lb, y, torch.zeros(6, dtype=torch.int64), 6)  # type: ignore[arg-type]
+
+    def probe(ch: Any) -> Any:
+        runs.append(1)
+        return kl_from_logits_(ch.logits_a.clone(), ch.logits_b.clone())
+
+    for _ in range(2):
+        with pytest.raises(NonFiniteLogits) as err:
+            c2.shared("kl_probe", probe)
+        assert err.value.row == 3
+    assert len(runs) == 1
