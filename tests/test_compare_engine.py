@@ -147,13 +147,16 @@ def test_logits_blocks_bounded_by_budget(tiny_capture_pair, monkeypatch: pytest.
 
     a, b = tiny_capture_pair
     vocab = CaptureReader(a).shape("final/unembed")[0]
-    budget = 40 * vocab * (8 + 12 + 4 + 8)  # engine blocks, kl, token_rank, one copy for two scratch users
+    # engine blocks, one copy for two scratch users, the shared KL's four scratch blocks (ranks reuse one)
+    budget = 40 * vocab * (8 + 8 + 16)
     monkeypatch.setattr(E, "LOGITS_BUDGET", budget)
-    vandal = _Vandal()
-    vandal.logits_mask = lambda pair: pair.mask("predictive")  # type: ignore[method-assign]
-    body = driftkit.compare([a, b], analyses=["kl", "token_rank", vandal], positions="all").to_dict()
+    vandals = [_Vandal(), type("_Vandal2", (_Vandal,), {"name": "vandal2"})()]
+    for v in vandals:
+        v.logits_mask = lambda pair: pair.mask("predictive")  # type: ignore[method-assign]
+    body = driftkit.compare([a, b], analyses=["kl", "token_rank", *vandals], positions="all").to_dict()
     expect = rows_for_budget(vocab, 512, 32, budget)
     assert expect == 40 and body["analyses"]["vandal"]["summary"]["most"] == expect
+    assert body["analyses"]["vandal2"]["summary"] == body["analyses"]["vandal"]["summary"]  # the copy: same rows
 
 
 def test_plugin_without_work_is_refused() -> None:
@@ -189,3 +192,146 @@ def test_docs_streaming_example_runs(tiny_capture_pair) -> None:
     assert res["top_agreement"]["summary"]["top_agreement"] == pytest.approx(
         float((la.argmax(1) == lb.argmax(1)).double().mean())
     )
+
+
+SHARING = ["kl", "token_rank", "token_view"]
+
+
+@pytest.mark.parametrize("kw", [{"positions": "all"}, {"positions": "response", "chunk_tokens": 16}])
+def test_per_position_quantities_computed_once_per_block(
+    tiny_capture_pair, monkeypatch: pytest.MonkeyPatch, kw: dict
+) -> None:
+    """kl, token_rank and token_view together: one KL kernel run and one rank pass per block, every
+    consumer gets the engine's own chunk (no copy, no subset), and each result equals (==) the analysis
+    run alone; token_view's order among them does not matter."""
+    import driftkit.comparing.engine as E
+
+    a, b = tiny_capture_pair
+    calls = {"kl": 0, "ranks": 0, "blocks": 0}
+    chunks: dict[str, list[int]] = {}
+    kl_kernel, ranks_kernel, feed = E.kl_from_logits_, E.rank_stats, E._feed
+
+    def count(name: str, fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    def spy(an: Any, chunk: Any, clock: Any) -> None:
+        chunks.setdefault(an.name, []).append(id(chunk))
+        feed(an, chunk, clock)
+
+    monkeypatch.setattr(E, "kl_from_logits_", count("kl", kl_kernel))
+    monkeypatch.setattr(E, "rank_stats", count("ranks", ranks_kernel))
+    monkeypatch.setattr(E, "_feed", spy)
+    monkeypatch.setattr(E, "logits_into", count("blocks", E.logits_into))
+    alone = {n: driftkit.compare([a, b], analyses=[n], **kw).to_dict()["analyses"][n] for n in SHARING}
+    for order in (SHARING, list(reversed(SHARING))):
+        calls.update(kl=0, ranks=0, blocks=0)
+        chunks.clear()
+        body = driftkit.compare([a, b], analyses=order, **kw).to_dict()
+        blocks = calls["blocks"] // 2  # two models per block
+        assert blocks >= 1 and calls["kl"] == blocks and calls["ranks"] == blocks
+        assert chunks["kl"] == chunks["token_rank"] == chunks["token_view"]  # the same objects: no copies
+        for n in SHARING:
+            assert json.dumps(_canon(body["analyses"][n]), sort_keys=True) == json.dumps(
+                _canon(alone[n]), sort_keys=True
+            ), n
+        # the shared work is reported, split between the analyses that asked for it
+        assert set(body["seconds"]) == set(SHARING)
+
+
+class _Entropy(Analysis):
+    """A third-party consumer that shares its own per-block quantity through ``chunk.shared``."""
+
+    name = "entropy_a"
+    description = "mean entropy of A's next-token distribution"
+    consumes = frozenset({"logits"})
+    computed = 0
+
+    def start(self, pair: Any) -> None:
+        self.total, self.n = 0.0, 0
+
+    @staticmethod
+    def _entropy(chunk: Any) -> torch.Tensor:
+        _Entropy.computed += 1
+        lp = torch.log_softmax(chunk.logits_a.double(), 1)
+        return -(lp.exp() * lp).sum(1)
+
+    def on_logits(self, chunk: Any) -> None:
+        h = chunk.shared(("entropy_a",), self._entropy)
+        assert chunk.shared(("entropy_a",), self._entropy) is h  # memoised within the block
+        self.total += float(h.sum())
+        self.n += len(chunk)
+
+    def finish(self, pair: Any) -> dict[str, Any]:
+        return {"summary": {"entropy": self.total / self.n, "n": self.n}}
+
+
+def test_shared_memo_with_scratch_consumers(tiny_capture_pair) -> None:
+    """``chunk.shared`` memoises a third party's value per block (two instances compute it once), and
+    kl, token_rank and token_view next to two consumers that overwrite the blocks give exactly what
+    they give alone."""
+    a, b = tiny_capture_pair
+    kw = {"positions": "all", "chunk_tokens": 16}
+    alone = driftkit.compare([a, b], analyses=SHARING, **kw).to_dict()["analyses"]
+    ents = [_Entropy(), type("_Entropy2", (_Entropy,), {"name": "entropy_b"})()]
+    vandals = [type("_V", (_Vandal,), {"name": "v1", "logits_mask": _Vandal.logits_mask})(), _Vandal()]
+    for v in vandals:
+        v.logits_mask = lambda pair: pair.mask("predictive")  # type: ignore[method-assign]
+    _Entropy.computed = 0
+    driftkit.compare([a, b], analyses=[ents[0]], **kw)
+    once, _Entropy.computed = _Entropy.computed, 0
+    body = driftkit.compare([a, b], analyses=[vandals[0], *ents, "kl", vandals[1], *SHARING[1:]], **kw).to_dict()
+    assert _Entropy.computed == once  # once per block, not once per instance
+    an = body["analyses"]
+    for n in SHARING:
+        assert json.dumps(_canon(an[n]), sort_keys=True) == json.dumps(_canon(alone[n]), sort_keys=True), n
+    assert an["entropy_a"] == an["entropy_b"] and an["entropy_a"]["summary"]["n"] == an["kl"]["summary"]["n_positions"]
+    with CaptureReader(a) as ra:
+        m = ra.predictive_mask("all")
+        la = ra.read("final/hidden")[torch.from_numpy(m)].float() @ ra.unembedding().weight.T
+        lp = torch.log_softmax(la.double(), 1)
+        ref = float(-(lp.exp() * lp).sum(1).mean())
+    assert an["entropy_a"]["summary"]["entropy"] == pytest.approx(ref, rel=1e-6)
+
+
+def test_unknown_shared_quantity_is_refused(tiny_capture_pair) -> None:
+    bad = type("_Bad", (_Entropy,), {"name": "bad", "logits_shared": frozenset({"entropy"})})()
+    with pytest.raises(ValueError, match="logits_shared"):
+        driftkit.compare(list(tiny_capture_pair), analyses=[bad], positions="all")
+
+
+def test_memo_keeps_values_and_errors_per_block() -> None:
+    """A LogitsChunk on its own (no pass): kl() and ranks() equal the kernels on copies and leave the
+    blocks intact; an error (NaN logits) is raised to every asker, the kernel running once."""
+    from driftkit.comparing.engine import LogitsChunk
+    from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_
+    from driftkit.metrics.ranks import rank_stats
+
+    g = torch.Generator().manual_seed(0)
+    la, lb = torch.randn(6, 50, generator=g), torch.randn(6, 50, generator=g)
+    y = torch.arange(6)
+    c = LogitsChunk(None, np.arange(6), la, lb, y, torch.zeros(6, dtype=torch.int64), 6)  # type: ignore[arg-type]
+    a0, b0 = la.clone(), lb.clone()
+    ref, rk = kl_from_logits_(la.clone(), lb.clone(), y), rank_stats(la, lb, y)
+    st = c.kl()
+    assert c.kl() is st and c.ranks() is c.ranks()
+    assert torch.equal(la, a0) and torch.equal(lb, b0)
+    assert all(torch.equal(getattr(st, k), getattr(ref, k)) for k in ("kl_forward", "kl_reverse", "js", "logratio"))
+    assert torch.equal(c.ranks().rank_a, rk.rank_a) and torch.equal(c.ranks().top_b, rk.top_b)
+    bad = la.clone()
+    bad[3, 7] = float("nan")
+    runs = []
+    c2 = LogitsChunk(None, np.arange(6), bad, lb, y, torch.zeros(6, dtype=torch.int64), 6)  # type: ignore[arg-type]
+
+    def probe(ch: Any) -> Any:
+        runs.append(1)
+        return kl_from_logits_(ch.logits_a.clone(), ch.logits_b.clone())
+
+    for _ in range(2):
+        with pytest.raises(NonFiniteLogits) as err:
+            c2.shared("kl_probe", probe)
+        assert err.value.row == 3
+    assert len(runs) == 1

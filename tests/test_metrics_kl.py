@@ -225,3 +225,33 @@ def test_underflowing_base_entries_keep_b_mass() -> None:
     for key in ("kl_forward", "kl_reverse", "js", "logratio"):
         rel = ((getattr(got, key).double() - ref[key]).abs() / ref[key].abs()).max()
         assert float(rel) < 1e-3, (key, float(rel))
+
+
+def _hard_blocks() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Blocks that take every branch of the kernel: small drift, equal rows, masked (-inf) entries
+    (the float64 fallback rows), entries far below the max (the underflow path), a large logit range."""
+    g = torch.Generator().manual_seed(3)
+    la = 3 * torch.randn(12, 3000, generator=g)
+    small = la + 1e-3 * torch.randn(12, 3000, generator=g)
+    small[4] = la[4]  # an equal row: exactly 0
+    masked_a, masked_b = la.clone(), small.clone()
+    masked_a[2, :50] = float("-inf")
+    masked_b[2, 25:75] = float("-inf")
+    masked_b[7, 10] = float("-inf")
+    deep_a = la.clone()
+    deep_a[5, :200] -= 150.0  # l_A - max < -87: the exp((l_A - max) + r) path
+    return [(la, small), (masked_a, masked_b), (deep_a, small), (10 * la, 10 * small + torch.randn(12, 3000))]
+
+
+def test_kernel_with_em_buf_keeps_inputs_and_is_bit_identical() -> None:
+    """The non-destructive form (a fourth scratch buffer, what the compare engine shares) leaves both
+    logit blocks untouched and gives exactly the in-place kernel's numbers, on every branch."""
+    for la, lb in _hard_blocks():
+        y = torch.arange(la.shape[0]) * 7
+        ref = kl_from_logits_(la.clone(), lb.clone(), y)
+        a0, b0 = la.clone(), lb.clone()
+        bufs = [torch.empty_like(la) for _ in range(4)]
+        got = kl_from_logits_(la, lb, y, *bufs[:3], em_buf=bufs[3])
+        assert torch.equal(la, a0) and torch.equal(lb, b0)
+        for k in ("kl_forward", "kl_reverse", "js", "logratio"):
+            assert torch.equal(getattr(got, k), getattr(ref, k)), k

@@ -14,8 +14,18 @@ Masks: each consumer says which positions it wants (:meth:`Analysis.logits_mask`
 (the same chunk object when the subset is the whole chunk, which is the usual case).
 
 Sharing without copies: logits blocks are read-only for consumers, except that one consumer that
-declares ``scratch_logits = True`` (the KL kernel works in place) is fed last and may overwrite them;
+declares ``scratch_logits = True`` (an in-place kernel of its own) is fed last and may overwrite them;
 if several do, all but the last get a copy in a spare buffer pair.
+
+Sharing per-position quantities: what several analyses derive from the same block (the exact KL
+divergences, the rank statistics) is computed once per block, by whichever consumer asks first,
+and memoised on the chunk (:meth:`LogitsChunk.kl`, :meth:`LogitsChunk.ranks`, and
+:meth:`LogitsChunk.shared` for any other per-block value). The standard ones never overwrite the
+blocks (the KL kernel runs on the pass's own scratch, :data:`SHARED_QUANTITIES`), so the order of
+the read-only consumers does not matter (their scratch, declared in :attr:`Analysis.logits_shared`,
+is budgeted once for the pass). A scratch consumer asks before it overwrites its blocks: every one
+but the last works on a copy, which keeps the block's memo. Their time is reported as a shared pass
+split between the analyses that asked for them.
 
 Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
 :func:`~driftkit.metrics.kl.rows_for_budget` over the bytes per vocabulary entry of the engine's own
@@ -26,14 +36,15 @@ whole pass stays within a fixed byte budget at any vocabulary and any number of 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from driftkit.metrics.kl import logits_into, rows_for_budget
+from driftkit.metrics.kl import KLStats, kl_from_logits_, logits_into, rows_for_budget
+from driftkit.metrics.ranks import RankStats, rank_stats
 from driftkit.store import schema as S
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +61,38 @@ CONSUMABLE = (LOGITS, LAYERS)
 #: stays under 1 GB; a larger budget buys little (the matmuls are as fast at 227 rows as at 512).
 LOGITS_BUDGET = 256 * 2**20
 
+#: the standard per-position quantities of a block (``Analysis.logits_shared`` names them), with the
+#: float32 (rows, V) scratch blocks each needs; the pass holds the largest such count once, reused
+#: by every quantity in turn. ``kl``: :meth:`LogitsChunk.kl`; ``ranks``: :meth:`LogitsChunk.ranks`.
+SHARED_QUANTITIES = {"kl": 4, "ranks": 1}
+
+
+class _SharedWork:
+    """What the chunks of one logits pass share: the scratch blocks of the standard quantities and
+    the seconds spent computing memoised values (billed to the analyses that asked, not the first)."""
+
+    def __init__(self, rows: int, vocab: int, blocks: int) -> None:
+        self.rows, self.vocab = rows, vocab
+        self.blocks = [torch.empty(rows, vocab) for _ in range(blocks)]
+        self.seconds: dict[Hashable, float] = {}
+        self.askers: dict[Hashable, list[str]] = {}
+        self.computing: list[float] = []  # seconds of memo computations inside the current hook call
+        self.current = ""  # the analysis being fed
+
+    def scratch(self, n_blocks: int, n: int) -> list[torch.Tensor]:
+        """``n_blocks`` (n, V) float32 views of the pass's scratch (allocated once, on first use
+        when no consumer declared the quantity)."""
+        while len(self.blocks) < n_blocks:
+            self.blocks.append(torch.empty(self.rows, self.vocab))
+        return [b[:n] for b in self.blocks[:n_blocks]]
+
+
+@dataclass
+class _Failed:
+    """A memoised computation that raised (the error is raised again to each asker)."""
+
+    error: Exception
+
 
 @dataclass
 class LogitsChunk:
@@ -57,7 +100,11 @@ class LogitsChunk:
 
     ``logits_a``/``logits_b`` are (n, V) float32 views of buffers the engine reuses for the next
     block: read them, reduce them to per-position numbers, keep nothing that aliases them, and do
-    not write to them unless the analysis declares ``scratch_logits = True``."""
+    not write to them unless the analysis declares ``scratch_logits = True``.
+
+    Per-position quantities several analyses need are computed once per block and memoised here:
+    :meth:`kl` and :meth:`ranks` (the standard ones), :meth:`shared` for any other. Their results
+    are shared between analyses: read them, never modify them in place."""
 
     pair: CapturePair
     idx: np.ndarray  # (n,) token indices in the capture (position t predicts token t + 1)
@@ -66,12 +113,15 @@ class LogitsChunk:
     next_ids: torch.Tensor  # (n,) the realised next token ids
     domain: torch.Tensor  # (n,) int64 index into pair.domain_names
     block_rows: int  # the most rows any block of this pass holds (size scratch buffers by it)
+    work: _SharedWork | None = field(default=None, repr=False, compare=False)
+    memo: dict[Hashable, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.idx)
 
     def subset(self, sel: np.ndarray) -> LogitsChunk:
-        """The rows where ``sel`` (n,) is true, copied (a consumer whose mask is narrower)."""
+        """The rows where ``sel`` (n,) is true, copied (a consumer whose mask is narrower); it has
+        its own memo (its quantities are over its rows)."""
         t = torch.from_numpy(np.flatnonzero(sel))
         return replace(
             self,
@@ -80,7 +130,59 @@ class LogitsChunk:
             logits_b=self.logits_b.index_select(0, t),
             next_ids=self.next_ids[t],
             domain=self.domain[t],
+            memo={},
         )
+
+    def shared(self, key: Hashable, compute: Callable[[LogitsChunk], Any]) -> Any:
+        """``compute(self)`` the first time any analysis asks for ``key`` in this block, the stored
+        value after that. Use a key that names what is computed (e.g. ``("my_plugin.entropy",)``
+        or the function itself); ``compute`` must only read the blocks. Why: each analysis reducing
+        the same block to the same per-position numbers would repeat (n, V) passes."""
+        if self.work is not None:
+            who = self.work.askers.setdefault(key, [])
+            if self.work.current and self.work.current not in who:
+                who.append(self.work.current)
+        if key not in self.memo:
+            t0 = time.perf_counter()
+            try:
+                self.memo[key] = compute(self)
+            except Exception as e:  # noqa: BLE001 - every asker gets the same error (blocks may be gone)
+                self.memo[key] = _Failed(e)
+            if self.work is not None:
+                dt = time.perf_counter() - t0
+                self.work.seconds[key] = self.work.seconds.get(key, 0.0) + dt
+                self.work.computing.append(dt)
+        value = self.memo[key]
+        if isinstance(value, _Failed):
+            raise value.error
+        return value
+
+    def _scratch(self, n_blocks: int) -> list[torch.Tensor]:
+        n, vocab = self.logits_a.shape
+        if self.work is None or self.work.vocab != vocab or self.work.rows < n:
+            self.work = _SharedWork(max(n, 1), vocab, 0)
+        return self.work.scratch(n_blocks, n)
+
+    def kl(self) -> KLStats:
+        """Exact KL(P_B||P_A), KL(P_A||P_B), JS and the realised token's log-ratio at each position
+        (:func:`~driftkit.metrics.kl.kl_from_logits_` in its non-destructive form: the blocks stay
+        intact, so every consumer still reads them). Raises
+        :class:`~driftkit.metrics.kl.NonFiniteLogits` naming the row (an index into this chunk)."""
+        return self.shared("kl", _kl)
+
+    def ranks(self) -> RankStats:
+        """B's top token, its rank under A, and the realised token's rank under A and under B at each
+        position (:func:`~driftkit.metrics.ranks.rank_stats`; the blocks are only read)."""
+        return self.shared("ranks", _ranks)
+
+
+def _kl(c: LogitsChunk) -> KLStats:
+    d, ea, eb, em = c._scratch(SHARED_QUANTITIES["kl"])
+    return kl_from_logits_(c.logits_a, c.logits_b, c.next_ids, d, ea, eb, em_buf=em)  # em_buf: blocks kept
+
+
+def _ranks(c: LogitsChunk) -> RankStats:
+    return rank_stats(c.logits_a, c.logits_b, c.next_ids, c._scratch(SHARED_QUANTITIES["ranks"])[0])
 
 
 @dataclass
@@ -140,13 +242,22 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     # read-only consumers first, then those that overwrite the blocks (all but the last on a copy)
     order = [an for an in consumers if not an.scratch_logits] + [an for an in consumers if an.scratch_logits]
     n_copies = max(0, sum(an.scratch_logits for an in consumers) - 1)
+    declared = [q for an in consumers for q in sorted(an.logits_shared)]
+    for an in consumers:
+        bad = set(an.logits_shared) - set(SHARED_QUANTITIES)
+        if bad:
+            raise ValueError(
+                f"analysis {an.name!r} declares logits_shared {sorted(bad)}; known: {', '.join(SHARED_QUANTITIES)}"
+            )
     t0 = time.perf_counter()
     ua, ub = pair.a.unembedding(), pair.b.unembedding()
     vocab = int(ua.weight.shape[0])
-    per_entry = 8 * (1 + n_copies) + sum(int(an.logits_scratch_bytes) for an in consumers)
+    n_work = max((SHARED_QUANTITIES[q] for q in declared), default=0)  # one scratch set, reused by each quantity
+    per_entry = 8 * (1 + n_copies) + 4 * n_work + sum(int(an.logits_scratch_bytes) for an in consumers)
     rows = rows_for_budget(vocab, min(int(an.max_logits_rows()) for an in consumers), per_entry, LOGITS_BUDGET)
     la_buf, lb_buf = torch.empty(rows, vocab), torch.empty(rows, vocab)
     spare = (torch.empty(rows, vocab), torch.empty(rows, vocab)) if n_copies else None
+    work = _SharedWork(rows, vocab, n_work)
     shared = time.perf_counter() - t0
     total, done = int(union.sum()), 0
     names = ", ".join(an.name for an in consumers)
@@ -159,7 +270,7 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
             la = logits_into(ua, ha[s:e], la_buf[: e - s])
             lb = logits_into(ub, hb[s:e], lb_buf[: e - s])
             shared += time.perf_counter() - t0
-            chunk = LogitsChunk(pair, idx[s:e], la, lb, y_all[s:e], dom_all[s:e], rows)
+            chunk = LogitsChunk(pair, idx[s:e], la, lb, y_all[s:e], dom_all[s:e], rows, work)
             scratch_seen = 0
             for an in order:
                 sel = _select(masks[an.name], chunk.idx)
@@ -167,14 +278,29 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
                     continue
                 part = chunk if sel is None else chunk.subset(sel)
                 if an.scratch_logits and sel is None and scratch_seen < n_copies and spare is not None:
-                    m = len(part)
+                    m = len(part)  # the copy keeps the chunk's memo: the same numbers
                     part = replace(part, logits_a=spare[0][:m].copy_(la), logits_b=spare[1][:m].copy_(lb))
                 scratch_seen += int(an.scratch_logits)
-                clock.call(an, an.on_logits, part)
+                _feed(an, part, clock)
         done += len(idx)
         pair.progress(f"logits ({names})", done, total)
     clock.shared[LOGITS] = shared + read_time[0]
     clock.sharers[LOGITS] = [an.name for an in consumers]
+    for key, secs in work.seconds.items():  # each memoised quantity: split between those that asked
+        clock.shared[f"{LOGITS}:{key}"] = secs
+        clock.sharers[f"{LOGITS}:{key}"] = work.askers.get(key, [])
+
+
+def _feed(an: Analysis, chunk: LogitsChunk, clock: _Clock) -> None:
+    """``an.on_logits(chunk)``, its own time net of the memoised quantities it computed first."""
+    work = chunk.work
+    assert work is not None
+    work.current, work.computing = an.name, []
+    try:
+        clock.call(an, an.on_logits, chunk)
+    finally:
+        clock.own[an.name] -= sum(work.computing)
+        work.current, work.computing = "", []
 
 
 def _timed(items: Iterator[Any], seconds: list[float]) -> Iterator[Any]:

@@ -163,9 +163,15 @@ def kl_from_logits_(
     ea_buf: torch.Tensor | None = None,
     eb_buf: torch.Tensor | None = None,
     row_offset: int = 0,
+    em_buf: torch.Tensor | None = None,
 ) -> KLStats:
     """Divergences between the rows of two (n, V) float32 logit blocks. **Overwrites** ``la`` and
     ``lb`` (and the optional scratch buffers); pass clones if you need them afterwards.
+
+    With ``em_buf`` (a fourth (n, V) float32 scratch buffer) ``la`` and ``lb`` are left intact and the
+    results are bit-identical: the kernel keeps ``la - max`` nowhere and writes its last block into
+    ``em_buf`` instead of ``lb``. The compare engine shares one KL pass per block this way between
+    every analysis that wants it, without copying the logits (:meth:`LogitsChunk.kl`).
 
     Raises :class:`NonFiniteLogits` (a :class:`DriftkitError`) naming the row (plus ``row_offset``)
 
@@ -180,8 +186,12 @@ def kl_from_logits_(
     w = torch.empty_like(lb) if eb_buf is None else eb_buf
     torch.sub(lb, la, out=u)  # D on the raw logits: exact (Sterbenz) when close, so equal rows give 0
     ma = la.amax(1, keepdim=True)  # NaN propagates, the fallback check below names it
-    la.sub_(ma)
-    torch.exp(la, out=ea)
+    keep = em_buf is not None  # la, lb read-only: la - ma is recomputed where needed (the same floats)
+    if keep:
+        torch.sub(la, ma, out=ea).exp_()
+    else:
+        la.sub_(ma)
+        torch.exp(la, out=ea)
     sa = ea.sum(1)
     dbar = rowdot(ea, u) / sa
     u.sub_(dbar.unsqueeze(1))  # u = D - E_A[D]: removes the (arbitrary) offset between the logits
@@ -192,7 +202,7 @@ def kl_from_logits_(
     bad = (~torch.isfinite(c)).nonzero().view(-1)
     slow = None
     if bad.numel():
-        la_s, lb_s = la[bad], lb[bad] - ma[bad]  # same shift for both (equal rows stay equal)
+        la_s, lb_s = la[bad] - ma[bad] if keep else la[bad], lb[bad] - ma[bad]  # same shift (equal rows stay equal)
         _check_rows(la_s, lb[bad], bad, row_offset)
         slow = _fallback64(la_s, lb_s, next_ids[bad] if next_ids is not None else None)
     s_eu = rowdot(ea, u)
@@ -203,13 +213,16 @@ def kl_from_logits_(
         logratio = r.gather(1, next_ids.view(-1, 1).to(torch.int64)).view(-1)
     # expm1(r) / 2 from expm1(u) with one fused pass instead of another expm1:
     # expm1(r) = expm1(u) e^-C + expm1(-C); exactly 0 where u = 0 and C = 0.
-    em2 = torch.addcmul((0.5 * torch.expm1(-c)).unsqueeze(1), w, (0.5 * torch.exp(-c)).unsqueeze(1), out=lb)
+    em2 = torch.addcmul(
+        (0.5 * torch.expm1(-c)).unsqueeze(1), w, (0.5 * torch.exp(-c)).unsqueeze(1), out=em_buf if keep else lb
+    )
     # p_B s_A = e_A e^r = e_A (1 + 2 em2); where e_A underflows (l_A - max < -87) that loses B's mass
     # there, so then p_B s_A = exp((l_A - max) + r) (never overflows: it is <= s_A).
-    if float(la.amin()) > -80.0:
+    # (min(la - ma) = min(la) - ma exactly: rounding a subtraction is monotone)
+    if float((la.amin(1, keepdim=True) - ma).amin() if keep else la.amin()) > -80.0:
         pb = torch.addcmul(ea, ea, em2, value=2.0, out=w)
     else:
-        pb = torch.add(la, r, out=w).exp_()
+        pb = (torch.sub(la, ma, out=w).add_(r) if keep else torch.add(la, r, out=w)).exp_()
     kl_f = rowdot(pb, r) / sa  # KL(B||A) = E_B[r]
     # JS = 1/2 sum [p_B (r - f(r)) - p_A f(r)], f(r) = log((1 + e^r) / 2) = log(m / p_A): f is O(r) and
     # vanishes at r = 0, unlike a difference of entropy-sized sums.

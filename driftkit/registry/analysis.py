@@ -110,6 +110,10 @@ class Analysis(Configurable, ABC):
     #: bytes per (position, vocabulary entry) of the analysis's own logits-sized scratch buffers
     #: (e.g. 12 for three float32 blocks); the engine sizes its blocks so the total stays bounded.
     logits_scratch_bytes: ClassVar[int] = 0
+    #: the standard per-position quantities :meth:`on_logits` asks the chunk for (``"kl"``:
+    #: ``chunk.kl()``, ``"ranks"``: ``chunk.ranks()``). Each is computed once per block for every
+    #: analysis that asks; declaring it lets the engine budget its scratch once for the pass.
+    logits_shared: ClassVar[frozenset[str]] = frozenset()
 
     def run(self, pair: CapturePair) -> dict[str, Any]:
         """Compute the result (a JSON-able dict) by streaming chunks through ``pair``.
@@ -141,7 +145,9 @@ class Analysis(Configurable, ABC):
     def on_logits(self, chunk: LogitsChunk) -> None:
         """One block of positions with both models' logits (``chunk.logits_a``/``logits_b``, (n, V)
         float32, read-only unless :attr:`scratch_logits`), the next-token ids and domain indices.
-        Reduce it to per-position numbers now: the buffers are reused for the next block."""
+        Reduce it to per-position numbers now: the buffers are reused for the next block. Quantities
+        other analyses may want too come from the chunk's per-block memo (``chunk.kl()``,
+        ``chunk.ranks()``, ``chunk.shared(key, compute)``), computed once for all of them."""
 
     def layers_mask(self, pair: CapturePair) -> np.ndarray:
         """(T,) tokens whose layer rows this analysis wants. Default: the states mask."""

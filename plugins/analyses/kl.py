@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from driftkit.errors import DriftkitError
-from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_
+from driftkit.metrics.kl import NonFiniteLogits
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
@@ -43,8 +43,7 @@ class KLAnalysis(Analysis):
         return pair.logits_problem()
 
     consumes = frozenset({"logits"})
-    scratch_logits = True  # the kernel works in place on the shared blocks: fed last (after token_rank)
-    logits_scratch_bytes = 12  # three float32 (rows, V) blocks of its own
+    logits_shared = frozenset({"kl"})  # chunk.kl(): one kernel run per block, shared (e.g. with token_view)
 
     def max_logits_rows(self) -> int:
         return int(self.opts["chunk"])
@@ -60,15 +59,11 @@ class KLAnalysis(Analysis):
         self._lr_cnt = torch.zeros(nd, dtype=torch.float64)
         self._top_val = torch.empty(0, dtype=torch.float64)
         self._top_idx = torch.empty(0, dtype=torch.int64)
-        self._bufs: list[torch.Tensor] = []
 
     def on_logits(self, chunk: Any) -> None:
-        n, vocab = chunk.logits_a.shape
-        if not self._bufs or self._bufs[0].shape[0] < n:
-            self._bufs = [torch.empty(chunk.block_rows, vocab) for _ in range(3)]
         idx = chunk.idx
         try:
-            st = kl_from_logits_(chunk.logits_a, chunk.logits_b, chunk.next_ids, *(b[:n] for b in self._bufs))
+            st = chunk.kl()
         except NonFiniteLogits as e:
             pair = chunk.pair
             t = int(idx[e.row])
@@ -92,7 +87,6 @@ class KLAnalysis(Analysis):
                 self._top_val, self._top_idx = self._top_val[keep], self._top_idx[keep]
 
     def finish(self, pair: Any) -> dict[str, Any]:
-        self._bufs = []
         sums, counts, lr_sum, lr_cnt = self._sums, self._counts, self._lr_sum, self._lr_cnt
         top_val, top_idx, use_resp = self._top_val, self._top_idx, self._use_resp
 

@@ -20,7 +20,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from driftkit.metrics.ranks import BUCKETS, rank_stats, urial_bucket
+from driftkit.metrics.ranks import BUCKETS, urial_bucket
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, new_figure, to_svg
@@ -45,8 +45,8 @@ class TokenRankAnalysis(Analysis):
     def check(self, pair: Any) -> str | None:
         return pair.logits_problem()
 
-    consumes = frozenset({"logits"})  # read-only: fed before kl, which overwrites the shared blocks
-    logits_scratch_bytes = 4  # one float32 (rows, V) comparison buffer (counts 10x faster than bool)
+    consumes = frozenset({"logits"})
+    logits_shared = frozenset({"ranks"})  # chunk.ranks(): one rank pass per block, shared (e.g. with token_view)
 
     def max_logits_rows(self) -> int:
         return int(self.opts["chunk"])
@@ -58,15 +58,12 @@ class TokenRankAnalysis(Analysis):
         self._top_sum = torch.zeros(nd, dtype=torch.float64)
         self._counts = torch.zeros(nd, dtype=torch.int64)
         self._shifted: torch.Tensor | None = None
-        self._scratch: torch.Tensor | None = None
 
     def on_logits(self, chunk: Any) -> None:
-        n, vocab = chunk.logits_a.shape
-        if self._scratch is None or self._scratch.shape[0] < n:
-            self._scratch = torch.empty(chunk.block_rows, vocab, dtype=torch.float32)
+        vocab = chunk.logits_a.shape[1]
         if self._shifted is None:
             self._shifted = torch.zeros(vocab, dtype=torch.int64)
-        st = rank_stats(chunk.logits_a, chunk.logits_b, chunk.next_ids, self._scratch)
+        st = chunk.ranks()
         b = urial_bucket(st.rank_a_of_top_b)
         dom = chunk.domain
         self._buckets.index_put_((dom, b), torch.ones_like(b), accumulate=True)
@@ -76,7 +73,6 @@ class TokenRankAnalysis(Analysis):
         self._shifted += torch.bincount(st.top_b[b == 2], minlength=vocab)
 
     def finish(self, pair: Any) -> dict[str, Any]:
-        self._scratch = None
         buckets, shift_sum, top_sum, counts = self._buckets, self._shift_sum, self._top_sum, self._counts
         shifted_tokens = self._shifted if self._shifted is not None else torch.zeros(1, dtype=torch.int64)
 

@@ -8,8 +8,9 @@ HTML section (:meth:`html_sections`): tokens coloured by KL or by a rank bucket,
 the numbers, and a sample picker ordered by drift.
 
 Cost and memory: it rides the compare engine's shared logits pass (no extra logits rebuild) and
-reuses the exact kernels (:func:`~driftkit.metrics.kl.kl_from_logits_`,
-:func:`~driftkit.metrics.ranks.rank_stats`). Positions arrive in token order, so a sample's positions
+takes the exact KL and rank statistics from the block's memo (``chunk.kl()``, ``chunk.ranks()``:
+computed once per block for it, ``kl`` and ``token_rank`` together); its own work is A's normaliser
+and top-k (two reads of A's block). Positions arrive in token order, so a sample's positions
 are contiguous: the per-token numbers of the sample being read are buffered (at most ``max_tokens``
 rows), and when it completes its mean KL is recorded (O(samples) floats) and its rows kept only if
 it is among the ``samples`` largest mean KL so far (a min-heap) or among the first ``per_domain``
@@ -30,8 +31,7 @@ import torch
 from rich.text import Text
 
 from driftkit.errors import DriftkitError
-from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_
-from driftkit.metrics.ranks import rank_stats
+from driftkit.metrics.kl import NonFiniteLogits
 from driftkit.registry.analysis import Analysis, fmt
 from driftkit.registry.options import Option
 
@@ -111,8 +111,8 @@ class TokenViewAnalysis(Analysis):
     }
 
     consumes = frozenset({"logits"})
-    scratch_logits = True  # the KL kernel works in place; ranks and top-k are read before it runs
-    logits_scratch_bytes = 16  # one float32 (rows, V) buffer for ranks/normaliser + the KL kernel's three
+    logits_shared = frozenset({"kl", "ranks"})  # from the block's memo: shared with kl and token_rank
+    logits_scratch_bytes = 4  # one float32 (rows, V) buffer for A's normaliser
 
     def check(self, pair: Any) -> str | None:
         return pair.logits_problem()
@@ -132,17 +132,14 @@ class TokenViewAnalysis(Analysis):
         self._cur_sum, self._cur_n = 0.0, 0
         self._pieces: list[dict[str, np.ndarray]] = []
         self._scratch: torch.Tensor | None = None
-        self._bufs: list[torch.Tensor] = []
 
     def on_logits(self, chunk: Any) -> None:
-        la, lb, y = chunk.logits_a, chunk.logits_b, chunk.next_ids
+        la, y = chunk.logits_a, chunk.next_ids
         n, vocab = la.shape
         if self._scratch is None or self._scratch.shape[0] < n or self._scratch.shape[1] != vocab:
             self._scratch = torch.empty(chunk.block_rows, vocab)
-            self._bufs = [torch.empty(chunk.block_rows, vocab) for _ in range(3)]
         scratch = self._scratch[:n]
-        # read-only work first: ranks, A's top-k and A's normaliser (the KL kernel overwrites la, lb)
-        rk = rank_stats(la, lb, y, scratch)
+        rk = chunk.ranks()
         k = min(int(self.opts["top_k"]), vocab)
         top_v, top_i = la.topk(k, dim=1) if k > 0 else (la[:, :0], torch.zeros(n, 0, dtype=torch.int64))
         ma = la.amax(1, keepdim=True)
@@ -150,7 +147,7 @@ class TokenViewAnalysis(Analysis):
         lp_a = (la.gather(1, y.view(-1, 1).to(torch.int64)) - ma - log_sa).view(-1)
         top_p = (top_v - ma - log_sa).exp_()
         try:
-            st = kl_from_logits_(la, lb, y, *(b[:n] for b in self._bufs))
+            st = chunk.kl()
         except NonFiniteLogits as e:
             t = int(chunk.idx[e.row])
             smp = int(chunk.pair.token_sample[t])
@@ -217,7 +214,7 @@ class TokenViewAnalysis(Analysis):
 
     def finish(self, pair: Any) -> dict[str, Any]:
         self._complete(pair)
-        self._scratch, self._bufs, self._pieces = None, [], []
+        self._scratch, self._pieces = None, []
         kept = sorted(self._kept, key=lambda s: (-self._mean[s], s))
         ids: list[int] = []
         contexts: dict[int, np.ndarray] = {}
