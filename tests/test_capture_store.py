@@ -234,6 +234,7 @@ def test_dry_run_from_config_only(tiny_model: Path, tiny_prompts: Path, tmp_path
     assert gen["tokens"] == est["tokens"] + 10 * 5  # five prompts without a given response
     r = CliRunner().invoke(app, ["capture", str(folder), "--prompts", str(tiny_prompts), "--dry-run"])
     assert r.exit_code == 0 and "B/token" in r.output
+    assert "--store tokens, layer sites in float16\n" in r.output  # one heading line (a table title wrapped)
 
 
 def test_capture_that_cannot_fit_is_refused_before_compute(tiny_model, tiny_prompts, tmp_path, monkeypatch) -> None:
