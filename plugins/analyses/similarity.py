@@ -176,6 +176,7 @@ class SimilarityAnalysis(Analysis):
         dominated = [d["layer"] for d in dom if d["top_share"] == d["top_share"] and d["top_share"] > thr]
         out: dict[str, Any] = {
             "positions": pair.positions,
+            "rows": pair.layer_rows_label,  # tokens | sampled:K, as cka says
             "n": self._n,
             "n_samples": self._n_samples,
             "k": self._k_used,
