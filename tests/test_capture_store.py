@@ -255,6 +255,24 @@ def test_capture_that_cannot_fit_is_refused_before_compute(tiny_model, tiny_prom
     assert "--max-new-tokens" in str(e.value)
 
 
+def test_space_check_counts_the_unembedding(tiny_model, tiny_prompts, tmp_path, monkeypatch) -> None:
+    """A small capture's per-token arrays fit where its unembedding (written once) does not: the check
+    counted only the former, so the capture started and failed mid-write with a disk-full error and a
+    partial file (113 MB of unembedding vs ~1 MB for a few prompts on SmolLM2-135M)."""
+    est = _dry(_config_only(tiny_model, tmp_path / "cfg"), "--prompts", tiny_prompts)
+    assert est["static_bytes"] > est["total_bytes"] // 4  # the unembedding is a real share of this capture
+    real = shutil.disk_usage
+    free = est["total_bytes"] - est["static_bytes"] // 2  # room for everything but half the unembedding
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    out = tmp_path / "x.h5"
+    with pytest.raises(DriftkitError, match=r"needs about .* MB of it written once, the unembedding\) but only"):
+        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out))
+    assert not out.exists()
+    shared = tmp_path / "u.h5"  # --shared-unembed puts it in another file: the capture itself fits
+    capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, shared_unembed=shared))
+    assert out.exists()
+
+
 def test_resume_keeps_store(tiny_model, tiny_prompts, tmp_path) -> None:
     out = tmp_path / "p.h5"
     capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, store="pooled"))

@@ -512,10 +512,12 @@ class CaptureEngine:
                 )
             writer = CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype)
         else:
-            if cfg.generate and cfg.compression in (None, "none"):
-                from driftkit.capturing.sizing import check_space_before_generating
+            from driftkit.capturing.sizing import _static_bytes, check_space_before_generating
 
-                check_space_before_generating(cfg, self.loaded.tokenizer, self.specs, self.out)
+            # once-per-file arrays count too; with --shared-unembed they go to that file instead
+            static = 0 if cfg.shared_unembed else _static_bytes(self.probes, self.layout)
+            if cfg.generate and cfg.compression in (None, "none"):
+                check_space_before_generating(cfg, self.loaded.tokenizer, self.specs, self.out, static)
             samples = build_samples(cfg, self.loaded, self.progress)
             if self.out.exists():
                 self.out.unlink()  # --overwrite (checked in __init__; the lock says nobody else writes it)
@@ -536,6 +538,7 @@ class CaptureEngine:
                     if self.store_mode.kind == "sampled"
                     else None
                 ),
+                static_bytes=static,
             )
         self.opened = True
         # Static arrays are written when missing, also on resume: a run killed before its first flush
