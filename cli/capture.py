@@ -231,7 +231,13 @@ def _dry_run(cfg: object, json_out: str | None) -> None:
     est = estimate(cfg)  # type: ignore[arg-type]
     if emit_json(json_out, json.dumps(est)):
         return
-    t = Table(title=f"{est['model']}: --store {est['store']}, {est['storage_dtype']} layers", title_justify="left")
+    # a heading line, not the table's title: a title wraps at the (narrow) table's width
+    console.print(
+        f"{est['model']}: --store {est['store']}, layer sites in {est['storage_dtype']}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    t = Table()
     t.add_column("array")
     t.add_column("bytes", justify="right")
     t.add_column("per", style="dim")

@@ -79,7 +79,9 @@ def handle_errors(fn: F) -> F:
         except DriftkitError as exc:
             if debug_enabled():
                 err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True, emoji=False
+            )  # emoji=False: "sample:x: use" must not print an emoji for ":x:"
             if getattr(exc, "end_process", False):
                 # See StorageError: HDF5 objects left by a failed write can crash the interpreter
                 # when they are freed at exit, turning a clear exit 1 into a segfault.

@@ -14,6 +14,7 @@ A back-end is a factory ``(loaded_model, options) -> Generator`` (see
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import Any
 
@@ -34,16 +35,32 @@ def _hf(loaded: LoadedModel, opts: dict[str, Any]) -> Generator:
     return HFGenerator(loaded, batch_size=int(opts.get("batch_size", 32)))
 
 
+VLLM_MISSING = (
+    "--backend vllm generates the responses with vLLM, which is not installed in this environment. "
+    f"Install it on a machine with a CUDA GPU with: {VLLM_INSTALL} (vLLM needs a GPU and a matching "
+    "torch), or leave out --backend to generate with the default hf back-end (slower, runs anywhere). "
+    "Either way the capture scores the generated tokens the same way."
+)
+
+
+def check_available(name: str) -> None:
+    """Refuse a back-end whose package is missing before the capture loads its model (a 14B load takes
+    minutes; finding out afterwards wastes them). Only looks the package up, never imports it."""
+    if name != "vllm":
+        return
+    try:
+        missing = importlib.util.find_spec("vllm") is None
+    except ValueError:  # a module placed in sys.modules by hand (the tests' fake vLLM) has no spec
+        missing = False
+    if missing:
+        raise DriftkitError(VLLM_MISSING)
+
+
 def _vllm(loaded: LoadedModel, opts: dict[str, Any]) -> Generator:
     try:
         import vllm  # noqa: F401 - only to fail early, with the install command
     except ImportError as exc:
-        raise DriftkitError(
-            "--backend vllm generates the responses with vLLM, which is not installed in this environment. "
-            f"Install it on a machine with a CUDA GPU with: {VLLM_INSTALL} (vLLM needs a GPU and a matching "
-            "torch), or leave out --backend to generate with the default hf back-end (slower, runs anywhere). "
-            "Either way the capture scores the generated tokens the same way."
-        ) from exc
+        raise DriftkitError(VLLM_MISSING) from exc
     from driftkit.generate import VLLMGenerator
 
     dtype = str(loaded.dtype).replace("torch.", "")

@@ -149,3 +149,22 @@ def test_missing_layers_are_skipped(tmp_path: Path) -> None:
 
     an = load("analysis", "similarity")()
     assert isinstance(an, Analysis) and "residual" in an.check(_P())
+
+
+def test_dominance_sentence_reads_plainly_and_reaches_the_html_caption(pair, result) -> None:
+    """The sentence names the recurring feature and its layer count in words (it read "507 at 27, ...,
+    17 at 2 of them"), and the figure caption carries it, since the HTML report has no terminal notes."""
+    cls = load("analysis", "similarity")
+    res = dict(result["similarity"], threshold=0.01)
+    rows = [d for d in res["dominant"] if d["top_share"] > 0.01]
+    count: dict[int, int] = {}
+    for d in rows:
+        for f in d["top_features"]:
+            count[f] = count.get(f, 0) + 1
+    top = min(count, key=lambda f: (-count[f], f))
+    line = cls.dominance_lines(res)[0]
+    assert f"feature {top} is one of them at {count[top]} of those layers" in line and "of them)" not in line
+    caption = cls(threshold=0.01).figures({"sft": res})[0].caption
+    assert line.rstrip(".") in caption
+    res["threshold"] = 1.0  # nothing dominated: the caption is the plain one
+    assert "Raw CKA" not in cls().figures({"sft": res})[0].caption

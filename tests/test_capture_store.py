@@ -234,6 +234,7 @@ def test_dry_run_from_config_only(tiny_model: Path, tiny_prompts: Path, tmp_path
     assert gen["tokens"] == est["tokens"] + 10 * 5  # five prompts without a given response
     r = CliRunner().invoke(app, ["capture", str(folder), "--prompts", str(tiny_prompts), "--dry-run"])
     assert r.exit_code == 0 and "B/token" in r.output
+    assert "--store tokens, layer sites in float16\n" in r.output  # one heading line (a table title wrapped)
 
 
 def test_capture_that_cannot_fit_is_refused_before_compute(tiny_model, tiny_prompts, tmp_path, monkeypatch) -> None:
@@ -252,6 +253,24 @@ def test_capture_that_cannot_fit_is_refused_before_compute(tiny_model, tiny_prom
             capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, **extra))
         assert not out.exists() and "\n" not in str(e.value)
     assert "--max-new-tokens" in str(e.value)
+
+
+def test_space_check_counts_the_unembedding(tiny_model, tiny_prompts, tmp_path, monkeypatch) -> None:
+    """A small capture's per-token arrays fit where its unembedding (written once) does not: the check
+    counted only the former, so the capture started and failed mid-write with a disk-full error and a
+    partial file (113 MB of unembedding vs ~1 MB for a few prompts on SmolLM2-135M)."""
+    est = _dry(_config_only(tiny_model, tmp_path / "cfg"), "--prompts", tiny_prompts)
+    assert est["static_bytes"] > est["total_bytes"] // 4  # the unembedding is a real share of this capture
+    real = shutil.disk_usage
+    free = est["total_bytes"] - est["static_bytes"] // 2  # room for everything but half the unembedding
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=free))
+    out = tmp_path / "x.h5"
+    with pytest.raises(DriftkitError, match=r"needs about .* MB of it written once, the unembedding\) but only"):
+        capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out))
+    assert not out.exists()
+    shared = tmp_path / "u.h5"  # --shared-unembed puts it in another file: the capture itself fits
+    capture(CaptureConfig(model=str(tiny_model), prompts=str(tiny_prompts), out=out, shared_unembed=shared))
+    assert out.exists()
 
 
 def test_resume_keeps_store(tiny_model, tiny_prompts, tmp_path) -> None:

@@ -112,7 +112,12 @@ def test_no_measurable_change_is_said_not_printed_as_zeros() -> None:
     assert "rl: PCA shift: no measurable change on any domain." in text
     assert "sft: PCA shift is largest on math prompts (0.5; non-reasoning 0.1, other reasoning 0.2)." in text
     assert not any("(0;" in f for f in text)
+    one = pca.findings({"sft": {"per_domain": {"other": {"distance": 5.661}}}})
+    assert one[-1] == "sft: PCA shift on other reasoning prompts 5.66."  # was "largest on ... (5.66; )."
     cka = registry.load("analysis", "cka")()
+    low = [0.99 if i in (0, 1, 8, 9, 10, 29) else 1.0 for i in range(30)]  # 30 layers: the lowest 6 are named
+    drop = cka.findings({"sft": {"layers": [{"layer": i, "linear_cka": v} for i, v in enumerate(low)]}})
+    assert drop[0].startswith("sft: lowest CKA to the base at layer(s) 0, 1, 8, 9, 10, 29 ")  # depth order
     same = {"layers": [{"layer": i, "linear_cka": 1.0} for i in range(4)]}
     assert cka.findings({"rl": same}) == ["rl: linear CKA to the base is 1 at every layer (no measurable change)."]
 

@@ -269,3 +269,23 @@ def test_small_drift_over_a_large_vocabulary(tmp_path: Path) -> None:
         ref = _reference(models, r, pos)
     assert max(ref) < 2e-3 and min(ref) > 1e-6
     np.testing.assert_allclose(got, ref, rtol=1e-4)
+
+
+def test_sampled_captures_draw_the_lens_positions_among_the_stored_rows(models, tmp_path: Path) -> None:
+    """On sample:K files only the stored rows have residuals: the max_positions subsample is drawn among
+    them (it was drawn among every position, so most draws hit missing rows and far fewer were read),
+    and the result says which rows it used, as cka and similarity do."""
+    base = capture(CaptureConfig(model=str(models[0]), prompts=PROMPTS, out=tmp_path / "b.h5", store="sample:6"))
+    tuned = capture(CaptureConfig(model=str(models[1]), tokens_from=str(base), out=tmp_path / "t.h5", store="sample:6"))
+    pair = CapturePair(CaptureReader(base), CaptureReader(tuned), CompareOptions(positions="all"))
+    stored = int((pair.mask("predictive") & pair.sampled_mask).sum())
+    assert 4 < stored < int(pair.mask("predictive").sum())  # a real subset
+    rep = compare(
+        [base, tuned],
+        analyses=["logit_lens", "similarity"],
+        positions="all",
+        options={"logit_lens": {"max_positions": stored - 2}},
+    )
+    res = rep.body["analyses"]
+    assert res["logit_lens"]["n_positions"] == stored - 2
+    assert res["logit_lens"]["rows"] == res["similarity"]["rows"] == "sampled:6"

@@ -150,7 +150,10 @@ def run_rank(cfg: CaptureConfig, progress: Any = None) -> Path | None:
         dist.all_gather_object(outcomes, error)
         failed = {r: e for r, e in enumerate(outcomes) if e is not None}
         if failed:
-            shown = "; ".join(f"rank {r}: {e.strip()}" for r, e in sorted(failed.items()))
+            by_error: dict[str, list[int]] = {}  # the same error on every rank is shown once
+            for r, e in sorted(failed.items()):
+                by_error.setdefault(e.strip(), []).append(r)
+            shown = "; ".join(f"rank {', '.join(map(str, rs))}: {e}" for e, rs in by_error.items())
             ranks = ", ".join(str(r) for r in sorted(failed))
             raise DriftkitError(
                 f"The capture failed on rank {ranks} of {world}. {shown} The other shards in "
@@ -213,6 +216,27 @@ def launch(cfg: CaptureConfig, nproc: int) -> Path:
     return Path(cfg.out)
 
 
+def _precheck(cfg: CaptureConfig, nproc: int) -> None:
+    """What the parent can refuse before starting ``nproc`` processes that would each load the model and
+    fail the same way: a bad ``--store`` or ``--backend``, and fewer samples than processes (counted
+    from the prompt file or the ``--tokens-from`` capture, without a tokenizer)."""
+    from driftkit.capturing.engine import _check_backend
+    from driftkit.capturing.pooling import parse_store
+    from driftkit.prompts import load_prompts
+    from driftkit.store.reader import CaptureReader
+
+    parse_store(cfg.store)
+    _check_backend(cfg)
+    if cfg.tokens_from:
+        with CaptureReader(cfg.tokens_from) as r:
+            n = r.n_samples
+    elif cfg.prompts is not None:
+        n = len(load_prompts(cfg.prompts, limit=cfg.limit, seed=cfg.prompt_seed))
+    else:
+        return  # the engine names the missing --prompts
+    share_range([1] * n, 0, nproc)  # raises the one-paragraph "cannot be shared" error when n < nproc
+
+
 def capture_sharded(cfg: CaptureConfig, nproc: int = 1, progress: Any = None) -> Path | None:
     """A capture over several processes: under torchrun this process's rank (see :func:`run_rank`),
     else ``nproc`` local processes (:func:`launch`). Returns ``cfg.out`` (None on ranks other than 0)."""
@@ -233,6 +257,7 @@ def capture_sharded(cfg: CaptureConfig, nproc: int = 1, progress: Any = None) ->
         return CaptureEngine(cfg, progress=progress).run()
     if out.is_dir():
         raise DriftkitError(f"{opt('out', str(out))} is a folder; give a file name like {out / 'capture.h5'}.")
+    _precheck(cfg, nproc)
     there = [p for p in [out, *(shard_path(out, r, nproc) for r in range(nproc))] if p.exists()]
     if there and not (cfg.overwrite or cfg.resume):
         raise DriftkitError(

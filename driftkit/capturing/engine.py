@@ -335,6 +335,10 @@ def _check_backend(cfg: CaptureConfig) -> None:
             f"{opt('backend', cfg.backend)} picks the engine that generates responses, so it needs "
             f"{opt('generate')}; without it the capture scores the given prompts (and responses) only."
         )
+    if cfg.generate:
+        from driftkit.generation_backends import check_available
+
+        check_available(cfg.backend)
 
 
 class CaptureEngine:
@@ -352,6 +356,7 @@ class CaptureEngine:
                 f"Unknown {opt('truncate', cfg.truncate)}; use left (drop the oldest tokens) or right (the newest)."
             )
         _check_backend(cfg)
+        self.store_mode = parse_store(cfg.store)  # --store: what the layer sites keep (pooling.py); before the load
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.progress = progress
@@ -394,7 +399,6 @@ class CaptureEngine:
             for p in self.probes
             for o in p.outputs(self.layout)
         ]
-        self.store_mode = parse_store(cfg.store)  # --store: what the layer sites keep (pooling.py)
         self.specs, self.layer_paths = store_specs(self.store_mode, self.specs)
         self.timing: dict[str, float] = {"forward": 0.0, "finalize": 0.0, "queue_wait": 0.0}
 
@@ -508,10 +512,12 @@ class CaptureEngine:
                 )
             writer = CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype)
         else:
-            if cfg.generate and cfg.compression in (None, "none"):
-                from driftkit.capturing.sizing import check_space_before_generating
+            from driftkit.capturing.sizing import _static_bytes, check_space_before_generating
 
-                check_space_before_generating(cfg, self.loaded.tokenizer, self.specs, self.out)
+            # once-per-file arrays count too; with --shared-unembed they go to that file instead
+            static = 0 if cfg.shared_unembed else _static_bytes(self.probes, self.layout)
+            if cfg.generate and cfg.compression in (None, "none"):
+                check_space_before_generating(cfg, self.loaded.tokenizer, self.specs, self.out, static)
             samples = build_samples(cfg, self.loaded, self.progress)
             if self.out.exists():
                 self.out.unlink()  # --overwrite (checked in __init__; the lock says nobody else writes it)
@@ -532,6 +538,7 @@ class CaptureEngine:
                     if self.store_mode.kind == "sampled"
                     else None
                 ),
+                static_bytes=static,
             )
         self.opened = True
         # Static arrays are written when missing, also on resume: a run killed before its first flush

@@ -21,6 +21,7 @@ Modes (root attr ``store``):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -65,8 +66,10 @@ def parse_store(spec: str | None) -> StoreMode:
             k = 0
         if k >= 1:
             return StoreMode("sampled", k)
+    near = difflib.get_close_matches(s, ["tokens", "pooled"], n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]}?)" if near else ""
     raise DriftkitError(
-        f"Unknown {opt('store', s)}: use tokens (every layer site per token, the default), pooled (per sample "
+        f"Unknown {opt('store', s)}{hint}: use tokens (every layer site per token, the default), pooled (per sample "
         "and layer: the prompt mean, the response mean and the last prompt token) or sample:K with K >= 1 (K "
         "token positions per sample, the same positions for every capture of the same tokens)."
     )

@@ -90,7 +90,9 @@ def _sampled_rows(lengths: Sequence[int], k: int) -> int:
     return int(sum(min(k, n) for n in lengths))
 
 
-def check_space_before_generating(cfg: CaptureConfig, tokenizer: Any, specs: Sequence[ArraySpec], out: Path) -> None:
+def check_space_before_generating(
+    cfg: CaptureConfig, tokenizer: Any, specs: Sequence[ArraySpec], out: Path, static_bytes: int = 0
+) -> None:
     """Refuse a ``--generate`` capture that cannot fit before generating anything (the writer checks the
     exact size again once the responses exist). The estimate assumes every response uses the whole
     budget, so the message says it is an upper bound."""
@@ -98,10 +100,20 @@ def check_space_before_generating(cfg: CaptureConfig, tokenizer: Any, specs: Seq
     mode = parse_store(cfg.store)
     n_sampled = _sampled_rows(lengths, mode.k) if mode.kind == "sampled" else 0
     note = f", if every response uses all {cfg.max_new_tokens} --max-new-tokens"
-    _check_free_space(out, sum(lengths), specs, cfg.storage_dtype, len(lengths), n_sampled, upper_bound=note)
+    _check_free_space(
+        out,
+        sum(lengths),
+        specs,
+        cfg.storage_dtype,
+        len(lengths),
+        n_sampled,
+        upper_bound=note,
+        static_bytes=static_bytes,
+    )
 
 
 def _static_bytes(probes: Sequence[Any], layout: Any) -> int:
+    """Bytes of the arrays the probes write once per file (the unembedding, its bias, the final norm)."""
     total = 0
     for p in probes:
         for st in p.static(layout):

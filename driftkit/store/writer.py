@@ -142,23 +142,30 @@ def _check_free_space(
     n_samples: int = 0,
     n_sampled: int = 0,
     upper_bound: str = "",
+    static_bytes: int = 0,
 ) -> None:
     """Fail before any compute when the capture cannot fit: finding out after an hour of forward
     passes, with HDF5 reporting the failure from deep in its cache, is much worse. ``upper_bound``:
-    a note for the message when the estimate assumes every response uses the whole budget."""
+    a note for the message when the estimate assumes every response uses the whole budget.
+    ``static_bytes``: the arrays written once per file (the unembedding: 113 MB for a 135M model,
+    far more than the per-token arrays of a small capture, so leaving it out let such captures start)."""
     import shutil
 
-    need = estimate_bytes(n_tokens, specs, storage_dtype, n_samples, n_sampled)
+    need = estimate_bytes(n_tokens, specs, storage_dtype, n_samples, n_sampled) + static_bytes
     usage = shutil.disk_usage(path.parent)
     if usage.total == 0:  # a pseudo file system (/proc, ...): no size to check, the write will say what is wrong
         return
     free = usage.free
     if need > free:
         raise DriftkitError(
-            f"The capture needs about {need / 1e6:.1f} MB ({n_tokens} tokens{upper_bound}) but only "
+            f"The capture needs about {need / 1e6:.1f} MB ({n_tokens} tokens{upper_bound}"
+            + (f"; {static_bytes / 1e6:.1f} MB of it written once, the unembedding" if static_bytes else "")
+            + f") but only "
             f"{free / 1e6:.1f} MB is free at {path.parent}: the disk is too full, and nothing was computed. Free "
             f"space, choose another {opt('out', None)}, record fewer layers ({opt('layers', 'every:4')}), store "
-            f"less per token ({opt('store', 'pooled')} or {opt('store', 'sample:64')}) or pass "
+            f"less per token ({opt('store', 'pooled')} or {opt('store', 'sample:64')}), "
+            + (f"keep the unembedding in another file ({opt('shared_unembed', 'PATH')}), " if static_bytes else "")
+            + "or pass "
             f"{opt('compression', 'lzf')}; {opt('dry_run')} prints the estimate per site."
         )
 
@@ -216,6 +223,7 @@ class CaptureWriter:
         compression: str | None = None,
         truncated: Sequence[int] | None = None,
         sampled_positions: np.ndarray | None = None,
+        static_bytes: int = 0,
     ) -> CaptureWriter:
         """Create the file with every dataset preallocated. ``truncated``: tokens cut per sample by
 
@@ -241,7 +249,7 @@ class CaptureWriter:
         n_sampled = 0 if sampled_positions is None else len(sampled_positions)
         n_rows = {"token": T, "sample": len(lengths), "sampled": n_sampled}
         if compression in (None, "none"):
-            _check_free_space(path, T, specs, storage_dtype, len(lengths), n_sampled)
+            _check_free_space(path, T, specs, storage_dtype, len(lengths), n_sampled, static_bytes=static_bytes)
         try:
             f = h5py.File(path, "w")
         except (OSError, RuntimeError) as exc:

@@ -256,7 +256,7 @@ class CKAAnalysis(Analysis):
             k = max(1, len(vals) // 5)
             low = np.argsort(vals)[:k]
             rest = np.setdiff1d(np.arange(len(vals)), low)
-            lo_layers = sorted(str(layers[i]["layer"]) for i in low)
+            lo_layers = [str(layers[i]["layer"]) for i in sorted(low)]  # depth order (as strings "10" < "8")
             out.append(
                 f"{lab}: lowest CKA to the base at layer(s) {', '.join(lo_layers)} "
                 f"(mean {vals[low].mean():.3f} vs {vals[rest].mean() if rest.size else float('nan'):.3f} elsewhere)."

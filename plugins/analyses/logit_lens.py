@@ -128,6 +128,9 @@ class LogitLensAnalysis(Analysis):
     def layers_mask(self, pair: Any) -> np.ndarray:
         """Predictive positions (t predicts t + 1), subsampled to ``max_positions`` with ``--seed``."""
         m = pair.mask("predictive")
+        held = pair.sampled_mask  # sample:K files: draw among the stored rows, not among rows that are not there
+        if held is not None:
+            m = m & held
         cap = int(self.opts["max_positions"])
         if cap > 0 and int(m.sum()) > cap:
             rng = np.random.default_rng(pair.options.seed)
@@ -184,6 +187,7 @@ class LogitLensAnalysis(Analysis):
         vals = [e["kl_forward"] for e in layers]
         return {
             "positions": pair.positions,
+            "rows": pair.layer_rows_label,  # tokens | sampled:K (the lens reads only the stored rows)
             "n_positions": self._n,
             "num_layers": n_layers,
             "reference_layer": last["layer"] if last else None,

@@ -313,6 +313,9 @@ class PCAShiftAnalysis(Analysis):
                 out.append(f"{lab}: PCA shift: {NO_CHANGE} on any domain.")
                 continue
             top = max(d, key=d.__getitem__)
+            if len(d) == 1:  # one domain: "largest on X (5.66; )" said nothing and left empty brackets
+                out.append(f"{lab}: PCA shift on {domain_name(top)} prompts {d[top]:.3g}.")
+                continue
             out.append(
                 f"{lab}: PCA shift is largest on {domain_name(top)} prompts ({d[top]:.3g}; "
                 + ", ".join(f"{domain_name(k)} {v:.3g}" for k, v in d.items() if k != top)

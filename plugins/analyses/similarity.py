@@ -176,6 +176,7 @@ class SimilarityAnalysis(Analysis):
         dominated = [d["layer"] for d in dom if d["top_share"] == d["top_share"] and d["top_share"] > thr]
         out: dict[str, Any] = {
             "positions": pair.positions,
+            "rows": pair.layer_rows_label,  # tokens | sampled:K, as cka says
             "n": self._n,
             "n_samples": self._n_samples,
             "k": self._k_used,
@@ -218,11 +219,14 @@ class SimilarityAnalysis(Analysis):
         feats = sorted(count, key=lambda f: (-count[f], f))[:5]
         lo, hi = min(d["top_share"] for d in rows), max(d["top_share"] for d in rows)
         share = f"{lo:.0%}" if hi - lo < 0.005 else f"{lo:.0%}–{hi:.0%}"
-        named = ", ".join(f"{f} at {count[f]}" for f in feats)
+        others = ", ".join(f"{f} at {count[f]}" for f in feats[1:])
+        recur = f"feature {feats[0]} is one of them at {count[feats[0]]} of those layers" + (
+            f" ({others})" if others else ""
+        )
         return [
             f"Raw CKA is dominated by a few features, and uninformative, at {len(rows)} of "
             f"{len(result['dominant'])} layers ({_span([d['layer'] for d in rows])}): the top-{result['top_k']} "
-            f"features hold {share} of A's variance there (features among the top-{result['top_k']}: {named} of them). "
+            f"features hold {share} of A's variance there; {recur}. "
             "Read standardized CKA, Procrustes and mutual k-NN at those layers."
         ]
 
@@ -278,11 +282,15 @@ class SimilarityAnalysis(Analysis):
             ax.set_xlabel("layer")
             ax.set_title(title, fontsize=10)
         axes[0][0].legend(fontsize=8, frameon=False)
+        caption = "CKA and k-NN: 1 = unchanged; Procrustes: 0 = unchanged (radians, up to rotation and scale)"
+        # the HTML reports show the caption, not the terminal's yellow line: say there too where raw CKA is blind
+        for line in self.dominance_lines(next(iter(results.values()))) if results else []:
+            caption += ". " + line.rstrip(".")
         return [
             Figure(
                 "Similarity beyond linear CKA, per layer",
                 to_svg(fig),
-                "CKA and k-NN: 1 = unchanged; Procrustes: 0 = unchanged (radians, up to rotation and scale)",
+                caption,
             )
         ]
 
