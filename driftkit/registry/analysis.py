@@ -176,7 +176,7 @@ class Analysis(Configurable, ABC):
         out: dict[str, float] = {}
         for k, v in (result.get("summary") or {}).items():
             if isinstance(v, (int, float)):
-                out[k] = float(v)
+                out[k] = v if type(v) is int else float(v)  # counts stay counts ("24", not "24.0000")
         return out
 
     def render(self, result: Mapping[str, Any]) -> RenderableType:

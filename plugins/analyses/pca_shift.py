@@ -255,7 +255,8 @@ class PCAShiftAnalysis(Analysis):
                 range(len(labels)), [row["mean_angle_deg"] for row in r["layers"]], "-o", ms=3, color=c, label=lab
             )
         axes[0][0].set_title("PC1 shift by layer", fontsize=10)
-        axes[0][0].legend(fontsize=7, frameon=False)
+        if axes[0][0].get_legend_handles_labels()[0]:  # no domain with enough samples: nothing to label
+            axes[0][0].legend(fontsize=7, frameon=False)
         axes[0][1].set_title(f"mean principal angle (°), top-{next(iter(results.values()))['k']}", fontsize=10)
         for ax in axes[0]:
             layer_ticks(ax, labels)
