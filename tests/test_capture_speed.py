@@ -122,3 +122,36 @@ def test_packed_write_refuses_float16_overflow(tmp_path: Path) -> None:
         w.write_packed([0, 1], {"sites/x": torch.tensor([[1.0, 2.0], [3.0, -7e4], [0.0, 0.0]])})
     assert not w.done.any()
     w.close()
+
+
+def test_writer_thread_runs_one_openmp_thread_and_leaks_no_setting() -> None:
+    """The writer's torch ops use one OpenMP thread (its own team would compete with the forward's
+    for the same cores); the caller keeps its threads, during and after, and so do threads started
+    after the writer stops."""
+    import threading
+
+    import torch
+
+    from driftkit.store.writer import BackgroundWriter
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: dict[str, int] = {}
+
+        class _Writer:
+            def write_packed(self, samples, arrays) -> None:
+                seen["writer"] = torch.get_num_threads()
+
+        bw = BackgroundWriter(_Writer())
+        bw.put_packed([0], {})
+        seen["caller_during"] = torch.get_num_threads()
+        bw.close()
+        later: list[int] = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert seen == {"writer": 1, "caller_during": 2}
+        assert torch.get_num_threads() == 2 and later == [2]
+    finally:
+        torch.set_num_threads(before)

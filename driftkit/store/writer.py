@@ -495,6 +495,19 @@ class BackgroundWriter:
         self.thread.start()
 
     def _run(self) -> None:
+        # One OpenMP thread for this thread's torch ops (the float16 range check and conversion): torch
+        # gives every calling thread its own OpenMP team, so at the default thread count the writer's
+        # team competed for the very cores the forward's team runs on. The setting is per thread for
+        # OpenMP and MKL (the forward keeps its threads); torch's default for threads started later
+        # is restored when the writer stops.
+        restore = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self._loop()
+        finally:
+            torch.set_num_threads(restore)
+
+    def _loop(self) -> None:
         while True:
             job = self.q.get()
             if job is None:
