@@ -112,7 +112,8 @@ def test_report_dominance_findings_and_study_hooks(pair, result) -> None:
     assert same[0].endswith("no measurable change for any tuned model.")
     entry = an.study_entry(res)
     assert {"similarity_layers", "dominant_features"} == set(entry)
-    assert [r[0] for r in an.study_rows(res)] == ["mean standardized CKA", "mean Procrustes (rad)", "mean mutual k-NN"]
+    rows = [r[0] for r in an.study_rows(res)]
+    assert rows == ["1 − mean standardized CKA", "mean Procrustes (rad)", "mean mutual k-NN"]
     figs = an.figures({"sft": tuned, "rl": res})
     assert figs and figs[0].svg.startswith("<svg")
     rep = driftkit.compare([a, b], analyses=["similarity"], options={"similarity": {"threshold": "0.01"}})
