@@ -16,48 +16,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from _stand_ins import perturbed_checkpoint, write_bundled_prompts
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _prompts(path: Path, repeat: int) -> None:
-    import importlib.resources as ir
-
-    src = ir.files("driftkit.probes") / "prompts"
-    rows = []
-    for f in sorted(src.iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".jsonl"):
-            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    with open(path, "w") as fh:
-        for r in range(repeat):
-            for i, row in enumerate(rows):
-                fh.write(json.dumps({**row, "id": f"{row.get('id', i)}#{r}"}) + "\n")
-
-
-def _tuned(base: str, out: Path) -> Path:
-    """The real model with its MLP matrices nudged: a stand-in fine-tune (no training here)."""
-    if (out / "config.json").is_file():
-        return out
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "mlp" in name and p.dim() == 2:
-                p.add_(0.02 * p.std() * torch.randn(p.shape, generator=g))
-    m.save_pretrained(out)
-    for f in Path(base).iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "chat_template.jinja":
-            shutil.copy(f, out / f.name)
-    return out
 
 
 def _captures(workdir: Path, repeat: int) -> list[Path]:
@@ -66,9 +33,9 @@ def _captures(workdir: Path, repeat: int) -> list[Path]:
 
     workdir.mkdir(parents=True, exist_ok=True)
     base = resolve_model_path("smollm2-135m")
-    tuned = _tuned(base, workdir / "smollm2-perturbed")
+    tuned = perturbed_checkpoint(base, workdir / "smollm2-perturbed")
     prompts = workdir / f"prompts_x{repeat}.jsonl"
-    _prompts(prompts, repeat)
+    write_bundled_prompts(prompts, repeat)
     paths = []
     for name, model in (("base", base), ("tuned", str(tuned))):
         out = workdir / f"{name}_x{repeat}.h5"

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _stand_ins import perturbed_checkpoint, write_bundled_prompts
 
 D = 576
 CHUNK = 4096
@@ -279,26 +280,11 @@ def bench_compare(
     workdir.mkdir(parents=True, exist_ok=True)
     base = resolve_model_path("smollm2-135m")
     tuned = workdir / "smollm2-perturbed"
-    if not (tuned / "config.json").is_file():
-        # a stand-in "tuned" checkpoint: the real model with its MLP weights nudged (no training here)
-        from transformers import AutoModelForCausalLM
-
-        m = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for name, p in m.named_parameters():
-                if "mlp" in name and p.dim() == 2:
-                    p.add_(0.02 * p.std() * torch.randn(p.shape, generator=g))
-        m.save_pretrained(tuned)
-        import shutil
-
-        for f in Path(base).iterdir():
-            if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "chat_template.jinja":
-                shutil.copy(f, tuned / f.name)
+    perturbed_checkpoint(base, tuned)
     pairs = {}
     for rep_count in sizes:
         prompts = workdir / f"prompts_x{rep_count}.jsonl"
-        _write_prompts(prompts, rep_count)
+        write_bundled_prompts(prompts, rep_count)
         paths = []
         for name, model in (("base", base), ("tuned", str(tuned))):
             out = workdir / f"{name}_x{rep_count}.h5"
@@ -341,23 +327,6 @@ def bench_compare(
                     f"{r['cpu_s'] / u['total_cpu_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}",
                     flush=True,
                 )
-
-
-def _write_prompts(path: Path, repeat: int) -> None:
-    """The bundled prompt sets, repeated ``repeat`` times (ids made unique) to grow the capture."""
-    import importlib.resources as ir
-
-    src = ir.files("driftkit.probes") / "prompts"
-    rows = []
-    for f in sorted(src.iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".jsonl"):
-            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    with open(path, "w") as fh:
-        for r in range(repeat):
-            for i, row in enumerate(rows):
-                row = dict(row)
-                row["id"] = f"{row.get('id', i)}#{r}"
-                fh.write(json.dumps(row) + "\n")
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ capture's tokens (``tokens_from``), so the comparison has some drift to measure.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,40 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _stand_ins import perturbed_checkpoint, write_bundled_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _prompts(path: Path, repeat: int, limit: int | None) -> int:
-    import importlib.resources as ir
-
-    src = ir.files("driftkit.probes") / "prompts"
-    rows = []
-    for f in sorted(src.iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".jsonl"):
-            rows += [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-    out = [{**row, "id": f"{row.get('id', i)}#{r}"} for r in range(repeat) for i, row in enumerate(rows)]
-    out = out[:limit] if limit else out
-    path.write_text("".join(json.dumps(r) + "\n" for r in out))
-    return len(out)
-
-
-def _tuned(base: str, out: Path) -> Path:
-    import shutil
-
-    from transformers import AutoModelForCausalLM
-
-    m = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if "mlp" in name and p.dim() == 2:
-                p.add_(0.02 * p.std() * torch.randn(p.shape, generator=g))
-    m.save_pretrained(out)
-    for f in Path(base).iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "chat_template.jinja":
-            shutil.copy(f, out / f.name)
-    return out
 
 
 def _sync(dev: torch.device) -> None:
@@ -137,7 +105,7 @@ def main() -> int:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="driftkit_gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
     base = resolve_model_path("smollm2-135m")
-    n_prompts = _prompts(work / "prompts.jsonl", args.repeat, args.limit)
+    n_prompts = write_bundled_prompts(work / "prompts.jsonl", args.repeat, args.limit)
     dev_name = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "CPU"
     print(f"device {args.device} ({dev_name}), torch {torch.__version__}, {n_prompts} prompts, bfloat16")
 
@@ -184,7 +152,7 @@ def main() -> int:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
-    tuned = _tuned(base, work / "tuned")
+    tuned = perturbed_checkpoint(base, work / "tuned")
     t = time.perf_counter()
     driftkit.capture(
         CaptureConfig(
