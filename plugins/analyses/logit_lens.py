@@ -202,9 +202,6 @@ class LogitLensAnalysis(Analysis):
         }
 
     # -- presentation ----------------------------------------------------------------------------------
-    def summary(self, result: Mapping[str, Any]) -> dict[str, float]:
-        return {k: v for k, v in result["summary"].items() if isinstance(v, (int, float))}
-
     def render(self, result: Mapping[str, Any]) -> Any:
         layers = result["layers"]
         vals = [e["kl_forward"] for e in layers]
