@@ -512,10 +512,10 @@ class CaptureEngine:
                 )
             writer = CaptureWriter.open_resume(self.out, self.specs, cfg.storage_dtype)
         else:
-            from driftkit.capturing.sizing import _static_bytes, check_space_before_generating
+            from driftkit.capturing.sizing import check_space_before_generating, once_per_file_bytes
 
             # once-per-file arrays count too; with --shared-unembed they go to that file instead
-            static = 0 if cfg.shared_unembed else _static_bytes(self.probes, self.layout)
+            static = 0 if cfg.shared_unembed else once_per_file_bytes(self.probes, self.layout)
             if cfg.generate and cfg.compression in (None, "none"):
                 check_space_before_generating(cfg, self.loaded.tokenizer, self.specs, self.out, static)
             samples = build_samples(cfg, self.loaded, self.progress)

@@ -29,7 +29,7 @@ import torch
 from driftkit.capturing.config import CaptureConfig
 from driftkit.capturing.pooling import parse_store, store_specs
 from driftkit.errors import DriftkitError, opt
-from driftkit.store.writer import ArraySpec, _check_free_space, spec_row_bytes
+from driftkit.store.writer import ArraySpec, check_free_space, spec_row_bytes
 
 
 def config_source(spec: str) -> str:
@@ -100,7 +100,7 @@ def check_space_before_generating(
     mode = parse_store(cfg.store)
     n_sampled = _sampled_rows(lengths, mode.k) if mode.kind == "sampled" else 0
     note = f", if every response uses all {cfg.max_new_tokens} --max-new-tokens"
-    _check_free_space(
+    check_free_space(
         out,
         sum(lengths),
         specs,
@@ -112,7 +112,7 @@ def check_space_before_generating(
     )
 
 
-def _static_bytes(probes: Sequence[Any], layout: Any) -> int:
+def once_per_file_bytes(probes: Sequence[Any], layout: Any) -> int:
     """Bytes of the arrays the probes write once per file (the unembedding, its bias, the final norm)."""
     total = 0
     for p in probes:
@@ -162,7 +162,7 @@ def estimate(cfg: CaptureConfig) -> dict[str, Any]:
             per_sample[s.path] = mode.k * b
     if mode.kind == "sampled" and per_sample:
         per_sample["sites/positions"] = mode.k * 8
-    static = _static_bytes(probes, layout)
+    static = once_per_file_bytes(probes, layout)
     bpt, bps = sum(per_site.values()), sum(per_sample.values())
     if mode.kind == "sampled":
         sampled = _sampled_rows(lengths, mode.k)

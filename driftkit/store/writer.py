@@ -134,7 +134,7 @@ def estimate_bytes(
     return total
 
 
-def _check_free_space(
+def check_free_space(
     path: Path,
     n_tokens: int,
     specs: Sequence[ArraySpec],
@@ -249,7 +249,7 @@ class CaptureWriter:
         n_sampled = 0 if sampled_positions is None else len(sampled_positions)
         n_rows = {"token": T, "sample": len(lengths), "sampled": n_sampled}
         if compression in (None, "none"):
-            _check_free_space(path, T, specs, storage_dtype, len(lengths), n_sampled, static_bytes=static_bytes)
+            check_free_space(path, T, specs, storage_dtype, len(lengths), n_sampled, static_bytes=static_bytes)
         try:
             f = h5py.File(path, "w")
         except (OSError, RuntimeError) as exc:
