@@ -355,13 +355,28 @@ def one_layer(
     for an in cons:
         clock.call(an, an.start_layer, pair, layer, path)
     union = np.logical_or.reduce([masks[an.name] for an in cons])
+    # consumers with equal masks get the same chunk object: one subset copy per distinct mask, not
+    # one per consumer (and analyses that share work per chunk see one chunk)
+    distinct: list[np.ndarray] = []
+    group: dict[str, int] = {}
+    for an in cons:
+        m = masks[an.name]
+        hit = next((i for i, r in enumerate(distinct) if r is m or np.array_equal(r, m)), None)
+        if hit is None:
+            distinct.append(m)
+            hit = len(distinct) - 1
+        group[an.name] = hit
     for item in _timed(pair.iter_pair(path, union), read_time):
         chunk = LayerChunk(layer, path, *item)
+        views: dict[int, LayerChunk | None] = {}
         for an in cons:
-            sel = _select(masks[an.name], chunk.idx)
-            if sel is not None and not sel.any():
-                continue
-            clock.call(an, an.on_layer, chunk if sel is None else chunk.subset(sel))
+            g = group[an.name]
+            if g not in views:
+                sel = _select(distinct[g], chunk.idx)
+                views[g] = chunk if sel is None else (chunk.subset(sel) if sel.any() else None)
+            view = views[g]
+            if view is not None:
+                clock.call(an, an.on_layer, view)
     for an in cons:
         clock.call(an, an.finish_layer, pair, layer, path)
 
