@@ -335,3 +335,53 @@ def test_memo_keeps_values_and_errors_per_block() -> None:
             c2.shared("kl_probe", probe)
         assert err.value.row == 3
     assert len(runs) == 1
+
+
+def test_kernels_on_row_slices_equal_whole_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kl() and ranks() run their kernels on row slices (cache-sized): with slices of 3 rows over a
+    block of 8, every quantity equals (==) the kernels over the whole block, a tied top token in the
+    second slice included, and a NaN row is named by its index in the block, not in its slice. With a
+    masked entry (the float64 fallback row) in the last slice, the kernel picks its formula for B's
+    probabilities per slice instead of per block: the other rows then agree to float32 rounding."""
+    from driftkit.comparing import engine as E
+    from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_
+    from driftkit.metrics.ranks import rank_stats
+
+    vocab = 64
+    monkeypatch.setattr(E, "SLICE_BYTES", 3 * 4 * vocab)
+    assert E._slices(8, vocab) == [(0, 3), (3, 6), (6, 8)]
+    g = torch.Generator().manual_seed(1)
+    la = torch.randn(8, vocab, generator=g) * 3
+    lb = la + 1e-3 * torch.randn(8, vocab, generator=g)
+    lb[4, [5, 9]] = lb[4].max() + 1.0  # B's top token tied (row in the second slice)
+    y = torch.randint(0, vocab, (8,), generator=g)
+    dom = torch.zeros(8, dtype=torch.int64)
+    kl_keys = ("kl_forward", "kl_reverse", "js", "logratio")
+
+    def chunk(a: torch.Tensor) -> Any:
+        return E.LogitsChunk(None, np.arange(8), a, lb, y, dom, 8)  # type: ignore[arg-type]
+
+    c = chunk(la)
+    ref, rk = kl_from_logits_(la.clone(), lb.clone(), y), rank_stats(la, lb, y)
+    st, rs = c.kl(), c.ranks()
+    for k in kl_keys:
+        assert torch.equal(getattr(st, k), getattr(ref, k)), k
+    for k in ("top_b", "rank_a_of_top_b", "rank_a", "rank_b"):
+        assert torch.equal(getattr(rs, k), getattr(rk, k)), k
+    masked = la.clone()
+    masked[7, 11] = lb[7, 11] = float("-inf")  # masked in both models (third slice)
+    ref = kl_from_logits_(masked.clone(), lb.clone(), y)
+    st = chunk(masked).kl()
+    for k in kl_keys:
+        assert torch.equal(getattr(st, k)[6:], getattr(ref, k)[6:]), k  # the fallback's slice: same formula
+    # every row as exact as the whole-block kernel: a direct float64 softmax (KL ~1e-7 here)
+    lpa, lpb = torch.log_softmax(masked.double(), 1), torch.log_softmax(lb.double(), 1)
+    r = torch.where(torch.isneginf(masked), 0.0, lpb - lpa)
+    kl64 = (lpb.exp() * r).sum(1)
+    for got in (st.kl_forward, ref.kl_forward):
+        torch.testing.assert_close(got.double(), kl64, rtol=2e-4, atol=0.0)
+    bad = la.clone()
+    bad[7, 2] = float("nan")
+    with pytest.raises(NonFiniteLogits) as err:
+        chunk(bad).kl()
+    assert err.value.row == 7

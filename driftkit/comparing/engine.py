@@ -176,13 +176,55 @@ class LogitsChunk:
         return self.shared("ranks", _ranks)
 
 
+#: bytes of one float32 (rows, V) row slice the per-position kernels work on at a time
+SLICE_BYTES = 2 * 2**20
+
+
+def _slices(n: int, vocab: int) -> list[tuple[int, int]]:
+    """Row ranges of a block for the per-position kernels (:func:`_kl`, :func:`_ranks`).
+
+    Why slice: each kernel makes 5 to 15 element-wise passes over its rows. Over a whole
+    (227, 49,152) block (45 MB per array) every pass streams from memory; over 10-row slices (2 MB
+    per array; the kernel's 6 arrays fit in L3, and every slice reuses the same scratch rows) the
+    later passes hit cache. Measured on one core: KL 81 -> 61 ms and ranks 25 -> 15 ms per block.
+    Every quantity is per row, so the numbers are the same, except that the KL kernel picks its
+    formula for B's probabilities per slice rather than per block where a row has logits far below
+    its maximum (masked vocabulary): the rows beside it then differ by float32 rounding."""
+    step = max(1, SLICE_BYTES // (4 * max(vocab, 1)))
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
 def _kl(c: LogitsChunk) -> KLStats:
+    n, vocab = c.logits_a.shape
     d, ea, eb, em = c._scratch(SHARED_QUANTITIES["kl"])
-    return kl_from_logits_(c.logits_a, c.logits_b, c.next_ids, d, ea, eb, em_buf=em)  # em_buf: blocks kept
+    parts = [
+        kl_from_logits_(
+            c.logits_a[s:e],
+            c.logits_b[s:e],
+            c.next_ids[s:e],
+            d[: e - s],
+            ea[: e - s],
+            eb[: e - s],
+            row_offset=s,
+            em_buf=em[: e - s],
+        )  # em_buf: the blocks are kept (read-only); the same scratch rows for every slice (they stay in cache)
+        for s, e in _slices(n, vocab)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return KLStats(*(torch.cat([getattr(p, f) for p in parts]) for f in ("kl_forward", "kl_reverse", "js", "logratio")))
 
 
 def _ranks(c: LogitsChunk) -> RankStats:
-    return rank_stats(c.logits_a, c.logits_b, c.next_ids, c._scratch(SHARED_QUANTITIES["ranks"])[0])
+    n, vocab = c.logits_a.shape
+    (scratch,) = c._scratch(SHARED_QUANTITIES["ranks"])
+    parts = [
+        rank_stats(c.logits_a[s:e], c.logits_b[s:e], c.next_ids[s:e], scratch[: e - s]) for s, e in _slices(n, vocab)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    fields = ("top_b", "rank_a_of_top_b", "rank_a", "rank_b")
+    return RankStats(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
 
 
 @dataclass
