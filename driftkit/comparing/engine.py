@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from driftkit.comparing.read_ahead import read_ahead
 from driftkit.metrics.kl import KLStats, kl_from_logits_, logits_into, rows_for_budget
 from driftkit.metrics.ranks import RankStats, rank_stats
 from driftkit.store import schema as S
@@ -304,8 +305,8 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     total, done = int(union.sum()), 0
     names = ", ".join(an.name for an in consumers)
     read_time = [0.0]
-    for idx, ha, hb in _timed(pair.iter_pair(S.FINAL_HIDDEN, union), read_time):
-        y_all, dom_all = pair.next_token_ids(idx), pair.domain_index(idx)
+    blocks = read_ahead(pair.iter_pair(S.FINAL_HIDDEN, union), prepare=lambda it: (*it, *_targets(pair, it[0])))
+    for idx, ha, hb, y_all, dom_all in _timed(blocks, read_time):
         for s in range(0, len(idx), rows):
             e = min(len(idx), s + rows)
             t0 = time.perf_counter()
@@ -331,6 +332,11 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     for key, secs in work.seconds.items():  # each memoised quantity: split between those that asked
         clock.shared[f"{LOGITS}:{key}"] = secs
         clock.sharers[f"{LOGITS}:{key}"] = work.askers.get(key, [])
+
+
+def _targets(pair: CapturePair, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The realised next token and the domain of each position (looked up on the reader thread)."""
+    return pair.next_token_ids(idx), pair.domain_index(idx)
 
 
 def _feed(an: Analysis, chunk: LogitsChunk, clock: _Clock) -> None:

@@ -1,0 +1,81 @@
+"""Read ahead: the next chunk comes off the capture files while the current one is computed.
+
+Why: a comparison alternates reading (HDF5 decoding, the float16 -> float64 conversion of a layer's
+rows) with compute (the float64 cross-products of CKA, the logits matmuls). Torch's kernels and
+h5py's dataset reads release the GIL, so one thread can read chunk k + 1 while the main thread
+computes on chunk k: the reads then cost wall time only where they are slower than the compute.
+This is the compare-side twin of the capture's :class:`~driftkit.store.writer.BackgroundWriter`.
+
+Memory: ``depth`` chunks wait in the queue and one is being prepared, so a pass holds at most
+``depth + 2`` chunks (the one in use included) instead of one; the engine uses ``depth=1``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+_ITEM, _END, _ERROR = "item", "end", "error"
+
+
+def read_ahead(items: Iterator[T], depth: int = 1, prepare: Callable[[T], T] | None = None) -> Iterator[T]:
+    """Yield ``items`` in order, produced (and passed through ``prepare``) on a background thread
+    that keeps up to ``depth`` of them ready.
+
+    An exception raised while producing an item is raised here, at the position of that item, with
+    its own traceback. Stopping early (``break``, an exception in the consumer, the generator being
+    closed) stops the thread and closes ``items`` on it before this generator returns, so no read
+    runs on after the pass and no file is left in use."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(kind: str, value: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put((kind, value), timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        # One OpenMP thread for this thread's torch ops (conversions): torch gives every calling
+        # thread its own OpenMP team, which would compete for the cores the main thread computes
+        # on. The setting is per thread; torch's default for later threads is restored at the end.
+        restore = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for item in items:
+                if prepare is not None:
+                    item = prepare(item)
+                if not put(_ITEM, item):
+                    return
+            put(_END, None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put(_ERROR, exc)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+            torch.set_num_threads(restore)
+
+    thread = threading.Thread(target=produce, name="driftkit-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == _ITEM:
+                yield value
+            elif kind == _END:
+                return
+            else:
+                raise value
+    finally:
+        stop.set()
+        thread.join()
