@@ -23,14 +23,15 @@ and memoised on the chunk (:meth:`LogitsChunk.kl`, :meth:`LogitsChunk.ranks`, an
 :meth:`LogitsChunk.shared` for any other per-block value). The standard ones never overwrite the
 blocks (the KL kernel runs on the pass's own scratch, :data:`SHARED_QUANTITIES`), so the order of
 the read-only consumers does not matter (their scratch, declared in :attr:`Analysis.logits_shared`,
-is budgeted once for the pass). A scratch consumer asks before it overwrites its blocks: every one
+is allocated once for the pass: a few row slices, see :func:`_slices`). A scratch consumer asks before it overwrites its blocks: every one
 but the last works on a copy, which keeps the block's memo. Their time is reported as a shared pass
 split between the analyses that asked for them.
 
 Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
 :func:`~driftkit.metrics.kl.rows_for_budget` over the bytes per vocabulary entry of the engine's own
 two blocks plus every consumer's declared scratch (:attr:`Analysis.logits_scratch_bytes`), so the
-whole pass stays within a fixed byte budget at any vocabulary and any number of tokens.
+whole pass stays within a fixed byte budget at any vocabulary and any number of tokens. The shared
+quantities' scratch is a few row slices (:data:`SLICE_BYTES` each), outside that budget.
 """
 
 from __future__ import annotations
@@ -57,20 +58,23 @@ LOGITS, LAYERS = "logits", "layers"
 CONSUMABLE = (LOGITS, LAYERS)
 
 #: byte budget of the logits pass's (rows, V) blocks: the engine's two float32 blocks plus the
-#: consumers' scratch (227 positions at V = 49,152 for kl + token_rank). With the two float32
-#: unembeddings of a 49k x 576 model (226 MB) and the ~410 MB the imports take, a whole comparison
-#: stays under 1 GB; a larger budget buys little (the matmuls are as fast at 227 rows as at 512).
+#: consumers' declared scratch (512 positions at V = 49,152 for kl + token_rank, whose kernels work
+#: on small row slices, :func:`_slices`). With the two float32 unembeddings of a 49k x 576 model
+#: (226 MB) and the ~410 MB the imports take, a whole comparison stays under 1 GB. The logit matmuls
+#: run ~7% faster per row at 512 rows than at 227 (one core, V = 49,152); beyond 512 they gain nothing.
 LOGITS_BUDGET = 256 * 2**20
 
 #: the standard per-position quantities of a block (``Analysis.logits_shared`` names them), with the
-#: float32 (rows, V) scratch blocks each needs; the pass holds the largest such count once, reused
-#: by every quantity in turn. ``kl``: :meth:`LogitsChunk.kl`; ``ranks``: :meth:`LogitsChunk.ranks`.
+#: float32 (slice rows, V) scratch arrays each needs; the pass holds the largest such count once,
+#: reused by every quantity in turn and by every row slice. ``kl``: :meth:`LogitsChunk.kl`;
+#: ``ranks``: :meth:`LogitsChunk.ranks`.
 SHARED_QUANTITIES = {"kl": 4, "ranks": 1}
 
 
 class _SharedWork:
-    """What the chunks of one logits pass share: the scratch blocks of the standard quantities and
-    the seconds spent computing memoised values (billed to the analyses that asked, not the first)."""
+    """What the chunks of one logits pass share: the scratch of the standard quantities ((rows, V)
+    float32 arrays, ``rows`` = one row slice) and the seconds spent computing memoised values
+    (billed to the analyses that asked, not the first)."""
 
     def __init__(self, rows: int, vocab: int, blocks: int) -> None:
         self.rows, self.vocab = rows, vocab
@@ -158,8 +162,9 @@ class LogitsChunk:
             raise value.error
         return value
 
-    def _scratch(self, n_blocks: int) -> list[torch.Tensor]:
-        n, vocab = self.logits_a.shape
+    def _scratch(self, n_blocks: int, n: int) -> list[torch.Tensor]:
+        """``n_blocks`` (n, V) float32 scratch arrays (``n``: the rows of one slice)."""
+        vocab = self.logits_a.shape[1]
         if self.work is None or self.work.vocab != vocab or self.work.rows < n:
             self.work = _SharedWork(max(n, 1), vocab, 0)
         return self.work.scratch(n_blocks, n)
@@ -197,7 +202,8 @@ def _slices(n: int, vocab: int) -> list[tuple[int, int]]:
 
 def _kl(c: LogitsChunk) -> KLStats:
     n, vocab = c.logits_a.shape
-    d, ea, eb, em = c._scratch(SHARED_QUANTITIES["kl"])
+    slices = _slices(n, vocab)
+    d, ea, eb, em = c._scratch(SHARED_QUANTITIES["kl"], slices[0][1] if slices else 0)
     parts = [
         kl_from_logits_(
             c.logits_a[s:e],
@@ -209,7 +215,7 @@ def _kl(c: LogitsChunk) -> KLStats:
             row_offset=s,
             em_buf=em[: e - s],
         )  # em_buf: the blocks are kept (read-only); the same scratch rows for every slice (they stay in cache)
-        for s, e in _slices(n, vocab)
+        for s, e in slices
     ]
     if len(parts) == 1:
         return parts[0]
@@ -218,10 +224,9 @@ def _kl(c: LogitsChunk) -> KLStats:
 
 def _ranks(c: LogitsChunk) -> RankStats:
     n, vocab = c.logits_a.shape
-    (scratch,) = c._scratch(SHARED_QUANTITIES["ranks"])
-    parts = [
-        rank_stats(c.logits_a[s:e], c.logits_b[s:e], c.next_ids[s:e], scratch[: e - s]) for s, e in _slices(n, vocab)
-    ]
+    slices = _slices(n, vocab)
+    (scratch,) = c._scratch(SHARED_QUANTITIES["ranks"], slices[0][1] if slices else 0)
+    parts = [rank_stats(c.logits_a[s:e], c.logits_b[s:e], c.next_ids[s:e], scratch[: e - s]) for s, e in slices]
     if len(parts) == 1:
         return parts[0]
     fields = ("top_b", "rank_a_of_top_b", "rank_a", "rank_b")
@@ -296,11 +301,11 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     ua, ub = pair.a.unembedding(), pair.b.unembedding()
     vocab = int(ua.weight.shape[0])
     n_work = max((SHARED_QUANTITIES[q] for q in declared), default=0)  # one scratch set, reused by each quantity
-    per_entry = 8 * (1 + n_copies) + 4 * n_work + sum(int(an.logits_scratch_bytes) for an in consumers)
+    per_entry = 8 * (1 + n_copies) + sum(int(an.logits_scratch_bytes) for an in consumers)
     rows = rows_for_budget(vocab, min(int(an.max_logits_rows()) for an in consumers), per_entry, LOGITS_BUDGET)
     la_buf, lb_buf = torch.empty(rows, vocab), torch.empty(rows, vocab)
     spare = (torch.empty(rows, vocab), torch.empty(rows, vocab)) if n_copies else None
-    work = _SharedWork(rows, vocab, n_work)
+    work = _SharedWork(_slices(rows, vocab)[0][1], vocab, n_work)  # scratch for one row slice
     shared = time.perf_counter() - t0
     total, done = int(union.sum()), 0
     names = ", ".join(an.name for an in consumers)
