@@ -148,3 +148,100 @@ def test_arpack_axes_equal_the_full_svd() -> None:
             ref = P.fix_signs(PCA(n_components=k, svd_solver="full").fit(data).components_)
             top = 2 if data is low_rank else k  # beyond the rank the axes are arbitrary
             np.testing.assert_allclose(got[:top], ref[:top], atol=1e-10)
+
+
+def _sklearn_components(x: np.ndarray, k: int, solver: str) -> np.ndarray:
+    kw = {"random_state": 0} if solver == "arpack" else {}
+    return PCA(n_components=k, svd_solver=solver, **kw).fit(x).components_
+
+
+def _pca_inputs() -> dict[str, tuple[np.ndarray, int, str, int]]:
+    """name -> (x, k, the sklearn solver driftkit's path mirrors, how many axes are defined)."""
+    rng = np.random.default_rng(11)
+    outlier = rng.standard_normal((150, 96)) * np.linspace(0.05, 1.0, 96) + 3.0
+    outlier[:, 5] += 30 * rng.standard_normal(150)  # a massive-activation feature
+    return {
+        "arpack_outlier": (outlier, 2, "arpack", 2),
+        "arpack_wide": (rng.standard_normal((40, 120)) * np.linspace(3, 0.1, 120), 4, "arpack", 4),
+        "arpack_tall": (rng.standard_normal((300, 40)) * np.linspace(2, 0.5, 40), 4, "arpack", 4),
+        "arpack_rank2": (rng.standard_normal((200, 2)) @ rng.standard_normal((2, 96)), 4, "arpack", 2),
+        "full_small": (rng.standard_normal((20, 576)) * np.linspace(2, 0.1, 576), 4, "full", 4),
+        "full_wide": (rng.standard_normal((10, 50)), 2, "full", 2),
+        "full_rank2": (rng.standard_normal((12, 2)) @ rng.standard_normal((2, 30)), 3, "full", 2),
+    }
+
+
+@pytest.mark.parametrize("name", list(_pca_inputs()))
+def test_components_equal_sklearn_pca(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """driftkit's axes, made without importing scikit-learn, equal scikit-learn's PCA (the solver the
+    input size selects) to 1e-10 after fix_signs; on defined axes of rank-deficient input too."""
+    import scipy.sparse.linalg
+
+    import driftkit.metrics.pca as P
+
+    x, k, solver, defined = _pca_inputs()[name]
+    calls = []
+    real_svds = scipy.sparse.linalg.svds
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", lambda *a, **kw: calls.append(1) or real_svds(*a, **kw))
+    got = P.fix_signs(P._fit_components(x, k))
+    assert bool(calls) == (solver == "arpack")  # the path the sizes select was taken
+    ref = P.fix_signs(_sklearn_components(x, k, solver))
+    assert got.shape == ref.shape == (k, x.shape[1])
+    np.testing.assert_allclose(got[:defined], ref[:defined], rtol=0, atol=1e-10)
+    if defined == k:  # same scipy calls, same arguments: not just close
+        assert np.array_equal(got, ref)
+
+
+def test_arpack_failure_falls_back_to_the_full_svd(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scipy.sparse.linalg
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    import driftkit.metrics.pca as P
+
+    x = _pca_inputs()["arpack_outlier"][0]
+
+    def fail(*a: object, **kw: object) -> None:
+        raise ArpackNoConvergence("no convergence", np.zeros(0), np.zeros((0, 0)))
+
+    monkeypatch.setattr(scipy.sparse.linalg, "svds", fail)
+    got = P.fix_signs(P._fit_components(x, 2))
+    np.testing.assert_allclose(got, P.fix_signs(_sklearn_components(x, 2, "full")), rtol=0, atol=1e-10)
+
+
+def test_one_blas_thread_limits_every_loaded_blas() -> None:
+    """The fits' BLAS (numpy's and scipy's OpenBLAS) runs on one thread inside the limit, without
+    scikit-learn having to be imported for threadpoolctl to find them."""
+    from threadpoolctl import threadpool_info
+
+    import driftkit.metrics.pca as P
+
+    P._fit_components(np.random.default_rng(0).standard_normal((40, 50)), 2)  # scipy's modules loaded
+    with P._one_blas_thread():
+        blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
+        assert blas and all(lib["num_threads"] == 1 for lib in blas)
+
+
+_NO_HEAVY_IMPORTS = """
+import io, json, sys
+from rich.console import Console
+import driftkit
+report = driftkit.compare([sys.argv[1], sys.argv[2]], analyses=["cka", "kl", "pca_shift", "token_rank"])
+report.to_json()
+report.show(Console(file=io.StringIO(), width=100))
+heavy = ["sklearn", "pandas", "scipy.stats", "matplotlib"]
+print(json.dumps({"loaded": [m for m in heavy if m in sys.modules], "pca": report.body["analyses"]["pca_shift"]["k"]}))
+"""
+
+
+def test_compare_imports_no_sklearn_pandas_or_scipy_stats(tiny_capture_pair: tuple) -> None:
+    """`compare` with the default logits and layer analyses, its JSON and terminal report: no
+    scikit-learn (~1.1 s of imports), pandas or scipy.stats, checked in a fresh interpreter."""
+    import json
+    import subprocess
+    import sys
+
+    a, b = tiny_capture_pair
+    r = subprocess.run([sys.executable, "-c", _NO_HEAVY_IMPORTS, str(a), str(b)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == [] and got["pca"] == 4

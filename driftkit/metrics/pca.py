@@ -9,10 +9,11 @@ points are averaged over layers and the shift is the distance between the two ce
 Differences from the paper's script, on purpose: pooling is mask-aware (the original averaged over
 left-padding tokens too, so the statistic depended on the batch's longest prompt), and pooling is
 streamed from the capture file instead of re-running the models; domains with fewer than 3 samples
-are skipped (two points always lie on one line, so PC2 is arbitrary). The PCA is scikit-learn's,
-but component signs are fixed by driftkit (:func:`fix_signs`: each component's entry of largest
-magnitude is positive), because scikit-learn >= 1.5 and <= 1.4 choose them differently and the
-paper's statistic averages points over layers, so per-layer sign choices move it.
+are skipped (two points always lie on one line, so PC2 is arbitrary). The PCA's axes are
+scikit-learn's (its solvers' scipy calls, made directly, see :func:`_fit_components`), but component
+signs are fixed by driftkit (:func:`fix_signs`: each component's entry of largest magnitude is
+positive), because scikit-learn >= 1.5 and <= 1.4 choose them differently and the paper's
+statistic averages points over layers, so per-layer sign choices move it.
 ``mean_layer_distance`` (mean over layers of each layer's ``|B - A|``) is sign-invariant.
 
 Beyond the paper: principal angles (scipy) between A's and B's top-k PCA subspaces of the pooled
@@ -97,23 +98,47 @@ ARPACK_MIN_SAMPLES = 32
 
 
 def _fit_components(x: np.ndarray, n_components: int) -> np.ndarray:
-    """The top ``n_components`` principal axes of ``x`` (n, d), scikit-learn's PCA.
+    """The top ``n_components`` principal axes of ``x`` (n, d): scikit-learn's ``PCA.components_``
+    (``svd_solver="arpack", random_state=0`` above :data:`ARPACK_MIN_SAMPLES`, ``"full"`` otherwise),
+    computed here without importing scikit-learn, bit for bit the same.
+
+    Why not scikit-learn itself: importing ``sklearn.decomposition`` cost ~1.1 s per comparison
+    (it pulls in scipy.stats and pandas) and its input validation ~1 ms per fit; the numbers are
+    those of the two calls it makes, repeated here: centre ``x`` (``x - x.mean(0)`` on a copy), then
+    ``scipy.sparse.linalg.svds(xc, k, tol=0, v0)`` with sklearn's start vector (uniform on [-1, 1]
+    from ``RandomState(0)``, length ``min(n, d)``), rows reversed (svds returns ascending singular
+    values), or ``scipy.linalg.svd(xc, full_matrices=False)``; then sklearn's ``svd_flip`` sign rule
+    (:func:`fix_signs`). Tests compare against scikit-learn's PCA on both paths.
 
     Why ARPACK for larger inputs: only 2 to 4 components are wanted, and the full SVD of a
     (samples x 576) matrix computes all of them: ARPACK (Lanczos to machine precision, fixed start
     vector) gave the same axes to 1e-14 in 4.5 ms instead of 11.7 ms at 150 samples and 7 ms
     instead of 50 ms at 450, which was a tenth of a whole comparison's time. The full SVD remains
-    for small inputs and whenever ARPACK cannot serve (a rank-deficient matrix, no convergence)."""
-    from sklearn.decomposition import PCA
+    for small inputs and whenever ARPACK cannot serve (a rank-deficient matrix, no convergence).
 
+    Why not ``torch.linalg.eigh`` of the smaller Gram/covariance matrix (measured, one thread, on
+    the 155 fits of the x5 SmolLM2 comparison): the same axes to 2.7e-13 (not bit for bit), faster
+    for few samples (0.9 ms vs 2.6 ms at 90 x 576, 2.3 ms vs 2.9 ms at 150 x 576) but 27 ms vs
+    8 ms at 450 x 576 (the Gram product and a full eigendecomposition), 1.59 s vs 0.36 s over the
+    comparison; and squaring the matrix squares its condition, so a small eigengap next to a massive
+    activation feature costs digits that the SVD keeps."""
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):  # sklearn's validation: float32 stays, the rest -> float64
+        x = x.astype(np.float64)
+    xc = x - x.mean(axis=0)
     if min(x.shape) > max(ARPACK_MIN_SAMPLES, n_components + 1):
+        from scipy.sparse.linalg import svds
+
+        v0 = np.random.RandomState(0).uniform(-1, 1, min(x.shape))  # sklearn's _init_arpack_v0(size, 0)
         try:
-            comps = PCA(n_components=n_components, svd_solver="arpack", random_state=0).fit(x).components_
+            comps = svds(xc, k=n_components, tol=0.0, v0=v0)[2][::-1]
             if np.isfinite(comps).all():
-                return comps
+                return fix_signs(comps).astype(xc.dtype, copy=False)
         except Exception:  # noqa: BLE001 - ArpackNoConvergence/ArpackError: the exact full SVD serves
             pass
-    return PCA(n_components=n_components, svd_solver="full").fit(x).components_
+    from scipy.linalg import svd
+
+    return fix_signs(svd(xc, full_matrices=False)[2][:n_components]).astype(xc.dtype, copy=False)
 
 
 def _one_blas_thread():
@@ -126,10 +151,11 @@ def _one_blas_thread():
 @functools.lru_cache(maxsize=1)
 def _blas_controller() -> Any:
     """One threadpoolctl controller for the process: building one scans every loaded library (~20 ms),
-    which per layer and domain added seconds to a comparison. Made after scipy and scikit-learn are
-    imported, so their BLAS is among the libraries it limits."""
+    which per layer and domain added seconds to a comparison. Made after the modules whose BLAS the
+    fits use are imported (numpy's for the centring and svds' products, scipy's for the SVD and
+    ARPACK's LAPACK), so both OpenBLAS copies are among the libraries it limits."""
     import scipy.linalg  # noqa: F401
-    import sklearn.decomposition  # noqa: F401
+    import scipy.sparse.linalg  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()
