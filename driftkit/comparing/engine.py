@@ -27,6 +27,12 @@ is budgeted once for the pass). A scratch consumer asks before it overwrites its
 but the last works on a copy, which keeps the block's memo. Their time is reported as a shared pass
 split between the analyses that asked for them.
 
+Layers: each chunk of a layer's rows is read in its storage dtype and converted once, on first use,
+for every consumer (:class:`LayerChunk`: ``xa``/``xb`` float32, ``float64()``); what several
+analyses accumulate over a whole layer lives in the layer's store (:class:`LayerStore`, reached
+with ``pair.layer_shared``), opened around each layer by :func:`one_layer`, and is fed once per
+chunk through :meth:`LayerChunk.shared` (:mod:`driftkit.comparing.layer_sums`).
+
 Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
 :func:`~driftkit.metrics.kl.rows_for_budget` over the bytes per vocabulary entry of the engine's own
 two blocks plus every consumer's declared scratch (:attr:`Analysis.logits_scratch_bytes`), so the
@@ -488,18 +494,25 @@ def _one_layer(
     # rows in their storage dtype: subsets are taken before any conversion, and each conversion is
     # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64())
     for item in _timed(pair.iter_pair(path, union, dtype=None), read_time):
-        chunk = LayerChunk(layer, path, *item)
-        views: dict[int, LayerChunk | None] = {}
-        for an in cons:
-            g = group[an.name]
-            if g not in views:
-                sel = _select(distinct[g], chunk.idx)
-                views[g] = chunk if sel is None else (chunk.subset(sel) if sel.any() else None)
-            view = views[g]
-            if view is not None:
-                clock.call(an, an.on_layer, view)
+        _feed_layer(LayerChunk(layer, path, *item), cons, group, distinct, clock)
     for an in cons:
         clock.call(an, an.finish_layer, pair, layer, path)
+
+
+def _feed_layer(
+    chunk: LayerChunk, cons: Sequence[Analysis], group: dict[str, int], distinct: list[np.ndarray], clock: _Clock
+) -> None:
+    """One chunk to every consumer (its own subset per distinct mask). A function of its own so the
+    chunk and its memo (its float64 copy) are freed before the next chunk is read."""
+    views: dict[int, LayerChunk | None] = {}
+    for an in cons:
+        g = group[an.name]
+        if g not in views:
+            sel = _select(distinct[g], chunk.idx)
+            views[g] = chunk if sel is None else (chunk.subset(sel) if sel.any() else None)
+        view = views[g]
+        if view is not None:
+            clock.call(an, an.on_layer, view)
 
 
 def run_analyses(
