@@ -210,29 +210,19 @@ def test_dominant_features_ties_and_share() -> None:
     assert share == pytest.approx(18 / 20)
 
 
-def test_shared_accumulator_adds_each_chunk_once() -> None:
-    """cka and similarity share one accumulator per (pair, site, mask): each chunk counted once, the
-    fourth moments switched on by whichever asks, a fresh one after the last release or when stale."""
-    from driftkit.metrics.similarity import release_accumulator, shared_accumulator
-
-    class Owner:  # stands for a CapturePair (weakly referenced)
-        pass
-
-    owner, mask = Owner(), np.ones(40, dtype=bool)
+def test_fourth_moments_switched_on_before_any_row_only() -> None:
+    """``with_fourth`` upgrades an accumulator nobody has fed (similarity asks after cka), and
+    refuses once rows were added without the fourth moments (they could not be completed)."""
     rng = np.random.default_rng(8)
     x, y = torch.from_numpy(rng.normal(size=(40, 5))), torch.from_numpy(rng.normal(size=(40, 5)))
-    one = shared_accumulator(owner, "sites/residual.0", mask, 5, 5)
-    two = shared_accumulator(owner, "sites/residual.0", mask, 5, 5, fourth=True)
-    other = shared_accumulator(owner, "sites/residual.0", ~mask, 5, 5)
-    assert one is two and other is not one and one.stats_class is StandardizedStats
+    acc = SimilarityAccumulator(5, 5, fourth=False)
+    acc.with_fourth()
+    assert acc.stats_class is StandardizedStats
     for s in range(0, 40, 16):
-        idx = np.arange(s, min(40, s + 16))
-        one.feed(idx, x[idx], y[idx])
-        two.feed(idx, x[idx], y[idx])
+        acc.update(x[s : s + 16], y[s : s + 16])
     ref = _acc(x.numpy(), y.numpy(), 16)
-    assert one.n == 40 and torch.equal(one.stats.sxy, ref.stats.sxy)
-    assert torch.allclose(one.stats.mxy, ref.stats.mxy, rtol=1e-12)
-    assert shared_accumulator(owner, "sites/residual.0", mask, 5, 5) is not one  # fed already: stale
-    for _ in range(3):
-        release_accumulator(owner, "sites/residual.0", mask)
-    assert shared_accumulator(owner, "sites/residual.0", mask, 5, 5).n == 0
+    assert acc.n == 40 and torch.equal(acc.stats.sxy, ref.stats.sxy) and torch.equal(acc.stats.mxy, ref.stats.mxy)
+    late = SimilarityAccumulator(5, 5, fourth=False)
+    late.update(x, y)
+    with pytest.raises(RuntimeError, match="after rows were added"):
+        late.with_fourth()

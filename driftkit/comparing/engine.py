@@ -27,6 +27,12 @@ is allocated once for the pass: a few row slices, see :func:`_slices`). A scratc
 but the last works on a copy, which keeps the block's memo. Their time is reported as a shared pass
 split between the analyses that asked for them.
 
+Layers: each chunk of a layer's rows is read in its storage dtype and converted once, on first use,
+for every consumer (:class:`LayerChunk`: ``xa``/``xb`` float32, ``float64()``); what several
+analyses accumulate over a whole layer lives in the layer's store (:class:`LayerStore`, reached
+with ``pair.layer_shared``), opened around each layer by :func:`one_layer`, and is fed once per
+chunk through :meth:`LayerChunk.shared` (:mod:`driftkit.comparing.layer_sums`).
+
 Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
 :func:`~driftkit.metrics.kl.rows_for_budget` over the bytes per vocabulary entry of the engine's own
 two blocks plus every consumer's declared scratch (:attr:`Analysis.logits_scratch_bytes`), so the
@@ -233,22 +239,122 @@ def _ranks(c: LogitsChunk) -> RankStats:
     return RankStats(*(torch.cat([getattr(p, f) for p in parts]) for f in fields))
 
 
-@dataclass
 class LayerChunk:
-    """A chunk of one layer's rows from both captures (what :meth:`Analysis.on_layer` gets); read-only."""
+    """A chunk of one layer's rows from both captures (what :meth:`Analysis.on_layer` gets); read-only.
 
-    layer: int | str  # model layer index, or "embed"
-    site: str  # HDF5 dataset path, e.g. "sites/residual.3"
-    idx: np.ndarray  # (n,) token indices in the capture
-    xa: torch.Tensor  # (n, d_a) float32
-    xb: torch.Tensor  # (n, d_b) float32
+    The engine reads the rows in their storage dtype (float16, bfloat16 decoded from its bits, or
+    float32) and converts them only when asked, once per chunk for every consumer: :attr:`xa` /
+    :attr:`xb` (float32) and :meth:`float64` (both converted directly from storage, not through
+    float32: CKA's d x d sums and the per-sample pooled sums are float64). Why: converting a
+    4096 x 576 float16 chunk pair to float32 took 9 ms, that to float64 another 18 ms, for each
+    consumer that wanted float64, about 30% on top of CKA's own products.
+
+    Per-chunk values several analyses need are memoised like :meth:`LogitsChunk.shared`:
+    :meth:`shared`. Consumers with equal masks get the same chunk object, so they share its memo."""
+
+    def __init__(self, layer: int | str, site: str, idx: np.ndarray, xa: torch.Tensor, xb: torch.Tensor) -> None:
+        self.layer = layer  # model layer index, or "embed"
+        self.site = site  # HDF5 dataset path, e.g. "sites/residual.3"
+        self.idx = idx  # (n,) token indices in the capture
+        #: (n, d_a) / (n, d_b) rows as read (storage dtype); prefer :attr:`xa`, :attr:`xb`, :meth:`float64`
+        self.rows_a, self.rows_b = xa, xb
+        self.memo: dict[Hashable, Any] = {}
 
     def __len__(self) -> int:
         return len(self.idx)
 
+    def __repr__(self) -> str:
+        return f"LayerChunk(layer={self.layer!r}, site={self.site!r}, n={len(self)}, dtype={self.rows_a.dtype})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The rows' storage dtype (``torch.float16``, ``torch.bfloat16`` or ``torch.float32``)."""
+        return self.rows_a.dtype
+
+    @property
+    def xa(self) -> torch.Tensor:
+        """(n, d_a) float32 rows of capture A (converted on first access, then memoised)."""
+        return self.shared("float32", _to_float32)[0]
+
+    @property
+    def xb(self) -> torch.Tensor:
+        """(n, d_b) float32 rows of capture B."""
+        return self.shared("float32", _to_float32)[1]
+
+    def float64(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(xa, xb)`` as float64, converted directly from the storage dtype (exact: float16,
+        bfloat16 and float32 values are all float64 values), once per chunk."""
+        return self.shared("float64", _to_float64)
+
     def subset(self, sel: np.ndarray) -> LayerChunk:
+        """The rows where ``sel`` is true, taken from the storage-dtype rows (before any conversion);
+        it has its own memo (its values are over its rows)."""
         t = torch.from_numpy(np.flatnonzero(sel))
-        return replace(self, idx=self.idx[sel], xa=self.xa.index_select(0, t), xb=self.xb.index_select(0, t))
+        return LayerChunk(
+            self.layer, self.site, self.idx[sel], self.rows_a.index_select(0, t), self.rows_b.index_select(0, t)
+        )
+
+    def shared(self, key: Hashable, compute: Callable[[LayerChunk], Any]) -> Any:
+        """``compute(self)`` the first time any analysis asks for ``key`` in this chunk, the stored
+        value after that; an error is raised again to every asker. Key what is computed *and* for
+        whom when it writes into something: two consumer groups whose masks both keep every row
+        of a chunk get the same chunk object (e.g. ``("my_plugin.sums", mask_key(mask))``).
+        ``compute`` must only read the rows."""
+        if key not in self.memo:
+            try:
+                self.memo[key] = compute(self)
+            except Exception as e:  # noqa: BLE001 - every asker gets the same error
+                self.memo[key] = _Failed(e)
+        value = self.memo[key]
+        if isinstance(value, _Failed):
+            raise value.error
+        return value
+
+
+def _to_float32(c: LayerChunk) -> tuple[torch.Tensor, torch.Tensor]:
+    return c.rows_a.to(torch.float32), c.rows_b.to(torch.float32)
+
+
+def _to_float64(c: LayerChunk) -> tuple[torch.Tensor, torch.Tensor]:
+    return c.rows_a.to(torch.float64), c.rows_b.to(torch.float64)
+
+
+class LayerStore:
+    """What the consumers of one layer share for the whole layer (reach it with
+    :meth:`CapturePair.layer_shared <driftkit.comparing.pair.CapturePair.layer_shared>`).
+
+    The engine opens one in :func:`one_layer` before the consumers' ``start_layer`` and closes it
+    after their ``finish_layer`` (so ``--jobs`` workers have one too); the next layer gets a fresh
+    one. Why: accumulators several analyses fill from the same rows (CKA's and similarity's d x d
+    sums, the per-sample pooled sums of pca_shift, similarity and sample CKA) are created by the
+    first analysis that asks and fed once per chunk (with :meth:`LayerChunk.shared`)."""
+
+    def __init__(self, layer: int | str, site: str) -> None:
+        self.layer, self.site = layer, site
+        self.values: dict[Hashable, Any] = {}
+        self.open = True
+
+    def get(self, key: Hashable, factory: Callable[[], Any]) -> Any:
+        """The value stored under ``key``, made with ``factory()`` by the first asker (a factory
+        that raises stores nothing: the error goes to that asker)."""
+        if not self.open:
+            raise RuntimeError(f"the shared store of layer {self.layer!r} ({self.site}) is closed")
+        if key not in self.values:
+            self.values[key] = factory()
+        return self.values[key]
+
+    def close(self) -> None:
+        self.values.clear()
+        self.open = False
+
+
+def mask_key(mask: np.ndarray) -> str:
+    """A short digest of a (T,) position mask, for keys of values that depend on the rows kept
+    (the per-layer store is shared by consumers whose masks may differ)."""
+    import hashlib
+
+    bits = np.packbits(np.asarray(mask, dtype=bool)).tobytes()
+    return hashlib.blake2b(bits, digest_size=16).hexdigest() + f":{len(mask)}"
 
 
 class _Clock:
@@ -401,10 +507,29 @@ def one_layer(
     clock: _Clock,
     read_time: list[float],
 ) -> None:
-    """One layer for its consumers: ``start_layer``, every chunk to ``on_layer``, ``finish_layer``.
+    """One layer for its consumers: ``start_layer``, every chunk to ``on_layer``, ``finish_layer``,
+    with the layer's shared store (:class:`LayerStore`, ``pair.layer_shared``) open throughout.
 
     Shared by the one-process pass and the ``--jobs`` workers (driftkit.comparing.layer_jobs), so a
     layer is computed by the same code, in the same chunks, wherever it runs."""
+    store = LayerStore(layer, path)
+    previous, pair.layer_store = pair.layer_store, store
+    try:
+        _one_layer(pair, layer, path, cons, masks, clock, read_time)
+    finally:
+        pair.layer_store = previous
+        store.close()
+
+
+def _one_layer(
+    pair: CapturePair,
+    layer: int | str,
+    path: str,
+    cons: Sequence[Analysis],
+    masks: dict[str, np.ndarray],
+    clock: _Clock,
+    read_time: list[float],
+) -> None:
     for an in cons:
         clock.call(an, an.start_layer, pair, layer, path)
     union = np.logical_or.reduce([masks[an.name] for an in cons])
@@ -419,19 +544,28 @@ def one_layer(
             distinct.append(m)
             hit = len(distinct) - 1
         group[an.name] = hit
-    for item in _timed(pair.iter_pair(path, union), read_time):
-        chunk = LayerChunk(layer, path, *item)
-        views: dict[int, LayerChunk | None] = {}
-        for an in cons:
-            g = group[an.name]
-            if g not in views:
-                sel = _select(distinct[g], chunk.idx)
-                views[g] = chunk if sel is None else (chunk.subset(sel) if sel.any() else None)
-            view = views[g]
-            if view is not None:
-                clock.call(an, an.on_layer, view)
+    # rows in their storage dtype: subsets are taken before any conversion, and each conversion is
+    # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64())
+    for item in _timed(pair.iter_pair(path, union, dtype=None), read_time):
+        _feed_layer(LayerChunk(layer, path, *item), cons, group, distinct, clock)
     for an in cons:
         clock.call(an, an.finish_layer, pair, layer, path)
+
+
+def _feed_layer(
+    chunk: LayerChunk, cons: Sequence[Analysis], group: dict[str, int], distinct: list[np.ndarray], clock: _Clock
+) -> None:
+    """One chunk to every consumer (its own subset per distinct mask). A function of its own so the
+    chunk and its memo (its float64 copy) are freed before the next chunk is read."""
+    views: dict[int, LayerChunk | None] = {}
+    for an in cons:
+        g = group[an.name]
+        if g not in views:
+            sel = _select(distinct[g], chunk.idx)
+            views[g] = chunk if sel is None else (chunk.subset(sel) if sel.any() else None)
+        view = views[g]
+        if view is not None:
+            clock.call(an, an.on_layer, view)
 
 
 def run_analyses(

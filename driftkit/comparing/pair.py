@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ import torch
 from driftkit.errors import DriftkitError, IncompatibleCaptures, opt
 from driftkit.store import schema as S
 from driftkit.store.reader import POSITIONS, CaptureReader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from driftkit.comparing.engine import LayerStore
 
 #: what ``--positions`` accepts: the reader's selections plus ``auto`` (resolved per pair)
 COMPARE_POSITIONS = ("auto", *POSITIONS)
@@ -132,6 +135,9 @@ def check_comparable(a: CaptureReader, b: CaptureReader) -> list[str]:
 
 class CapturePair:
     """A checked (A, B) pair plus the selection; what an :class:`~driftkit.Analysis` works on."""
+
+    #: the store of the layer the compare engine is in (see :meth:`layer_shared`); None between layers
+    layer_store: LayerStore | None = None
 
     def __init__(
         self,
@@ -329,10 +335,10 @@ class CapturePair:
         path: str,
         mask: np.ndarray | None = None,
         chunk_tokens: int | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = torch.float32,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Yield ``(token_indices, rows_a, rows_b)`` of dataset ``path`` from both files, aligned,
-        in chunks; memory O(chunk x d)."""
+        in chunks; memory O(chunk x d). ``dtype=None``: rows in their storage dtype."""
         step = chunk_tokens or self.options.chunk_tokens
         if path.startswith(S.SITES_GROUP + "/") and self.layer_rows in ("pooled", "mixed"):
             return  # per-sample vectors: analyses read them with pooled_means (nothing per token to stream)
@@ -391,6 +397,25 @@ class CapturePair:
                 s = str(tok.convert_ids_to_tokens(i))
             out.append(s)
         return out
+
+    # -- the layer pass's shared store ------------------------------------------------------------
+    def layer_shared(self, key: Any, factory: Callable[[], Any]) -> Any:
+        """The value every consumer of the current layer shares under ``key``: ``factory()`` for the
+        first analysis that asks (in ``start_layer``, ``on_layer`` or ``finish_layer``), the same
+        object for the others; the next layer starts empty. Include what the value depends on in
+        the key (the site is implied; the mask is not: ``driftkit.comparing.engine.mask_key``).
+
+        Why: analyses that accumulate the same thing from a layer's rows (CKA's and similarity's
+        d x d sums, per-sample pooled sums) fill one accumulator between them, each chunk added
+        once via :meth:`LayerChunk.shared <driftkit.comparing.engine.LayerChunk.shared>`."""
+        store = self.layer_store
+        if store is None:
+            raise RuntimeError(
+                f"pair.layer_shared({key!r}) was called outside a layer: the compare engine opens the "
+                "per-layer store just before the layer's start_layer hooks and closes it after its "
+                "finish_layer hooks; call it from those hooks or on_layer."
+            )
+        return store.get(key, factory)
 
     # -- progress --------------------------------------------------------------------------------
     def progress(self, description: str, done: int, total: int) -> None:

@@ -34,13 +34,9 @@ All layer measures come from the one streaming pass of :class:`~driftkit.metrics
 
 from __future__ import annotations
 
-import hashlib
 import math
-import weakref
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 import torch
 
 from driftkit.metrics.cka import StreamingCKA, _Stats, cka_from_sums
@@ -102,67 +98,28 @@ class StandardizedStats(_Stats):
 
 class SimilarityAccumulator(StreamingCKA):
     """:class:`StreamingCKA` that also knows whether every chunk of A and B was bit-identical, so
-    identical captures give exactly the ideal values (CKA 1, Procrustes 0), not 1 - 1 ulp."""
+    identical captures give exactly the ideal values (CKA 1, Procrustes 0), not 1 - 1 ulp.
+
+    ``cka`` and ``similarity`` share one per layer through the compare engine's per-layer store
+    (:mod:`driftkit.comparing.layer_sums`), so the d x d sums are added once between them."""
 
     def __init__(self, d_x: int, d_y: int, device: str | torch.device = "cpu", fourth: bool = True) -> None:
         super().__init__(d_x, d_y, device, StandardizedStats if fourth else _Stats)
         self.identical = d_x == d_y
 
-        self._last = -1  # the last token index fed (see :meth:`feed`)
-        self.users = 0
+    def with_fourth(self) -> None:
+        """Keep the fourth moments too (debiased standardized CKA). Only before any row is added:
+        sums already taken without them cannot be completed."""
+        if self.stats_class is StandardizedStats:
+            return
+        if self.n:
+            raise RuntimeError("the fourth moments were asked for after rows were added without them")
+        self.stats_class = StandardizedStats
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.identical and x.shape[0]:
             self.identical = bool(torch.equal(x, y))
         super().update(x, y)
-
-    def feed(self, idx: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> None:
-        """:meth:`update` with the chunk's token indices, once per chunk however many analyses
-        share this accumulator: the compare engine hands every consumer of a layer the same
-        ascending token ranges in turn, so a chunk that starts at or before the last token fed has
-        been added already (by another analysis) and is skipped."""
-        if len(idx) == 0 or int(idx[0]) <= self._last:
-            return
-        self._last = int(idx[-1])
-        self.update(x, y)
-
-
-#: per owner (a CapturePair), the accumulators analyses share: {(site, mask digest): accumulator}
-_POOL: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], SimilarityAccumulator]] = weakref.WeakKeyDictionary()
-
-
-def _key(site: str, mask: np.ndarray) -> tuple[str, str]:
-    return site, hashlib.blake2b(np.packbits(np.asarray(mask, dtype=bool)).tobytes(), digest_size=16).hexdigest()
-
-
-def shared_accumulator(
-    owner: Any, site: str, mask: np.ndarray, d_x: int, d_y: int, fourth: bool = False
-) -> SimilarityAccumulator:
-    """The layer accumulator every analysis of ``owner`` (the compare's CapturePair) that streams
-    ``site`` over the same ``mask`` shares: ``cka`` and ``similarity`` then add each chunk's d x d
-    cross-products once between them (feed chunks with :meth:`SimilarityAccumulator.feed`). Ask
-    for it in ``start_layer`` (before any chunk: one that asks for the fourth moments upgrades an
-    accumulator nobody has fed yet) and :func:`release_accumulator` it in ``finish_layer``."""
-    pool = _POOL.setdefault(owner, {})
-    key = _key(site, mask)
-    acc = pool.get(key)
-    if acc is None or acc.n > 0:  # none yet, or left over from an earlier pass (fed already): a fresh one
-        acc = pool[key] = SimilarityAccumulator(d_x, d_y, fourth=fourth)
-    elif fourth:
-        acc.stats_class = StandardizedStats
-    acc.users += 1
-    return acc
-
-
-def release_accumulator(owner: Any, site: str, mask: np.ndarray) -> None:
-    """One analysis is done with the shared accumulator of ``site``; the last one frees it."""
-    pool = _POOL.get(owner, {})
-    key = _key(site, mask)
-    acc = pool.get(key)
-    if acc is not None:
-        acc.users -= 1
-        if acc.users <= 0:
-            del pool[key]
 
 
 @dataclass(frozen=True)

@@ -161,7 +161,9 @@ class Analysis(Configurable, ABC):
         """Before the first chunk of a layer."""
 
     def on_layer(self, chunk: LayerChunk) -> None:
-        """A chunk of one layer's rows from both captures (``chunk.xa``, ``chunk.xb``; read-only)."""
+        """A chunk of one layer's rows from both captures (``chunk.xa``, ``chunk.xb`` float32,
+        ``chunk.float64()``; read-only). Share per-chunk work with ``chunk.shared`` and per-layer
+        accumulators with ``pair.layer_shared`` (docs/compare.md)."""
 
     def finish_layer(self, pair: CapturePair, layer: int | str, site: str) -> None:
         """After the last chunk of a layer (finalise that layer's numbers, free its accumulators)."""

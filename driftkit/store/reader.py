@@ -375,16 +375,17 @@ class CaptureReader:
         return self._f[path].attrs.get("dtype", "") in ("bfloat16", b"bfloat16")
 
     def read(
-        self, path: str, start: int = 0, stop: int | None = None, dtype: torch.dtype = torch.float32
+        self, path: str, start: int = 0, stop: int | None = None, dtype: torch.dtype | None = torch.float32
     ) -> torch.Tensor:
-        """Rows ``[start, stop)`` of a dataset as a torch tensor (bf16 bits decoded)."""
+        """Rows ``[start, stop)`` of a dataset as a torch tensor (bf16 bits decoded); ``dtype=None``
+        keeps the storage dtype (float16, bfloat16 or float32)."""
         ds = self._f[path]
         arr = ds[start:stop]
         if arr.dtype.kind in "iub" and not self.is_bf16(path):
             return torch.from_numpy(np.ascontiguousarray(arr))
         return from_storage(arr, self.is_bf16(path), dtype)
 
-    def read_rows(self, path: str, rows: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def read_rows(self, path: str, rows: np.ndarray, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """Arbitrary (sorted or not) rows of a dataset; reads the covering range then gathers."""
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
@@ -395,10 +396,15 @@ class CaptureReader:
         return block[torch.from_numpy(rows - lo)]
 
     def iter_chunks(
-        self, path: str, chunk_tokens: int = 4096, mask: np.ndarray | None = None, dtype: torch.dtype = torch.float32
+        self,
+        path: str,
+        chunk_tokens: int = 4096,
+        mask: np.ndarray | None = None,
+        dtype: torch.dtype | None = torch.float32,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(token_indices, rows)`` over the dataset in contiguous chunks of ``chunk_tokens``,
-        keeping only rows where ``mask`` is true. Memory is O(chunk_tokens x d)."""
+        keeping only rows where ``mask`` is true. Memory is O(chunk_tokens x d). ``dtype=None``: rows
+        in their storage dtype (the mask is applied before any conversion)."""
         if self._f[path].attrs.get("per") == "sampled":  # sample:K rows: the masked tokens that were kept
             yield from self._iter_sampled(path, chunk_tokens, mask, dtype)
             return
@@ -417,7 +423,7 @@ class CaptureReader:
             yield idx, block
 
     def _iter_sampled(
-        self, path: str, chunk_tokens: int, mask: np.ndarray | None, dtype: torch.dtype
+        self, path: str, chunk_tokens: int, mask: np.ndarray | None, dtype: torch.dtype | None
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         pos = self.sampled_positions()
         for start in range(0, len(pos), chunk_tokens):

@@ -17,10 +17,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from driftkit.comparing.layer_sums import layer_sums, sample_sums
 from driftkit.errors import DriftkitError, opt
 from driftkit.metrics.cka import StreamingCKA
-from driftkit.metrics.pca import SamplePooler
-from driftkit.metrics.similarity import release_accumulator, shared_accumulator
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
@@ -62,27 +61,22 @@ class CKAAnalysis(Analysis):
     def start(self, pair: Any) -> None:
         self._layers: list[dict[str, Any]] = []
         self._n_rows = 0
-        self._token_sample = pair.token_sample
         self._mask = self.layers_mask(pair)
 
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
         if pair.layer_rows == "pooled":  # per-sample means are read whole in finish_layer
             return
-        d_a, d_b = pair.a.shape(site)[1], pair.b.shape(site)[1]
+        # both shared through the engine's per-layer store: the d x d sums with similarity, the
+        # per-sample sums with pca_shift and similarity (each chunk added once between them)
         if self.opts["unit"] == "token":
-            # shared with the similarity analysis when it runs too: the d x d sums are added once
-            self._acc = shared_accumulator(pair, site, self._mask, d_a, d_b)
+            self._sums = layer_sums(pair, site, self._mask)
+            self._acc = self._sums.acc
         else:
-            self._acc = StreamingCKA(d_a, d_b)
-            self._pools = (SamplePooler(pair.a.n_samples, d_a), SamplePooler(pair.a.n_samples, d_b))
+            self._sums = sample_sums(pair, site, self._mask)
+            self._acc = StreamingCKA(pair.a.shape(site)[1], pair.b.shape(site)[1])
 
     def on_layer(self, chunk: Any) -> None:
-        if self.opts["unit"] == "token":
-            self._acc.feed(chunk.idx, chunk.xa, chunk.xb)
-        else:
-            s = self._token_sample[chunk.idx]
-            self._pools[0].update(s, chunk.xa)
-            self._pools[1].update(s, chunk.xb)
+        self._sums.add(chunk)
 
     def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
         if pair.layer_rows == "pooled":
@@ -92,23 +86,21 @@ class CKAAnalysis(Analysis):
             self._acc.update(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]))
         acc = self._acc
         if self.opts["unit"] == "sample" and pair.layer_rows != "pooled":
-            (ma, ca), (mb, _) = self._pools[0].means(), self._pools[1].means()
+            (ma, ca), (mb, _) = self._sums.means()
             keep = ca > 0
             acc.update(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]))
-            del self._pools
         if acc.n < 4:
             raise DriftkitError(
                 f"CKA needs at least 4 {self.opts['unit']}s; the selection leaves {acc.n}. Widen "
                 f"{opt('positions', None)}/{opt('domains', None)} or raise {opt('max_tokens', None)}."
             )
         r = acc.result()
-        if self.opts["unit"] == "token":
-            release_accumulator(pair, site, self._mask)
         self._n_rows = r.n
         self._layers.append(
             {"layer": layer, "site": site.split("/", 1)[1], "linear_cka": r.linear_cka, "debiased_cka": r.debiased_cka}
         )
         del self._acc
+        self.__dict__.pop("_sums", None)
 
     def layer_state(self, layer: Any) -> Any:
         """``--jobs``: the row finish_layer just appended and the observation count."""

@@ -17,9 +17,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from driftkit.comparing.layer_sums import sample_sums
 from driftkit.metrics.pca import (
     MIN_SAMPLES,
-    SamplePooler,
     layer_distance,
     layer_point,
     principal_angles,
@@ -54,30 +54,27 @@ class PCAShiftAnalysis(Analysis):
 
     def start(self, pair: Any) -> None:
         self._sample_dom = np.array(pair.a.domains, dtype=object)
-        self._token_sample = pair.token_sample
         self._points: dict[str, list[dict[str, Any]]] = {d: [] for d in pair.domain_names}
         self._skipped: dict[str, int] = {}
         self._layers: list[dict[str, Any]] = []
+        self._mask = self.layers_mask(pair)
 
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
         if pair.layer_rows == "pooled":  # the file holds the means: read them in finish_layer
             return
-        self._pools = (
-            SamplePooler(pair.a.n_samples, pair.a.shape(site)[1]),
-            SamplePooler(pair.a.n_samples, pair.b.shape(site)[1]),
-        )
+        # shared through the engine's per-layer store with similarity and sample cka (same mask):
+        # each chunk is pooled once between them
+        self._pools = sample_sums(pair, site, self._mask)
 
     def on_layer(self, chunk: Any) -> None:
-        s = self._token_sample[chunk.idx]
-        self._pools[0].update(s, chunk.xa)
-        self._pools[1].update(s, chunk.xb)
+        self._pools.add(chunk)
 
     def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
         k = int(self.opts["k"])
         if pair.layer_rows == "pooled":
             (fa, ca), (fb, _) = pair.pooled_means(site)
         else:
-            (fa, ca), (fb, _) = self._pools[0].means(), self._pools[1].means()
+            (fa, ca), (fb, _) = self._pools.means()
             del self._pools
         valid = (ca > 0) & pair.sample_selected
         for d in pair.domain_names:

@@ -20,15 +20,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from driftkit.comparing.layer_sums import layer_sums, sample_sums
 from driftkit.errors import DriftkitError, opt
-from driftkit.metrics.pca import SamplePooler
-from driftkit.metrics.similarity import (
-    dominant_features,
-    layer_similarity,
-    mutual_knn,
-    release_accumulator,
-    shared_accumulator,
-)
+from driftkit.metrics.similarity import dominant_features, layer_similarity, mutual_knn
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
 from driftkit.report.figures import COLORS, layer_ticks, new_figure, to_svg
@@ -102,25 +96,23 @@ class SimilarityAnalysis(Analysis):
         self._layers: list[dict[str, Any]] = []
         self._dominant: list[dict[str, Any]] = []
         self._notes: list[str] = []
-        self._token_sample = pair.token_sample
         self._mask = self.layers_mask(pair)
         self._n = 0
         self._n_samples = 0
         self._k_used: int | None = None
 
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
-        d_a, d_b = pair.a.shape(site)[1], pair.b.shape(site)[1]
-        self._acc = shared_accumulator(pair, site, self._mask, d_a, d_b, fourth=bool(self.opts["debiased"]))
-        self._pools = (SamplePooler(pair.a.n_samples, d_a), SamplePooler(pair.a.n_samples, d_b))
+        # shared through the engine's per-layer store: the d x d sums with cka, the per-sample sums
+        # with pca_shift (and sample cka); each chunk is added once between them
+        self._sums = layer_sums(pair, site, self._mask, fourth=bool(self.opts["debiased"]))
+        self._pools = sample_sums(pair, site, self._mask)
 
     def on_layer(self, chunk: Any) -> None:
-        self._acc.feed(chunk.idx, chunk.xa, chunk.xb)
-        s = self._token_sample[chunk.idx]
-        self._pools[0].update(s, chunk.xa)
-        self._pools[1].update(s, chunk.xb)
+        self._sums.add(chunk)
+        self._pools.add(chunk)
 
     def finish_layer(self, pair: Any, layer: Any, site: str) -> None:
-        acc = self._acc
+        acc = self._sums.acc
         try:
             if acc.n < 4:
                 raise DriftkitError(
@@ -132,9 +124,8 @@ class SimilarityAnalysis(Analysis):
             share_a, top_a = dominant_features(torch.diagonal(acc.stats.sxx), int(self.opts["top_k"]))
             share_b, top_b = dominant_features(torch.diagonal(acc.stats.syy), int(self.opts["top_k"]))
         finally:
-            release_accumulator(pair, site, self._mask)
-            del self._acc
-        (ma, ca), (mb, _) = self._pools[0].means(), self._pools[1].means()
+            del self._sums
+        (ma, ca), (mb, _) = self._pools.means()
         del self._pools
         keep = ca > 0
         n_s = int(keep.sum())
