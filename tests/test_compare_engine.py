@@ -386,3 +386,29 @@ def test_kernels_on_row_slices_equal_whole_block(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(NonFiniteLogits) as err:
         chunk(bad).kl()
     assert err.value.row == 7
+
+
+def test_layers_pass_reads_and_converts_ahead(tiny_capture_pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layers pass reads the next chunk on the reader thread and converts it there to the dtype
+    the consumers asked of the first chunk (float64 for cka), so the consumers find it ready; the
+    first chunk, before anyone asked, is converted where it is asked for. Results are unchanged."""
+    import threading
+
+    from driftkit.comparing import engine as E
+
+    a, b = tiny_capture_pair
+    expect = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
+    threads: list[str] = []
+    to64 = E._to_float64
+
+    def spy(c: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return to64(c)
+
+    monkeypatch.setattr(E, "_to_float64", spy)
+    got = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
+    assert got["analyses"]["cka"] == expect["analyses"]["cka"]
+    # chunks 1 and 2 may have been read before the first was used (one queued, one in hand); every
+    # later chunk is converted on the reader thread
+    assert threads[0] == threading.main_thread().name
+    assert len(threads) > 6 and threads.count("driftkit-read-ahead") >= len(threads) - 3

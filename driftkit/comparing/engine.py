@@ -23,9 +23,12 @@ and memoised on the chunk (:meth:`LogitsChunk.kl`, :meth:`LogitsChunk.ranks`, an
 :meth:`LogitsChunk.shared` for any other per-block value). The standard ones never overwrite the
 blocks (the KL kernel runs on the pass's own scratch, :data:`SHARED_QUANTITIES`), so the order of
 the read-only consumers does not matter (their scratch, declared in :attr:`Analysis.logits_shared`,
-is allocated once for the pass: a few row slices, see :func:`_slices`). A scratch consumer asks before it overwrites its blocks: every one
-but the last works on a copy, which keeps the block's memo. Their time is reported as a shared pass
-split between the analyses that asked for them.
+is allocated once for the pass: a few row slices, see :func:`_slices`). A scratch consumer asks
+before it overwrites its blocks: every one but the last works on a copy, which keeps the block's
+memo. Their time is reported as a shared pass split between the analyses that asked for them.
+
+Reading ahead: both passes read their next chunk on a reader thread (:func:`read_ahead`) while the
+consumers compute on the current one, and the layers pass converts it there too.
 
 Layers: each chunk of a layer's rows is read in its storage dtype and converted once, on first use,
 for every consumer (:class:`LayerChunk`: ``xa``/``xb`` float32, ``float64()``); what several
@@ -475,17 +478,59 @@ def _timed(items: Iterator[Any], seconds: list[float]) -> Iterator[Any]:
 
 
 def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) -> None:
-    """Read each layer once (the union of what the consumers want) and feed every layer consumer."""
+    """Read each layer once (the union of what the consumers want) and feed every layer consumer.
+
+    The reads run one chunk ahead on a reader thread (:func:`read_ahead`), across layers too: the
+    next chunk is read and converted (to the dtypes the consumers asked for so far, see
+    :class:`_Conversions`) while the consumers compute on the current one."""
     masks = {an.name: clock.call(an, an.layers_mask, pair) for an in consumers}
     wanted = {an.name: list(clock.call(an, an.layer_sites, pair)) for an in consumers}
     sites = layer_sites_union(consumers, wanted)
+    plan = [(layer, path, [an for an in consumers if (layer, path) in wanted[an.name]]) for layer, path in sites]
+    conversions = _Conversions()
+
+    end = object()  # marks the end of a layer's chunks in the stream
+
+    def chunks() -> Iterator[Any]:
+        for layer, path, cons in plan:
+            union = np.logical_or.reduce([masks[an.name] for an in cons])
+            for item in pair.iter_pair(path, union, dtype=None):
+                yield LayerChunk(layer, path, *item)
+            yield end
+
     read_time = [0.0]
-    for i, (layer, path) in enumerate(sites):
-        cons = [an for an in consumers if (layer, path) in wanted[an.name]]
-        one_layer(pair, layer, path, cons, masks, clock, read_time)
-        pair.progress(f"layers ({', '.join(an.name for an in consumers)})", i + 1, len(sites))
+    stream = _timed(read_ahead(chunks(), prepare=conversions.prepare), read_time)
+    try:
+        for i, (layer, path, cons) in enumerate(plan):
+            layer_chunks = iter(lambda: next(stream), end)
+            one_layer(pair, layer, path, cons, masks, clock, read_time, layer_chunks, conversions)
+            pair.progress(f"layers ({', '.join(an.name for an in consumers)})", i + 1, len(sites))
+    finally:
+        stream.close()
     clock.shared[LAYERS] = read_time[0]
     clock.sharers[LAYERS] = [an.name for an in consumers]
+
+
+class _Conversions:
+    """The conversions the consumers asked of whole chunks so far in a layers pass (``float32``,
+    ``float64``): the reader thread makes them for the chunks it reads ahead, so the consumers
+    find them in the chunk's memo. Learned from the first chunk (analyses ask for the same forms
+    at every layer); a conversion nobody asks for again is only wasted work, never a wrong value."""
+
+    #: memo key -> how a consumer asks for it
+    KINDS: dict[str, Callable[[LayerChunk], Any]] = {"float32": lambda c: c.xa, "float64": lambda c: c.float64()}
+
+    def __init__(self) -> None:
+        self.wanted: set[str] = set()
+
+    def prepare(self, chunk: Any) -> Any:
+        if isinstance(chunk, LayerChunk):
+            for kind in list(self.wanted):
+                self.KINDS[kind](chunk)
+        return chunk
+
+    def learn(self, chunk: LayerChunk) -> None:
+        self.wanted.update(k for k in self.KINDS if k in chunk.memo)
 
 
 def layer_sites_union(
@@ -506,16 +551,19 @@ def one_layer(
     masks: dict[str, np.ndarray],
     clock: _Clock,
     read_time: list[float],
+    chunks: Iterator[LayerChunk] | None = None,
+    conversions: _Conversions | None = None,
 ) -> None:
     """One layer for its consumers: ``start_layer``, every chunk to ``on_layer``, ``finish_layer``,
     with the layer's shared store (:class:`LayerStore`, ``pair.layer_shared``) open throughout.
+    ``chunks``: the layer's chunks as the layers pass reads them ahead (read here when None).
 
     Shared by the one-process pass and the ``--jobs`` workers (driftkit.comparing.layer_jobs), so a
     layer is computed by the same code, in the same chunks, wherever it runs."""
     store = LayerStore(layer, path)
     previous, pair.layer_store = pair.layer_store, store
     try:
-        _one_layer(pair, layer, path, cons, masks, clock, read_time)
+        _one_layer(pair, layer, path, cons, masks, clock, read_time, chunks, conversions or _Conversions())
     finally:
         pair.layer_store = previous
         store.close()
@@ -529,6 +577,8 @@ def _one_layer(
     masks: dict[str, np.ndarray],
     clock: _Clock,
     read_time: list[float],
+    chunks: Iterator[LayerChunk] | None,
+    conversions: _Conversions,
 ) -> None:
     for an in cons:
         clock.call(an, an.start_layer, pair, layer, path)
@@ -545,9 +595,15 @@ def _one_layer(
             hit = len(distinct) - 1
         group[an.name] = hit
     # rows in their storage dtype: subsets are taken before any conversion, and each conversion is
-    # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64())
-    for item in _timed(pair.iter_pair(path, union, dtype=None), read_time):
-        _feed_layer(LayerChunk(layer, path, *item), cons, group, distinct, clock)
+    # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64()) or ahead of
+    # time by the reader thread
+    if chunks is None:
+        items = _timed(pair.iter_pair(path, union, dtype=None), read_time)
+        chunks = (LayerChunk(layer, path, *item) for item in items)
+    for chunk in chunks:
+        _feed_layer(chunk, cons, group, distinct, clock)
+        conversions.learn(chunk)
+        del chunk  # its float64 copy goes before the next chunk arrives
     for an in cons:
         clock.call(an, an.finish_layer, pair, layer, path)
 
