@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import torch
+from driftkit.worker_threads import start_worker
 
 T = TypeVar("T")
 
@@ -45,11 +45,6 @@ def read_ahead(items: Iterator[T], depth: int = 1, prepare: Callable[[T], T] | N
         return False
 
     def produce() -> None:
-        # One OpenMP thread for this thread's torch ops (conversions): torch gives every calling
-        # thread its own OpenMP team, which would compete for the cores the main thread computes
-        # on. The setting is per thread; torch's default for later threads is restored at the end.
-        restore = torch.get_num_threads()
-        torch.set_num_threads(1)
         try:
             for item in items:
                 if prepare is not None:
@@ -63,10 +58,9 @@ def read_ahead(items: Iterator[T], depth: int = 1, prepare: Callable[[T], T] | N
             close = getattr(items, "close", None)
             if close is not None:
                 close()
-            torch.set_num_threads(restore)
 
-    thread = threading.Thread(target=produce, name="driftkit-read-ahead", daemon=True)
-    thread.start()
+    # one torch thread for the reader's conversions, the caller's count untouched (worker_threads)
+    thread = start_worker(produce, "driftkit-read-ahead")
     try:
         while True:
             kind, value = q.get()
