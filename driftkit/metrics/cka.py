@@ -27,9 +27,12 @@ mean and the merge re-centres it exactly (see :meth:`_Stats._shift`).
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
+
+from driftkit.metrics.products import rowdot
 
 _F64 = torch.float64
 
@@ -62,6 +65,30 @@ def _norm_product_shift(
     return ab + 2 * (dy @ qy) + 2 * (dx @ qx) + 4 * cross + ny * a1 + nx * b1 + n * nx * ny
 
 
+_SCRATCH = threading.local()
+#: largest centred chunk kept for reuse (bytes); larger chunks get a fresh allocation
+_SCRATCH_MAX = 64 * 2**20
+
+
+def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor | None:
+    """A reusable buffer shaped like ``like`` for the chunk's centred rows (``slot`` 0: x, 1: y), or
+    None (a fresh tensor) when ``like`` is larger than :data:`_SCRATCH_MAX`.
+
+    Why: centring a 4096 x 576 float64 chunk into a fresh tensor took 9.3 ms, into a reused buffer
+    0.9 ms; the difference is the page faults of a new 19 MB block on every chunk (the allocator
+    returns blocks that large to the system). Per thread, so ``--jobs`` workers and threads each
+    have their own; the buffers live as long as the thread (at most 2 x 64 MB)."""
+    if like.numel() * like.element_size() > _SCRATCH_MAX:
+        return None
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    buf = bufs.get(slot)
+    if buf is None or buf.dtype != like.dtype or buf.device != like.device or buf.numel() < like.numel():
+        buf = bufs[slot] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+    return buf[: like.numel()].view(like.shape)
+
+
 class _Stats:
     """Sums of one chunk (or of the rows seen so far) about their own means, float64.
 
@@ -75,13 +102,27 @@ class _Stats:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.n = x.shape[0]
-        self.mx, self.my = x.mean(0), y.mean(0)
-        x, y = x - self.mx, y - self.my
-        a, b = (x * x).sum(1), (y * y).sum(1)
+        # column means as a sum by matrix-vector product, then / n (0.5 ms on a 4096 x 576 float64
+        # chunk against 2.2 ms for mean(0), which reduces along the strided dimension). Summing
+        # first, like mean(0), keeps a constant column's mean exact where its sum is (a weighted
+        # sum with weights 1/n would not), so its centred rows are exactly 0.
+        ones = torch.ones((1, self.n), dtype=x.dtype, device=x.device)
+        self.mx, self.my = (ones @ x).view(-1) / self.n, (ones @ y).view(-1) / self.n
+        x = torch.sub(x, self.mx, out=_scratch(0, x))
+        y = torch.sub(y, self.my, out=_scratch(1, y))
+        # Row norms as batched dot products (no (n, d) temporary) and the four norm-weighted sums as
+        # two (2, n) x (n, d) products (one read of each chunk, not four): besides the three d x d
+        # products, this is all the O(n d) work of a chunk.
+        a, b = rowdot(x, x), rowdot(y, y)
         self.sxx, self.syy, self.sxy = x.T @ x, y.T @ y, x.T @ y
         self.a1, self.b1 = a.sum(), b.sum()
         self.aa, self.bb, self.ab = a @ a, b @ b, a @ b
-        self.px, self.py, self.qx, self.qy = a @ x, b @ y, b @ x, a @ y
+        ab = torch.stack([a, b])
+        (self.px, self.qx), (self.qy, self.py) = ab @ x, ab @ y
+        self._more_sums(x, y)
+
+    def _more_sums(self, xc: torch.Tensor, yc: torch.Tensor) -> None:
+        """Sums a subclass keeps beyond these, from the chunk's centred rows (nothing here)."""
 
     def _shift(self, dx: torch.Tensor, dy: torch.Tensor) -> None:
         """Re-express the sums about ``mean + (dx, dy)`` -> rows become ``x_i + dx`` (exact algebra:

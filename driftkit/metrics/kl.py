@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from driftkit.errors import DriftkitError
+from driftkit.metrics.products import rowdot
 from driftkit.store.reader import Unembedding, apply_final_transform
 
 LOG2 = math.log(2.0)
@@ -69,15 +70,6 @@ def logits_into(un: Unembedding, hidden: torch.Tensor, out: torch.Tensor) -> tor
     if un.scale is not None or un.softcap is not None:
         out.copy_(apply_final_transform(out, un.softcap, un.scale))
     return out
-
-
-def rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot products of two (n, V) blocks without an (n, V) temporary.
-
-    Why ``b`` goes in as a transposed (n, 1, V) view: the same batched product then runs as a
-    small GEMM over contiguous rows (one streaming read of each block) instead of a batch of
-    matrix-vector calls; measured 3.6x faster on a (227, 49,152) float32 block (3.6 ms vs 13 ms)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(1).transpose(1, 2)).view(-1)
 
 
 def rows_for_budget(vocab: int, max_rows: int, bytes_per_entry: int = 20, budget: int = 512 * 2**20) -> int:

@@ -79,9 +79,7 @@ class StandardizedStats(_Stats):
 
     SUMS = _Stats.SUMS + ("mxy", "txy", "uxy", "mxx", "txx", "myy", "tyy")
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        super().__init__(x, y)
-        xc, yc = x - self.mx, y - self.my
+    def _more_sums(self, xc: torch.Tensor, yc: torch.Tensor) -> None:
         x2, y2 = xc * xc, yc * yc
         self.mxy, self.txy, self.uxy = x2.T @ y2, x2.T @ yc, xc.T @ y2
         self.mxx, self.txx = x2.T @ x2, x2.T @ xc
