@@ -191,7 +191,9 @@ class LogitsChunk:
         return self.shared("ranks", _ranks)
 
 
-#: bytes of one float32 (rows, V) row slice the per-position kernels work on at a time
+#: bytes of one float32 (rows, V) row slice the per-position kernels work on at a time, per torch
+#: thread (measured per 512 x 49,152 block: 1 thread 184 ms at 2 MB, 190 at 4; 2 threads 139 ms at
+#: 2 MB, 116 at 4, 122 at 8)
 SLICE_BYTES = 2 * 2**20
 
 
@@ -205,7 +207,7 @@ def _slices(n: int, vocab: int) -> list[tuple[int, int]]:
     Every quantity is per row, so the numbers are the same, except that the KL kernel picks its
     formula for B's probabilities per slice rather than per block where a row has logits far below
     its maximum (masked vocabulary): the rows beside it then differ by float32 rounding."""
-    step = max(1, SLICE_BYTES // (4 * max(vocab, 1)))
+    step = max(1, SLICE_BYTES * torch.get_num_threads() // (4 * max(vocab, 1)))
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 

@@ -19,6 +19,7 @@ change when the vocabulary is permuted; ``argmax`` alone would pick the lowest t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,13 @@ class RankStats:
     rank_b: torch.Tensor | None  # ... and under B
 
 
+@functools.lru_cache(maxsize=2)
+def _id_columns(vocab: int) -> torch.Tensor:
+    """The (2, V) float32 rows ``[id, 1]`` of :func:`_top_and_ties` (made once per vocabulary size:
+    the kernels run on small row slices, and rebuilding them per slice showed in the profile)."""
+    return torch.stack([torch.arange(vocab, dtype=torch.float32), torch.ones(vocab)])
+
+
 def _top_and_ties(logits: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row: the maximum (n, 1), the id of the maximal entry (n,) and how many entries tie at it (n,).
 
@@ -71,7 +79,7 @@ def _top_and_ties(logits: torch.Tensor, scratch: torch.Tensor) -> tuple[torch.Te
     top_val = logits.amax(1, keepdim=True)
     is_max = torch.eq(logits, top_val, out=scratch)
     # (2, V) then transposed: the product streams the indicator once (a (V, 2) layout runs 3x slower)
-    cols = torch.stack([torch.arange(vocab, dtype=torch.float32), torch.ones(vocab)])
+    cols = _id_columns(vocab)
     id_sum, count = torch.mm(is_max, cols.T).unbind(1)
     return top_val, id_sum.to(torch.int64), count.to(torch.int64)
 
