@@ -177,7 +177,7 @@ def kl_from_logits_(
     ea = torch.empty_like(la) if ea_buf is None else ea_buf
     w = torch.empty_like(lb) if eb_buf is None else eb_buf
     torch.sub(lb, la, out=u)  # D on the raw logits: exact (Sterbenz) when close, so equal rows give 0
-    mn, ma = torch.aminmax(la, dim=1, keepdim=True)  # one pass; NaN propagates, the fallback check below names it
+    ma = la.amax(1, keepdim=True)  # NaN propagates, the fallback check below names it
     keep = em_buf is not None  # la, lb read-only: la - ma is recomputed where needed (the same floats)
     if keep:
         torch.sub(la, ma, out=ea).exp_()
@@ -211,7 +211,7 @@ def kl_from_logits_(
     # p_B s_A = e_A e^r = e_A (1 + 2 em2); where e_A underflows (l_A - max < -87) that loses B's mass
     # there, so then p_B s_A = exp((l_A - max) + r) (never overflows: it is <= s_A).
     # (min(la - ma) = min(la) - ma exactly: rounding a subtraction is monotone)
-    if float((mn - ma).amin()) > -80.0:
+    if float((la.amin(1, keepdim=True) - ma).amin() if keep else la.amin()) > -80.0:
         pb = torch.addcmul(ea, ea, em2, value=2.0, out=w)
     else:
         pb = (torch.sub(la, ma, out=w).add_(r) if keep else torch.add(la, r, out=w)).exp_()
