@@ -412,3 +412,26 @@ def test_layers_pass_reads_and_converts_ahead(tiny_capture_pair, monkeypatch: py
     # later chunk is converted on the reader thread
     assert threads[0] == threading.main_thread().name
     assert len(threads) > 6 and threads.count("driftkit-read-ahead") >= len(threads) - 3
+
+
+def test_large_chunks_are_read_ahead_but_converted_on_use(tiny_capture_pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above READ_AHEAD_CONVERT_BYTES the reader hands chunks over unconverted (memory stays one
+    converted chunk), and every conversion runs on the main thread; the numbers do not change."""
+    import threading
+
+    from driftkit.comparing import engine as E
+
+    a, b = tiny_capture_pair
+    expect = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
+    monkeypatch.setattr(E, "READ_AHEAD_CONVERT_BYTES", 0)
+    threads: list[str] = []
+    to64 = E._to_float64
+
+    def spy(c: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return to64(c)
+
+    monkeypatch.setattr(E, "_to_float64", spy)
+    got = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
+    assert got["analyses"]["cka"] == expect["analyses"]["cka"]
+    assert len(threads) > 3 and set(threads) == {threading.main_thread().name}

@@ -513,6 +513,16 @@ def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     clock.sharers[LAYERS] = [an.name for an in consumers]
 
 
+#: largest chunk (both captures' rows, as float64) the reader converts ahead of use. Above it the
+#: reader only reads and the consumers convert on first use: converted copies waiting in the queue
+#: would otherwise hold up to two more chunks in memory (2 x 335 MB at d = 5,120 and 4,096 tokens).
+READ_AHEAD_CONVERT_BYTES = 128 * 2**20
+
+
+def _converted_bytes(chunk: LayerChunk) -> int:
+    return 8 * (chunk.rows_a.numel() + chunk.rows_b.numel())
+
+
 class _Conversions:
     """The conversions the consumers asked of whole chunks so far in a layers pass (``float32``,
     ``float64``): the reader thread makes them for the chunks it reads ahead, so the consumers
@@ -526,7 +536,7 @@ class _Conversions:
         self.wanted: set[str] = set()
 
     def prepare(self, chunk: Any) -> Any:
-        if isinstance(chunk, LayerChunk):
+        if isinstance(chunk, LayerChunk) and _converted_bytes(chunk) <= READ_AHEAD_CONVERT_BYTES:
             for kind in list(self.wanted):
                 self.KINDS[kind](chunk)
         return chunk
