@@ -250,8 +250,26 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     )
 
 
-def _py(args: list[str], env: dict | None = None) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT, env=env)
+#: runs this script with the editable install's import hook removed, so that ``PYTHONPATH`` alone
+#: decides where ``driftkit`` and the bundled ``plugins`` come from (with the hook, a baseline tree
+#: on ``PYTHONPATH`` got its own ``driftkit`` but this checkout's ``plugins``)
+_WITHOUT_EDITABLE_HOOK = (
+    "import runpy, sys; "
+    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+    "sys.argv = sys.argv[1:]; sys.path[0] = __import__('os').path.dirname(sys.argv[0]); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
+def _py(args: list[str], env: dict | None = None, other_tree: bool = False) -> dict:
+    """Run this script's ``args`` in a fresh process; ``other_tree``: the code comes from the tree
+    on ``env["PYTHONPATH"]`` (``--baseline-src``), not from this checkout's editable install."""
+    cmd = (
+        [sys.executable, "-c", _WITHOUT_EDITABLE_HOOK, __file__, *args]
+        if other_tree
+        else [sys.executable, __file__, *args]
+    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -312,9 +330,9 @@ def bench_compare(
                     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
                 # each comparison in a fresh process, so its peak RSS is its own; the unavoidable work
                 # is timed just before and just after it (the machine's load drifts) and averaged
-                f1 = _py(["--floor-child", *paths, str(chunk_tokens)], env)
-                r = _py(["--compare-child", *paths, str(chunk_tokens)], env)
-                f2 = _py(["--floor-child", *paths, str(chunk_tokens)], env)
+                f1 = _py(["--floor-child", *paths, str(chunk_tokens)], env, bool(src))
+                r = _py(["--compare-child", *paths, str(chunk_tokens)], env, bool(src))
+                f2 = _py(["--floor-child", *paths, str(chunk_tokens)], env, bool(src))
                 r["unavoidable"] = {k: (f1[k] + f2[k]) / 2 for k in f1}
                 u = r["unavoidable"]
                 per = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_analysis_s"].items())
