@@ -251,12 +251,15 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
 
 
 #: runs this script with the editable install's import hook removed, so that ``PYTHONPATH`` alone
-#: decides where ``driftkit`` and the bundled ``plugins`` come from (with the hook, a baseline tree
-#: on ``PYTHONPATH`` got its own ``driftkit`` but this checkout's ``plugins``)
+#: decides where the code comes from. The install maps ``driftkit.plugins`` (and ``.probes``,
+#: ``.cli``) to top-level folders of this checkout; with the hook, a baseline tree on ``PYTHONPATH``
+#: got its own ``driftkit`` but this checkout's plugins. Here those folders of the other tree are
+#: found through ``driftkit.__path__`` instead.
 _WITHOUT_EDITABLE_HOOK = (
-    "import runpy, sys; "
+    "import os, runpy, sys; "
     "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
-    "sys.argv = sys.argv[1:]; sys.path[0] = __import__('os').path.dirname(sys.argv[0]); "
+    "import driftkit; driftkit.__path__.append(os.path.dirname(driftkit.__path__[0])); "
+    "sys.argv = sys.argv[1:]; sys.path[0] = os.path.dirname(sys.argv[0]); "
     "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
