@@ -257,9 +257,9 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
 #: found through ``driftkit.__path__`` instead.
 _WITHOUT_EDITABLE_HOOK = (
     "import os, runpy, sys; "
+    "sys.argv = sys.argv[1:]; sys.path[0] = os.path.dirname(sys.argv[0]); "  # not the cwd (a checkout)
     "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
     "import driftkit; driftkit.__path__.append(os.path.dirname(driftkit.__path__[0])); "
-    "sys.argv = sys.argv[1:]; sys.path[0] = os.path.dirname(sys.argv[0]); "
     "runpy.run_path(sys.argv[0], run_name='__main__')"
 )
 
