@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from json_canon import canon
 
 import driftkit
 from driftkit import Analysis
 from driftkit.store.reader import CaptureReader
 
 BUNDLED = ["kl", "token_rank", "cka", "pca_shift"]
-
-
-def _canon(x: Any) -> Any:
-    """JSON-comparable form that treats NaN as equal to NaN (bit-identical floats otherwise)."""
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    if isinstance(x, dict):
-        return {k: _canon(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_canon(v) for v in x]
-    return x
 
 
 @pytest.mark.parametrize(
@@ -50,7 +39,7 @@ def test_shared_passes_equal_each_analysis_alone(tiny_capture_pair, kw: dict) ->
     for name in BUNDLED:
         opts = {k: v for k, v in (kw.get("options") or {}).items() if k == name}
         alone = driftkit.compare([a, b], analyses=[name], **{**kw, "options": opts}).to_dict()["analyses"][name]
-        assert json.dumps(_canon(together[name]), sort_keys=True) == json.dumps(_canon(alone), sort_keys=True), name
+        assert json.dumps(canon(together[name]), sort_keys=True) == json.dumps(canon(alone), sort_keys=True), name
 
 
 def test_each_dataset_read_once(tiny_capture_pair, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -124,7 +113,7 @@ def test_third_party_consumers_and_legacy_run(tiny_capture_pair) -> None:
     an = body["analyses"]
     assert list(an) == ["kl", "vandal", "token_rank", "legacy_mean"]
     for name in ("kl", "token_rank"):
-        assert json.dumps(_canon(an[name]), sort_keys=True) == json.dumps(_canon(ref[name]), sort_keys=True)
+        assert json.dumps(canon(an[name]), sort_keys=True) == json.dumps(canon(ref[name]), sort_keys=True)
     with CaptureReader(a) as ra:
         m = ra.predictive_mask("response")
         la = ra.read("final/hidden")[torch.from_numpy(m)].float() @ ra.unembedding().weight.T
@@ -236,8 +225,8 @@ def test_per_position_quantities_computed_once_per_block(
         assert blocks >= 1 and calls["kl"] == blocks and calls["ranks"] == blocks
         assert chunks["kl"] == chunks["token_rank"] == chunks["token_view"]  # the same objects: no copies
         for n in SHARING:
-            assert json.dumps(_canon(body["analyses"][n]), sort_keys=True) == json.dumps(
-                _canon(alone[n]), sort_keys=True
+            assert json.dumps(canon(body["analyses"][n]), sort_keys=True) == json.dumps(
+                canon(alone[n]), sort_keys=True
             ), n
         # the shared work is reported, split between the analyses that asked for it
         assert set(body["seconds"]) == set(SHARING)
@@ -288,7 +277,7 @@ def test_shared_memo_with_scratch_consumers(tiny_capture_pair) -> None:
     assert _Entropy.computed == once  # once per block, not once per instance
     an = body["analyses"]
     for n in SHARING:
-        assert json.dumps(_canon(an[n]), sort_keys=True) == json.dumps(_canon(alone[n]), sort_keys=True), n
+        assert json.dumps(canon(an[n]), sort_keys=True) == json.dumps(canon(alone[n]), sort_keys=True), n
     assert an["entropy_a"] == an["entropy_b"] and an["entropy_a"]["summary"]["n"] == an["kl"]["summary"]["n_positions"]
     with CaptureReader(a) as ra:
         m = ra.predictive_mask("all")
@@ -388,15 +377,14 @@ def test_kernels_on_row_slices_equal_whole_block(monkeypatch: pytest.MonkeyPatch
     assert err.value.row == 7
 
 
-def test_layers_pass_reads_and_converts_ahead(tiny_capture_pair, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The layers pass reads the next chunk on the reader thread and converts it there to the dtype
-    the consumers asked of the first chunk (float64 for cka), so the consumers find it ready; the
-    first chunk, before anyone asked, is converted where it is asked for. Results are unchanged."""
+def _float64_conversion_threads(pair: tuple, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The thread of every float64 conversion of a cka comparison (chunks of 16 tokens), after
+    checking that the results equal a comparison without the spy."""
     import threading
 
     from driftkit.comparing import engine as E
 
-    a, b = tiny_capture_pair
+    a, b = pair
     expect = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
     threads: list[str] = []
     to64 = E._to_float64
@@ -408,6 +396,16 @@ def test_layers_pass_reads_and_converts_ahead(tiny_capture_pair, monkeypatch: py
     monkeypatch.setattr(E, "_to_float64", spy)
     got = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
     assert got["analyses"]["cka"] == expect["analyses"]["cka"]
+    return threads
+
+
+def test_layers_pass_reads_and_converts_ahead(tiny_capture_pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layers pass reads the next chunk on the reader thread and converts it there to the dtype
+    the consumers asked of the first chunk (float64 for cka), so the consumers find it ready; the
+    first chunk, before anyone asked, is converted where it is asked for. Results are unchanged."""
+    import threading
+
+    threads = _float64_conversion_threads(tiny_capture_pair, monkeypatch)
     # chunks 1 and 2 may have been read before the first was used (one queued, one in hand); every
     # later chunk is converted on the reader thread
     assert threads[0] == threading.main_thread().name
@@ -421,17 +419,6 @@ def test_large_chunks_are_read_ahead_but_converted_on_use(tiny_capture_pair, mon
 
     from driftkit.comparing import engine as E
 
-    a, b = tiny_capture_pair
-    expect = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
     monkeypatch.setattr(E, "READ_AHEAD_CONVERT_BYTES", 0)
-    threads: list[str] = []
-    to64 = E._to_float64
-
-    def spy(c: Any) -> Any:
-        threads.append(threading.current_thread().name)
-        return to64(c)
-
-    monkeypatch.setattr(E, "_to_float64", spy)
-    got = driftkit.compare([a, b], analyses=["cka"], positions="all", chunk_tokens=16).to_dict()
-    assert got["analyses"]["cka"] == expect["analyses"]["cka"]
+    threads = _float64_conversion_threads(tiny_capture_pair, monkeypatch)
     assert len(threads) > 3 and set(threads) == {threading.main_thread().name}

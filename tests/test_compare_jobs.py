@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import pytest
+from json_canon import canon
 
 import driftkit
 from driftkit import Analysis
 from driftkit.comparing.layer_jobs import supports_jobs
 from driftkit.errors import DriftkitError
-
-
-def _canon(x: Any) -> Any:
-    """JSON-comparable (NaN == NaN, bit-identical floats otherwise), without the timings."""
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    if isinstance(x, dict):
-        return {k: _canon(v) for k, v in x.items() if k != "seconds"}
-    if isinstance(x, (list, tuple)):
-        return [_canon(v) for v in x]
-    return x
 
 
 class LayerMeans(Analysis):
@@ -65,7 +54,7 @@ def test_jobs_equal_one_process(tiny_capture_pair, kw: dict) -> None:
     names = ["kl", "cka", "pca_shift"]
     one = driftkit.compare([a, b], analyses=names, **kw).to_dict()
     two = driftkit.compare([a, b], analyses=names, jobs=2, **kw).to_dict()
-    assert json.dumps(_canon(two)) == json.dumps(_canon(one))
+    assert json.dumps(canon(two)) == json.dumps(canon(one))
     assert len(one["analyses"]["cka"]["layers"]) > 1, "the test must exercise several layers"
 
 
@@ -108,7 +97,7 @@ def test_cli_jobs_flag(tiny_capture_pair) -> None:
     one = runner.invoke(app, base)
     two = runner.invoke(app, [*base, "--jobs", "2"])
     assert one.exit_code == 0 and two.exit_code == 0, two.output
-    assert json.dumps(_canon(json.loads(two.stdout))) == json.dumps(_canon(json.loads(one.stdout)))
+    assert json.dumps(canon(json.loads(two.stdout))) == json.dumps(canon(json.loads(one.stdout)))
     bad = runner.invoke(app, [*base, "--jobs", "0"])
     assert bad.exit_code == 1 and "--jobs 0" in bad.output
 
@@ -129,5 +118,5 @@ def test_jobs_on_pooled_and_sampled_captures(tiny_model, tiny_tuned, tiny_prompt
         ]
         one = driftkit.compare(paths, analyses=names, options=opts, positions="all").to_dict()
         two = driftkit.compare(paths, analyses=names, options=opts, positions="all", jobs=2).to_dict()
-        assert json.dumps(_canon(two)) == json.dumps(_canon(one)), store
+        assert json.dumps(canon(two)) == json.dumps(canon(one)), store
         assert len(one["analyses"]["cka"]["layers"]) > 1

@@ -4,7 +4,6 @@ and the accumulators cka, similarity and pca_shift share through it (driftkit.co
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from json_canon import canon
 
 import driftkit
 from driftkit import Analysis
@@ -25,19 +25,8 @@ from driftkit.store.reader import CaptureReader
 from plugins.analyses.cka import CKAAnalysis
 
 
-def _canon(x: Any) -> Any:
-    """JSON-comparable (NaN == NaN, bit-identical floats otherwise), without the timings."""
-    if isinstance(x, float) and math.isnan(x):
-        return "nan"
-    if isinstance(x, dict):
-        return {k: _canon(v) for k, v in x.items() if k != "seconds"}
-    if isinstance(x, (list, tuple)):
-        return [_canon(v) for v in x]
-    return x
-
-
 def _same(x: Any, y: Any) -> bool:
-    return json.dumps(_canon(x), sort_keys=True) == json.dumps(_canon(y), sort_keys=True)
+    return json.dumps(canon(x), sort_keys=True) == json.dumps(canon(y), sort_keys=True)
 
 
 def _decode64(raw: np.ndarray, bf16: bool) -> np.ndarray:

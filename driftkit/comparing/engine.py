@@ -574,29 +574,33 @@ def one_layer(
     layer is computed by the same code, in the same chunks, wherever it runs."""
     store = LayerStore(layer, path)
     previous, pair.layer_store = pair.layer_store, store
+    conversions = conversions or _Conversions()
     try:
-        _one_layer(pair, layer, path, cons, masks, clock, read_time, chunks, conversions or _Conversions())
+        for an in cons:
+            clock.call(an, an.start_layer, pair, layer, path)
+        union = np.logical_or.reduce([masks[an.name] for an in cons])
+        distinct, group = _mask_groups(cons, masks)
+        # rows in their storage dtype: subsets are taken before any conversion, and each conversion is
+        # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64()) or ahead of
+        # time by the reader thread
+        if chunks is None:
+            items = _timed(pair.iter_pair(path, union, dtype=None), read_time)
+            chunks = (LayerChunk(layer, path, *item) for item in items)
+        for chunk in chunks:
+            _feed_layer(chunk, cons, group, distinct, clock)
+            conversions.learn(chunk)
+            del chunk  # its float64 copy goes before the next chunk arrives
+        for an in cons:
+            clock.call(an, an.finish_layer, pair, layer, path)
     finally:
         pair.layer_store = previous
         store.close()
 
 
-def _one_layer(
-    pair: CapturePair,
-    layer: int | str,
-    path: str,
-    cons: Sequence[Analysis],
-    masks: dict[str, np.ndarray],
-    clock: _Clock,
-    read_time: list[float],
-    chunks: Iterator[LayerChunk] | None,
-    conversions: _Conversions,
-) -> None:
-    for an in cons:
-        clock.call(an, an.start_layer, pair, layer, path)
-    union = np.logical_or.reduce([masks[an.name] for an in cons])
-    # consumers with equal masks get the same chunk object: one subset copy per distinct mask, not
-    # one per consumer (and analyses that share work per chunk see one chunk)
+def _mask_groups(cons: Sequence[Analysis], masks: dict[str, np.ndarray]) -> tuple[list[np.ndarray], dict[str, int]]:
+    """The distinct masks of ``cons`` and each consumer's index among them. Consumers with equal
+    masks get the same chunk object: one subset copy per distinct mask, not one per consumer (and
+    analyses that share work per chunk see one chunk)."""
     distinct: list[np.ndarray] = []
     group: dict[str, int] = {}
     for an in cons:
@@ -606,18 +610,7 @@ def _one_layer(
             distinct.append(m)
             hit = len(distinct) - 1
         group[an.name] = hit
-    # rows in their storage dtype: subsets are taken before any conversion, and each conversion is
-    # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64()) or ahead of
-    # time by the reader thread
-    if chunks is None:
-        items = _timed(pair.iter_pair(path, union, dtype=None), read_time)
-        chunks = (LayerChunk(layer, path, *item) for item in items)
-    for chunk in chunks:
-        _feed_layer(chunk, cons, group, distinct, clock)
-        conversions.learn(chunk)
-        del chunk  # its float64 copy goes before the next chunk arrives
-    for an in cons:
-        clock.call(an, an.finish_layer, pair, layer, path)
+    return distinct, group
 
 
 def _feed_layer(
