@@ -537,12 +537,15 @@ class _Conversions:
 
     def prepare(self, chunk: Any) -> Any:
         if isinstance(chunk, LayerChunk) and _converted_bytes(chunk) <= READ_AHEAD_CONVERT_BYTES:
-            for kind in list(self.wanted):
+            for kind in self.wanted:
                 self.KINDS[kind](chunk)
         return chunk
 
     def learn(self, chunk: LayerChunk) -> None:
-        self.wanted.update(k for k in self.KINDS if k in chunk.memo)
+        """Called on the main thread; the reader reads ``wanted``, so it is replaced, never mutated."""
+        new = {k for k in self.KINDS if k in chunk.memo} - self.wanted
+        if new:
+            self.wanted = self.wanted | new
 
 
 def layer_sites_union(
