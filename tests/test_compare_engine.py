@@ -338,7 +338,8 @@ def test_kernels_on_row_slices_equal_whole_block(monkeypatch: pytest.MonkeyPatch
     from driftkit.metrics.ranks import rank_stats
 
     vocab = 64
-    monkeypatch.setattr(E, "SLICE_BYTES", 3 * 4 * vocab // torch.get_num_threads())  # 3 rows a slice
+    monkeypatch.setattr(E, "SLICE_BYTES", 3 * 4 * vocab)  # 3 rows a slice, whatever the thread count:
+    monkeypatch.setattr(E, "SLICE_MAX_THREADS", 1)  # slices grow with threads only up to this count
     assert E._slices(8, vocab) == [(0, 3), (3, 6), (6, 8)]
     g = torch.Generator().manual_seed(1)
     la = torch.randn(8, vocab, generator=g) * 3

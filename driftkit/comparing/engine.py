@@ -195,6 +195,9 @@ class LogitsChunk:
 #: thread (measured per 512 x 49,152 block: 1 thread 184 ms at 2 MB, 190 at 4; 2 threads 139 ms at
 #: 2 MB, 116 at 4, 122 at 8)
 SLICE_BYTES = 2 * 2**20
+#: thread count beyond which slices stop growing: the shared scratch (four slice-sized arrays, outside
+#: LOGITS_BUDGET) stays within 4 x 16 MiB on a many-core machine
+SLICE_MAX_THREADS = 8
 
 
 def _slices(n: int, vocab: int) -> list[tuple[int, int]]:
@@ -207,7 +210,8 @@ def _slices(n: int, vocab: int) -> list[tuple[int, int]]:
     Every quantity is per row, so the numbers are the same, except that the KL kernel picks its
     formula for B's probabilities per slice rather than per block where a row has logits far below
     its maximum (masked vocabulary): the rows beside it then differ by float32 rounding."""
-    step = max(1, SLICE_BYTES * torch.get_num_threads() // (4 * max(vocab, 1)))
+    per_array = SLICE_BYTES * min(torch.get_num_threads(), SLICE_MAX_THREADS)
+    step = max(1, per_array // (4 * max(vocab, 1)))
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
