@@ -2,13 +2,17 @@
 a capture) and a stand-in "tuned" checkpoint (the real model with its MLP matrices nudged).
 
 Why one module: the figures of compare_scale.py, compare_jobs.py and gpu_check.py are only
-comparable if they run on the same prompts and the same perturbation. Scripts import it as
+comparable if they run on the same prompts and the same perturbation. It also holds how a script
+times another source tree (:func:`use_source_tree`). Scripts import it as
 ``from _stand_ins import ...`` (``python perf/x.py`` puts perf/ on ``sys.path``)."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
+import time
 from pathlib import Path
 
 
@@ -47,3 +51,43 @@ def perturbed_checkpoint(base: str | Path, out: Path, scale: float = 0.02) -> Pa
         if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")) or f.name == "chat_template.jinja":
             shutil.copy(f, out / f.name)
     return out
+
+
+def stand_in_captures(workdir: Path, repeat: int) -> tuple[str, str]:
+    """Captures of the default model and its perturbed copy (all layers, residual + final) on the
+    bundled prompts x ``repeat``, in ``workdir``; files already there are reused between runs."""
+    from driftkit.capturing import CaptureConfig, capture
+    from driftkit.models import resolve_model_path
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    base = resolve_model_path("smollm2-135m")
+    tuned = perturbed_checkpoint(base, workdir / "smollm2-perturbed")
+    prompts = workdir / f"prompts_x{repeat}.jsonl"
+    write_bundled_prompts(prompts, repeat)
+    paths = []
+    for name, model in (("base", base), ("tuned", str(tuned))):
+        out = workdir / f"{name}_x{repeat}.h5"
+        if not out.exists():
+            t = time.perf_counter()
+            capture(CaptureConfig(model=model, prompts=str(prompts), out=out, layers="all", overwrite=True))
+            print(f"  captured {out.name} in {time.perf_counter() - t:.1f} s ({out.stat().st_size / 1e6:.0f} MB)")
+        paths.append(str(out))
+    return paths[0], paths[1]
+
+
+def use_source_tree(src: str) -> None:
+    """Import driftkit from the checkout ``src`` (before anything imports it), bundled plugins,
+    probes and CLI included, for before/after timings of two codes.
+
+    Why more than ``sys.path``: the editable install maps ``driftkit.plugins`` (and ``.probes``,
+    ``.cli``) to top-level folders of the installed checkout through an import hook, so a tree put
+    first on ``sys.path`` gave its own ``driftkit`` but the installed checkout's plugins. The hook is
+    removed and those folders of ``src`` are found through ``driftkit.__path__`` instead."""
+    src = os.path.abspath(src)
+    sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    sys.path.insert(0, src)
+    import driftkit
+
+    if not driftkit.__file__.startswith(src + os.sep):
+        raise SystemExit(f"driftkit was already imported from {driftkit.__file__}, not from {src}")
+    driftkit.__path__.append(src)

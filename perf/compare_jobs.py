@@ -22,29 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _stand_ins import perturbed_checkpoint, write_bundled_prompts
+from _stand_ins import stand_in_captures
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _captures(workdir: Path, repeat: int) -> list[Path]:
-    from driftkit.capturing import CaptureConfig, capture
-    from driftkit.models import resolve_model_path
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    base = resolve_model_path("smollm2-135m")
-    tuned = perturbed_checkpoint(base, workdir / "smollm2-perturbed")
-    prompts = workdir / f"prompts_x{repeat}.jsonl"
-    write_bundled_prompts(prompts, repeat)
-    paths = []
-    for name, model in (("base", base), ("tuned", str(tuned))):
-        out = workdir / f"{name}_x{repeat}.h5"
-        if not out.exists():
-            t = time.perf_counter()
-            capture(CaptureConfig(model=model, prompts=str(prompts), out=out, layers="all", overwrite=True))
-            print(f"captured {out.name} in {time.perf_counter() - t:.1f} s ({out.stat().st_size / 1e6:.0f} MB)")
-        paths.append(out)
-    return paths
 
 
 def _child(a: str, b: str, analyses: str, jobs: int, out: str) -> None:
@@ -80,7 +60,7 @@ def main() -> None:
         return
     import torch
 
-    a, b = _captures(args.workdir, args.repeat_prompts)
+    a, b = stand_in_captures(args.workdir, args.repeat_prompts)
     print(
         f"compare {a.name} vs {b.name}, analyses {args.analyses}, {torch.get_num_threads()} torch threads, "
         f"{os.cpu_count()} CPUs"

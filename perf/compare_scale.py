@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _stand_ins import perturbed_checkpoint, write_bundled_prompts
+from _stand_ins import stand_in_captures, use_source_tree
 
 D = 576
 CHUNK = 4096
@@ -250,29 +250,11 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     )
 
 
-#: runs this script with the editable install's import hook removed, so that ``PYTHONPATH`` alone
-#: decides where the code comes from. The install maps ``driftkit.plugins`` (and ``.probes``,
-#: ``.cli``) to top-level folders of this checkout; with the hook, a baseline tree on ``PYTHONPATH``
-#: got its own ``driftkit`` but this checkout's plugins. Here those folders of the other tree are
-#: found through ``driftkit.__path__`` instead.
-_WITHOUT_EDITABLE_HOOK = (
-    "import os, runpy, sys; "
-    "sys.argv = sys.argv[1:]; sys.path[0] = os.path.dirname(sys.argv[0]); "  # not the cwd (a checkout)
-    "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
-    "import driftkit; driftkit.__path__.append(os.path.dirname(driftkit.__path__[0])); "
-    "runpy.run_path(sys.argv[0], run_name='__main__')"
-)
-
-
-def _py(args: list[str], env: dict | None = None, other_tree: bool = False) -> dict:
-    """Run this script's ``args`` in a fresh process; ``other_tree``: the code comes from the tree
-    on ``env["PYTHONPATH"]`` (``--baseline-src``), not from this checkout's editable install."""
-    cmd = (
-        [sys.executable, "-c", _WITHOUT_EDITABLE_HOOK, __file__, *args]
-        if other_tree
-        else [sys.executable, __file__, *args]
-    )
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+def _py(args: list[str], src: str | None = None) -> dict:
+    """Run this script's ``args`` in a fresh process, on the source tree ``src`` when given
+    (``--baseline-src``; :func:`_stand_ins.use_source_tree`), else on this checkout."""
+    cmd = [sys.executable, __file__, *args, *(["--src", src] if src else [])]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -290,52 +272,21 @@ def bench_compare(
     analysis, total, the ratio to the unavoidable work measured in that same process, peak RSS.
     With ``baseline_src`` (a source tree laid out as the installed package, e.g. main's code), the
     same comparisons also run on that code, interleaved with this one's (the machine is shared)."""
-    from driftkit.capturing import CaptureConfig, capture
-    from driftkit.models import resolve_model_path
-
     names = os.environ.get("DRIFTKIT_BENCH_ANALYSES", ISSUE_ANALYSES)
     print(
         f"== driftkit.compare of two SmolLM2-135M captures (all layers, analyses {names}, chunks of "
         f"{chunk_tokens:,} tokens, {torch.get_num_threads()} threads) =="
     )
-    workdir.mkdir(parents=True, exist_ok=True)
-    base = resolve_model_path("smollm2-135m")
-    tuned = workdir / "smollm2-perturbed"
-    perturbed_checkpoint(base, tuned)
-    pairs = {}
-    for rep_count in sizes:
-        prompts = workdir / f"prompts_x{rep_count}.jsonl"
-        write_bundled_prompts(prompts, rep_count)
-        paths = []
-        for name, model in (("base", base), ("tuned", str(tuned))):
-            out = workdir / f"{name}_x{rep_count}.h5"
-            if not out.exists():
-                t = time.perf_counter()
-                capture(
-                    CaptureConfig(
-                        model=model,
-                        prompts=str(prompts),
-                        out=out,
-                        probes=["residual", "final"],
-                        layers="all",
-                        overwrite=True,
-                    )
-                )
-                print(f"  captured {out.name} in {time.perf_counter() - t:.1f} s ({out.stat().st_size / 1e6:.0f} MB)")
-            paths.append(str(out))
-        pairs[rep_count] = paths
+    pairs = {rep_count: list(stand_in_captures(workdir, rep_count)) for rep_count in sizes}
     codes = [("this", None)] + ([("baseline", baseline_src)] if baseline_src else [])
     for _ in range(repeats):
         for rep_count, paths in pairs.items():
             for label, src in codes:  # interleaved: both codes see the same machine load
-                env = dict(os.environ)
-                if src:
-                    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
                 # each comparison in a fresh process, so its peak RSS is its own; the unavoidable work
                 # is timed just before and just after it (the machine's load drifts) and averaged
-                f1 = _py(["--floor-child", *paths, str(chunk_tokens)], env, bool(src))
-                r = _py(["--compare-child", *paths, str(chunk_tokens)], env, bool(src))
-                f2 = _py(["--floor-child", *paths, str(chunk_tokens)], env, bool(src))
+                f1 = _py(["--floor-child", *paths, str(chunk_tokens)], src)
+                r = _py(["--compare-child", *paths, str(chunk_tokens)], src)
+                f2 = _py(["--floor-child", *paths, str(chunk_tokens)], src)
                 r["unavoidable"] = {k: (f1[k] + f2[k]) / 2 for k in f1}
                 u = r["unavoidable"]
                 per = ", ".join(f"{k} {v:.1f} s" for k, v in r["per_analysis_s"].items())
@@ -366,6 +317,7 @@ def main() -> None:
     )
     ap.add_argument("--compare-child", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--floor-child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--src", help=argparse.SUPPRESS)
     ap.add_argument(
         "--sizes", default="1,5", help="prompt-set repeats of the two compared capture sizes (5: 6,430 tokens)"
     )
@@ -377,6 +329,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="how many times to run each comparison")
     ap.add_argument("--baseline-src", help="also time this source tree (package layout, e.g. main's code), interleaved")
     args = ap.parse_args()
+    if args.src:  # a child process timing another source tree (--baseline-src)
+        use_source_tree(args.src)
     if args.child:
         _child(args.child[0], int(args.child[1]))
         return

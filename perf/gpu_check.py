@@ -112,10 +112,8 @@ def main() -> int:
     loaded = load_model(base, dtype="bfloat16", device=args.device, device_map=args.device_map)
     if args.device_map:
         print(f"placement (parameters per device): {loaded.info.get('device_map')}")
-    cfg = CaptureConfig(
-        model=base,
-        prompts=str(work / "prompts.jsonl"),
-        out=work / "base.h5",
+    # what both captures share (the tuned one takes the base capture's tokens)
+    common = dict(
         layers="all",
         dtype="bfloat16",
         device=args.device,
@@ -123,6 +121,7 @@ def main() -> int:
         max_batch_tokens=args.max_batch_tokens,
         overwrite=True,
     )
+    cfg = CaptureConfig(model=base, prompts=str(work / "prompts.jsonl"), out=work / "base.h5", **common)
     engine = CaptureEngine(cfg, loaded)
     _sync(loaded.device)
     t = time.perf_counter()
@@ -154,19 +153,7 @@ def main() -> int:
 
     tuned = perturbed_checkpoint(base, work / "tuned")
     t = time.perf_counter()
-    driftkit.capture(
-        CaptureConfig(
-            model=str(tuned),
-            tokens_from=cfg.out,
-            out=work / "tuned.h5",
-            layers="all",
-            dtype="bfloat16",
-            device=args.device,
-            device_map=args.device_map,
-            max_batch_tokens=args.max_batch_tokens,
-            overwrite=True,
-        )
-    )
+    driftkit.capture(CaptureConfig(model=str(tuned), tokens_from=cfg.out, out=work / "tuned.h5", **common))
     print(f"tuned capture : {n_tok / (time.perf_counter() - t):10,.0f} tokens/s (tokens_from the base capture)")
     t = time.perf_counter()
     report = driftkit.compare([cfg.out, work / "tuned.h5"], jobs=args.jobs)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
+
+from _stand_ins import use_source_tree
 
 SETS = {"kl+token_rank": ["kl", "token_rank"], "kl+token_rank+token_view": ["kl", "token_rank", "token_view"]}
 
@@ -29,7 +30,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     if args.src:
-        sys.path.insert(0, os.path.abspath(args.src))
+        use_source_tree(args.src)
     import torch
 
     torch.set_num_threads(1)
