@@ -112,6 +112,28 @@ def test_float64_and_float32_from_each_storage_dtype(
             assert torch.equal(xa, xb)
 
 
+@pytest.mark.parametrize("storage", ["float16", "bfloat16", "float32"])
+def test_reader_rows_equal_the_stored_bits(storage: str, stored: dict[str, Path], tiny_capture_pair) -> None:
+    """CaptureReader.read fills torch memory straight from HDF5 (no numpy array in between): every
+    row range, the empty one and an open end included, gives the stored values, and a non-float
+    dataset (token ids) still reads through numpy."""
+    path = tiny_capture_pair[0] if storage == "float16" else stored[storage]
+    with CaptureReader(path) as r, h5py.File(path, "r") as f:
+        site = "sites/residual.0"
+        raw = f[site][()]
+        n = raw.shape[0]
+        for start, stop in ((0, None), (3, 11), (n - 2, n + 5), (5, 5)):
+            got = r.read(site, start, stop, dtype=torch.float64)
+            ref = _decode64(raw[start:stop], storage == "bfloat16")
+            assert got.shape == ref.shape and np.array_equal(got.numpy(), ref)
+        kept = r.read(site, 2, 6, dtype=None)
+        assert kept.dtype == {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[storage]
+        ids = r.read("tokens/ids")
+        assert ids.dtype == torch.from_numpy(f["tokens/ids"][:1]).dtype and np.array_equal(
+            ids.numpy(), f["tokens/ids"][()]
+        )
+
+
 # -- the per-layer store -----------------------------------------------------------------------------
 class _StoreProbe(Analysis):
     name = "store_probe"
