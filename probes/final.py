@@ -56,6 +56,11 @@ def hidden_storage(layout: ModelLayout) -> str:
     return _HIDDEN_STORAGE.get(layout.model.get_output_embeddings().weight.dtype, "float32")
 
 
+#: float32 bytes of the unembedding the first-batch logit check (:meth:`FinalProbe.check`) converts at
+#: a time, on the model's device
+CHECK_SLICE_BYTES = 64 << 20
+
+
 def next_token_stats(
     logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int | None = None, rows: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
@@ -67,18 +72,24 @@ def next_token_stats(
     logits (its first value is the row max, and the order equals the log-probs' order), one subtract,
     one exp, one sum and one dot product: with ``e = exp(x - max)``, ``z = sum e``,
     ``logsumexp = max + log z`` and ``H = log z - (e . (x - max)) / z``; no (N, V) log-softmax is
-    materialised and no second exp is taken. Row chunks are sized to ~3 MB so every temporary stays in
-    cache and is reused by the allocator: measured on this CPU at V = 49,152, 16-row chunks are 2.6x
-    faster than 512-row ones.
+    materialised and no second exp is taken. On a CPU, row chunks are sized to ~3 MB so every
+    temporary stays in cache and is reused by the allocator: measured on this CPU at V = 49,152,
+    16-row chunks are 2.6x faster than 512-row ones.
+
+    On a GPU the work stays there: chunks of up to 256 MB per temporary (a few kernel launches per
+    chunk instead of per 5 rows at V = 151,936) and one copy of the (M,) and (M, k) results to the
+    host at the end. Why: copying a 14B model's bfloat16 logits to the host and scoring them there
+    cost more than the whole forward (measured on an H200, docs/scale.md).
     """
     N, V = logits.shape
     M = N if rows is None else int(rows.shape[0])
+    dev = logits.device
     if chunk is None:
-        chunk = max(1, (3 << 20) // (4 * max(V, 1)))
-    logprob = torch.empty(M, dtype=torch.float32)
-    entropy = torch.empty(M, dtype=torch.float32)
-    top_ids = torch.empty((M, k), dtype=torch.int32)
-    top_lp = torch.empty((M, k), dtype=torch.float32)
+        chunk = max(1, (3 << 20 if dev.type == "cpu" else 256 << 20) // (4 * max(V, 1)))
+    logprob = torch.empty(M, dtype=torch.float32, device=dev)
+    entropy = torch.empty(M, dtype=torch.float32, device=dev)
+    top_ids = torch.empty((M, k), dtype=torch.int32, device=dev)
+    top_lp = torch.empty((M, k), dtype=torch.float32, device=dev)
     if rows is not None:
         rows = rows.to(logits.device)
     next_ids = next_ids.to(logits.device)
@@ -92,12 +103,13 @@ def next_token_stats(
         z = e.sum(dim=-1)
         log_z = torch.log(z)
         lse = m[:, 0] + log_z
-        logprob[s : s + chunk] = (x.gather(1, next_ids[s : s + chunk, None].clamp_min(0)).squeeze(1) - lse).cpu()
+        logprob[s : s + chunk] = x.gather(1, next_ids[s : s + chunk, None].clamp_min(0)).squeeze(1) - lse
         # H = lse - sum p x = log z - sum p (x - max), with p = e / z
-        entropy[s : s + chunk] = (log_z - torch.linalg.vecdot(e, y) / z).cpu()
-        top_ids[s : s + chunk] = i.to(torch.int32).cpu()
-        top_lp[s : s + chunk] = (v - lse[:, None]).cpu()
-    return {"logprob": logprob, "entropy": entropy, "topk_ids": top_ids, "topk_logprobs": top_lp}
+        entropy[s : s + chunk] = log_z - torch.linalg.vecdot(e, y) / z
+        top_ids[s : s + chunk] = i
+        top_lp[s : s + chunk] = v - lse[:, None]
+    out = {"logprob": logprob, "entropy": entropy, "topk_ids": top_ids, "topk_logprobs": top_lp}
+    return {name: t.cpu() for name, t in out.items()}
 
 
 def _hidden_output(layout: ModelLayout) -> Output:
@@ -189,35 +201,43 @@ class FinalProbe(Probe):
         magnitudes summed, with no absolute slack, so a missing or wrong transform (a scale off by
         1e-5, a bias of 1e-4, a softcap) fails while honest rounding never does."""
         h_model = values[S.FINAL_HIDDEN][0, : batch.lengths[0]]
-        ref = values[LOGITS_KEY][0, : batch.lengths[0]]
         rows = slice(0, min(64, h_model.shape[0]))
         stored = _to_hidden_storage(h_model[rows], self._hidden_storage(h_model))
         if stored.dtype == torch.uint16:
             stored = stored.view(torch.bfloat16)
-        h = stored.cpu().float()
-        ref = ref[rows].cpu()
         head = layout.model.get_output_embeddings()
-        W = head.weight.detach().float().cpu()
-        b = head.bias.detach().float().cpu() if getattr(head, "bias", None) is not None else None
+        dev = head.weight.device  # on the model's device: a 14B model's float32 unembedding is 3 GB
+        h = stored.to(dev).float()
+        ref_rows = values[LOGITS_KEY][0, : batch.lengths[0]][rows].to(dev)
+        bias = head.bias.detach() if getattr(head, "bias", None) is not None else None
         softcap, scale = final_transform(layout.model)
-        rebuilt = apply_final_transform(h @ W.T + (b if b is not None else 0.0), softcap, scale)
         eps = torch.finfo(torch.float32).eps
-        if ref.is_floating_point():
-            eps = max(eps, torch.finfo(ref.dtype).eps)
+        if ref_rows.is_floating_point():
+            eps = max(eps, torch.finfo(ref_rows.dtype).eps)
         if head.weight.is_cuda and torch.get_float32_matmul_precision() != "highest":
             eps = max(eps, 2.0**-10)  # TF32 (or bf16x3) float32 matmuls on the GPU
-        mag = h.abs() @ W.abs().T + (b.abs() if b is not None else 0.0)
-        ref = ref.float()
-        bound = 8 * eps * (abs(scale if scale is not None else 1.0) * mag + ref.abs())
-        err = (rebuilt - ref).abs()
-        bad = ~(err <= bound)  # NaN counts as a mismatch
-        if bad.any():
-            ratio = err / bound.clamp_min(torch.finfo(torch.float32).tiny)
-            worst = float(torch.nan_to_num(ratio, nan=float("inf")).max())
+        # vocabulary slices: the check never holds a float32 copy of the whole unembedding
+        vocab, step = head.weight.shape[0], max(1, CHECK_SLICE_BYTES // (4 * head.weight.shape[1]))
+        err_max, worst, n_bad = 0.0, 0.0, 0
+        for v0 in range(0, vocab, step):
+            W = head.weight[v0 : v0 + step].detach().float()
+            b = bias[v0 : v0 + step].float() if bias is not None else None
+            rebuilt = apply_final_transform(h @ W.T + (b if b is not None else 0.0), softcap, scale)
+            mag = h.abs() @ W.abs().T + (b.abs() if b is not None else 0.0)
+            ref = ref_rows[:, v0 : v0 + step].float()
+            bound = 8 * eps * (abs(scale if scale is not None else 1.0) * mag + ref.abs())
+            err = (rebuilt - ref).abs()
+            bad = ~(err <= bound)  # NaN counts as a mismatch
+            if bad.any():
+                ratio = err / bound.clamp_min(torch.finfo(torch.float32).tiny)
+                worst = max(worst, float(torch.nan_to_num(ratio, nan=float("inf")).max()))
+                err_max = max(err_max, float(torch.nan_to_num(err, nan=float("inf")).max()))
+                n_bad += int(bad.sum())
+        if n_bad:
             raise DriftkitError(
                 f"Logits rebuilt from final/hidden @ final/unembed.T do not match the model's own logits "
-                f"(max |difference| {float(torch.nan_to_num(err, nan=float('inf')).max()):.4g}, {worst:.3g} times the "
-                f"rounding bound; {int(bad.sum())} of {bad.numel()} values beyond it). This "
+                f"(max |difference| {err_max:.4g}, {worst:.3g} times the rounding bound; {n_bad} of "
+                f"{h.shape[0] * vocab} values beyond it). This "
                 f"{type(layout.model).__name__} applies a final transform driftkit does not know (only a bias, "
                 f"final_logit_softcapping, logit_scale and logits_scaling are supported), so exact KL and ranks "
                 f"would be wrong. Capture without the 'final' probe, or write a custom probe that stores what this "

@@ -75,9 +75,17 @@ def test_bfloat16_model_stores_raw_bits(tiny_model: Path, tiny_prompts: Path, tm
         assert torch.equal(hidden, got["h"][0])
 
 
+@pytest.mark.parametrize("slice_bytes", [None, 4 * 64 * 7], ids=["one-slice", "7-row-slices"])
 @pytest.mark.parametrize("wrong", ["scale", "bias"])
-def test_check_catches_small_wrong_transforms(wrong: str, tiny_model: Path, tiny_prompts: Path, tmp_path: Path) -> None:
-    """Differences the old 1e-3 absolute slack let through (a 1e-4 relative scale, a 2e-4 bias) now fail."""
+def test_check_catches_small_wrong_transforms(
+    wrong: str, slice_bytes: int | None, tiny_model: Path, tiny_prompts: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Differences the old 1e-3 absolute slack let through (a 1e-4 relative scale, a 2e-4 bias) now fail,
+    also when the check walks the unembedding in slices of a few rows (as it does at a 152k vocabulary)."""
+    if slice_bytes is not None:
+        import driftkit.probes.final as final_probe
+
+        monkeypatch.setattr(final_probe, "CHECK_SLICE_BYTES", slice_bytes)
     lm = load_model(str(tiny_model), dtype="float32")
     clean = _own_logits(lm.model, [5, 6, 7, 8])
     head = lm.model.lm_head

@@ -317,7 +317,7 @@ def pack_batch(
                 f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays."
             )
         flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
-        packed[path] = flat.index_select(0, rows.to(flat.device)).cpu()
+        packed[path] = flat.index_select(0, rows.to(flat.device)).cpu()  # on a GPU: the one copy to the host
     return [batch_idx[r] for r in order], packed
 
 
@@ -625,7 +625,9 @@ class CaptureEngine:
                     attn[r, : lengths[i]] = 1
                 t0 = time.perf_counter()
                 values = self._forward(nn_model, ordered, ids.to(device), attn.to(device))
-                values = {k: v.detach().cpu() if v.device.type != "cpu" else v.detach() for k, v in values.items()}
+                # kept on the model's device: the probes reduce them there (the final probe's (B, S, V)
+                # logits never leave a GPU) and pack_batch copies only real tokens' rows to the host
+                values = {k: v.detach() for k, v in values.items()}
                 t1 = time.perf_counter()
                 batch = Batch(ids, attn, [lengths[i] for i in batch_idx])
                 outputs: dict[str, torch.Tensor] = {}
