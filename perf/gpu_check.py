@@ -32,6 +32,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,10 @@ def _scale_check(args: argparse.Namespace) -> int:
         dtype=torch.bfloat16,
         info={"model_type": shape[0], "num_layers": shape[1], "hidden_size": shape[2], "vocab_size": shape[6]},
     )
+    # warm-up on the first prompt (CUDA context, kernels, nnsight's first trace), as the plain forward
+    # is warmed up before it is timed
+    CaptureEngine(replace(cfg, out=work / "warm.h5", limit=1), loaded).run()
+    (work / "warm.h5").unlink()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     engine = CaptureEngine(cfg, loaded)
@@ -230,6 +235,7 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=8, help="--shape: how many long prompts")
     ap.add_argument("--prompt-tokens", type=int, default=4000, help="--shape: about how many tokens each")
     ap.add_argument("--store", default="tokens", help="--shape: the capture's --store (tokens, pooled, sample:K)")
+    ap.add_argument("--capture-only", action="store_true", help="no tuned capture and no compare")
     ap.add_argument("--keep", action="store_true", help="--shape: keep the capture file (it is ~14 GB at 14b)")
     args = ap.parse_args()
     if args.shape is not None and args.shape not in (*SCALE_SHAPES, "tiny"):
@@ -272,6 +278,7 @@ def main() -> int:
         overwrite=True,
     )
     cfg = CaptureConfig(model=base, prompts=str(work / "prompts.jsonl"), out=work / "base.h5", **common)
+    CaptureEngine(replace(cfg, out=work / "warm.h5", limit=8), loaded).run()  # warm-up, as the plain forward's
     engine = CaptureEngine(cfg, loaded)
     _sync(loaded.device)
     t = time.perf_counter()
@@ -297,6 +304,9 @@ def main() -> int:
         f"independent   : max |log p rebuilt from final/hidden @ unembed.T - final/logprob| = "
         f"{ind['max_abs_diff']:.3g} nats over {ind['positions']:.0f} positions of sample 0 (bfloat16 logits)"
     )
+    if args.capture_only:
+        print(f"capture / plain forward = {t_capture / t_plain:.2f}x (both warm; --capture-only)")
+        return 0
     del loaded, engine
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

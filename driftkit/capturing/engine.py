@@ -317,7 +317,7 @@ def pack_batch(
                 f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays."
             )
         flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
-        packed[path] = flat.index_select(0, rows.to(flat.device)).cpu()  # on a GPU: the one copy to the host
+        packed[path] = flat.index_select(0, rows.to(flat.device))  # on the device: reduce_packed runs there
     return [batch_idx[r] for r in order], packed
 
 
@@ -626,7 +626,7 @@ class CaptureEngine:
                 t0 = time.perf_counter()
                 values = self._forward(nn_model, ordered, ids.to(device), attn.to(device))
                 # kept on the model's device: the probes reduce them there (the final probe's (B, S, V)
-                # logits never leave a GPU) and pack_batch copies only real tokens' rows to the host
+                # logits never leave a GPU), and so do pack_batch and the store mode below
                 values = {k: v.detach() for k, v in values.items()}
                 t1 = time.perf_counter()
                 batch = Batch(ids, attn, [lengths[i] for i in batch_idx])
@@ -647,6 +647,9 @@ class CaptureEngine:
                     cfg.storage_dtype,
                     self.layer_paths,
                 )
+                # the one copy to the host, after the padding is dropped and the store mode has reduced
+                # the rows (pooled: (samples, 3, d) per layer) on the model's device
+                packed = {path: t.cpu() for path, t in packed.items()}
                 del values, outputs
                 t2 = time.perf_counter()
                 bg.put_packed(file_order, packed)

@@ -150,16 +150,17 @@ def pool_packed(x: torch.Tensor, lengths: Sequence[int], prompt_len: Sequence[in
     over tokens: one ``index_add_`` per group with a per-row sample index."""
     n = len(lengths)
     d = int(x.shape[-1])
-    lens = torch.as_tensor(list(lengths), dtype=torch.int64)
-    plen = torch.minimum(torch.as_tensor(list(prompt_len), dtype=torch.int64), lens)
+    dev = x.device  # on a GPU capture the pooling runs there and only (n, 3, d) reaches the host
+    lens = torch.as_tensor(list(lengths), dtype=torch.int64, device=dev)
+    plen = torch.minimum(torch.as_tensor(list(prompt_len), dtype=torch.int64, device=dev), lens)
     starts = torch.cumsum(lens, 0) - lens
-    owner = torch.repeat_interleave(torch.arange(n), lens)
-    rel = torch.arange(int(lens.sum())) - starts[owner]
+    owner = torch.repeat_interleave(torch.arange(n, device=dev), lens)
+    rel = torch.arange(int(lens.sum()), device=dev) - starts[owner]
     is_prompt = rel < plen[owner]
     vals = _rounded(x, storage_dtype)
-    out = torch.full((n, 3, d), float("nan"), dtype=torch.float64)
+    out = torch.full((n, 3, d), float("nan"), dtype=torch.float64, device=dev)
     for j, sel in enumerate((is_prompt, ~is_prompt)):
-        sums = torch.zeros(n, d, dtype=torch.float64).index_add_(0, owner[sel], vals[sel])
+        sums = torch.zeros(n, d, dtype=torch.float64, device=dev).index_add_(0, owner[sel], vals[sel])
         cnt = torch.bincount(owner[sel], minlength=n).to(torch.float64)
         out[:, j] = torch.where(cnt[:, None] > 0, sums / cnt.clamp_min(1)[:, None], out[:, j])
     has = plen > 0
