@@ -211,7 +211,11 @@ class Probe(Configurable, ABC):
 
     # -- after the forward pass --------------------------------------------------------------------
     def finalize(self, values: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
-        """Turn recorded ``(B, S, ...)`` values into ``(B, S, ...)`` arrays keyed by output path."""
+        """Turn recorded ``(B, S, ...)`` values into ``(B, S, ...)`` arrays keyed by output path.
+
+        ``values`` are on the model's device (a GPU in a GPU capture); ``batch`` is on the CPU. Return
+        tensors on any device: the engine drops the padding and copies only the stored rows to the
+        host, so reducing on the device is what keeps a GPU capture from moving (B, S, V)-sized data."""
         return {o: values[o] for o in values}
 
     def static(self, layout: ModelLayout) -> list[StaticArray]:
