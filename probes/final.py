@@ -61,6 +61,38 @@ def hidden_storage(layout: ModelLayout) -> str:
 CHECK_SLICE_BYTES = 64 << 20
 
 
+#: vocabulary entries per block of :func:`top_k`'s first pass (measured on this CPU at V = 49,152,
+#: k = 20, 16 rows: 271 us at 128, 231 at 64, 257 at 32, against 960 for ``torch.topk``)
+TOPK_BLOCK = 64
+
+
+def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x.topk(k, dim=-1)`` (values in descending order, their ids) of (n, V) rows, exactly, in two
+    passes on a CPU: the maximum of every block of :data:`TOPK_BLOCK` entries, then ``topk`` over
+    the k blocks whose maxima are largest (and the ragged tail), mapped back to vocabulary ids.
+
+    Why exact: the k selected block maxima are k entries >= M_k, the smallest of them, so the k-th
+    largest value is >= M_k; an entry above M_k cannot sit in an unselected block (whose maximum is
+    <= M_k). So every entry the top k needs is a candidate and the values are those of ``topk`` over
+    the whole row; among entries tied at the k-th value, which ids are kept may differ (both are
+    top-k). Why: ``topk`` over 49,152 entries was the largest part of the final probe's work on a
+    CPU, and this path is 4x faster (the numbers at :data:`TOPK_BLOCK`). On a GPU, and for
+    vocabularies too small to gain, it is ``topk`` itself."""
+    n, vocab = x.shape
+    nb = vocab // TOPK_BLOCK
+    if x.device.type != "cpu" or nb < 8 * k:
+        return x.topk(k, dim=-1)
+    full = x[:, : nb * TOPK_BLOCK].view(n, nb, TOPK_BLOCK)
+    blocks = full.amax(-1).topk(k, dim=-1).indices  # (n, k): the blocks with the largest maxima
+    cand = full.gather(1, blocks.unsqueeze(-1).expand(n, k, TOPK_BLOCK)).view(n, k * TOPK_BLOCK)
+    ids = (blocks.unsqueeze(-1) * TOPK_BLOCK + torch.arange(TOPK_BLOCK)).view(n, k * TOPK_BLOCK)
+    if nb * TOPK_BLOCK < vocab:  # the ragged tail is always a candidate
+        cand = torch.cat([cand, x[:, nb * TOPK_BLOCK :]], 1)
+        ids = torch.cat([ids, torch.arange(nb * TOPK_BLOCK, vocab).expand(n, -1)], 1)
+    v, j = cand.topk(k, dim=-1)
+    return v, ids.gather(1, j)
+
+
 def next_token_stats(
     logits: torch.Tensor, next_ids: torch.Tensor, k: int, chunk: int | None = None, rows: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
@@ -69,7 +101,7 @@ def next_token_stats(
     ``logits`` is (N, V), ``next_ids`` (N,) (any value where there is no next token). With ``rows``
     (M,), only those rows of ``logits`` are scored (``next_ids`` is then (M,)): they are gathered chunk by
     chunk, so a padded batch is never copied whole. The V-wide work per row is one top-k on the raw
-    logits (its first value is the row max, and the order equals the log-probs' order), one subtract,
+    logits (:func:`top_k`; its first value is the row max, and the order equals the log-probs' order), one subtract,
     one exp, one sum and one dot product: with ``e = exp(x - max)``, ``z = sum e``,
     ``logsumexp = max + log z`` and ``H = log z - (e . (x - max)) / z``; no (N, V) log-softmax is
     materialised and no second exp is taken. On a CPU, row chunks are sized to ~3 MB so every
@@ -96,7 +128,7 @@ def next_token_stats(
     for s in range(0, M, chunk):
         x = logits[s : s + chunk] if rows is None else logits.index_select(0, rows[s : s + chunk])
         x = x.float()
-        v, i = x.topk(k, dim=-1)
+        v, i = top_k(x, k)
         m = v[:, :1]
         y = x - m
         e = torch.exp(y)
