@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -485,7 +485,9 @@ class CaptureEngine:
             diffs.append(("model dtype", reader.attrs.get("dtype"), dt))
         return [f"{k}: file {a!r}, now {b!r}" for k, a, b in diffs]
 
-    def _open(self) -> tuple[CaptureWriter, SampleSet]:
+    def _open(self) -> tuple[CaptureWriter, SampleSet, list[Any]]:
+        """Create (or reopen for --resume) the file; returns the writer, the samples and the static
+        arrays still to write (the caller queues them on the writer thread)."""
         cfg = self.cfg
         if cfg.resume and self.out.exists():
             try:
@@ -545,13 +547,14 @@ class CaptureEngine:
         # may have lost them. Existing ones are left alone (rewriting would touch HDF5 metadata).
         statics = [st for p in self.probes for st in p.static(self.layout)]
         shared = self._shared_unembed(statics)
+        pending = []
         for st in statics:
             if shared is not None and st.path in SHARED_PATHS:
                 writer.link_static(st.path, link_target(self.out, shared))
             elif st.path not in writer.f:
-                writer.write_static(st.path, st.array, st.dtype, st.attrs)
+                pending.append(st)
         writer.flush()
-        return writer, samples
+        return writer, samples, pending
 
     @cached_property
     def weights_sha256(self) -> str:
@@ -590,7 +593,7 @@ class CaptureEngine:
         the first-batch logit check and the hand-off to the writer thread must share one try/finally so
         that a crash keeps every batch already handed over."""
         cfg = self.cfg
-        writer, samples = self._open()
+        writer, samples, statics = self._open()
         lengths = [len(t) for t in samples.tokens]
         todo = [i for i in range(len(lengths)) if not writer.done[i]]
         total_tokens = sum(lengths)
@@ -612,6 +615,8 @@ class CaptureEngine:
             ordered = sorted(self.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
             nn_model = nn_model_cls(model, tokenizer=self.loaded.tokenizer)
         bg = BackgroundWriter(writer)
+        for st in statics:  # written while the first batch runs
+            bg.run(partial(writer.write_static, st.path, st.array, st.dtype, st.attrs))
         checked = not cfg.check_logits
         if self.progress:  # start the clock (rate, ETA) before the first batch, not after it
             self.progress("capture", done_tokens, total_tokens)

@@ -505,6 +505,9 @@ class BackgroundWriter:
                 continue  # drain after a failure; the producer will see the error
             samples, arrays, on_done, packed = job
             try:
+                if callable(samples):  # a call queued with run(): in order with the batches
+                    samples()
+                    continue
                 if packed:
                     self.writer.write_packed(samples, arrays)
                 else:
@@ -523,6 +526,12 @@ class BackgroundWriter:
     def put(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]], on_done: Any = None) -> None:
         self._raise()
         self.q.put((list(samples), arrays, on_done, False))
+
+    def run(self, fn: Any) -> None:
+        """Queue ``fn()`` on the writer thread, in order with the batches (the once-per-file arrays: the
+        unembedding's 113 MB of a 135M model is written while the first batch runs, not before it)."""
+        self._raise()
+        self.q.put((fn, None, None, False))
 
     def put_packed(self, samples: Sequence[int], arrays: dict[str, torch.Tensor], on_done: Any = None) -> None:
         """Queue a batch for :meth:`CaptureWriter.write_packed` (samples increasing, rows concatenated)."""
