@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 PROBE = """
 import threading, time, torch
 {start}
@@ -57,3 +59,25 @@ def test_worker_runs_on_one_thread_and_restores_the_setting() -> None:
     t.start()
     t.join()
     assert seen == [1] and later == [torch.get_num_threads()]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_worker_yields_the_core_and_leaves_the_caller_alone() -> None:
+    """The worker runs WORKER_NICE steps below the process's priority; the calling thread, and
+    threads started later, keep theirs (setpriority on a thread id changes that thread only)."""
+    import os
+    import threading
+
+    from driftkit.worker_threads import WORKER_NICE, start_worker
+
+    def nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = nice()
+    seen: list[int] = []
+    start_worker(lambda: seen.append(nice()), "w").join()
+    later: list[int] = []
+    t = threading.Thread(target=lambda: later.append(nice()))
+    t.start()
+    t.join()
+    assert seen == [min(19, before + WORKER_NICE)] and nice() == before and later == [before]
