@@ -16,8 +16,9 @@ process-wide value is put back when the worker ends.
 
 The worker also runs at a lower scheduling priority (:func:`_lower_priority`): measured on 2 cores
 at 2 torch threads, the x5 comparison's ratio to its unavoidable work went from 1.48-1.53 to
-1.39-1.40 and its CPU time from 24.8-25.5 s to 22.9-23.7 s (perf/compare_scale.py, interleaved);
-the capture's CPU time ratio to a plain forward from 1.12 to 1.09.
+1.39-1.40 and its CPU time from 24.8-25.5 s to 22.9-23.7 s (perf/compare_scale.py, interleaved).
+The capture's writer showed no difference either way (x5 at 2 threads, interleaved: 13.40-14.50 s
+with and without); ``SCHED_IDLE`` instead starved it (the queue filled, 14.32-15.39 s).
 """
 
 from __future__ import annotations
