@@ -119,6 +119,12 @@ def _long_prompts(path: Path, tokenizer: Any, n: int, tokens: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """What every capture of this script shares: all layers + final, bfloat16, the device, the batches."""
+    batches = args.max_batch_tokens
+    return dict(layers="all", dtype="bfloat16", device=args.device, max_batch_tokens=batches, overwrite=True)
+
+
 def _scale_check(args: argparse.Namespace) -> int:
     """``--shape``: a random-weight model of a paper-scale shape, built on the device, captured whole."""
     from scale_table import SHAPES, config_folder
@@ -138,15 +144,7 @@ def _scale_check(args: argparse.Namespace) -> int:
     tok = AutoTokenizer.from_pretrained(folder)
     _long_prompts(work / "long.jsonl", tok, args.prompts, args.prompt_tokens)
     cfg = CaptureConfig(
-        model=str(folder),
-        prompts=str(work / "long.jsonl"),
-        out=work / "scale.h5",
-        layers="all",
-        dtype="bfloat16",
-        device=args.device,
-        max_batch_tokens=args.max_batch_tokens,
-        store=args.store,
-        overwrite=True,
+        model=str(folder), prompts=str(work / "long.jsonl"), out=work / "scale.h5", store=args.store, **_options(args)
     )
     est = estimate(cfg)  # what `driftkit capture --dry-run --json` says, from config.json alone
     dev = torch.device(args.device)
@@ -269,14 +267,7 @@ def main() -> int:
     if args.device_map:
         print(f"placement (parameters per device): {loaded.info.get('device_map')}")
     # what both captures share (the tuned one takes the base capture's tokens)
-    common = dict(
-        layers="all",
-        dtype="bfloat16",
-        device=args.device,
-        device_map=args.device_map,
-        max_batch_tokens=args.max_batch_tokens,
-        overwrite=True,
-    )
+    common = {**_options(args), "device_map": args.device_map}
     cfg = CaptureConfig(model=base, prompts=str(work / "prompts.jsonl"), out=work / "base.h5", **common)
     CaptureEngine(replace(cfg, out=work / "warm.h5", limit=8), loaded).run()  # warm-up, as the plain forward's
     engine = CaptureEngine(cfg, loaded)
