@@ -155,3 +155,30 @@ def test_writer_thread_runs_one_openmp_thread_and_leaks_no_setting() -> None:
         assert torch.get_num_threads() == 2 and later == [2]
     finally:
         torch.set_num_threads(before)
+
+
+def test_pack_batch_drops_padding_in_file_order_and_finishes_each_array() -> None:
+    """Rows of real tokens only, samples in increasing file order; without padding and already in
+    order the rows are the array itself (no copy); ``finish`` sees one packed array at a time and
+    decides what is kept of it (here: a renamed, reduced array)."""
+    from driftkit.capturing.engine import pack_batch
+
+    lengths = {7: 3, 2: 1, 5: 2}  # sample index -> tokens
+    batch_idx = [7, 2, 5]  # rows of the (3, 3) batch, in batch order
+    t = torch.arange(9.0).view(3, 3)  # (B, S): row r holds 3r, 3r + 1, 3r + 2
+    lens = [lengths.get(i, 0) for i in range(8)]
+    seen: list[str] = []
+
+    def finish(path: str, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        seen.append(path)
+        return {path + "/sum": rows.sum().view(1)}
+
+    order, packed = pack_batch({"x": t, "y": t * 10, "skip": t}, batch_idx, lens, 3, {"x", "y"})
+    assert order == [2, 5, 7]
+    assert packed["x"].tolist() == [3.0, 6.0, 7.0, 0.0, 1.0, 2.0]  # sample 2 (1 token), 5 (2), 7 (3)
+    assert set(packed) == {"x", "y"}
+    _, finished = pack_batch({"x": t, "y": t * 10}, batch_idx, lens, 3, {"x", "y"}, finish)
+    assert seen == ["x", "y"] and finished["x/sum"].item() == 19.0 and finished["y/sum"].item() == 190.0
+    full = torch.arange(6.0).view(2, 3)
+    _, whole = pack_batch({"x": full}, [0, 1], [3, 3], 3, {"x"})
+    assert whole["x"].tolist() == list(range(6)) and whole["x"].data_ptr() == full.data_ptr()

@@ -297,16 +297,25 @@ def build_samples(cfg: CaptureConfig, loaded: LoadedModel, progress: Progress | 
 
 
 def pack_batch(
-    outputs: dict[str, torch.Tensor], batch_idx: Sequence[int], lengths: Sequence[int], seq_len: int, keep: Any
+    outputs: dict[str, torch.Tensor],
+    batch_idx: Sequence[int],
+    lengths: Sequence[int],
+    seq_len: int,
+    keep: Any,
+    finish: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> tuple[list[int], dict[str, torch.Tensor]]:
     """Drop the padding of a batch's ``(B, S, ...)`` outputs and concatenate the samples' rows in file
-    order (increasing sample index), one ``index_select`` per array.
+    order (increasing sample index), one ``index_select`` per array (none when the batch has no
+    padding and is already in file order: the rows are the array itself).
 
     Why: the writer then stores each array with one HDF5 write per batch (a union of row ranges)
     instead of one write per sample and array, and converts dtypes once per array. Returns the
-    samples in file order and the packed arrays (only paths in ``keep``)."""
+    samples in file order and the packed arrays (only paths in ``keep``). ``finish(path, rows)``, when
+    given, turns each packed array into what is kept of it (the store mode's reduction, the copy to the
+    host) before the next one is packed, so a GPU holds one packed copy at a time, not one per site."""
     order = sorted(range(len(batch_idx)), key=lambda r: batch_idx[r])
     rows = torch.cat([torch.arange(lengths[batch_idx[r]]) + r * seq_len for r in order])
+    whole = len(rows) == len(batch_idx) * seq_len and order == list(range(len(order)))
     packed: dict[str, torch.Tensor] = {}
     for path, t in outputs.items():
         if path not in keep:
@@ -317,7 +326,8 @@ def pack_batch(
                 f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays."
             )
         flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
-        packed[path] = flat.index_select(0, rows.to(flat.device))  # on the device: reduce_packed runs there
+        kept = flat if whole else flat.index_select(0, rows.to(flat.device))  # on the model's device
+        packed.update(finish(path, kept) if finish is not None else {path: kept})
     return [batch_idx[r] for r in order], packed
 
 
@@ -642,20 +652,26 @@ class CaptureEngine:
                         probe.check(mine, batch, self.layout, cfg.storage_dtype)
                     outputs.update(probe.finalize(mine, batch))
                 checked = True
-                file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, writer.specs.keys() | self.layer_paths)
-                packed = reduce_packed(
-                    self.store_mode,
-                    packed,
-                    file_order,
-                    samples.tokens,
-                    samples.prompt_len,
-                    cfg.storage_dtype,
-                    self.layer_paths,
-                )
-                # the one copy to the host, after the padding is dropped and the store mode has reduced
-                # the rows (pooled: (samples, 3, d) per layer) on the model's device
-                packed = {path: t.cpu() for path, t in packed.items()}
-                del values, outputs
+                values = mine = None  # frees the logits (what the probes keep is in outputs)
+                in_order = sorted(batch_idx)
+
+                def finish(path: str, rows: torch.Tensor, in_order: list[int] = in_order) -> dict[str, torch.Tensor]:
+                    # the store mode's reduction (pooled: (samples, 3, d) per layer) on the model's device,
+                    # then the one copy to the host
+                    kept = reduce_packed(
+                        self.store_mode,
+                        {path: rows},
+                        in_order,
+                        samples.tokens,
+                        samples.prompt_len,
+                        cfg.storage_dtype,
+                        self.layer_paths,
+                    )
+                    return {k: v.cpu() for k, v in kept.items()}
+
+                keep = writer.specs.keys() | self.layer_paths
+                file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, keep, finish)
+                del outputs
                 t2 = time.perf_counter()
                 bg.put_packed(file_order, packed)
                 self.timing["queue_wait"] += time.perf_counter() - t2
