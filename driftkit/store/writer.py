@@ -16,8 +16,9 @@ from __future__ import annotations
 import errno
 import json
 import queue
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -497,46 +498,44 @@ class BackgroundWriter:
         self.thread = start_worker(self._loop, "driftkit-writer")
 
     def _loop(self) -> None:
+        """Run the queued calls in order; after a failure, drain the queue (the producer sees the error)."""
         while True:
             job = self.q.get()
             if job is None:
                 return
             if self.error is not None:
-                continue  # drain after a failure; the producer will see the error
-            samples, arrays, on_done, packed = job
+                continue
             try:
-                if callable(samples):  # a call queued with run(): in order with the batches
-                    samples()
-                    continue
-                if packed:
-                    self.writer.write_packed(samples, arrays)
-                else:
-                    self.writer.write_samples(samples, arrays)
-                self.written += len(samples)
-                if on_done:
-                    on_done(samples)
+                job()
             except BaseException as exc:  # noqa: BLE001 - surfaced to the producer
                 self.error = exc
+
+    def _write(self, samples: list[int], arrays: Any, on_done: Any, packed: bool) -> None:
+        if packed:
+            self.writer.write_packed(samples, arrays)
+        else:
+            self.writer.write_samples(samples, arrays)
+        self.written += len(samples)
+        if on_done:
+            on_done(samples)
 
     def _raise(self) -> None:
         if self.error is not None:
             err, self.error = self.error, None
             raise err
 
-    def put(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]], on_done: Any = None) -> None:
-        self._raise()
-        self.q.put((list(samples), arrays, on_done, False))
-
-    def run(self, fn: Any) -> None:
+    def run(self, fn: Callable[[], Any]) -> None:
         """Queue ``fn()`` on the writer thread, in order with the batches (the once-per-file arrays: the
         unembedding's 113 MB of a 135M model is written while the first batch runs, not before it)."""
         self._raise()
-        self.q.put((fn, None, None, False))
+        self.q.put(fn)
+
+    def put(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]], on_done: Any = None) -> None:
+        self.run(partial(self._write, list(samples), arrays, on_done, False))
 
     def put_packed(self, samples: Sequence[int], arrays: dict[str, torch.Tensor], on_done: Any = None) -> None:
         """Queue a batch for :meth:`CaptureWriter.write_packed` (samples increasing, rows concatenated)."""
-        self._raise()
-        self.q.put((list(samples), arrays, on_done, True))
+        self.run(partial(self._write, list(samples), arrays, on_done, True))
 
     def close(self) -> None:
         """Wait for queued writes to land, then re-raise any error from the thread."""
