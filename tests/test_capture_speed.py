@@ -169,7 +169,7 @@ def test_pack_batch_drops_padding_in_file_order_and_finishes_each_array() -> Non
     lens = [lengths.get(i, 0) for i in range(8)]
     seen: list[str] = []
 
-    def finish(path: str, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    def finish(path: str, rows: torch.Tensor, in_order: list[int]) -> dict[str, torch.Tensor]:
         seen.append(path)
         return {path + "/sum": rows.sum().view(1)}
 

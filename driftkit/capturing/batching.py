@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 #: largest share of a batch's padded tokens that may be padding (once the batch is big enough)
 MAX_PADDING = 0.05
 #: batches below this many padded tokens are not closed for padding
@@ -53,3 +55,15 @@ def token_budget_batches(
     if cur:
         batches.append(cur)
     return batches
+
+
+def padded_batch(tokens: Sequence[Sequence[int]], idx: Sequence[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` of the samples ``idx`` right-padded to the longest: what the
+    capture feeds the model, and what a plain forward over the same batches must feed it too."""
+    longest = max(len(tokens[i]) for i in idx)
+    ids = torch.full((len(idx), longest), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(idx), longest), dtype=torch.long)
+    for r, i in enumerate(idx):
+        ids[r, : len(tokens[i])] = torch.as_tensor(tokens[i], dtype=torch.long)
+        attn[r, : len(tokens[i])] = 1
+    return ids, attn

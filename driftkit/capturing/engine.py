@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from driftkit import __version__
-from driftkit.capturing.batching import token_budget_batches
+from driftkit.capturing.batching import padded_batch, token_budget_batches
 from driftkit.capturing.config import RESUME_KEYS, TRUNCATE_MODES, CaptureConfig
 from driftkit.capturing.distributed import take_share
 from driftkit.capturing.lock import CaptureLock, busy_message, holder_of
@@ -302,7 +302,7 @@ def pack_batch(
     lengths: Sequence[int],
     seq_len: int,
     keep: Any,
-    finish: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+    finish: Callable[[str, torch.Tensor, list[int]], dict[str, torch.Tensor]] | None = None,
 ) -> tuple[list[int], dict[str, torch.Tensor]]:
     """Drop the padding of a batch's ``(B, S, ...)`` outputs and concatenate the samples' rows in file
     order (increasing sample index), one ``index_select`` per array (none when the batch has no
@@ -310,12 +310,14 @@ def pack_batch(
 
     Why: the writer then stores each array with one HDF5 write per batch (a union of row ranges)
     instead of one write per sample and array, and converts dtypes once per array. Returns the
-    samples in file order and the packed arrays (only paths in ``keep``). ``finish(path, rows)``, when
-    given, turns each packed array into what is kept of it (the store mode's reduction, the copy to the
-    host) before the next one is packed, so a GPU holds one packed copy at a time, not one per site."""
+    samples in file order and the packed arrays (only paths in ``keep``). ``finish(path, rows,
+    samples in file order)``, when given, turns each packed array into what is kept of it (the store
+    mode's reduction, the copy to the host) before the next one is packed, so a GPU holds one packed
+    copy at a time, not one per site."""
     order = sorted(range(len(batch_idx)), key=lambda r: batch_idx[r])
     rows = torch.cat([torch.arange(lengths[batch_idx[r]]) + r * seq_len for r in order])
     whole = len(rows) == len(batch_idx) * seq_len and order == list(range(len(order)))
+    in_order = [batch_idx[r] for r in order]
     packed: dict[str, torch.Tensor] = {}
     for path, t in outputs.items():
         if path not in keep:
@@ -327,8 +329,8 @@ def pack_batch(
             )
         flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
         kept = flat if whole else flat.index_select(0, rows.to(flat.device))  # on the model's device
-        packed.update(finish(path, kept) if finish is not None else {path: kept})
-    return [batch_idx[r] for r in order], packed
+        packed.update(finish(path, kept, in_order) if finish is not None else {path: kept})
+    return in_order, packed
 
 
 # -- the engine -------------------------------------------------------------------------------------
@@ -578,6 +580,34 @@ class CaptureEngine:
             return None
         return ensure_shared_unembed(self.cfg.shared_unembed, statics, self.weights_sha256, self.cfg.model)
 
+    def _stored(
+        self, path: str, rows: torch.Tensor, in_order: list[int], samples: SampleSet
+    ) -> dict[str, torch.Tensor]:
+        """What the file keeps of one packed array: the store mode's reduction (pooled: (samples, 3, d)
+        per layer) on the model's device, then the one copy to the host."""
+        kept = reduce_packed(
+            self.store_mode,
+            {path: rows},
+            in_order,
+            samples.tokens,
+            samples.prompt_len,
+            self.cfg.storage_dtype,
+            self.layer_paths,
+        )
+        return {k: v.cpu() for k, v in kept.items()}
+
+    def ordered_sites(self, example_ids: torch.Tensor) -> list[tuple[Probe, Site]]:
+        """The probes' sites in the model's own call order (what nnsight needs within one trace), found
+        with forward hooks on ``example_ids`` (1, n); a site whose module the model never calls is an error."""
+        order = module_call_order(self.loaded.model, example_ids)
+        missing = [s for _, s in self.sites if (s.module, s.io) not in order]
+        if missing:
+            raise DriftkitError(
+                f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the "
+                "model never calls."
+            )
+        return sorted(self.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
+
     def _forward(
         self, nn_model: Any, ordered: list[tuple[Probe, Site]], input_ids: torch.Tensor, attn: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -614,15 +644,7 @@ class CaptureEngine:
         pad_id = 0 if pad_id is None else int(pad_id)
 
         if todo:
-            first = torch.as_tensor(samples.tokens[todo[0]][:8], dtype=torch.long)[None]
-            order = module_call_order(model, first)
-            missing = [s for _, s in self.sites if (s.module, s.io) not in order]
-            if missing:
-                raise DriftkitError(
-                    f"Probe site {missing[0].key} names module {missing[0].module!r} ({missing[0].io}), which the "
-                    "model never calls."
-                )
-            ordered = sorted(self.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
+            ordered = self.ordered_sites(torch.as_tensor(samples.tokens[todo[0]][:8], dtype=torch.long)[None])
             nn_model = nn_model_cls(model, tokenizer=self.loaded.tokenizer)
         bg = BackgroundWriter(writer)
         for st in statics:  # written while the first batch runs
@@ -632,12 +654,8 @@ class CaptureEngine:
             self.progress("capture", done_tokens, total_tokens)
         try:
             for batch_idx in token_budget_batches(lengths, todo, cfg.max_batch_tokens):
-                S_ = max(lengths[i] for i in batch_idx)
-                ids = torch.full((len(batch_idx), S_), pad_id, dtype=torch.long)
-                attn = torch.zeros((len(batch_idx), S_), dtype=torch.long)
-                for r, i in enumerate(batch_idx):
-                    ids[r, : lengths[i]] = torch.as_tensor(samples.tokens[i], dtype=torch.long)
-                    attn[r, : lengths[i]] = 1
+                ids, attn = padded_batch(samples.tokens, batch_idx, pad_id)
+                S_ = ids.shape[1]
                 t0 = time.perf_counter()
                 values = self._forward(nn_model, ordered, ids.to(device), attn.to(device))
                 # kept on the model's device: the probes reduce them there (the final probe's (B, S, V)
@@ -653,24 +671,9 @@ class CaptureEngine:
                     outputs.update(probe.finalize(mine, batch))
                 checked = True
                 values = mine = None  # frees the logits (what the probes keep is in outputs)
-                in_order = sorted(batch_idx)
-
-                def finish(path: str, rows: torch.Tensor, in_order: list[int] = in_order) -> dict[str, torch.Tensor]:
-                    # the store mode's reduction (pooled: (samples, 3, d) per layer) on the model's device,
-                    # then the one copy to the host
-                    kept = reduce_packed(
-                        self.store_mode,
-                        {path: rows},
-                        in_order,
-                        samples.tokens,
-                        samples.prompt_len,
-                        cfg.storage_dtype,
-                        self.layer_paths,
-                    )
-                    return {k: v.cpu() for k, v in kept.items()}
-
                 keep = writer.specs.keys() | self.layer_paths
-                file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, keep, finish)
+                stored = partial(self._stored, samples=samples)
+                file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, keep, stored)
                 del outputs
                 t2 = time.perf_counter()
                 bg.put_packed(file_order, packed)
