@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def write_bundled_prompts(path: Path, repeat: int, limit: int | None = None) -> int:
@@ -91,3 +92,35 @@ def use_source_tree(src: str) -> None:
     if not driftkit.__file__.startswith(src + os.sep):
         raise SystemExit(f"driftkit was already imported from {driftkit.__file__}, not from {src}")
     driftkit.__path__.append(src)
+
+
+def sync(dev: Any) -> None:
+    """Wait for a GPU's queued work (timings of asynchronous CUDA calls); nothing on a CPU."""
+    import torch
+
+    if torch.device(dev).type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def plain_forward(loaded: Any, tokens: list[list[int]], max_batch_tokens: int) -> float:
+    """Seconds for a plain forward over the capture's own batches (no hooks, nothing kept), after one
+    warm-up batch: the baseline a capture is measured against on any device."""
+    import torch
+
+    from driftkit.capturing.batching import padded_batch, token_budget_batches
+
+    model, dev = loaded.model, next(loaded.model.parameters()).device
+    pad = loaded.tokenizer.pad_token_id or 0
+    lengths = [len(t) for t in tokens]
+    batches = [
+        tuple(x.to(dev) for x in padded_batch(tokens, idx, pad))
+        for idx in token_budget_batches(lengths, list(range(len(tokens))), max_batch_tokens)
+    ]
+    with torch.no_grad():
+        model(input_ids=batches[0][0], attention_mask=batches[0][1])  # warm-up (kernels, allocator)
+        sync(dev)
+        t = time.perf_counter()
+        for ids, attn in batches:
+            model(input_ids=ids, attention_mask=attn)
+        sync(dev)
+    return time.perf_counter() - t

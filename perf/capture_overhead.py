@@ -70,6 +70,8 @@ def hand_written(lm, samples, lengths, batches, out: Path, k: int = 20) -> None:
     import numpy as np
     import torch
 
+    from driftkit.capturing.batching import padded_batch
+
     offs = np.concatenate([[0], np.cumsum(lengths)])
     T, d = int(offs[-1]), lm.model.config.hidden_size
     pad = lm.tokenizer.pad_token_id or 0
@@ -77,7 +79,7 @@ def hand_written(lm, samples, lengths, batches, out: Path, k: int = 20) -> None:
         dss = [f.create_dataset(f"hidden.{layer}", (T, d), "f2") for layer in range(lm.num_layers + 1)]
         lp, ti = f.create_dataset("topk_logprobs", (T, k), "f4"), f.create_dataset("topk_ids", (T, k), "i4")
         for b in batches:
-            ids, att = padded_batch(samples, lengths, b, pad)
+            ids, att = padded_batch(samples.tokens, b, pad)
             o = lm.model(input_ids=ids, attention_mask=att, output_hidden_states=True)
             v, ix = torch.log_softmax(o.logits.float(), -1).topk(k, -1)
             hs = [h.to(torch.float16).numpy() for h in o.hidden_states]
@@ -86,18 +88,6 @@ def hand_written(lm, samples, lengths, batches, out: Path, k: int = 20) -> None:
                 for layer, ds in enumerate(dss):
                     ds[a:e] = hs[layer][r, :L]
                 lp[a:e], ti[a:e] = v[r, :L].numpy(), ix[r, :L].numpy()
-
-
-def padded_batch(samples, lengths, b, pad):
-    import torch
-
-    S = max(lengths[i] for i in b)
-    ids = torch.full((len(b), S), pad, dtype=torch.long)
-    att = torch.zeros((len(b), S), dtype=torch.long)
-    for r, i in enumerate(b):
-        ids[r, : lengths[i]] = torch.tensor(samples.tokens[i])
-        att[r, : lengths[i]] = 1
-    return ids, att
 
 
 def main() -> None:
@@ -122,7 +112,7 @@ def main() -> None:
 
     threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
     from driftkit.capturing import CaptureConfig, CaptureEngine
-    from driftkit.capturing.batching import token_budget_batches
+    from driftkit.capturing.batching import padded_batch, token_budget_batches
     from driftkit.capturing.engine import build_samples
     from driftkit.models import load_model
 
@@ -143,7 +133,7 @@ def main() -> None:
     def plain() -> None:
         with torch.no_grad():
             for b in batches:
-                ids, att = padded_batch(samples, lengths, b, pad)
+                ids, att = padded_batch(samples.tokens, b, pad)
                 lm.model(input_ids=ids, attention_mask=att)
 
     def hand() -> None:

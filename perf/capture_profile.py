@@ -24,9 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import torch
-from _stand_ins import write_bundled_prompts
-from gpu_check import _plain_forward
+from _stand_ins import plain_forward, sync, write_bundled_prompts
 
 import driftkit.capturing.engine as engine_module
 from driftkit.capturing import CaptureConfig, CaptureEngine
@@ -42,6 +40,9 @@ class _InlineWriter:
 
     def put_packed(self, samples: Any, arrays: Any, on_done: Any = None) -> None:
         self.writer.write_packed(list(samples), arrays)
+
+    def run(self, fn: Any) -> None:
+        fn()
 
     def close(self) -> None:
         pass
@@ -68,7 +69,6 @@ def main() -> None:
         max_batch_tokens=16384,
         overwrite=True,
     )
-    cuda = torch.device(args.device).type == "cuda"
 
     def run(label: str, inline: bool = False, prof: cProfile.Profile | None = None) -> None:
         background = engine_module.BackgroundWriter
@@ -76,14 +76,12 @@ def main() -> None:
             engine_module.BackgroundWriter = _InlineWriter  # type: ignore[misc,assignment]
         try:
             eng = CaptureEngine(cfg, loaded)
-            if cuda:
-                torch.cuda.synchronize()
+            sync(args.device)
             t = time.perf_counter()
             if prof is not None:
                 prof.enable()
             eng.run()
-            if cuda:
-                torch.cuda.synchronize()
+            sync(args.device)
             if prof is not None:
                 prof.disable()
             dt = time.perf_counter() - t
@@ -98,7 +96,7 @@ def main() -> None:
     run("capture (writer thread)")
     with CaptureReader(cfg.out) as r:
         tokens = [r.sample_tokens(i).tolist() for i in range(r.n_samples)]
-    print(f"plain forward {_plain_forward(loaded, tokens, 16384):.2f} s over {sum(map(len, tokens)):,} tokens")
+    print(f"plain forward {plain_forward(loaded, tokens, 16384):.2f} s over {sum(map(len, tokens)):,} tokens")
     prof = cProfile.Profile()
     run("capture under cProfile", prof=prof)
     for key in ("tottime", "cumtime"):

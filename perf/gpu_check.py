@@ -37,40 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _stand_ins import perturbed_checkpoint, write_bundled_prompts
+from _stand_ins import perturbed_checkpoint, plain_forward, sync, write_bundled_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def _plain_forward(loaded: Any, tokens: list[list[int]], max_batch_tokens: int) -> float:
-    """Seconds for a plain forward over the capture's own batches (no hooks, nothing kept)."""
-    from driftkit.capturing.batching import token_budget_batches
-
-    model, dev = loaded.model, next(loaded.model.parameters()).device
-    lengths = [len(t) for t in tokens]
-    pad = loaded.tokenizer.pad_token_id or 0
-    batches = []
-    for idx in token_budget_batches(lengths, list(range(len(tokens))), max_batch_tokens):
-        s = max(lengths[i] for i in idx)
-        ids = torch.full((len(idx), s), pad, dtype=torch.long)
-        attn = torch.zeros((len(idx), s), dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, : lengths[i]] = torch.as_tensor(tokens[i])
-            attn[r, : lengths[i]] = 1
-        batches.append((ids.to(dev), attn.to(dev)))
-    with torch.no_grad():
-        model(input_ids=batches[0][0], attention_mask=batches[0][1])  # warm-up (kernels, allocator)
-        _sync(dev)
-        t = time.perf_counter()
-        for ids, attn in batches:
-            model(input_ids=ids, attention_mask=attn)
-        _sync(dev)
-    return time.perf_counter() - t
 
 
 def _independent_logit_check(path: Path) -> dict[str, float]:
@@ -153,7 +122,7 @@ def _scale_check(args: argparse.Namespace) -> int:
     with torch.device(dev):  # random init where the weights live: no 28 GB host copy, no save/load
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder), dtype=torch.bfloat16)
     model.eval()
-    _sync(dev)
+    sync(dev)
     n_params = sum(p.numel() for p in model.parameters())
     print(
         f"device {args.device} ({torch.cuda.get_device_name(dev) if cuda else 'CPU'}), torch {torch.__version__}; "
@@ -176,10 +145,10 @@ def _scale_check(args: argparse.Namespace) -> int:
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
     engine = CaptureEngine(cfg, loaded)
-    _sync(dev)
+    sync(dev)
     t = time.perf_counter()
     engine.run()
-    _sync(dev)
+    sync(dev)
     t_capture = time.perf_counter() - t
     peak_capture = torch.cuda.max_memory_allocated(dev) if cuda else 0
     with CaptureReader(cfg.out) as r:
@@ -188,7 +157,7 @@ def _scale_check(args: argparse.Namespace) -> int:
     size = Path(cfg.out).stat().st_size
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    t_plain = _plain_forward(loaded, tokens, args.max_batch_tokens)
+    t_plain = plain_forward(loaded, tokens, args.max_batch_tokens)
     peak_plain = torch.cuda.max_memory_allocated(dev) if cuda else 0
     lengths = [len(x) for x in tokens]
     per_token = (size - est["static_bytes"]) / n_tok
@@ -271,17 +240,17 @@ def main() -> int:
     cfg = CaptureConfig(model=base, prompts=str(work / "prompts.jsonl"), out=work / "base.h5", **common)
     CaptureEngine(replace(cfg, out=work / "warm.h5", limit=8), loaded).run()  # warm-up, as the plain forward's
     engine = CaptureEngine(cfg, loaded)
-    _sync(loaded.device)
+    sync(loaded.device)
     t = time.perf_counter()
     engine.run()
-    _sync(loaded.device)
+    sync(loaded.device)
     t_capture = time.perf_counter() - t
     from driftkit.store.reader import CaptureReader
 
     with CaptureReader(cfg.out) as r:
         tokens = [r.sample_tokens(i).tolist() for i in range(r.n_samples)]
         n_tok, size = r.n_tokens, Path(cfg.out).stat().st_size
-    t_plain = _plain_forward(loaded, tokens, args.max_batch_tokens)
+    t_plain = plain_forward(loaded, tokens, args.max_batch_tokens)
     print(f"tokens: {n_tok:,}; capture file {size / 1e6:.0f} MB (30 layers + embed + final, float16 sites)")
     print(f"plain forward : {n_tok / t_plain:10,.0f} tokens/s ({t_plain:.2f} s)")
     print(

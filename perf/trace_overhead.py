@@ -20,11 +20,7 @@ import pstats
 import time
 
 import torch
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+from _stand_ins import sync
 
 
 def main() -> None:
@@ -40,7 +36,7 @@ def main() -> None:
     from nnsight import TransformersModel
 
     from driftkit.capturing import CaptureConfig
-    from driftkit.capturing.engine import CaptureEngine, module_call_order
+    from driftkit.capturing.engine import CaptureEngine
     from driftkit.models import load_model, resolve_model_path
 
     path = resolve_model_path(args.model)
@@ -48,8 +44,7 @@ def main() -> None:
     dev = next(loaded.model.parameters()).device
     cfg = CaptureConfig(model=path, prompts="bundled:math", out="unused.h5", layers="all", device=args.device)
     engine = CaptureEngine(cfg, loaded)
-    order = module_call_order(loaded.model, torch.tensor([[1, 2, 3, 4]]))
-    ordered = sorted(engine.sites, key=lambda ps: order[(ps[1].module, ps[1].io)])
+    ordered = engine.ordered_sites(torch.tensor([[1, 2, 3, 4]]))
     nn_model = TransformersModel(loaded.model, tokenizer=loaded.tokenizer)
     vocab = int(loaded.model.config.vocab_size)
     versions = f"torch {torch.__version__}, nnsight {nnsight.__version__}"
@@ -57,11 +52,11 @@ def main() -> None:
 
     def timed(fn, ids: torch.Tensor, attn: torch.Tensor) -> float:
         fn(ids, attn)  # warm-up
-        _sync(dev)
+        sync(dev)
         t = time.perf_counter()
         for _ in range(args.repeats):
             fn(ids, attn)
-        _sync(dev)
+        sync(dev)
         return (time.perf_counter() - t) / args.repeats
 
     def plain(ids: torch.Tensor, attn: torch.Tensor) -> None:
@@ -88,7 +83,7 @@ def main() -> None:
     prof.enable()
     for _ in range(args.repeats):
         trace_all(ids, attn)
-    _sync(dev)
+    sync(dev)
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(10)
