@@ -21,13 +21,3 @@ def to_storage(t: torch.Tensor, storage: str) -> np.ndarray:
 
 def numpy_storage_dtype(storage: str) -> np.dtype:
     return {"bfloat16": np.dtype(np.uint16), "float16": np.dtype(np.float16), "float32": np.dtype(np.float32)}[storage]
-
-
-def from_storage(arr: np.ndarray, is_bf16: bool, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-    """Decode a stored array into a torch tensor of ``dtype``; ``None`` keeps the storage dtype
-    (float16, float32, or bfloat16 viewed from its bits, no copy), so a caller that needs float64
-    converts once, directly (every float16/bfloat16 value is exact in float32 and in float64)."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))
-    if is_bf16:
-        t = t.view(torch.bfloat16)
-    return t if dtype is None else t.to(dtype)

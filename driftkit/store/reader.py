@@ -19,7 +19,6 @@ import torch
 
 from driftkit.errors import DriftkitError, interface, opt
 from driftkit.store import schema as S
-from driftkit.store.dtypes import from_storage
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -42,12 +41,17 @@ def resume_hint(path: Path) -> str:
 
 
 #: float storage dtypes read straight into torch-allocated memory (:func:`_read_into_torch`)
-_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
+_TORCH_DTYPES = {
+    np.dtype(np.float16): torch.float16,
+    np.dtype(np.float32): torch.float32,
+    np.dtype(np.float64): torch.float64,
+}
 
 
 def _read_into_torch(ds: h5py.Dataset, start: int, stop: int | None, bf16: bool) -> torch.Tensor | None:
     """Rows ``[start, stop)`` of a float (or bfloat16-bits) dataset read into a fresh torch tensor of
-    the storage dtype, or None for other datasets (the caller reads them through numpy).
+    the storage dtype (bfloat16 decoded from its bits), or None for other datasets (integers and
+    flags, which the caller reads through numpy as stored).
 
     Why not ``ds[start:stop]``: numpy asks the kernel for transparent huge pages for every large
     array (``madvise``), and on a virtual machine the first such arrays of a process cost several
@@ -412,10 +416,7 @@ class CaptureReader:
         rows = _read_into_torch(ds, start, stop, bf16)
         if rows is not None:
             return rows if dtype is None else rows.to(dtype)
-        arr = ds[start:stop]
-        if arr.dtype.kind in "iub" and not bf16:
-            return torch.from_numpy(np.ascontiguousarray(arr))
-        return from_storage(arr, bf16, dtype)
+        return torch.from_numpy(np.ascontiguousarray(ds[start:stop]))  # integers and flags, as stored
 
     def read_rows(self, path: str, rows: np.ndarray, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """Arbitrary (sorted or not) rows of a dataset; reads the covering range then gathers."""
