@@ -646,6 +646,8 @@ class CaptureEngine:
         if todo:
             ordered = self.ordered_sites(torch.as_tensor(samples.tokens[todo[0]][:8], dtype=torch.long)[None])
             nn_model = nn_model_cls(model, tokenizer=self.loaded.tokenizer)
+        keep = writer.specs.keys() | self.layer_paths  # the arrays a batch hands to the writer
+        stored = partial(self._stored, samples=samples)
         bg = BackgroundWriter(writer)
         for st in statics:  # written while the first batch runs
             bg.run(partial(writer.write_static, st.path, st.array, st.dtype, st.attrs))
@@ -671,8 +673,6 @@ class CaptureEngine:
                     outputs.update(probe.finalize(mine, batch))
                 checked = True
                 values = mine = None  # frees the logits (what the probes keep is in outputs)
-                keep = writer.specs.keys() | self.layer_paths
-                stored = partial(self._stored, samples=samples)
                 file_order, packed = pack_batch(outputs, batch_idx, lengths, S_, keep, stored)
                 del outputs
                 t2 = time.perf_counter()
