@@ -144,3 +144,26 @@ def test_cka_identical_is_exactly_one(dtype: torch.dtype) -> None:
     x[0] *= 100
     r = linear_cka(x, x.clone(), chunk=32)
     assert r.linear_cka == 1.0 and r.debiased_cka == 1.0
+
+
+def test_cka_identical_is_exactly_one_with_gram_panels() -> None:
+    """Wide enough for the Gram matrices' panel products (driftkit.metrics.products.gram), which may
+    sum in another order than the plain cross-product: identical chunks share their sums instead."""
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.normal(size=(300, 520)) * 3 + 40).float()
+    x[:, 0] += 1e3  # a massive-activation dimension
+    r = linear_cka(x, x.clone(), chunk=64)
+    assert r.linear_cka == 1.0 and r.debiased_cka == 1.0
+
+
+def test_cka_chunks_identical_in_part_match_the_gram_space_formula() -> None:
+    """Chunks that are identical in both representations (the shared-sums path) merged with chunks
+    that are not give the gram-space values."""
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(200, 300))
+    y = x.copy()
+    y[100:] += 0.3 * rng.normal(size=(100, 300))  # rows 0..99 stay identical
+    r = _stream(x, y, 50)
+    assert r.linear_cka == pytest.approx(_gram_biased(x, y), abs=1e-10)
+    assert r.debiased_cka == pytest.approx(_gram_debiased(x, y), abs=1e-10)
+    assert r.debiased_cka < 0.999

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from driftkit.metrics.products import rowdot
+from driftkit.metrics.products import gram, rowdot
 
 _F64 = torch.float64
 
@@ -108,13 +108,21 @@ class _Stats:
         # sum with weights 1/n would not), so its centred rows are exactly 0.
         ones = torch.ones((1, self.n), dtype=x.dtype, device=x.device)
         self.mx, self.my = (ones @ x).view(-1) / self.n, (ones @ y).view(-1) / self.n
+        # Identical rows (a layer the fine-tuning left alone, or a model against itself): every sum
+        # is computed once and shared, so CKA is exactly 1 by construction, whatever order BLAS sums
+        # in (gram's panels and the plain cross-product may differ in the last bit). Equal means
+        # first: a real pair differs there, and the whole-chunk comparison is skipped.
+        same = torch.equal(self.mx, self.my) and torch.equal(x, y)
         x = torch.sub(x, self.mx, out=_scratch(0, x))
-        y = torch.sub(y, self.my, out=_scratch(1, y))
+        y = x if same else torch.sub(y, self.my, out=_scratch(1, y))
         # Row norms as batched dot products (no (n, d) temporary) and the four norm-weighted sums as
         # two (2, n) x (n, d) products (one read of each chunk, not four): besides the three d x d
-        # products, this is all the O(n d) work of a chunk.
-        a, b = rowdot(x, x), rowdot(y, y)
-        self.sxx, self.syy, self.sxy = x.T @ x, y.T @ y, x.T @ y
+        # products (the two Gram matrices by upper-triangle panels, :func:`gram`), this is all the
+        # O(n d) work of a chunk.
+        a = rowdot(x, x)
+        b = a if same else rowdot(y, y)
+        self.sxx = gram(x)
+        self.syy, self.sxy = (self.sxx, self.sxx) if same else (gram(y), x.T @ y)
         self.a1, self.b1 = a.sum(), b.sum()
         self.aa, self.bb, self.ab = a @ a, b @ b, a @ b
         ab = torch.stack([a, b])

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from driftkit.metrics.cka import StreamingCKA, _Stats, cka_from_sums
+from driftkit.metrics.products import gram
 
 _F64 = torch.float64
 
@@ -80,10 +81,16 @@ class StandardizedStats(_Stats):
     SUMS = _Stats.SUMS + ("mxy", "txy", "uxy", "mxx", "txx", "myy", "tyy")
 
     def _more_sums(self, xc: torch.Tensor, yc: torch.Tensor) -> None:
-        x2, y2 = xc * xc, yc * yc
+        x2 = xc * xc
+        self.mxx, self.txx = gram(x2), x2.T @ xc
+        if yc is xc:  # identical rows (the base class shares them): the same sums, so exactly 1
+            self.mxy = self.myy = self.mxx
+            self.txy = self.tyy = self.txx
+            self.uxy = self.txx.T  # sum x_j x_k^2
+            return
+        y2 = yc * yc
         self.mxy, self.txy, self.uxy = x2.T @ y2, x2.T @ yc, xc.T @ y2
-        self.mxx, self.txx = x2.T @ x2, x2.T @ xc
-        self.myy, self.tyy = y2.T @ y2, y2.T @ yc
+        self.myy, self.tyy = gram(y2), y2.T @ yc
 
     def _shift(self, dx: torch.Tensor, dy: torch.Tensor) -> None:
         n = self.n
