@@ -179,6 +179,40 @@ def test_writer_never_marks_complete_with_a_hole(tmp_path) -> None:
         assert not bool(f.attrs["complete"])
 
 
+def test_writer_after_a_failed_write_drops_the_file_without_hdf5s_close(tmp_path, monkeypatch) -> None:
+    """After a write fails (ENOSPC here), close() must not run h5py's File.close: it flushes what HDF5
+    could not write and crashed the interpreter in 1 of 5 disk-full captures (test_capture_cli's
+    small-tmpfs test); a writer that never failed still closes normally."""
+    import errno
+
+    import torch
+
+    from driftkit.errors import StorageError
+    from driftkit.store.writer import ArraySpec, CaptureWriter
+
+    specs = [ArraySpec("sites/residual.0", (4,))]
+    w = CaptureWriter.create(tmp_path / "w.h5", {}, ["a"], ["math"], [[1, 2]], [1], specs)
+    f = w.f
+    closed: list[bool] = []
+    monkeypatch.setattr(h5py.File, "close", lambda self: closed.append(True))
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(h5py.File, "flush", full)
+    with pytest.raises(StorageError, match="disk is full"):
+        w.write_samples([0], {"sites/residual.0": [torch.ones(2, 4)]})
+    assert w.io_failed
+    w.close()
+    w.close()  # twice (the engine's error path may): still nothing
+    assert not closed and w.f is None
+    monkeypatch.undo()
+    f.close()
+    ok = CaptureWriter.create(tmp_path / "ok.h5", {}, ["a"], ["math"], [[1, 2]], [1], specs)
+    ok.close()
+    assert not ok.f.id.valid
+
+
 # -- length checks ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def short_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -204,6 +204,8 @@ class CaptureWriter:
         # Per-site record of written rows (absent in files of older versions: then ``done`` alone rules).
         self.site_cols: dict[str, int] = {}
         self.written: np.ndarray | None = None
+        #: a write failed (a full disk, a lost mount): :meth:`close` then only drops the handle
+        self.io_failed = False
         if S.SAMPLES_SITES_WRITTEN in f:
             cols = json.loads(f[S.SAMPLES_SITES_WRITTEN].attrs["sites"])
             self.site_cols = {p: j for j, p in enumerate(cols)}
@@ -347,7 +349,7 @@ class CaptureWriter:
                 del self.f[path]
             write_static_dataset(self.f, path, array, dtype, attrs, self.storage_dtype)
         except (OSError, RuntimeError) as exc:
-            raise _io_error(self.path, exc) from exc
+            raise self._failed(exc) from exc
 
     def link_static(self, path: str, target_file: str) -> None:
         """Make ``path`` an HDF5 external link to the same path in ``target_file`` (a shared array)."""
@@ -356,7 +358,7 @@ class CaptureWriter:
                 del self.f[path]
             self.f[path] = h5py.ExternalLink(target_file, "/" + path)
         except (OSError, RuntimeError) as exc:
-            raise _io_error(self.path, exc) from exc
+            raise self._failed(exc) from exc
 
     def write_samples(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]]) -> None:
         """Write each sample's ``(len_i, ...)`` rows into its slice, then mark the samples done.
@@ -442,13 +444,13 @@ class CaptureWriter:
             done[...] = self.done
             self.f.flush()
         except (OSError, RuntimeError) as exc:
-            raise _io_error(self.path, exc) from exc
+            raise self._failed(exc) from exc
 
     def flush(self) -> None:
         try:
             self.f.flush()
         except (OSError, RuntimeError) as exc:
-            raise _io_error(self.path, exc) from exc
+            raise self._failed(exc) from exc
 
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Mark the file complete, only after :func:`verify_file` finds every row written.
@@ -465,14 +467,29 @@ class CaptureWriter:
             self.f.attrs["complete"] = check.ok
             self.f.flush()
         except (OSError, RuntimeError) as exc:
-            raise _io_error(self.path, exc) from exc
+            raise self._failed(exc) from exc
         if not check.ok:
             raise DriftkitError(
                 f"{check.message(self.path)} The file is left incomplete; rerun the same command "
                 f"with --resume to capture what is missing."
             )
 
+    def _failed(self, exc: BaseException) -> StorageError:
+        """The clear error for a failed write, remembering that the file can no longer be flushed."""
+        self.io_failed = True
+        return _io_error(self.path, exc)
+
     def close(self) -> None:
+        """Close the file; after a failed write, only drop the handle.
+
+        Why: h5py's ``File.close`` first closes every open object of the file, which flushes the data
+        HDF5 could not write; after ENOSPC on a compressed capture that crashed the interpreter
+        (HDF5 2.0.0, h5py 3.16: a segfault in 5 of 25 runs, before the error reached the user). The
+        handle is then released when the object is freed, where a failed flush is only reported.
+        Nothing completed is lost: every batch was flushed when it landed (:meth:`write_packed`)."""
+        if self.io_failed:
+            self.f = None  # type: ignore[assignment]  # the last reference: freed here, or at exit
+            return
         try:
             self.f.close()
         except Exception:
