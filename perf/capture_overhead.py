@@ -8,7 +8,8 @@
      layer (float16) + top-20 log-probs, over the same batches;
    - ``capture``: ``CaptureEngine.run`` (all residual layers + embed + final, to HDF5), including
      tokenization, file creation, the unembedding write and the first-batch logit check;
-   the ratios ``capture / plain`` (target <= 1.10) and ``capture / hand``, and the file size of each;
+   the ratios ``capture / plain`` (target <= 1.10) and ``capture / hand``, ``capture / plain`` of each
+   round's own back-to-back pair with their median, and the file size of each;
 2. peak RSS of a capture of N prompts vs 10 N prompts (separate processes);
 3. file size per token, all layers, float16, without and with compression.
 
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,6 +196,13 @@ def main() -> None:
         for v in variants:
             print(f"      {v:8s}: best {best[v]:.2f} s  (runs: {', '.join(f'{x:.2f}' for x in times[(t, v)])})")
         print(f"      RATIO capture / plain = {best['capture'] / best['plain']:.3f}   (target <= 1.10)")
+        # Each round's own pair (run back to back, so under the same load): best-of-N above can pair a
+        # quiet moment of one variant with a loud one of the other.
+        paired = [c / p for p, c in zip(times[(t, "plain")], times[(t, "capture")])]
+        print(
+            f"      capture / plain per round: {', '.join(f'{r:.3f}' for r in paired)} "
+            f"(median {statistics.median(paired):.3f})"
+        )
         print(
             f"      RATIO capture / hand  = {best['capture'] / best['hand']:.3f}   (hand / plain = "
             f"{best['hand'] / best['plain']:.3f})"
