@@ -38,7 +38,7 @@ class _InlineWriter:
     def __init__(self, writer: Any, depth: int = 2) -> None:
         self.writer = writer
 
-    def put_packed(self, samples: Any, arrays: Any, on_done: Any = None) -> None:
+    def put_packed(self, samples: Any, arrays: Any) -> None:
         self.writer.write_packed(list(samples), arrays)
 
     def run(self, fn: Any) -> None:

@@ -315,8 +315,8 @@ def pack_batch(
     mode's reduction, the copy to the host) before the next one is packed, so a GPU holds one packed
     copy at a time, not one per site."""
     order = sorted(range(len(batch_idx)), key=lambda r: batch_idx[r])
-    rows = torch.cat([torch.arange(lengths[batch_idx[r]]) + r * seq_len for r in order])
-    whole = len(rows) == len(batch_idx) * seq_len and order == list(range(len(order)))
+    whole = order == list(range(len(order))) and all(lengths[i] == seq_len for i in batch_idx)
+    rows = None if whole else torch.cat([torch.arange(lengths[batch_idx[r]]) + r * seq_len for r in order])
     in_order = [batch_idx[r] for r in order]
     packed: dict[str, torch.Tensor] = {}
     for path, t in outputs.items():
@@ -328,7 +328,7 @@ def pack_batch(
                 f"(batch, seq, ...) = ({len(batch_idx)}, {seq_len}, ...) arrays."
             )
         flat = t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
-        kept = flat if whole else flat.index_select(0, rows.to(flat.device))  # on the model's device
+        kept = flat if rows is None else flat.index_select(0, rows.to(flat.device))  # on the model's device
         packed.update(finish(path, kept, in_order) if finish is not None else {path: kept})
     return in_order, packed
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 import errno
 import json
 import queue
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -344,21 +345,17 @@ class CaptureWriter:
     # -- writing ---------------------------------------------------------------------------------
     def write_static(self, path: str, array: np.ndarray | torch.Tensor, dtype: str, attrs: dict[str, Any]) -> None:
         """Write a once-per-file array (replaces it when resuming)."""
-        try:
+        with self._writing():
             if path in self.f:
                 del self.f[path]
             write_static_dataset(self.f, path, array, dtype, attrs, self.storage_dtype)
-        except (OSError, RuntimeError) as exc:
-            raise self._failed(exc) from exc
 
     def link_static(self, path: str, target_file: str) -> None:
         """Make ``path`` an HDF5 external link to the same path in ``target_file`` (a shared array)."""
-        try:
+        with self._writing():
             if path in self.f or self.f.get(path, getlink=True) is not None:
                 del self.f[path]
             self.f[path] = h5py.ExternalLink(target_file, "/" + path)
-        except (OSError, RuntimeError) as exc:
-            raise self._failed(exc) from exc
 
     def write_samples(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]]) -> None:
         """Write each sample's ``(len_i, ...)`` rows into its slice, then mark the samples done.
@@ -402,7 +399,7 @@ class CaptureWriter:
         tokens per sample the per-call overhead (held under the GIL) was most of the writer's time."""
         if any(b <= a for a, b in zip(samples, samples[1:])):
             raise ValueError("write_packed needs samples in increasing file order")
-        try:
+        with self._writing():
             for path, t in arrays.items():
                 spec = self.specs[path]
                 ds = self.f[path]
@@ -443,14 +440,10 @@ class CaptureWriter:
                 self.done[rows] = True
             done[...] = self.done
             self.f.flush()
-        except (OSError, RuntimeError) as exc:
-            raise self._failed(exc) from exc
 
     def flush(self) -> None:
-        try:
+        with self._writing():
             self.f.flush()
-        except (OSError, RuntimeError) as exc:
-            raise self._failed(exc) from exc
 
     def finalize(self, extra_attrs: dict[str, Any] | None = None) -> None:
         """Mark the file complete, only after :func:`verify_file` finds every row written.
@@ -459,25 +452,28 @@ class CaptureWriter:
         ``--resume`` redoes the samples whose rows are missing)."""
         from driftkit.store.verify import verify_file
 
-        try:
+        with self._writing():
             for k, v in (extra_attrs or {}).items():
                 self.f.attrs[k] = v
             self.f.flush()
             check = verify_file(self.f)
             self.f.attrs["complete"] = check.ok
             self.f.flush()
-        except (OSError, RuntimeError) as exc:
-            raise self._failed(exc) from exc
         if not check.ok:
             raise DriftkitError(
                 f"{check.message(self.path)} The file is left incomplete; rerun the same command "
                 f"with --resume to capture what is missing."
             )
 
-    def _failed(self, exc: BaseException) -> StorageError:
-        """The clear error for a failed write, remembering that the file can no longer be flushed."""
-        self.io_failed = True
-        return _io_error(self.path, exc)
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around every write: an OS or HDF5 failure becomes the clear :class:`StorageError`, and the
+        writer remembers that the file can no longer be flushed (:meth:`close`)."""
+        try:
+            yield
+        except (OSError, RuntimeError) as exc:
+            self.io_failed = True
+            raise _io_error(self.path, exc) from exc
 
     def close(self) -> None:
         """Close the file; after a failed write, only drop the handle.
@@ -497,18 +493,17 @@ class CaptureWriter:
 
 
 class BackgroundWriter:
-    """Runs :meth:`CaptureWriter.write_packed` / ``write_samples`` on a thread so the forward pass never waits on disk.
+    """Runs :meth:`CaptureWriter.write_packed` on a thread so the forward pass never waits on disk.
 
     The queue is bounded (``depth`` batches): if the disk is slower than the model, the producer
     blocks instead of piling batches up in memory. An exception on the thread is re-raised in the
-    producer at its next :meth:`put` or at :meth:`close`.
+    producer at its next :meth:`put_packed` / :meth:`run` or at :meth:`close`.
     """
 
     def __init__(self, writer: CaptureWriter, depth: int = 2) -> None:
         self.writer = writer
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
-        self.written = 0
         # One OpenMP thread for the writer's torch ops (the float16 range check and conversion): at the
         # default count its team competed for the very cores the forward's team runs on (1.20x a plain
         # forward at 2 threads, 1.06x with one). The forward keeps its threads (worker_threads).
@@ -527,15 +522,6 @@ class BackgroundWriter:
             except BaseException as exc:  # noqa: BLE001 - surfaced to the producer
                 self.error = exc
 
-    def _write(self, samples: list[int], arrays: Any, on_done: Any, packed: bool) -> None:
-        if packed:
-            self.writer.write_packed(samples, arrays)
-        else:
-            self.writer.write_samples(samples, arrays)
-        self.written += len(samples)
-        if on_done:
-            on_done(samples)
-
     def _raise(self) -> None:
         if self.error is not None:
             err, self.error = self.error, None
@@ -547,12 +533,9 @@ class BackgroundWriter:
         self._raise()
         self.q.put(fn)
 
-    def put(self, samples: Sequence[int], arrays: dict[str, Sequence[torch.Tensor]], on_done: Any = None) -> None:
-        self.run(partial(self._write, list(samples), arrays, on_done, False))
-
-    def put_packed(self, samples: Sequence[int], arrays: dict[str, torch.Tensor], on_done: Any = None) -> None:
+    def put_packed(self, samples: Sequence[int], arrays: dict[str, torch.Tensor]) -> None:
         """Queue a batch for :meth:`CaptureWriter.write_packed` (samples increasing, rows concatenated)."""
-        self.run(partial(self._write, list(samples), arrays, on_done, True))
+        self.run(partial(self.writer.write_packed, list(samples), arrays))
 
     def close(self) -> None:
         """Wait for queued writes to land, then re-raise any error from the thread."""
