@@ -182,3 +182,33 @@ def test_pack_batch_drops_padding_in_file_order_and_finishes_each_array() -> Non
     full = torch.arange(6.0).view(2, 3)
     _, whole = pack_batch({"x": full}, [0, 1], [3, 3], 3, {"x"})
     assert whole["x"].tolist() == list(range(6)) and whole["x"].data_ptr() == full.data_ptr()
+
+
+def test_capture_forward_builds_no_kv_cache_and_stores_the_same(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:
+    """The capture's forward passes ``use_cache=False`` where the model takes it (and nothing where it
+    does not), and a capture made that way stores exactly what one made with the model's KV cache does."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    ids, attn = torch.zeros((1, 3), dtype=torch.long), torch.ones((1, 3), dtype=torch.long)
+    assert engine_mod.forward_inputs(model, ids, attn)["use_cache"] is False
+
+    class NoCacheArg(torch.nn.Module):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return input_ids
+
+    assert set(engine_mod.forward_inputs(NoCacheArg(), ids, attn)) == {"input_ids", "attention_mask"}
+
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"id": f"s{i}", "domain": "math", "text": "Add 2 and 3. " * (1 + i % 4)} for i in range(6)]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows))
+    cfg = dict(model=str(tiny_model), prompts=str(prompts), max_batch_tokens=64)
+    without = capture(CaptureConfig(out=tmp_path / "without.h5", **cfg))
+    with monkeypatch.context() as m:
+        plain = engine_mod.forward_inputs
+        m.setattr(engine_mod, "forward_inputs", lambda *a: {**plain(*a), "use_cache": True})
+        cached = capture(CaptureConfig(out=tmp_path / "cached.h5", **cfg))
+    with CaptureReader(without) as a, CaptureReader(cached) as b:
+        assert set(a.datasets()) == set(b.datasets())
+        for path in a.datasets():
+            assert torch.equal(torch.nan_to_num(a.read(path), 7.0), torch.nan_to_num(b.read(path), 7.0)), path

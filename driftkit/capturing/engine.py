@@ -10,6 +10,7 @@ batches, so memory is flat in the number of prompts.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -114,6 +115,21 @@ def _envoy(nn_model: Any, dotted: str) -> Any:
     for part in filter(None, dotted.split(".")):
         env = env[int(part)] if part.isdigit() else getattr(env, part)
     return env
+
+
+def forward_inputs(model: Any, input_ids: torch.Tensor, attn: torch.Tensor) -> dict[str, Any]:
+    """The keyword inputs of a capture's forward: the batch, and ``use_cache=False`` where the model's
+    ``forward`` takes it.
+
+    Why: a capture runs every batch once and never decodes on from it, but a HF causal LM builds a
+    KV cache by default, keeping every layer's keys and values until the forward returns: 46 KB per
+    token for SmolLM2-135M (189 MB per 4,096-token batch, written by copies the capture never reads),
+    and gigabytes per batch of thousands of thinking tokens at 14B. Hidden states and logits do not
+    depend on it."""
+    inputs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attn}
+    if "use_cache" in inspect.signature(model.forward).parameters:
+        inputs["use_cache"] = False
+    return inputs
 
 
 # -- samples ----------------------------------------------------------------------------------------
@@ -615,7 +631,7 @@ class CaptureEngine:
 
         envs = [(_envoy(nn_model, s.module), s) for _, s in ordered]
         with torch.no_grad():
-            with nn_model.trace({"input_ids": input_ids, "attention_mask": attn}):
+            with nn_model.trace(forward_inputs(self.loaded.model, input_ids, attn)):
                 saved = nnsight.save([s.select(env.output if s.io == "output" else env.input) for env, s in envs])
         return {s.key: v for (_, s), v in zip(ordered, saved)}
 

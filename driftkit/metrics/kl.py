@@ -203,11 +203,12 @@ def kl_from_logits_(
     logratio = None
     if next_ids is not None:
         logratio = r.gather(1, next_ids.view(-1, 1).to(torch.int64)).view(-1)
-    # expm1(r) / 2 from expm1(u) with one fused pass instead of another expm1:
-    # expm1(r) = expm1(u) e^-C + expm1(-C); exactly 0 where u = 0 and C = 0.
-    em2 = torch.addcmul(
-        (0.5 * torch.expm1(-c)).unsqueeze(1), w, (0.5 * torch.exp(-c)).unsqueeze(1), out=em_buf if keep else lb
-    )
+    # expm1(r) / 2 from expm1(u) with a multiply and an add instead of another expm1:
+    # expm1(r) = expm1(u) e^-C + expm1(-C); exactly 0 where u = 0 and C = 0. Not one addcmul with
+    # the per-row columns: broadcast over the rows it ran 3x slower on a CPU (276 vs 86 us per
+    # (21, 49,152) slice at 2 threads) than the two in-place passes.
+    em2 = torch.mul(w, (0.5 * torch.exp(-c)).unsqueeze(1), out=em_buf if keep else lb)
+    em2.add_((0.5 * torch.expm1(-c)).unsqueeze(1))
     # p_B s_A = e_A e^r = e_A (1 + 2 em2); where e_A underflows (l_A - max < -87) that loses B's mass
     # there, so then p_B s_A = exp((l_A - max) + r) (never overflows: it is <= s_A).
     # (min(la - ma) = min(la) - ma exactly: rounding a subtraction is monotone)
