@@ -81,7 +81,9 @@ def module_call_order(model: Any, example_ids: torch.Tensor) -> dict[tuple[str, 
     """Order of module inputs/outputs in a real forward pass, found once with hooks on a short input.
 
     nnsight 0.8 requires values to be requested in execution order; this is that order for any
-    architecture, including modules called more than once (the first call counts).
+    architecture, including modules called more than once (the first call counts). The forward takes
+    the capture's own inputs (:func:`forward_inputs`), so a module that only runs with a KV cache
+    cannot enter the order.
     """
     order: dict[tuple[str, str], int] = {}
     handles = []
@@ -101,9 +103,10 @@ def module_call_order(model: Any, example_ids: torch.Tensor) -> dict[tuple[str, 
     for name, mod in model.named_modules():
         handles.append(mod.register_forward_pre_hook(pre(name)))
         handles.append(mod.register_forward_hook(post(name)))
+    ids = example_ids.to(next(model.parameters()).device)
     try:
-        with torch.no_grad():
-            model(input_ids=example_ids.to(next(model.parameters()).device))
+        with torch.no_grad():  # the same kind of forward as the capture's trace (no KV cache)
+            model(**forward_inputs(model, ids, torch.ones_like(ids)))
     finally:
         for h in handles:
             h.remove()
