@@ -47,6 +47,36 @@ def test_packed_write_lands_every_sample_in_its_own_rows(tmp_path: Path) -> None
             assert torch.equal(r.read("final/lp", a, b), data[i]["final/lp"])
 
 
+def test_writer_files_have_the_data_sieve_off_and_h5pys_format(tmp_path: Path) -> None:
+    """The writer opens its file (new, and again to resume) with HDF5's data sieve off, so each of a
+    packed write's scattered row ranges is one plain write instead of a read-patch-write of 64 KB
+    around it; everything else about the file access, the format's version bounds included, is
+    what ``h5py.File`` gives (a file any reader opens as before)."""
+    import h5py
+
+    specs = [ArraySpec("sites/x", (4,))]
+    w = CaptureWriter.create(tmp_path / "s.h5", {}, ["a", "b"], ["d", "d"], [[1, 2], [3]], [1, 1], specs)
+    with h5py.File(tmp_path / "plain.h5", "w") as plain:
+        default = plain.id.get_access_plist()
+        assert default.get_sieve_buf_size() > 0  # HDF5's default, which the writer turns off
+        assert w.f.id.get_access_plist().get_sieve_buf_size() == 0
+        assert w.f.id.get_access_plist().get_libver_bounds() == default.get_libver_bounds()
+        made, plain_made = w.f.id.get_create_plist(), plain.id.get_create_plist()
+        assert made.get_obj_track_times() == plain_made.get_obj_track_times()
+        assert made.get_link_creation_order() == plain_made.get_link_creation_order()
+    w.write_packed([1], {"sites/x": torch.full((1, 4), 3.0)})
+    w.close()
+    r = CaptureWriter.open_resume(tmp_path / "s.h5", specs, "float16")
+    assert r.f.id.get_access_plist().get_sieve_buf_size() == 0
+    r.write_packed([0], {"sites/x": torch.arange(8.0).view(2, 4)})
+    r.finalize()
+    r.close()
+    assert not r.f.id.valid
+    with CaptureReader(tmp_path / "s.h5") as rd:
+        assert rd.complete
+        assert torch.equal(rd.read("sites/x", 0, 3), torch.cat([torch.arange(8.0).view(2, 4), torch.full((1, 4), 3.0)]))
+
+
 def test_padding_capped_batches_cover_every_sample_once() -> None:
     lengths = [7, 27, 9, 9, 12, 26, 13, 8, 22, 19, 11, 11, 40, 3] * 9
     todo = [i for i in range(len(lengths)) if i % 5]
