@@ -445,14 +445,12 @@ class CaptureReader:
         for start in range(0, T, chunk_tokens):
             stop = min(T, start + chunk_tokens)
             idx = np.arange(start, stop)
-            if mask is not None:
-                sel = mask[start:stop]
-                if not sel.any():
-                    continue
-                idx = idx[sel]
-                block = self.read(path, start, stop, dtype)[torch.from_numpy(sel)]
-            else:
-                block = self.read(path, start, stop, dtype)
+            sel = None if mask is None else mask[start:stop]
+            if sel is not None and not sel.any():
+                continue
+            block = self.read(path, start, stop, dtype)
+            if sel is not None and not sel.all():  # an all-true mask (every token, the usual case) copies nothing
+                idx, block = idx[sel], block[torch.from_numpy(sel)]
             yield idx, block
 
     def _iter_sampled(
@@ -462,11 +460,11 @@ class CaptureReader:
         for start in range(0, len(pos), chunk_tokens):
             stop = min(len(pos), start + chunk_tokens)
             idx = pos[start:stop]
+            sel = None if mask is None else mask[idx]
+            if sel is not None and not sel.any():
+                continue
             block = self.read(path, start, stop, dtype)
-            if mask is not None:
-                sel = mask[idx]
-                if not sel.any():
-                    continue
+            if sel is not None and not sel.all():
                 idx, block = idx[sel], block[torch.from_numpy(sel)]
             yield idx, block
 
