@@ -438,33 +438,17 @@ class CaptureReader:
         """Yield ``(token_indices, rows)`` over the dataset in contiguous chunks of ``chunk_tokens``,
         keeping only rows where ``mask`` is true. Memory is O(chunk_tokens x d). ``dtype=None``: rows
         in their storage dtype (the mask is applied before any conversion)."""
-        if self._f[path].attrs.get("per") == "sampled":  # sample:K rows: the masked tokens that were kept
-            yield from self._iter_sampled(path, chunk_tokens, mask, dtype)
-            return
-        T = self.n_tokens
-        for start in range(0, T, chunk_tokens):
-            stop = min(T, start + chunk_tokens)
-            idx = np.arange(start, stop)
-            sel = None if mask is None else mask[start:stop]
-            if sel is not None and not sel.any():
-                continue
-            block = self.read(path, start, stop, dtype)
-            if sel is not None and not sel.all():  # an all-true mask (every token, the usual case) copies nothing
-                idx, block = idx[sel], block[torch.from_numpy(sel)]
-            yield idx, block
-
-    def _iter_sampled(
-        self, path: str, chunk_tokens: int, mask: np.ndarray | None, dtype: torch.dtype | None
-    ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        pos = self.sampled_positions()
-        for start in range(0, len(pos), chunk_tokens):
-            stop = min(len(pos), start + chunk_tokens)
-            idx = pos[start:stop]
+        # token rows, or for a sample:K dataset its rows' token positions (the masked tokens that were kept)
+        positions = self.sampled_positions() if self._f[path].attrs.get("per") == "sampled" else None
+        n_rows = self.n_tokens if positions is None else len(positions)
+        for start in range(0, n_rows, chunk_tokens):
+            stop = min(n_rows, start + chunk_tokens)
+            idx = np.arange(start, stop) if positions is None else positions[start:stop]
             sel = None if mask is None else mask[idx]
             if sel is not None and not sel.any():
                 continue
             block = self.read(path, start, stop, dtype)
-            if sel is not None and not sel.all():
+            if sel is not None and not sel.all():  # an all-true mask (every token, the usual case) copies nothing
                 idx, block = idx[sel], block[torch.from_numpy(sel)]
             yield idx, block
 

@@ -398,15 +398,10 @@ class CaptureWriter:
         }
         self.write_packed([samples[j] for j in order], packed)
 
-    def _file_selection(
-        self, ds: h5py.Dataset, samples: Sequence[int], offsets: np.ndarray | None = None
-    ) -> h5py.h5s.SpaceID:
-        """The union of the samples' row ranges on the token axis (adjacent samples merge into one block);
-        ``offsets``: the rows' per-sample offsets when they are not tokens (``--store``)."""
-        offsets = self.offsets if offsets is None else offsets
-        space = ds.id.get_space()
-        space.select_none()
-        tail = tuple(ds.shape[1:])
+    @staticmethod
+    def _row_runs(samples: Sequence[int], offsets: np.ndarray) -> list[tuple[int, int]]:
+        """The samples' row ranges ``[a, b)`` in file order, adjacent ones merged, empty ones dropped
+        (``offsets``: the per-sample row offsets of the datasets' row kind, ``--store``)."""
         runs: list[list[int]] = []
         for i in samples:
             a, b = int(offsets[i]), int(offsets[i + 1])
@@ -416,6 +411,14 @@ class CaptureWriter:
                 runs[-1][1] = b
             else:
                 runs.append([a, b])
+        return [(a, b) for a, b in runs]
+
+    @staticmethod
+    def _file_selection(ds: h5py.Dataset, runs: Sequence[tuple[int, int]]) -> h5py.h5s.SpaceID:
+        """The union of the row ranges ``runs`` of ``ds`` (all of each row)."""
+        space = ds.id.get_space()
+        space.select_none()
+        tail = tuple(ds.shape[1:])
         for a, b in runs:
             space.select_hyperslab((a, *(0,) * len(tail)), (b - a, *tail), op=h5py.h5s.SELECT_OR)
         return space
@@ -429,19 +432,19 @@ class CaptureWriter:
         tokens per sample the per-call overhead (held under the GIL) was most of the writer's time."""
         if any(b <= a for a, b in zip(samples, samples[1:])):
             raise ValueError("write_packed needs samples in increasing file order")
-        # one file selection (and row count) per row kind and dataset shape: ~50 row ranges, the same
-        # for every dataset of that shape; built per dataset they were 0.09 s of the writer's 0.65 s
-        # CPU per x7 capture (36 datasets x 11 batches), now 0.56-0.58 s in all
+        # the row ranges once per row kind and one file selection per dataset shape (~50 ranges, the
+        # same for every dataset of that shape); built per dataset they were 0.09 s of the writer's
+        # 0.65 s CPU per x7 capture (36 datasets x 11 batches), now 0.56-0.58 s in all
+        runs_of: dict[str, list[tuple[int, int]]] = {}
         selections: dict[tuple[str, tuple[int, ...]], h5py.h5s.SpaceID] = {}
-        n_rows_of: dict[str, int] = {}
         with self._writing():
             for path, t in arrays.items():
                 spec = self.specs[path]
                 ds = self.f[path]
-                offsets = self.row_offsets[spec.rows]
-                if spec.rows not in n_rows_of:
-                    n_rows_of[spec.rows] = int(sum(int(offsets[i + 1] - offsets[i]) for i in samples))
-                n_rows = n_rows_of[spec.rows]
+                if spec.rows not in runs_of:
+                    runs_of[spec.rows] = self._row_runs(samples, self.row_offsets[spec.rows])
+                runs = runs_of[spec.rows]
+                n_rows = sum(b - a for a, b in runs)
                 if int(t.shape[0]) != n_rows:
                     raise ValueError(f"{path}: {t.shape[0]} packed rows for samples holding {n_rows} tokens")
                 if spec.dtype == "activation" and isinstance(t, torch.Tensor):
@@ -463,7 +466,7 @@ class CaptureWriter:
                     continue
                 key = (spec.rows, ds.shape)
                 if key not in selections:
-                    selections[key] = self._file_selection(ds, samples, offsets)
+                    selections[key] = self._file_selection(ds, runs)
                 ds.id.write(h5py.h5s.create_simple(data.shape), selections[key], data)
             done = self.f[S.SAMPLES_DONE]
             rows = np.asarray(list(samples), dtype=np.int64)
