@@ -94,8 +94,18 @@ def test_float64_and_float32_from_each_storage_dtype(
         consumes = frozenset({"layers"})
 
         def on_layer(self, chunk: Any) -> None:
-            xa64, xb64 = chunk.float64()
-            seen.append((chunk.site, chunk.idx.copy(), chunk.dtype, xa64, xb64, chunk.xa, chunk.xb))
+            xa64, xb64 = chunk.float64()  # copies: the chunk's buffers are reused for later chunks
+            seen.append(
+                (
+                    chunk.site,
+                    chunk.idx.copy(),
+                    chunk.dtype,
+                    xa64.clone(),
+                    xb64.clone(),
+                    chunk.xa.clone(),
+                    chunk.xb.clone(),
+                )
+            )
 
         def finish(self, pair: Any) -> dict[str, Any]:
             return {}
@@ -222,9 +232,9 @@ def test_each_chunk_added_and_converted_once(tiny_capture_pair, monkeypatch: pyt
     update, pool = SimilarityAccumulator.update, SamplePooler.update
 
     def count(box: list[int], fn: Any, n: Any = lambda *a: 1) -> Any:
-        def wrapped(*args: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
             box[0] += n(*args)
-            return fn(*args)
+            return fn(*args, **kwargs)
 
         return wrapped
 

@@ -40,7 +40,10 @@ Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
 :func:`~driftkit.metrics.kl.rows_for_budget` over the bytes per vocabulary entry of the engine's own
 two blocks plus every consumer's declared scratch (:attr:`Analysis.logits_scratch_bytes`), so the
 whole pass stays within a fixed byte budget at any vocabulary and any number of tokens. The shared
-quantities' scratch is a few row slices (:data:`SLICE_BYTES` each), outside that budget.
+quantities' scratch is a few row slices (:data:`SLICE_BYTES` each), outside that budget. Both passes
+read (and the layers pass converts) every chunk into a few buffers reused in rotation
+(:class:`~driftkit.store.buffers.BufferRing`), so a pass's memory does not grow with the number of
+layers either; consumers keep nothing that aliases a chunk.
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from driftkit.comparing.read_ahead import read_ahead
+from driftkit.comparing.read_ahead import held_chunks, read_ahead
 from driftkit.metrics.kl import KLStats, kl_from_logits_, logits_into, rows_for_budget
 from driftkit.metrics.ranks import RankStats, rank_stats
 from driftkit.store import schema as S
+from driftkit.store.buffers import BufferRing, ChunkBuffers
 
 if TYPE_CHECKING:  # pragma: no cover
     from driftkit.comparing.pair import CapturePair
@@ -249,7 +253,9 @@ def _ranks(c: LogitsChunk) -> RankStats:
 
 
 class LayerChunk:
-    """A chunk of one layer's rows from both captures (what :meth:`Analysis.on_layer` gets); read-only.
+    """A chunk of one layer's rows from both captures (what :meth:`Analysis.on_layer` gets); read-only,
+    and valid only during the call: its rows and conversions live in buffers the pass reuses for a
+    later chunk (:mod:`driftkit.store.buffers`), so copy what you keep.
 
     The engine reads the rows in their storage dtype (float16, bfloat16 decoded from its bits, or
     float32) and converts them only when asked, once per chunk for every consumer: :attr:`xa` /
@@ -261,12 +267,22 @@ class LayerChunk:
     Per-chunk values several analyses need are memoised like :meth:`LogitsChunk.shared`:
     :meth:`shared`. Consumers with equal masks get the same chunk object, so they share its memo."""
 
-    def __init__(self, layer: int | str, site: str, idx: np.ndarray, xa: torch.Tensor, xb: torch.Tensor) -> None:
+    def __init__(
+        self,
+        layer: int | str,
+        site: str,
+        idx: np.ndarray,
+        xa: torch.Tensor,
+        xb: torch.Tensor,
+        buffers: tuple[ChunkBuffers, ChunkBuffers] | None = None,
+    ) -> None:
         self.layer = layer  # model layer index, or "embed"
         self.site = site  # HDF5 dataset path, e.g. "sites/residual.3"
         self.idx = idx  # (n,) token indices in the capture
         #: (n, d_a) / (n, d_b) rows as read (storage dtype); prefer :attr:`xa`, :attr:`xb`, :meth:`float64`
         self.rows_a, self.rows_b = xa, xb
+        #: where the conversions go: the pass's reused buffers for this chunk (A's, B's), or None (fresh)
+        self.buffers = buffers
         self.memo: dict[Hashable, Any] = {}
 
     def __len__(self) -> int:
@@ -320,12 +336,23 @@ class LayerChunk:
         return value
 
 
+def _converted(c: LayerChunk, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both captures' rows as ``dtype``: into the chunk's reused buffers when it has them."""
+    if c.buffers is None:
+        return c.rows_a.to(dtype), c.rows_b.to(dtype)
+    name = str(dtype)
+    return tuple(  # type: ignore[return-value]
+        rows if rows.dtype == dtype else buf.take(name, tuple(rows.shape), dtype).copy_(rows)
+        for rows, buf in ((c.rows_a, c.buffers[0]), (c.rows_b, c.buffers[1]))
+    )
+
+
 def _to_float32(c: LayerChunk) -> tuple[torch.Tensor, torch.Tensor]:
-    return c.rows_a.to(torch.float32), c.rows_b.to(torch.float32)
+    return _converted(c, torch.float32)
 
 
 def _to_float64(c: LayerChunk) -> tuple[torch.Tensor, torch.Tensor]:
-    return c.rows_a.to(torch.float64), c.rows_b.to(torch.float64)
+    return _converted(c, torch.float64)
 
 
 class LayerStore:
@@ -425,7 +452,8 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     total, done = int(union.sum()), 0
     names = ", ".join(an.name for an in consumers)
     read_time = [0.0]
-    blocks = read_ahead(pair.iter_pair(S.FINAL_HIDDEN, union), prepare=lambda it: (*it, *_targets(pair, it[0])))
+    hidden = pair.iter_pair(S.FINAL_HIDDEN, union, buffers=BufferRing(held_chunks()))  # no churn of chunk blocks
+    blocks = read_ahead(hidden, prepare=lambda it: (*it, *_targets(pair, it[0])))
     for idx, ha, hb, y_all, dom_all in _timed(blocks, read_time):
         for s in range(0, len(idx), rows):
             e = min(len(idx), s + rows)
@@ -497,11 +525,15 @@ def _layers_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
 
     end = object()  # marks the end of a layer's chunks in the stream
 
+    # every chunk is read (and converted) into one of a few buffers reused in rotation: fresh blocks
+    # per chunk fragmented the allocator's heaps, and the pass's memory grew with the layer count
+    ring = BufferRing(held_chunks())
+
     def chunks() -> Iterator[Any]:
         for layer, path, cons in plan:
             union = np.logical_or.reduce([masks[an.name] for an in cons])
-            for item in pair.iter_pair(path, union, dtype=None):
-                yield LayerChunk(layer, path, *item)
+            for item in pair.iter_pair(path, union, dtype=None, buffers=ring):
+                yield LayerChunk(layer, path, *item, buffers=ring.current)
             yield end
 
     read_time = [0.0]
@@ -590,9 +622,10 @@ def one_layer(
         # rows in their storage dtype: subsets are taken before any conversion, and each conversion is
         # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64()) or ahead of
         # time by the reader thread
-        if chunks is None:
-            items = _timed(pair.iter_pair(path, union, dtype=None), read_time)
-            chunks = (LayerChunk(layer, path, *item) for item in items)
+        if chunks is None:  # read here, one chunk at a time: one slot of buffers serves every chunk
+            ring = BufferRing(1)
+            items = _timed(pair.iter_pair(path, union, dtype=None, buffers=ring), read_time)
+            chunks = (LayerChunk(layer, path, *item, buffers=ring.current) for item in items)
         for chunk in chunks:
             _feed_layer(chunk, cons, group, distinct, clock)
             conversions.learn(chunk)

@@ -19,6 +19,7 @@ import torch
 
 from driftkit.errors import DriftkitError, IncompatibleCaptures, opt
 from driftkit.store import schema as S
+from driftkit.store.buffers import BufferRing, ChunkBuffers
 from driftkit.store.reader import POSITIONS, CaptureReader
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -336,16 +337,32 @@ class CapturePair:
         mask: np.ndarray | None = None,
         chunk_tokens: int | None = None,
         dtype: torch.dtype | None = torch.float32,
+        buffers: BufferRing | None = None,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """Yield ``(token_indices, rows_a, rows_b)`` of dataset ``path`` from both files, aligned,
-        in chunks; memory O(chunk x d). ``dtype=None``: rows in their storage dtype."""
+        in chunks; memory O(chunk x d). ``dtype=None``: rows in their storage dtype.
+
+        ``buffers``: each chunk is read into the ring's next slot (``buffers.current`` while it is
+        yielded; :mod:`driftkit.store.buffers`), so its rows are valid until that slot comes round
+        again; without it every chunk is a fresh tensor."""
         step = chunk_tokens or self.options.chunk_tokens
         if path.startswith(S.SITES_GROUP + "/") and self.layer_rows in ("pooled", "mixed"):
             return  # per-sample vectors: analyses read them with pooled_means (nothing per token to stream)
         if path.startswith(S.SITES_GROUP + "/") and self.sampled_mask is not None:
             mask = self.sampled_mask if mask is None else mask & self.sampled_mask
-        it_b = self.b.iter_chunks(path, step, mask, dtype)
-        for (idx, xa), (_idx_b, xb) in zip(self.a.iter_chunks(path, step, mask, dtype), it_b):
+        out_a = out_b = None
+        if buffers is not None:  # zip reads A's chunk first: it advances the ring, B's read takes the same slot
+            ring = buffers
+
+            def out_a() -> ChunkBuffers:
+                return ring.advance()[0]
+
+            def out_b() -> ChunkBuffers:
+                assert ring.current is not None
+                return ring.current[1]
+
+        it_b = self.b.iter_chunks(path, step, mask, dtype, out_b)
+        for (idx, xa), (_idx_b, xb) in zip(self.a.iter_chunks(path, step, mask, dtype, out_a), it_b):
             yield idx, xa, xb
 
     def next_token_ids(self, token_idx: np.ndarray) -> torch.Tensor:

@@ -24,6 +24,13 @@ T = TypeVar("T")
 _ITEM, _END, _ERROR = "item", "end", "error"
 
 
+def held_chunks(depth: int = 1) -> int:
+    """How many items a consumer of :func:`read_ahead` can see alive at once: the one in use, the
+    ``depth`` waiting in the queue and the one being produced. A :class:`~driftkit.store.buffers.
+    BufferRing` with this many slots hands a slot to a new item only after its previous item is done."""
+    return depth + 2
+
+
 def read_ahead(items: Iterator[T], depth: int = 1, prepare: Callable[[T], T] | None = None) -> Iterator[T]:
     """Yield ``items`` in order, produced (and passed through ``prepare``) on a background thread
     that keeps up to ``depth`` of them ready.

@@ -8,7 +8,7 @@ chunks so their memory never grows with the capture. Only the small per-sample i
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +19,7 @@ import torch
 
 from driftkit.errors import DriftkitError, interface, opt
 from driftkit.store import schema as S
+from driftkit.store.buffers import ChunkBuffers
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -48,10 +49,13 @@ _TORCH_DTYPES = {
 }
 
 
-def _read_into_torch(ds: h5py.Dataset, start: int, stop: int | None, bf16: bool) -> torch.Tensor | None:
-    """Rows ``[start, stop)`` of a float (or bfloat16-bits) dataset read into a fresh torch tensor of
-    the storage dtype (bfloat16 decoded from its bits), or None for other datasets (integers and
-    flags, which the caller reads through numpy as stored).
+def _read_into_torch(
+    ds: h5py.Dataset, start: int, stop: int | None, bf16: bool, out: ChunkBuffers | None = None
+) -> torch.Tensor | None:
+    """Rows ``[start, stop)`` of a float (or bfloat16-bits) dataset read into a torch tensor of the
+    storage dtype (bfloat16 decoded from its bits): a fresh one, or ``out``'s buffer ``"rows"``
+    (:mod:`driftkit.store.buffers`). None for other datasets (integers and flags, which the caller
+    reads through numpy as stored).
 
     Why not ``ds[start:stop]``: numpy asks the kernel for transparent huge pages for every large
     array (``madvise``), and on a virtual machine the first such arrays of a process cost several
@@ -62,15 +66,12 @@ def _read_into_torch(ds: h5py.Dataset, start: int, stop: int | None, bf16: bool)
         return None
     lo, hi, _ = slice(start, stop).indices(ds.shape[0])
     shape = (max(0, hi - lo), *ds.shape[1:])
-    if bf16:
-        out = torch.empty(shape, dtype=torch.bfloat16)
-        dest = out.view(torch.int16).numpy().view(np.uint16)
-    else:
-        out = torch.empty(shape, dtype=_TORCH_DTYPES[ds.dtype])
-        dest = out.numpy()
-    if out.numel():
+    dtype = torch.bfloat16 if bf16 else _TORCH_DTYPES[ds.dtype]
+    rows = torch.empty(shape, dtype=dtype) if out is None else out.take("rows", shape, dtype)
+    dest = rows.view(torch.int16).numpy().view(np.uint16) if bf16 else rows.numpy()
+    if rows.numel():
         ds.read_direct(dest, source_sel=np.s_[lo:hi])
-    return out
+    return rows
 
 
 @dataclass(frozen=True)
@@ -407,15 +408,26 @@ class CaptureReader:
         return self._f[path].attrs.get("dtype", "") in ("bfloat16", b"bfloat16")
 
     def read(
-        self, path: str, start: int = 0, stop: int | None = None, dtype: torch.dtype | None = torch.float32
+        self,
+        path: str,
+        start: int = 0,
+        stop: int | None = None,
+        dtype: torch.dtype | None = torch.float32,
+        out: ChunkBuffers | None = None,
     ) -> torch.Tensor:
         """Rows ``[start, stop)`` of a dataset as a torch tensor (bf16 bits decoded); ``dtype=None``
-        keeps the storage dtype (float16, bfloat16 or float32)."""
+        keeps the storage dtype (float16, bfloat16 or float32). With ``out``, float rows land in its
+        reused buffers (``"rows"`` as stored, ``"converted"`` for ``dtype``) instead of fresh
+        tensors: the result is then valid until ``out`` is used again."""
         ds = self._f[path]
         bf16 = self.is_bf16(path)
-        rows = _read_into_torch(ds, start, stop, bf16)
+        rows = _read_into_torch(ds, start, stop, bf16, out)
         if rows is not None:
-            return rows if dtype is None else rows.to(dtype)
+            if dtype is None or rows.dtype == dtype:
+                return rows
+            if out is None:
+                return rows.to(dtype)
+            return out.take("converted", tuple(rows.shape), dtype).copy_(rows)
         return torch.from_numpy(np.ascontiguousarray(ds[start:stop]))  # integers and flags, as stored
 
     def read_rows(self, path: str, rows: np.ndarray, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
@@ -434,10 +446,13 @@ class CaptureReader:
         chunk_tokens: int = 4096,
         mask: np.ndarray | None = None,
         dtype: torch.dtype | None = torch.float32,
+        buffers: Callable[[], ChunkBuffers] | None = None,
     ) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(token_indices, rows)`` over the dataset in contiguous chunks of ``chunk_tokens``,
         keeping only rows where ``mask`` is true. Memory is O(chunk_tokens x d). ``dtype=None``: rows
-        in their storage dtype (the mask is applied before any conversion)."""
+        in their storage dtype (the mask is applied before any conversion). ``buffers``: called once
+        per chunk read, gives the :class:`~driftkit.store.buffers.ChunkBuffers` it is read into (a
+        :class:`~driftkit.store.buffers.BufferRing` slot); without it each chunk is a fresh tensor."""
         # token rows, or for a sample:K dataset its rows' token positions (the masked tokens that were kept)
         positions = self.sampled_positions() if self._f[path].attrs.get("per") == "sampled" else None
         n_rows = self.n_tokens if positions is None else len(positions)
@@ -447,7 +462,7 @@ class CaptureReader:
             sel = None if mask is None else mask[idx]
             if sel is not None and not sel.any():
                 continue
-            block = self.read(path, start, stop, dtype)
+            block = self.read(path, start, stop, dtype, None if buffers is None else buffers())
             if sel is not None and not sel.all():  # an all-true mask (every token, the usual case) copies nothing
                 idx, block = idx[sel], block[torch.from_numpy(sel)]
             yield idx, block
