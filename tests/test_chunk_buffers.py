@@ -28,6 +28,12 @@ def test_chunk_buffers_reuse_grow_and_leave_large_blocks_fresh(monkeypatch: pyte
     assert z.shape == (8, 3) and buf.take("rows", (8, 3), torch.float16).data_ptr() == z.data_ptr()
     assert buf.take("f64", (8, 3), torch.float64).data_ptr() != z.data_ptr()  # one buffer per name
     assert buf.take("rows", (8, 3), torch.float32).dtype == torch.float32  # a new dtype replaces it
+    half = torch.randn(5, 3).half()
+    assert buf.converted("f32", half.float(), torch.float32).dtype == torch.float32
+    same = half.float()
+    assert buf.converted("f32", same, torch.float32) is same  # already that dtype: no copy
+    c1 = buf.converted("f64", half, torch.float64)
+    assert torch.equal(c1, half.double()) and buf.converted("f64", half, torch.float64).data_ptr() == c1.data_ptr()
     monkeypatch.setattr(B, "RING_MAX_BYTES", 64)
     big = [buf.take("big", (100,), torch.float32) for _ in range(2)]
     assert big[0].data_ptr() != big[1].data_ptr()  # above the limit: fresh every time

@@ -340,11 +340,8 @@ def _converted(c: LayerChunk, dtype: torch.dtype) -> tuple[torch.Tensor, torch.T
     """Both captures' rows as ``dtype``: into the chunk's reused buffers when it has them."""
     if c.buffers is None:
         return c.rows_a.to(dtype), c.rows_b.to(dtype)
-    name = str(dtype)
-    return tuple(  # type: ignore[return-value]
-        rows if rows.dtype == dtype else buf.take(name, tuple(rows.shape), dtype).copy_(rows)
-        for rows, buf in ((c.rows_a, c.buffers[0]), (c.rows_b, c.buffers[1]))
-    )
+    out_a, out_b = c.buffers
+    return out_a.converted(str(dtype), c.rows_a, dtype), out_b.converted(str(dtype), c.rows_b, dtype)
 
 
 def _to_float32(c: LayerChunk) -> tuple[torch.Tensor, torch.Tensor]:

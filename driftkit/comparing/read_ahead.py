@@ -26,8 +26,9 @@ _ITEM, _END, _ERROR = "item", "end", "error"
 
 def held_chunks(depth: int = 1) -> int:
     """How many items a consumer of :func:`read_ahead` can see alive at once: the one in use, the
-    ``depth`` waiting in the queue and the one being produced. A :class:`~driftkit.store.buffers.
-    BufferRing` with this many slots hands a slot to a new item only after its previous item is done."""
+    ``depth`` waiting in the queue and the one being produced. A buffer ring with this many slots
+    (:class:`~driftkit.store.buffers.BufferRing`) hands a slot to a new item only after its
+    previous item is done."""
     return depth + 2
 
 

@@ -3,11 +3,12 @@
 Why: compare reads every layer of two captures in chunks of a few MB each (a 4,096 x 576 float16
 chunk is 4.7 MB, its float64 copy 19 MB) on a reader thread, and the consumers free them on the
 main thread. glibc serves blocks of that size from its heaps (below its mmap threshold, which it
-raises up to 32 MiB as such blocks are freed) and never hands the freed holes back: on a 90-layer,
-d = 576 model the layers pass grew by ~8 MB per layer, from 514 MB to 1,279 MB resident, with
-under 1 MB of it in use at the end (``malloc_stats``). Reading into a few buffers that are reused
-in rotation keeps that memory flat whatever the layer count, and spares the page faults of fresh
-blocks (a fresh 19 MB block costs ~4,600 of them on first touch).
+raises up to 32 MiB as such blocks are freed) and never handed the freed holes back: on two
+90-layer, d = 576 captures the layers pass grew by 6.8 MB per layer, from 502 MB to 1,115 MB
+resident (``perf/compare_layers_memory.py``), and at the end the reader thread's heap held 875 MB
+with under 1 MB of it in use (``malloc_stats``). Reading into a few buffers that are reused in
+rotation keeps that memory flat whatever the layer count (+0.5 MB per layer), and spares the page
+faults of fresh blocks (a fresh 19 MB block costs ~4,600 of them on first touch).
 
 The contract that makes reuse safe: a chunk's buffers are reused for a later chunk, so a consumer
 reads a chunk while it has it and keeps nothing that aliases it (the same rule as for the logits
@@ -46,6 +47,12 @@ class ChunkBuffers:
         if buf is None or buf.dtype != dtype or buf.numel() < n:
             buf = self._bufs[name] = torch.empty(n, dtype=dtype)
         return buf[:n].view(shape)
+
+    def converted(self, name: str, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``rows`` as ``dtype``, copied into the buffer ``name`` (``rows`` itself if already so)."""
+        if rows.dtype == dtype:
+            return rows
+        return self.take(name, tuple(rows.shape), dtype).copy_(rows)
 
 
 class BufferRing:

@@ -423,11 +423,9 @@ class CaptureReader:
         bf16 = self.is_bf16(path)
         rows = _read_into_torch(ds, start, stop, bf16, out)
         if rows is not None:
-            if dtype is None or rows.dtype == dtype:
+            if dtype is None:
                 return rows
-            if out is None:
-                return rows.to(dtype)
-            return out.take("converted", tuple(rows.shape), dtype).copy_(rows)
+            return rows.to(dtype) if out is None else out.converted("converted", rows, dtype)
         return torch.from_numpy(np.ascontiguousarray(ds[start:stop]))  # integers and flags, as stored
 
     def read_rows(self, path: str, rows: np.ndarray, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
