@@ -8,9 +8,9 @@ fixture tokenizer, so a small vocabulary: the logits pass is negligible and the 
 is measured) are captured once on the bundled general-mix prompts x ``--repeat-prompts`` (x5: about
 18,000 tokens, 5 chunks of 4,096 tokens per layer), all layers. Each comparison
 (``--analyses``, default ``cka,pca_shift``) runs in a fresh process that samples its resident memory
-after every layer: the figure is the resident memory after the first layer, after the last, and the
-growth per layer between them, with the process's peak. A pass whose memory does not depend on the
-layer count grows by ~0 MB per layer.
+after every layer: the figures are the resident memory after the first layer, half way and after
+the last, the growth per layer over the second half (the first chunks fill the pass's buffers), and
+the process's peak. A pass whose memory does not depend on the layer count grows by ~0 MB per layer.
 """
 
 from __future__ import annotations
@@ -96,10 +96,12 @@ def main() -> None:
             raise SystemExit(proc.stderr)
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         rss = r["per_layer"]
-        growth = (rss[-1] - rss[0]) / max(1, len(rss) - 1)
+        half = len(rss) // 2  # the second half: past the first chunks, which fill the pass's buffers
+        growth = (rss[-1] - rss[half]) / max(1, len(rss) - 1 - half)
         print(
-            f"  [{label}] {len(rss)} layer sites: resident {rss[0]:.0f} MB after the first, {rss[-1]:.0f} MB after "
-            f"the last ({growth:+.1f} MB per layer); peak {r['peak']:.0f} MB; compare {r['wall']:.1f} s"
+            f"  [{label}] {len(rss)} layer sites: resident {rss[0]:.0f} MB after the first, {rss[half]:.0f} MB "
+            f"half way, {rss[-1]:.0f} MB after the last ({growth:+.1f} MB per layer over the second half); "
+            f"peak {r['peak']:.0f} MB; compare {r['wall']:.1f} s"
         )
 
 

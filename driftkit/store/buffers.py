@@ -4,11 +4,12 @@ Why: compare reads every layer of two captures in chunks of a few MB each (a 4,0
 chunk is 4.7 MB, its float64 copy 19 MB) on a reader thread, and the consumers free them on the
 main thread. glibc serves blocks of that size from its heaps (below its mmap threshold, which it
 raises up to 32 MiB as such blocks are freed) and never handed the freed holes back: on two
-90-layer, d = 576 captures the layers pass grew by 6.8 MB per layer, from 502 MB to 1,115 MB
-resident (``perf/compare_layers_memory.py``), and at the end the reader thread's heap held 875 MB
-with under 1 MB of it in use (``malloc_stats``). Reading into a few buffers that are reused in
-rotation keeps that memory flat whatever the layer count (+0.5 MB per layer), and spares the page
-faults of fresh blocks (a fresh 19 MB block costs ~4,600 of them on first touch).
+90-layer, d = 576 captures the layers pass grew from 502 MB resident after the first layer to
+1,115 MB after the last (504 -> 839 MB in another run; ``perf/compare_layers_memory.py``), and at
+the end the reader thread's heap held 875 MB with under 1 MB of it in use (``malloc_stats``).
+Reading into a few buffers that are reused in rotation keeps that memory flat whatever the layer
+count (469 -> 512 MB and 475 -> 490 MB), and spares the page faults of fresh blocks (a fresh 19 MB
+block costs ~4,600 of them on first touch).
 
 The contract that makes reuse safe: a chunk's buffers are reused for a later chunk, so a consumer
 reads a chunk while it has it and keeps nothing that aliases it (the same rule as for the logits
