@@ -76,6 +76,17 @@ def stand_in_captures(workdir: Path, repeat: int) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
+def peak_rss_mb() -> float:
+    """Peak RSS of this process image (VmHWM). Not ``ru_maxrss``: on Linux that survives exec and
+    so includes the RSS of the parent at fork time (the benchmark's parent may hold a model)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def use_source_tree(src: str) -> None:
     """Import driftkit from the checkout ``src`` (before anything imports it), bundled plugins,
     probes and CLI included, for before/after timings of two codes.

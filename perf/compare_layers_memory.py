@@ -32,8 +32,9 @@ def _rss_mb() -> float:
 
 
 def _child(a: str, b: str, analyses: str) -> None:
-    import resource
     import time
+
+    from _stand_ins import peak_rss_mb
 
     import driftkit
 
@@ -46,8 +47,7 @@ def _child(a: str, b: str, analyses: str) -> None:
     t = time.perf_counter()
     driftkit.compare([a, b], analyses=analyses.split(","), progress=progress)
     wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"wall": wall, "per_layer": per_layer, "peak": peak}))
+    print(json.dumps({"wall": wall, "per_layer": per_layer, "peak": peak_rss_mb()}))
 
 
 def _captures(workdir: Path, layers: int, repeat: int) -> tuple[Path, Path]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _stand_ins import stand_in_captures, use_source_tree
+from _stand_ins import peak_rss_mb, stand_in_captures, use_source_tree
 
 D = 576
 CHUNK = 4096
@@ -104,18 +103,9 @@ def _gram_cka(n: int) -> dict:
     return {"linear_cka": biased, "debiased_cka": debiased, "seconds": time.perf_counter() - t}
 
 
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process image (VmHWM). Not ``ru_maxrss``: on Linux that survives exec and
-    so includes the RSS of the parent at fork time (the benchmark's parent may hold a model)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _child(kind: str, n: int) -> None:
     out = {"stream": _stream_cka, "gram": _gram_cka}[kind](n)
-    out["peak_rss_mb"] = _peak_rss_mb()
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 
@@ -253,7 +243,7 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
             {
                 "seconds": wall,
                 "cpu_s": cpu,
-                "peak_rss_mb": _peak_rss_mb(),
+                "peak_rss_mb": peak_rss_mb(),
                 "per_analysis_s": body["seconds"],
                 "n_tokens": body["n_tokens"],
                 "n_samples": body["n_samples"],

@@ -601,10 +601,13 @@ def one_layer(
     read_time: list[float],
     chunks: Iterator[LayerChunk] | None = None,
     conversions: _Conversions | None = None,
+    buffers: BufferRing | None = None,
 ) -> None:
     """One layer for its consumers: ``start_layer``, every chunk to ``on_layer``, ``finish_layer``,
     with the layer's shared store (:class:`LayerStore`, ``pair.layer_shared``) open throughout.
-    ``chunks``: the layer's chunks as the layers pass reads them ahead (read here when None).
+    ``chunks``: the layer's chunks as the layers pass reads them ahead (read here when None, into
+    ``buffers``: one slot serves, since each chunk is read after the previous one is done; pass the
+    same ring for every layer so its buffers are allocated once).
 
     Shared by the one-process pass and the ``--jobs`` workers (driftkit.comparing.layer_jobs), so a
     layer is computed by the same code, in the same chunks, wherever it runs."""
@@ -619,8 +622,8 @@ def one_layer(
         # rows in their storage dtype: subsets are taken before any conversion, and each conversion is
         # made once per chunk, by the first consumer that asks (LayerChunk.xa / .float64()) or ahead of
         # time by the reader thread
-        if chunks is None:  # read here, one chunk at a time: one slot of buffers serves every chunk
-            ring = BufferRing(1)
+        if chunks is None:
+            ring = buffers or BufferRing(1)
             items = _timed(pair.iter_pair(path, union, dtype=None, buffers=ring), read_time)
             chunks = (LayerChunk(layer, path, *item, buffers=ring.current) for item in items)
         for chunk in chunks:

@@ -39,6 +39,7 @@ import torch
 from driftkit.comparing.engine import LAYERS, _Clock, _layers_pass, layer_sites_union, one_layer
 from driftkit.errors import DriftkitError
 from driftkit.registry.analysis import Analysis
+from driftkit.store.buffers import BufferRing
 
 if TYPE_CHECKING:  # pragma: no cover
     from driftkit.comparing.pair import CapturePair
@@ -116,6 +117,7 @@ def _init_worker(spec: dict[str, Any]) -> None:
         analyses=analyses,
         masks={an.name: an.layers_mask(pair) for an in analyses},
         wanted={an.name: list(an.layer_sites(pair)) for an in analyses},
+        buffers=BufferRing(1),  # the worker's chunk buffers, for every layer it takes
     )
 
 
@@ -124,7 +126,7 @@ def _run_layer(layer: int | str, path: str) -> tuple[dict[str, Any], dict[str, f
     w = _WORKER
     cons = [an for an in w["analyses"] if (layer, path) in w["wanted"][an.name]]
     clock, read = _Clock(), [0.0]
-    one_layer(w["pair"], layer, path, cons, w["masks"], clock, read)
+    one_layer(w["pair"], layer, path, cons, w["masks"], clock, read, buffers=w["buffers"])
     states = {an.name: an.layer_state(layer) for an in cons}
     return states, clock.own, read[0]
 

@@ -7,7 +7,7 @@ computes on chunk k: the reads then cost wall time only where they are slower th
 This is the compare-side twin of the capture's :class:`~driftkit.store.writer.BackgroundWriter`.
 
 Memory: ``depth`` chunks wait in the queue and one is being prepared, so a pass holds at most
-``depth + 2`` chunks (the one in use included) instead of one; the engine uses ``depth=1``.
+``depth + 2`` chunks (the one in use included) instead of one; the engine uses :data:`DEPTH` (1).
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ T = TypeVar("T")
 
 _ITEM, _END, _ERROR = "item", "end", "error"
 
+#: items the reader keeps ready by default (the engine's passes use it)
+DEPTH = 1
 
-def held_chunks(depth: int = 1) -> int:
+
+def held_chunks(depth: int = DEPTH) -> int:
     """How many items a consumer of :func:`read_ahead` can see alive at once: the one in use, the
     ``depth`` waiting in the queue and the one being produced. A buffer ring with this many slots
     (:class:`~driftkit.store.buffers.BufferRing`) hands a slot to a new item only after its
@@ -32,7 +35,7 @@ def held_chunks(depth: int = 1) -> int:
     return depth + 2
 
 
-def read_ahead(items: Iterator[T], depth: int = 1, prepare: Callable[[T], T] | None = None) -> Iterator[T]:
+def read_ahead(items: Iterator[T], depth: int = DEPTH, prepare: Callable[[T], T] | None = None) -> Iterator[T]:
     """Yield ``items`` in order, produced (and passed through ``prepare``) on a background thread
     that keeps up to ``depth`` of them ready.
 

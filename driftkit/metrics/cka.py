@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from driftkit.metrics.products import gram, rowdot
+from driftkit.store.buffers import ChunkBuffers
 
 _F64 = torch.float64
 
@@ -70,23 +71,19 @@ _SCRATCH = threading.local()
 _SCRATCH_MAX = 64 * 2**20
 
 
-def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor | None:
-    """A reusable buffer shaped like ``like`` for the chunk's centred rows (``slot`` 0: x, 1: y), or
-    None (a fresh tensor) when ``like`` is larger than :data:`_SCRATCH_MAX`.
+def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor:
+    """A reusable buffer shaped like ``like`` for the chunk's centred rows (``slot`` 0: x, 1: y), or a
+    fresh tensor when ``like`` is larger than :data:`_SCRATCH_MAX` (a thread's
+    :class:`~driftkit.store.buffers.ChunkBuffers`).
 
     Why: centring a 4096 x 576 float64 chunk into a fresh tensor took 9.3 ms, into a reused buffer
     0.9 ms; the difference is the page faults of a new 19 MB block on every chunk (the allocator
     returns blocks that large to the system). Per thread, so ``--jobs`` workers and threads each
     have their own; the buffers live as long as the thread (at most 2 x 64 MB)."""
-    if like.numel() * like.element_size() > _SCRATCH_MAX:
-        return None
     bufs = getattr(_SCRATCH, "bufs", None)
     if bufs is None:
-        bufs = _SCRATCH.bufs = {}
-    buf = bufs.get(slot)
-    if buf is None or buf.dtype != like.dtype or buf.device != like.device or buf.numel() < like.numel():
-        buf = bufs[slot] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
-    return buf[: like.numel()].view(like.shape)
+        bufs = _SCRATCH.bufs = ChunkBuffers(max_bytes=_SCRATCH_MAX)
+    return bufs.take(str(slot), tuple(like.shape), like.dtype, like.device)
 
 
 class _Stats:

@@ -35,18 +35,22 @@ class ChunkBuffers:
     """The named destination buffers of one ring slot (one capture's side of a chunk): ``take``
     returns a view of the buffer kept under ``name``, grown when a chunk needs more."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int | None = None) -> None:
         self._bufs: dict[str, torch.Tensor] = {}
+        #: requests above this many bytes get a fresh tensor (None: :data:`RING_MAX_BYTES`, read at use)
+        self.max_bytes = max_bytes
 
-    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised ``shape`` tensor of ``dtype``: the buffer ``name`` reused, or a fresh
-        tensor above :data:`RING_MAX_BYTES`."""
+    def take(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """An uninitialised ``shape`` tensor of ``dtype`` on ``device``: the buffer ``name`` reused,
+        or a fresh tensor above the size limit."""
         n = math.prod(shape)
-        if n * dtype.itemsize > RING_MAX_BYTES:
-            return torch.empty(shape, dtype=dtype)
+        if n * dtype.itemsize > (RING_MAX_BYTES if self.max_bytes is None else self.max_bytes):
+            return torch.empty(shape, dtype=dtype, device=device)
         buf = self._bufs.get(name)
-        if buf is None or buf.dtype != dtype or buf.numel() < n:
-            buf = self._bufs[name] = torch.empty(n, dtype=dtype)
+        if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.numel() < n:
+            buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=device)
         return buf[:n].view(shape)
 
     def converted(self, name: str, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
