@@ -7,6 +7,7 @@ import json
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from json_canon import canon
@@ -34,6 +35,15 @@ def test_chunk_buffers_reuse_grow_and_leave_large_blocks_fresh(monkeypatch: pyte
     assert buf.converted("f32", same, torch.float32) is same  # already that dtype: no copy
     c1 = buf.converted("f64", half, torch.float64)
     assert torch.equal(c1, half.double()) and buf.converted("f64", half, torch.float64).data_ptr() == c1.data_ptr()
+    # growing by a quarter at least: chunks of slowly rising size (masked chunks) re-allocate once
+    first = buf.take("masked", (100,), torch.float32)
+    grown = buf.take("masked", (101,), torch.float32)
+    assert grown.data_ptr() != first.data_ptr()
+    assert {buf.take("masked", (n,), torch.float32).data_ptr() for n in range(102, 126)} == {grown.data_ptr()}
+    capped = B.ChunkBuffers(max_bytes=4 * 110)  # never beyond the limit, whatever the quarter says
+    capped.take("x", (100,), torch.float32)
+    assert capped._bufs["x"].numel() == 100 and capped.take("x", (105,), torch.float32).shape == (105,)
+    assert capped._bufs["x"].numel() == 110
     monkeypatch.setattr(B, "RING_MAX_BYTES", 64)
     big = [buf.take("big", (100,), torch.float32) for _ in range(2)]
     assert big[0].data_ptr() != big[1].data_ptr()  # above the limit: fresh every time
@@ -64,6 +74,24 @@ def test_read_into_buffers_equals_a_fresh_read(tiny_capture_pair) -> None:
             assert again.data_ptr() == into.data_ptr() and torch.equal(again, r.read(site, 10, 30, dtype))
         hidden = r.read("final/hidden", 0, 25, out=out)
         assert torch.equal(hidden, r.read("final/hidden", 0, 25))
+
+
+def test_masked_chunks_land_in_the_slot_too(tiny_capture_pair) -> None:
+    """A chunk that a mask thins (the logits pass's predictive positions, --domains) is gathered into
+    the slot's buffers as well, with the same rows as a fresh boolean-indexed read: fresh gathers of a
+    few MB per chunk fragmented the heap, and compare's memory grew with the token count."""
+    a, _ = tiny_capture_pair
+    with CaptureReader(a) as r:
+        mask = np.arange(r.n_tokens) % 3 != 0
+        out = B.ChunkBuffers()
+        fresh = list(r.iter_chunks("final/hidden", 16, mask))
+        held, pointers = [], set()
+        for k, (idx, block) in enumerate(r.iter_chunks("final/hidden", 16, mask, buffers=lambda: out)):
+            assert np.array_equal(idx, fresh[k][0]) and torch.equal(block, fresh[k][1])
+            held.append(block)  # kept alive, so a fresh tensor could not take a freed one's address
+            pointers.add(block.data_ptr())
+        assert len(held) == len(fresh) > 2
+        assert len(pointers) == 1  # every chunk gathered into the one "selected" buffer
 
 
 class _Watcher(Analysis):
@@ -97,14 +125,19 @@ class _Watcher(Analysis):
         return {"chunks": self.chunks, "pointers": len(self.pointers), "bad": self.bad}
 
 
-def test_layers_pass_reuses_a_few_buffers_and_never_one_in_use(tiny_capture_pair) -> None:
+@pytest.mark.parametrize("domains", [None, ["math", "other"]], ids=["every-token", "masked"])
+def test_layers_pass_reuses_a_few_buffers_and_never_one_in_use(tiny_capture_pair, domains) -> None:
     a, b = tiny_capture_pair
     w = _Watcher()
-    out = driftkit.compare([a, b], analyses=[w, "cka"], positions="all", chunk_tokens=16).to_dict()
+    kw: dict[str, Any] = {"positions": "all", "chunk_tokens": 16, "domains": domains}
+    out = driftkit.compare([a, b], analyses=[w, "cka"], **kw).to_dict()
     res = out["analyses"]["watcher"]
     assert res["bad"] == []
-    assert res["chunks"] > 3 * held_chunks()  # several layers of several chunks each
-    assert res["pointers"] <= held_chunks()  # every chunk landed in one of the ring's buffers
+    # every chunk landed in one of the ring's buffers: one per slot, or two where a mask thins some
+    # chunks (rows as read when a chunk keeps all its rows, gathered rows when it does not)
+    bound = held_chunks() * (1 if domains is None else 2)
+    assert res["chunks"] > 3 * bound  # several layers of several chunks each
+    assert res["pointers"] <= bound
 
 
 def test_results_equal_with_fresh_chunks(tiny_capture_pair, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -51,9 +51,14 @@ class SamplePooler:
         self.counts.index_add_(0, idx, torch.ones_like(idx))
 
     def means(self) -> tuple[np.ndarray, np.ndarray]:
-        """(n_samples, d) means (NaN rows for samples without tokens) and (n_samples,) counts."""
+        """(n_samples, d) means (NaN rows for samples without tokens) and (n_samples,) counts.
+
+        One (n_samples, d) allocation, the result: the empty rows are set in place. A ``where`` over
+        a quotient and a NaN block made three, and these arrays are what grows with the number of
+        samples (3,600 samples x 576 float64 = 16.6 MB each, per capture and layer)."""
         c = self.counts.to(torch.float64).unsqueeze(1)
-        m = torch.where(c > 0, self.sums / c.clamp_min(1), torch.full_like(self.sums, float("nan")))
+        m = self.sums / c.clamp_min(1)
+        m[self.counts == 0] = float("nan")
         return m.numpy(), self.counts.numpy()
 
 

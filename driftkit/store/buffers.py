@@ -44,13 +44,21 @@ class ChunkBuffers:
         self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """An uninitialised ``shape`` tensor of ``dtype`` on ``device``: the buffer ``name`` reused,
-        or a fresh tensor above the size limit."""
+        or a fresh tensor above the size limit.
+
+        A buffer that must grow grows by at least a quarter (up to the limit): masked chunks have a
+        different row count each, and growing to each new maximum exactly re-allocated a slot's
+        buffers chunk after chunk, the churn the buffers exist to stop."""
         n = math.prod(shape)
-        if n * dtype.itemsize > (RING_MAX_BYTES if self.max_bytes is None else self.max_bytes):
+        limit = RING_MAX_BYTES if self.max_bytes is None else self.max_bytes
+        if n * dtype.itemsize > limit:
             return torch.empty(shape, dtype=dtype, device=device)
         buf = self._bufs.get(name)
-        if buf is None or buf.dtype != dtype or buf.device != torch.device(device) or buf.numel() < n:
+        if buf is None or buf.dtype != dtype or buf.device != torch.device(device):
             buf = self._bufs[name] = torch.empty(n, dtype=dtype, device=device)
+        elif buf.numel() < n:
+            grown = max(n, min(buf.numel() + buf.numel() // 4, limit // dtype.itemsize))
+            buf = self._bufs[name] = torch.empty(grown, dtype=dtype, device=device)
         return buf[:n].view(shape)
 
     def converted(self, name: str, rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -450,7 +450,8 @@ class CaptureReader:
         keeping only rows where ``mask`` is true. Memory is O(chunk_tokens x d). ``dtype=None``: rows
         in their storage dtype (the mask is applied before any conversion). ``buffers``: called once
         per chunk read, gives the :class:`~driftkit.store.buffers.ChunkBuffers` it is read into (a
-        :class:`~driftkit.store.buffers.BufferRing` slot); without it each chunk is a fresh tensor."""
+        :class:`~driftkit.store.buffers.BufferRing` slot), and gathered into when the mask drops some
+        of its rows; without it each chunk is a fresh tensor."""
         # token rows, or for a sample:K dataset its rows' token positions (the masked tokens that were kept)
         positions = self.sampled_positions() if self._f[path].attrs.get("per") == "sampled" else None
         n_rows = self.n_tokens if positions is None else len(positions)
@@ -460,9 +461,17 @@ class CaptureReader:
             sel = None if mask is None else mask[idx]
             if sel is not None and not sel.any():
                 continue
-            block = self.read(path, start, stop, dtype, None if buffers is None else buffers())
+            out = None if buffers is None else buffers()
+            block = self.read(path, start, stop, dtype, out)
             if sel is not None and not sel.all():  # an all-true mask (every token, the usual case) copies nothing
-                idx, block = idx[sel], block[torch.from_numpy(sel)]
+                keep = np.flatnonzero(sel)
+                idx, rows = idx[keep], torch.from_numpy(keep)
+                if out is None:
+                    block = block[rows]
+                else:  # into the slot too: fresh copies of a few MB per chunk fragmented the heap
+                    # sized as the whole chunk, so a later chunk that keeps more rows fits as well
+                    kept = out.take("selected", tuple(block.shape), block.dtype)[: len(keep)]
+                    block = torch.index_select(block, 0, rows, out=kept)
             yield idx, block
 
     def unembedding(self, dtype: torch.dtype = torch.float32) -> Unembedding:

@@ -84,7 +84,12 @@ class PCAShiftAnalysis(Analysis):
                 continue
             pt = layer_point(fa[rows], fb[rows])
             self._points[d].append({"layer": layer, **pt, "distance": layer_distance(pt)})
-        angles = principal_angles(fa[valid], fb[valid], k) if valid.sum() >= 2 else np.zeros(0)
+        if valid.sum() < 2:
+            angles = np.zeros(0)
+        elif valid.all():  # every sample: no (samples x d) copies of the two arrays
+            angles = principal_angles(fa, fb, k)
+        else:
+            angles = principal_angles(fa[valid], fb[valid], k)
         self._layers.append(
             {
                 "layer": layer,
