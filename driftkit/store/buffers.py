@@ -9,7 +9,9 @@ raises up to 32 MiB as such blocks are freed) and never handed the freed holes b
 the end the reader thread's heap held 875 MB with under 1 MB of it in use (``malloc_stats``).
 Reading into a few buffers that are reused in rotation keeps that memory flat whatever the layer
 count (469 -> 512 MB and 475 -> 490 MB), and spares the page faults of fresh blocks (a fresh 19 MB
-block costs ~4,600 of them on first touch).
+block costs ~4,600 of them on first touch). The rows a mask keeps are gathered into the slot as
+well (a fresh 8 MB gather per chunk grew an x40 logits pass from 795 to 829 MB), so the memory is
+flat in the token count too.
 
 The contract that makes reuse safe: a chunk's buffers are reused for a later chunk, so a consumer
 reads a chunk while it has it and keeps nothing that aliases it (the same rule as for the logits
