@@ -289,3 +289,17 @@ def test_sampled_captures_draw_the_lens_positions_among_the_stored_rows(models, 
     res = rep.body["analyses"]
     assert res["logit_lens"]["n_positions"] == stored - 2
     assert res["logit_lens"]["rows"] == res["similarity"]["rows"] == "sampled:6"
+
+
+def test_unembeddings_are_read_at_the_first_layer_not_at_start(captures) -> None:
+    """The logits pass runs between an analysis's ``start`` and its first layer and holds its own
+    pair of unembeddings (2 x 113 MB at V = 49,152): the lens reads its pair at its first layer, so the
+    two are never resident together (the default comparison peaked 80 MB over 1 GB at x5 otherwise)."""
+    an = _lens_cls()()
+    with CaptureReader(captures[0]) as ra, CaptureReader(captures[1]) as rb:
+        pair = CapturePair(ra, rb, CompareOptions())
+        an.start(pair)
+        assert an._un == ()
+        layer, site = pair.layer_sites()[1]
+        an.start_layer(pair, layer, site)
+        assert len(an._un) == 2 and torch.equal(an._un[0].weight, ra.unembedding().weight)

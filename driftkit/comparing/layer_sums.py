@@ -77,8 +77,12 @@ class SampleSums:
         self.pools[1].update(s, xb)
 
     def means(self) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-        """``((means_a, counts_a), (means_b, counts_b))``, as :meth:`SamplePooler.means`."""
-        return self.pools[0].means(), self.pools[1].means()
+        """``((means_a, counts_a), (means_b, counts_b))``, as :meth:`SamplePooler.means`, computed
+        once in the sums' memory and shared by every consumer, read-only
+        (:meth:`SamplePooler.finish_means`; ask in ``finish_layer``, after the last chunk). They are
+        what grows with the sample count: one copy per capture instead of a copy per consumer on top
+        of the sums."""
+        return self.pools[0].finish_means(), self.pools[1].finish_means()
 
 
 def sample_sums(pair: CapturePair, site: str, mask: np.ndarray) -> SampleSums:
