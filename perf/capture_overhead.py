@@ -181,7 +181,8 @@ def main() -> None:
                 # the variant's file from the previous round goes first, outside the timing: otherwise
                 # the capture (--overwrite) and the hand-written baseline (h5py mode "w") each pay for
                 # deleting a 300-460 MB file (0.25 s measured), which a first capture does not
-                outputs.get(name, tmp / "none").unlink(missing_ok=True)
+                if name in outputs:
+                    outputs[name].unlink(missing_ok=True)
                 cpu[-1] = cpus[(t, name)]
                 times[(t, name)].append(timed(fn))
                 print(

@@ -61,10 +61,14 @@ class SamplePooler:
         samples (3,600 samples x 576 float64 = 16.6 MB each, per capture and layer)."""
         if self._finished is not None:
             return self._finished
-        c = self.counts.to(torch.float64).unsqueeze(1)
-        m = self.sums / c.clamp_min(1)
-        m[self.counts == 0] = float("nan")
-        return m.numpy(), self.counts.numpy()
+        return self._means_into(torch.empty_like(self.sums)).numpy(), self.counts.numpy()
+
+    def _means_into(self, out: torch.Tensor) -> torch.Tensor:
+        """The sums over the counts written into ``out`` (the sums themselves may be ``out``), NaN
+        rows where a sample has no token."""
+        torch.div(self.sums, self.counts.to(torch.float64).unsqueeze(1).clamp_min(1), out=out)
+        out[self.counts == 0] = float("nan")
+        return out
 
     def finish_means(self) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`means` computed in the sums' own memory, once, as read-only arrays (the same
@@ -72,9 +76,7 @@ class SamplePooler:
         (the compare engine's per-layer store): no (n_samples, d) copy per consumer, and writing to
         the shared arrays raises instead of changing another consumer's input."""
         if self._finished is None:
-            self.sums.div_(self.counts.to(torch.float64).unsqueeze(1).clamp_min(1))
-            self.sums[self.counts == 0] = float("nan")
-            m, c = self.sums.numpy(), self.counts.numpy()
+            m, c = self._means_into(self.sums).numpy(), self.counts.numpy()
             m.flags.writeable = c.flags.writeable = False
             self._finished = (m, c)
         return self._finished
