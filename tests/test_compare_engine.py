@@ -334,13 +334,14 @@ def test_kernels_on_row_slices_equal_whole_block(monkeypatch: pytest.MonkeyPatch
     masked entry (the float64 fallback row) in the last slice, the kernel picks its formula for B's
     probabilities per slice instead of per block: the other rows then agree to float32 rounding."""
     from driftkit.comparing import engine as E
+    from driftkit.metrics import kl as K
     from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_
     from driftkit.metrics.ranks import rank_stats
 
     vocab = 64
-    monkeypatch.setattr(E, "SLICE_BYTES", 3 * 4 * vocab)  # 3 rows a slice, whatever the thread count:
-    monkeypatch.setattr(E, "SLICE_MAX_THREADS", 1)  # slices grow with threads only up to this count
-    assert E._slices(8, vocab) == [(0, 3), (3, 6), (6, 8)]
+    monkeypatch.setattr(K, "SLICE_BYTES", 3 * 4 * vocab)  # 3 rows a slice, whatever the thread count:
+    monkeypatch.setattr(K, "SLICE_MAX_THREADS", 1)  # slices grow with threads only up to this count
+    assert K.row_slices(8, vocab) == [(0, 3), (3, 6), (6, 8)]
     g = torch.Generator().manual_seed(1)
     la = torch.randn(8, vocab, generator=g) * 3
     lb = la + 1e-3 * torch.randn(8, vocab, generator=g)

@@ -303,3 +303,25 @@ def test_unembeddings_are_read_at_the_first_layer_not_at_start(captures) -> None
         layer, site = pair.layer_sites()[1]
         an.start_layer(pair, layer, site)
         assert len(an._un) == 2 and torch.equal(an._un[0].weight, ra.unembedding().weight)
+
+
+def test_kernel_runs_on_row_slices_of_its_blocks(captures, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lens runs its KL kernel on cache-sized row slices of each (rows, V) logits block, with
+    scratch for one slice (as the logits pass does): slices of 3 rows over blocks of 8 positions give
+    the numbers of one slice per block, to float32 rounding (the layer means sum per block)."""
+    from driftkit.metrics import kl as K
+
+    opts = {"logit_lens": {"max_positions": 0, "chunk": 8}}
+    whole = compare(list(captures), analyses=["logit_lens"], positions="all", options=opts)
+    with CaptureReader(captures[0]) as r:
+        vocab = int(r.unembedding().weight.shape[0])
+    assert len(K.row_slices(8, vocab)) == 1
+    monkeypatch.setattr(K, "SLICE_BYTES", 3 * 4 * vocab)
+    monkeypatch.setattr(K, "SLICE_MAX_THREADS", 1)
+    assert K.row_slices(8, vocab) == [(0, 3), (3, 6), (6, 8)]
+    sliced = compare(list(captures), analyses=["logit_lens"], positions="all", options=opts)
+    a, b = whole.body["analyses"]["logit_lens"], sliced.body["analyses"]["logit_lens"]
+    assert a["n_positions"] == b["n_positions"] > 8
+    for ea, eb in zip(a["layers"], b["layers"], strict=True):
+        for key in ("kl_forward", "kl_reverse", "js"):
+            assert eb[key] == pytest.approx(ea[key], rel=1e-6, abs=1e-12), (ea["layer"], key)

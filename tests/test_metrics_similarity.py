@@ -4,6 +4,7 @@ an explicit SVD for Procrustes, brute-force k-NN by argsort over the full simila
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -192,6 +193,27 @@ def test_mutual_knn_equals_brute_force() -> None:
         assert np.array_equal(knn_indices(torch.from_numpy(a), k, block=7).numpy(), ka)
     with pytest.raises(ValueError, match="k <= n - 1"):
         mutual_knn(torch.from_numpy(a), torch.from_numpy(b), 80)
+
+
+def test_knn_in_row_blocks_from_read_only_means(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default blocks follow from the sample count (here 23 rows of 300, so 14 blocks, the last
+    partial) and give the argsort's neighbours, ties included; a read-only numpy array (the shared
+    per-sample means) is read without a copy and without torch's non-writable warning."""
+    from driftkit.metrics import similarity as S
+
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(300, 16))
+    a[[40, 41, 250]] = a[7]  # sample 7's three nearest neighbours tie: the lower indices come first
+    ref = _knn_brute(a, 6)
+    monkeypatch.setattr(S, "KNN_BLOCK_ELEMENTS", 300 * 23)
+    means = a.copy()
+    means.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = knn_indices(means, 6).numpy()
+    assert np.array_equal(got, ref)
+    assert got[7, :3].tolist() == [40, 41, 250]
+    assert np.array_equal(knn_indices(torch.from_numpy(a), 6, block=300).numpy(), ref)
 
 
 def test_knn_ties_are_broken_by_lower_index() -> None:

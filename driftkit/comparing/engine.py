@@ -23,9 +23,9 @@ and memoised on the chunk (:meth:`LogitsChunk.kl`, :meth:`LogitsChunk.ranks`, an
 :meth:`LogitsChunk.shared` for any other per-block value). The standard ones never overwrite the
 blocks (the KL kernel runs on the pass's own scratch, :data:`SHARED_QUANTITIES`), so the order of
 the read-only consumers does not matter (their scratch, declared in :attr:`Analysis.logits_shared`,
-is allocated once for the pass: a few row slices, see :func:`_slices`). A scratch consumer asks
-before it overwrites its blocks: every one but the last works on a copy, which keeps the block's
-memo. Their time is reported as a shared pass split between the analyses that asked for them.
+is allocated once for the pass: a few row slices, see :func:`~driftkit.metrics.kl.row_slices`). A
+scratch consumer asks before it overwrites its blocks: every one but the last works on a copy, which
+keeps the block's memo. Their time is reported as a shared pass split between the analyses that asked for them.
 
 Reading ahead: both passes read their next chunk on a reader thread (:func:`read_ahead`) while the
 consumers compute on the current one, and the layers pass converts it there too.
@@ -40,10 +40,10 @@ Memory: the blocks hold ``rows`` positions, where ``rows`` comes from
 :func:`~driftkit.metrics.kl.rows_for_budget` over the bytes per vocabulary entry of the engine's own
 two blocks plus every consumer's declared scratch (:attr:`Analysis.logits_scratch_bytes`), so the
 whole pass stays within a fixed byte budget at any vocabulary and any number of tokens. The shared
-quantities' scratch is a few row slices (:data:`SLICE_BYTES` each), outside that budget. Both passes
-read (and the layers pass converts) every chunk into a few buffers reused in rotation
-(:class:`~driftkit.store.buffers.BufferRing`), so a pass's memory does not grow with the number of
-layers either; consumers keep nothing that aliases a chunk.
+quantities' scratch is a few row slices (:data:`~driftkit.metrics.kl.SLICE_BYTES` each), outside
+that budget. Both passes read (and the layers pass converts) every chunk into a few buffers reused in
+rotation (:class:`~driftkit.store.buffers.BufferRing`), so a pass's memory does not grow with the
+number of layers either; consumers keep nothing that aliases a chunk.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from driftkit.comparing.read_ahead import held_chunks, read_ahead
-from driftkit.metrics.kl import KLStats, kl_from_logits_, logits_into, rows_for_budget
+from driftkit.metrics.kl import KLStats, kl_from_logits_, logits_into, row_slices, rows_for_budget
 from driftkit.metrics.ranks import RankStats, rank_stats
 from driftkit.store import schema as S
 from driftkit.store.buffers import BufferRing, ChunkBuffers
@@ -72,8 +72,8 @@ CONSUMABLE = (LOGITS, LAYERS)
 
 #: byte budget of the logits pass's (rows, V) blocks: the engine's two float32 blocks plus the
 #: consumers' declared scratch (512 positions at V = 49,152 for kl + token_rank, whose kernels work
-#: on small row slices, :func:`_slices`). With the two float32 unembeddings of a 49k x 576 model
-#: (226 MB) and the ~410 MB the imports take, a whole comparison stays under 1 GB. The logit matmuls
+#: on small row slices, :func:`~driftkit.metrics.kl.row_slices`). With the two float32 unembeddings of
+#: a 49k x 576 model (226 MB) and the ~410 MB the imports take, a whole comparison stays under 1 GB. The logit matmuls
 #: run ~7% faster per row at 512 rows than at 227 (one core, V = 49,152); beyond 512 they gain nothing.
 LOGITS_BUDGET = 256 * 2**20
 
@@ -195,33 +195,9 @@ class LogitsChunk:
         return self.shared("ranks", _ranks)
 
 
-#: bytes of one float32 (rows, V) row slice the per-position kernels work on at a time, per torch
-#: thread (measured per 512 x 49,152 block: 1 thread 184 ms at 2 MB, 190 at 4; 2 threads 139 ms at
-#: 2 MB, 116 at 4, 122 at 8)
-SLICE_BYTES = 2 * 2**20
-#: thread count beyond which slices stop growing: the shared scratch (four slice-sized arrays, outside
-#: LOGITS_BUDGET) stays within 4 x 16 MiB on a many-core machine
-SLICE_MAX_THREADS = 8
-
-
-def _slices(n: int, vocab: int) -> list[tuple[int, int]]:
-    """Row ranges of a block for the per-position kernels (:func:`_kl`, :func:`_ranks`).
-
-    Why slice: each kernel makes 5 to 15 element-wise passes over its rows. Over a whole
-    (227, 49,152) block (45 MB per array) every pass streams from memory; over 10-row slices (2 MB
-    per array; the kernel's 6 arrays fit in L3, and every slice reuses the same scratch rows) the
-    later passes hit cache. Measured on one core: KL 81 -> 61 ms and ranks 25 -> 15 ms per block.
-    Every quantity is per row, so the numbers are the same, except that the KL kernel picks its
-    formula for B's probabilities per slice rather than per block where a row has logits far below
-    its maximum (masked vocabulary): the rows beside it then differ by float32 rounding."""
-    per_array = SLICE_BYTES * min(torch.get_num_threads(), SLICE_MAX_THREADS)
-    step = max(1, per_array // (4 * max(vocab, 1)))
-    return [(s, min(n, s + step)) for s in range(0, n, step)]
-
-
 def _kl(c: LogitsChunk) -> KLStats:
     n, vocab = c.logits_a.shape
-    slices = _slices(n, vocab)
+    slices = row_slices(n, vocab)
     d, ea, eb, em = c._scratch(SHARED_QUANTITIES["kl"], slices[0][1] if slices else 0)
     parts = [
         kl_from_logits_(
@@ -243,7 +219,7 @@ def _kl(c: LogitsChunk) -> KLStats:
 
 def _ranks(c: LogitsChunk) -> RankStats:
     n, vocab = c.logits_a.shape
-    slices = _slices(n, vocab)
+    slices = row_slices(n, vocab)
     (scratch,) = c._scratch(SHARED_QUANTITIES["ranks"], slices[0][1] if slices else 0)
     parts = [rank_stats(c.logits_a[s:e], c.logits_b[s:e], c.next_ids[s:e], scratch[: e - s]) for s, e in slices]
     if len(parts) == 1:
@@ -444,7 +420,7 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     rows = rows_for_budget(vocab, min(int(an.max_logits_rows()) for an in consumers), per_entry, LOGITS_BUDGET)
     la_buf, lb_buf = torch.empty(rows, vocab), torch.empty(rows, vocab)
     spare = (torch.empty(rows, vocab), torch.empty(rows, vocab)) if n_copies else None
-    work = _SharedWork(_slices(rows, vocab)[0][1], vocab, n_work)  # scratch for one row slice
+    work = _SharedWork(row_slices(rows, vocab)[0][1], vocab, n_work)  # scratch for one row slice
     shared = time.perf_counter() - t0
     total, done = int(union.sum()), 0
     names = ", ".join(an.name for an in consumers)

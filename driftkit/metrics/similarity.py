@@ -35,8 +35,10 @@ All layer measures come from the one streaming pass of :class:`~driftkit.metrics
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from driftkit.metrics.cka import StreamingCKA, _Stats, cka_from_sums
@@ -203,25 +205,50 @@ def dominant_features(stats_diag: torch.Tensor, k: int) -> tuple[float, list[int
     return share, [int(i) for i in order]
 
 
-def knn_indices(feats: torch.Tensor, k: int, block: int = 1024) -> torch.Tensor:
+#: float64 similarities in one row block of the k-NN (2^20: 8 MB). The block's rows follow from the
+#: sample count, so the k-NN's transient memory stays the same however many samples there are.
+KNN_BLOCK_ELEMENTS = 1 << 20
+
+
+def _read_only_tensor(x: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``x`` as a tensor without a copy. Why: the per-sample means are shared between analyses as
+    read-only numpy arrays (:meth:`~driftkit.metrics.pca.SamplePooler.finish_means`), and torch wraps
+    those with a warning that writing to them is undefined; the k-NN only reads its input."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.from_numpy(x)
+    return torch.as_tensor(x)
+
+
+def knn_indices(feats: torch.Tensor | np.ndarray, k: int, block: int | None = None) -> torch.Tensor:
     """(n, k) indices of each row's k nearest rows by cosine similarity, itself excluded; ties go
     to the lower index (a stable sort of the negated similarities). Rows of zeros have similarity 0
-    to everything. Row blocks keep memory at O(block x n)."""
-    f = torch.as_tensor(feats).to(_F64)
+    to everything.
+
+    Memory: the rows are normalised into one (n, d) copy, and the similarities are taken ``block``
+    rows at a time (default: :data:`KNN_BLOCK_ELEMENTS` // n rows), negated in place and sorted, so
+    at most three (block, n) arrays live at once (the similarities, the sorted values and their
+    indices), 8 MB each. With a fixed 1,024-row block there were four (the negation was a copy),
+    29 MB each at 3,600 samples."""
+    f = _read_only_tensor(feats).to(_F64)
     norms = f.norm(dim=1, keepdim=True)
-    f = torch.where(norms > 0, f / norms.clamp_min(1e-300), torch.zeros_like(f))
+    f = f / norms.clamp_min(1e-300)  # a new array: ``feats`` may be means other analyses share
+    f[~(norms[:, 0] > 0)] = 0.0  # rows of zeros (and NaN rows) match nothing
     n = f.shape[0]
+    block = max(1, KNN_BLOCK_ELEMENTS // max(n, 1)) if block is None else block
     out = torch.empty(n, k, dtype=torch.int64)
     for s in range(0, n, block):
         e = min(n, s + block)
-        sim = f[s:e] @ f.T
+        sim = torch.mm(f[s:e], f.T).neg_()  # ascending order of -similarity: nearest first
         rows = torch.arange(e - s)
-        sim[rows, rows + s] = -math.inf
-        out[s:e] = torch.sort(-sim, dim=1, stable=True).indices[:, :k]
+        sim[rows, rows + s] = math.inf  # itself last
+        out[s:e] = torch.sort(sim, dim=1, stable=True).indices[:, :k]
+        del sim
     return out
 
 
-def mutual_knn(feats_a: torch.Tensor, feats_b: torch.Tensor, k: int) -> float:
+def mutual_knn(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray, k: int) -> float:
     """platonic-rep's mutual k-NN alignment of two (n, d) sets of per-sample vectors (same samples,
     same order): mean over samples of ``|knn_A(i) & knn_B(i)| / k``. ``k`` must be in [1, n - 1]."""
     n = feats_a.shape[0]

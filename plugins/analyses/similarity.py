@@ -135,7 +135,8 @@ class SimilarityAnalysis(Analysis):
             if k < int(self.opts["k"]) and self._k_used is None:
                 self._notes.append(f"mutual k-NN: k clipped from {self.opts['k']} to {k} ({n_s} samples)")
             self._k_used = k
-            knn = 1.0 if acc.identical else mutual_knn(torch.from_numpy(ma[keep]), torch.from_numpy(mb[keep]), k)
+            rows = slice(None) if keep.all() else keep  # every sample: the shared means themselves, no copies
+            knn = 1.0 if acc.identical else mutual_knn(ma[rows], mb[rows], k)
         elif not any("mutual k-NN" in x for x in self._notes):
             self._notes.append(f"mutual k-NN: skipped ({n_s} sample(s) with selected tokens; it needs 2)")
         self._n, self._n_samples = r.n, n_s
