@@ -76,6 +76,16 @@ def stand_in_captures(workdir: Path, repeat: int) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
+def rss_mb() -> float:
+    """Resident memory of this process now (VmRSS), in MiB: what the interpreter and the libraries
+    already imported hold, read before a measured step so that its peak can be told apart from them
+    (they differ between builds and versions of torch and numpy)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def peak_rss_mb() -> float:
     """Peak RSS of this process image (VmHWM). Not ``ru_maxrss``: on Linux that survives exec and
     so includes the RSS of the parent at fork time (the benchmark's parent may hold a model)."""

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _stand_ins import peak_rss_mb, stand_in_captures, use_source_tree
+from _stand_ins import peak_rss_mb, rss_mb, stand_in_captures, use_source_tree
 
 D = 576
 CHUNK = 4096
@@ -232,6 +232,7 @@ def _unavoidable(a: str, b: str, chunk_tokens: int, rows: int = 512) -> dict:
 def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
     import driftkit
 
+    before = rss_mb()  # Python, torch and driftkit, before the comparison imports its analyses
     t, c = time.perf_counter(), time.process_time()
     names = os.environ.get("DRIFTKIT_BENCH_ANALYSES", ISSUE_ANALYSES)
     analyses = None if names == "default" else names.split(",")
@@ -244,6 +245,7 @@ def _compare_child(a: str, b: str, chunk_tokens: str) -> None:
                 "seconds": wall,
                 "cpu_s": cpu,
                 "peak_rss_mb": peak_rss_mb(),
+                "rss_before_mb": before,
                 "per_analysis_s": body["seconds"],
                 "n_tokens": body["n_tokens"],
                 "n_samples": body["n_samples"],
@@ -302,7 +304,9 @@ def bench_compare(
                     f"(logits {u['logits_s']:.1f} s + CKA products {u['cka_products_s']:.1f} s) -> ratio "
                     f"{r['seconds'] / u['total_s']:.2f}; CPU time {r['cpu_s']:.1f} s vs {u['total_cpu_s']:.1f} s "
                     f"(logits {u['logits_cpu_s']:.1f} + CKA {u['cka_products_cpu_s']:.1f}) -> CPU ratio "
-                    f"{r['cpu_s'] / u['total_cpu_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB; load {r['load']:.1f}",
+                    f"{r['cpu_s'] / u['total_cpu_s']:.2f}; peak RSS {r['peak_rss_mb']:.0f} MB "
+                    f"({r['rss_before_mb']:.0f} MB before the comparison: Python, torch, driftkit); "
+                    f"load {r['load']:.1f}",
                     flush=True,
                 )
                 ratios.setdefault((label, rep_count), []).append(
