@@ -176,7 +176,9 @@ def test_fourth_moments_are_optional() -> None:
 
 
 def _knn_brute(f: np.ndarray, k: int) -> np.ndarray:
-    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    norms = np.linalg.norm(f, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # an inf entry normalises to NaN, as in knn_indices
+        f = np.divide(f, norms, out=np.zeros_like(f), where=norms > 0)  # rows of zeros: similarity 0
     sim = f @ f.T
     np.fill_diagonal(sim, -np.inf)
     return np.argsort(-sim, axis=1, kind="stable")[:, :k]
@@ -214,6 +216,30 @@ def test_knn_in_row_blocks_from_read_only_means(monkeypatch: pytest.MonkeyPatch)
     assert np.array_equal(got, ref)
     assert got[7, :3].tolist() == [40, 41, 250]
     assert np.array_equal(knn_indices(torch.from_numpy(a), 6, block=300).numpy(), ref)
+
+
+def test_knn_many_ties_take_the_lowest_indices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The k nearest are picked by the k-th smallest value, not by sorting whole rows. Rows drawn
+    from +-e_i and zero rows have similarities of exactly -1, 0 or 1, so nearly every row's k-th
+    neighbour ties with dozens of others: the lowest indices fill the places, in the stable
+    argsort's order, in blocks and whole. A row with NaN similarities is sorted in full instead."""
+    from driftkit.metrics import similarity as S
+
+    rng = np.random.default_rng(5)
+    basis = np.vstack([np.eye(4), -np.eye(4), np.zeros((1, 4))])
+    a = basis[rng.integers(0, 9, size=300)]
+    monkeypatch.setattr(S, "KNN_BLOCK_ELEMENTS", 300 * 23)
+    for k in (1, 5, 40, 299):
+        ref = _knn_brute(a, k)
+        assert np.array_equal(knn_indices(torch.from_numpy(a), k).numpy(), ref), k
+        assert np.array_equal(knn_indices(torch.from_numpy(a), k, block=300).numpy(), ref), k
+    # four entries tie for the last two places: the lowest indices take them, without a full sort
+    assert S._nearest_k(torch.tensor([[0.0, 0.0, 0.0, -1.0, 0.0]], dtype=torch.float64), 3).tolist() == [[3, 0, 1]]
+    nan_row = torch.tensor([[0.5, math.nan, 0.1, 0.3]], dtype=torch.float64)
+    assert S._nearest_k(nan_row, 3).tolist() == [[2, 3, 0]]
+    assert S._nearest_k(nan_row, 4) is None  # the NaN would have to be among them
+    with_inf = np.array([[1.0, 0.0], [math.inf, 1.0], [1.0, 1.0]])  # row 1 normalises to NaN
+    assert np.array_equal(knn_indices(torch.from_numpy(with_inf), 2).numpy(), _knn_brute(with_inf, 2))
 
 
 def test_knn_ties_are_broken_by_lower_index() -> None:
