@@ -195,11 +195,12 @@ def test_per_position_quantities_computed_once_per_block(
     consumer gets the engine's own chunk (no copy, no subset), and each result equals (==) the analysis
     run alone; token_view's order among them does not matter."""
     import driftkit.comparing.engine as E
+    import driftkit.metrics.kl as K
 
     a, b = tiny_capture_pair
     calls = {"kl": 0, "ranks": 0, "blocks": 0}
     chunks: dict[str, list[int]] = {}
-    kl_kernel, ranks_kernel, feed = E.kl_from_logits_, E.rank_stats, E._feed
+    kl_kernel, ranks_kernel, feed = K.kl_from_logits_, E.rank_stats, E._feed
 
     def count(name: str, fn: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -212,7 +213,7 @@ def test_per_position_quantities_computed_once_per_block(
         chunks.setdefault(an.name, []).append(id(chunk))
         feed(an, chunk, clock)
 
-    monkeypatch.setattr(E, "kl_from_logits_", count("kl", kl_kernel))
+    monkeypatch.setattr(K, "kl_from_logits_", count("kl", kl_kernel))  # called by kl_on_row_slices
     monkeypatch.setattr(E, "rank_stats", count("ranks", ranks_kernel))
     monkeypatch.setattr(E, "_feed", spy)
     monkeypatch.setattr(E, "logits_into", count("blocks", E.logits_into))

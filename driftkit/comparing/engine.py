@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from driftkit.comparing.read_ahead import held_chunks, read_ahead
-from driftkit.metrics.kl import KLStats, kl_from_logits_, logits_into, row_slices, rows_for_budget
+from driftkit.metrics.kl import KLStats, kl_on_row_slices, logits_into, row_slices, rows_for_budget
 from driftkit.metrics.ranks import RankStats, rank_stats
 from driftkit.store import schema as S
 from driftkit.store.buffers import BufferRing, ChunkBuffers
@@ -198,23 +198,10 @@ class LogitsChunk:
 def _kl(c: LogitsChunk) -> KLStats:
     n, vocab = c.logits_a.shape
     slices = row_slices(n, vocab)
-    d, ea, eb, em = c._scratch(SHARED_QUANTITIES["kl"], slices[0][1] if slices else 0)
-    parts = [
-        kl_from_logits_(
-            c.logits_a[s:e],
-            c.logits_b[s:e],
-            c.next_ids[s:e],
-            d[: e - s],
-            ea[: e - s],
-            eb[: e - s],
-            row_offset=s,
-            em_buf=em[: e - s],
-        )  # em_buf: the blocks are kept (read-only); the same scratch rows for every slice (they stay in cache)
-        for s, e in slices
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    return KLStats(*(torch.cat([getattr(p, f) for p in parts]) for f in ("kl_forward", "kl_reverse", "js", "logratio")))
+    # a fourth scratch array (em_buf) keeps the blocks intact: they are read-only for the consumers
+    return kl_on_row_slices(
+        c.logits_a, c.logits_b, c.next_ids, c._scratch(SHARED_QUANTITIES["kl"], slices[0][1] if slices else 0)
+    )
 
 
 def _ranks(c: LogitsChunk) -> RankStats:

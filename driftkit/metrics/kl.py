@@ -103,6 +103,34 @@ def row_slices(n: int, vocab: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
+def kl_on_row_slices(
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    next_ids: torch.Tensor | None,
+    scratch: list[torch.Tensor],
+    row_offset: int = 0,
+) -> KLStats:
+    """:func:`kl_from_logits_` over the cache-sized :func:`row_slices` of two (n, V) float32 logit
+    blocks, every slice in the same ``scratch`` rows (three arrays of at least one slice's rows; a
+    fourth keeps ``la`` and ``lb`` intact, as ``em_buf``, otherwise they are overwritten), the
+    per-position results joined. The one driver of the sliced kernel: the compare engine's shared
+    ``kl`` and ``logit_lens``'s own blocks. :class:`NonFiniteLogits` names the row plus
+    ``row_offset``."""
+    parts = []
+    for s, e in row_slices(la.shape[0], la.shape[1]):
+        d, ea, eb, *em = (b[: e - s] for b in scratch)
+        ids = None if next_ids is None else next_ids[s:e]
+        parts.append(kl_from_logits_(la[s:e], lb[s:e], ids, d, ea, eb, row_offset + s, em[0] if em else None))
+    if len(parts) == 1:
+        return parts[0]
+    return KLStats(
+        *(
+            None if getattr(parts[0], f) is None else torch.cat([getattr(p, f) for p in parts])
+            for f in ("kl_forward", "kl_reverse", "js", "logratio")
+        )
+    )
+
+
 class KLWorkspace:
     """Preallocated (n, V) float32 buffers reused across chunks (five blocks)."""
 

@@ -82,6 +82,14 @@ class SamplePooler:
         return self._finished
 
 
+def rows_kept(mask: np.ndarray) -> slice | np.ndarray:
+    """What to index per-sample arrays with to keep ``mask``'s rows: ``mask`` itself, or
+    ``slice(None)`` when it keeps every row. Why: boolean indexing always copies, and the shared
+    per-sample means (:meth:`SamplePooler.finish_means`) are what grows with the sample count; with
+    every sample selected (the usual case) a consumer then reads them without a (samples x d) copy."""
+    return slice(None) if mask.all() else mask
+
+
 #: fewest samples a domain needs for the PCA shift (PCA(2) of 2 points has an arbitrary PC2)
 MIN_SAMPLES = 3
 

@@ -23,7 +23,7 @@ from rich.console import Group
 from rich.text import Text
 
 from driftkit.errors import DriftkitError
-from driftkit.metrics.kl import NonFiniteLogits, kl_from_logits_, logits_into, row_slices, rows_for_budget
+from driftkit.metrics.kl import NonFiniteLogits, kl_on_row_slices, logits_into, row_slices, rows_for_budget
 from driftkit.metrics.lens import NORM_TYPES, FinalNorm
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
@@ -171,22 +171,17 @@ class LogitLensAnalysis(Analysis):
             step = row_slices(self._rows, vocab)[0][1]
             self._bufs = [torch.empty(self._rows, vocab) for _ in range(2)]
             self._bufs += [torch.empty(step, vocab) for _ in range(3)]
-            self._per = torch.empty(3, self._rows)  # each position's KL(A||B), KL(B||A), JS in a block
         for s in range(0, n, self._rows):
             e = min(n, s + self._rows)
             la, lb = self._bufs[0][: e - s], self._bufs[1][: e - s]
             logits_into(self._un[0], self._norm[0].apply(chunk.xa[s:e]), la)
             logits_into(self._un[1], self._norm[1].apply(chunk.xb[s:e]), lb)
-            per = self._per[:, : e - s]
-            for s2, e2 in row_slices(e - s, vocab):
-                d, ea, eb = (b[: e2 - s2] for b in self._bufs[2:])
-                try:
-                    st = kl_from_logits_(la[s2:e2], lb[s2:e2], None, d, ea, eb, row_offset=s + s2)
-                except NonFiniteLogits as exc:
-                    t = int(chunk.idx[exc.row])
-                    raise DriftkitError(f"logit_lens, layer {chunk.layer}, token {t} of the capture: {exc}") from None
-                per[0, s2:e2], per[1, s2:e2], per[2, s2:e2] = st.kl_forward, st.kl_reverse, st.js
-            self._sum += torch.stack([per[0].sum(), per[1].sum(), per[2].sum()]).double()
+            try:  # three scratch arrays: the kernel may overwrite la and lb, which are not read again
+                st = kl_on_row_slices(la, lb, None, self._bufs[2:], row_offset=s)
+            except NonFiniteLogits as exc:
+                t = int(chunk.idx[exc.row])
+                raise DriftkitError(f"logit_lens, layer {chunk.layer}, token {t} of the capture: {exc}") from None
+            self._sum += torch.stack([st.kl_forward.sum(), st.kl_reverse.sum(), st.js.sum()]).double()
             self._count += e - s
 
     def finish_layer(self, pair: Any, layer: Any, site: str) -> None:

@@ -23,6 +23,7 @@ from driftkit.metrics.pca import (
     layer_distance,
     layer_point,
     principal_angles,
+    rows_kept,
     shift_from_points,
 )
 from driftkit.registry.analysis import Analysis, Figure, fmt
@@ -82,14 +83,11 @@ class PCAShiftAnalysis(Analysis):
             if rows.sum() < MIN_SAMPLES:
                 self._skipped[d] = int(rows.sum())
                 continue
+            rows = rows_kept(rows)
             pt = layer_point(fa[rows], fb[rows])
             self._points[d].append({"layer": layer, **pt, "distance": layer_distance(pt)})
-        if valid.sum() < 2:
-            angles = np.zeros(0)
-        elif valid.all():  # every sample: no (samples x d) copies of the two arrays
-            angles = principal_angles(fa, fb, k)
-        else:
-            angles = principal_angles(fa[valid], fb[valid], k)
+        rows = rows_kept(valid)
+        angles = principal_angles(fa[rows], fb[rows], k) if valid.sum() >= 2 else np.zeros(0)
         self._layers.append(
             {
                 "layer": layer,

@@ -22,6 +22,7 @@ from rich.text import Text
 
 from driftkit.comparing.layer_sums import layer_sums, sample_sums
 from driftkit.errors import DriftkitError, opt
+from driftkit.metrics.pca import rows_kept
 from driftkit.metrics.similarity import dominant_features, layer_similarity, mutual_knn
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
@@ -135,7 +136,7 @@ class SimilarityAnalysis(Analysis):
             if k < int(self.opts["k"]) and self._k_used is None:
                 self._notes.append(f"mutual k-NN: k clipped from {self.opts['k']} to {k} ({n_s} samples)")
             self._k_used = k
-            rows = slice(None) if keep.all() else keep  # every sample: the shared means themselves, no copies
+            rows = rows_kept(keep)
             knn = 1.0 if acc.identical else mutual_knn(ma[rows], mb[rows], k)
         elif not any("mutual k-NN" in x for x in self._notes):
             self._notes.append(f"mutual k-NN: skipped ({n_s} sample(s) with selected tokens; it needs 2)")
