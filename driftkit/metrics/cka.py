@@ -147,9 +147,12 @@ class _Stats:
         self.qy = self.qy + self.a1 * dy + 2 * syx_dx + n * nx * dy
         self.a1 = self.a1 + n * nx
         self.b1 = self.b1 + n * ny
-        self.sxx = self.sxx + n * torch.outer(dx, dx)
-        self.syy = self.syy + n * torch.outer(dy, dy)
-        self.sxy = self.sxy + n * torch.outer(dx, dy)
+        # one fused rank-1 update each (not outer, scale, add: three d x d passes and two temporaries;
+        # a merge of two 4096 x 576 chunks took 5.0 -> 3.5 ms at 2 threads). Out of place: identical rows
+        # share one tensor for all three.
+        self.sxx = torch.addr(self.sxx, dx, dx, alpha=n)
+        self.syy = torch.addr(self.syy, dy, dy, alpha=n)
+        self.sxy = torch.addr(self.sxy, dx, dy, alpha=n)
 
     def merge(self, other: _Stats) -> None:
         """Combine with another set's sums, both re-centred to the combined mean (in place)."""
