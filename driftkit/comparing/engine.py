@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from driftkit.comparing.read_ahead import held_chunks, read_ahead
-from driftkit.metrics.kl import KLStats, kl_on_row_slices, logits_into, row_slices, rows_for_budget
+from driftkit.metrics.kl import KLStats, kl_on_row_slices, logits_into, row_slices, rows_for_budget, slice_rows
 from driftkit.metrics.ranks import RankStats, rank_stats
 from driftkit.store import schema as S
 from driftkit.store.buffers import BufferRing, ChunkBuffers
@@ -197,18 +197,18 @@ class LogitsChunk:
 
 def _kl(c: LogitsChunk) -> KLStats:
     n, vocab = c.logits_a.shape
-    slices = row_slices(n, vocab)
     # a fourth scratch array (em_buf) keeps the blocks intact: they are read-only for the consumers
     return kl_on_row_slices(
-        c.logits_a, c.logits_b, c.next_ids, c._scratch(SHARED_QUANTITIES["kl"], slices[0][1] if slices else 0)
+        c.logits_a, c.logits_b, c.next_ids, c._scratch(SHARED_QUANTITIES["kl"], slice_rows(n, vocab))
     )
 
 
 def _ranks(c: LogitsChunk) -> RankStats:
     n, vocab = c.logits_a.shape
-    slices = row_slices(n, vocab)
-    (scratch,) = c._scratch(SHARED_QUANTITIES["ranks"], slices[0][1] if slices else 0)
-    parts = [rank_stats(c.logits_a[s:e], c.logits_b[s:e], c.next_ids[s:e], scratch[: e - s]) for s, e in slices]
+    (scratch,) = c._scratch(SHARED_QUANTITIES["ranks"], slice_rows(n, vocab))
+    parts = [
+        rank_stats(c.logits_a[s:e], c.logits_b[s:e], c.next_ids[s:e], scratch[: e - s]) for s, e in row_slices(n, vocab)
+    ]
     if len(parts) == 1:
         return parts[0]
     fields = ("top_b", "rank_a_of_top_b", "rank_a", "rank_b")
@@ -407,7 +407,7 @@ def _logits_pass(pair: CapturePair, consumers: list[Analysis], clock: _Clock) ->
     rows = rows_for_budget(vocab, min(int(an.max_logits_rows()) for an in consumers), per_entry, LOGITS_BUDGET)
     la_buf, lb_buf = torch.empty(rows, vocab), torch.empty(rows, vocab)
     spare = (torch.empty(rows, vocab), torch.empty(rows, vocab)) if n_copies else None
-    work = _SharedWork(row_slices(rows, vocab)[0][1], vocab, n_work)  # scratch for one row slice
+    work = _SharedWork(slice_rows(rows, vocab), vocab, n_work)  # scratch for one row slice
     shared = time.perf_counter() - t0
     total, done = int(union.sum()), 0
     names = ", ".join(an.name for an in consumers)

@@ -98,9 +98,19 @@ def row_slices(n: int, vocab: int) -> list[tuple[int, int]]:
     Every quantity is per row, so the numbers are the same, except that the KL kernel picks its
     formula for B's probabilities per slice rather than per block where a row has logits far below
     its maximum (masked vocabulary): the rows beside it then differ by float32 rounding."""
-    per_array = SLICE_BYTES * min(torch.get_num_threads(), SLICE_MAX_THREADS)
-    step = max(1, per_array // (4 * max(vocab, 1)))
+    step = _slice_step(vocab)
     return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def slice_rows(n: int, vocab: int) -> int:
+    """Rows of the largest of :func:`row_slices` ``(n, vocab)`` (0 when ``n`` is 0): what the
+    kernels' scratch arrays must hold, allocated once and reused by every slice."""
+    return min(n, _slice_step(vocab))
+
+
+def _slice_step(vocab: int) -> int:
+    per_array = SLICE_BYTES * min(torch.get_num_threads(), SLICE_MAX_THREADS)
+    return max(1, per_array // (4 * max(vocab, 1)))
 
 
 def kl_on_row_slices(

@@ -23,7 +23,7 @@ from rich.console import Group
 from rich.text import Text
 
 from driftkit.errors import DriftkitError
-from driftkit.metrics.kl import NonFiniteLogits, kl_on_row_slices, logits_into, row_slices, rows_for_budget
+from driftkit.metrics.kl import NonFiniteLogits, kl_on_row_slices, logits_into, rows_for_budget, slice_rows
 from driftkit.metrics.lens import NORM_TYPES, FinalNorm
 from driftkit.registry.analysis import Analysis, Figure, fmt
 from driftkit.registry.options import Option
@@ -166,9 +166,9 @@ class LogitLensAnalysis(Analysis):
         vocab = int(self._un[0].weight.shape[0])
         if not self._bufs:
             # two (rows, V) logit blocks, and the KL kernel's three scratch arrays for one row slice
-            # (:func:`row_slices`: cache-sized, as the logits pass's kernels): 100 MB + 12 MB at
+            # (:func:`~driftkit.metrics.kl.row_slices`: cache-sized, as the logits pass's kernels): 100 MB + 12 MB at
             # V = 49,152 and 2 threads, against five blocks (252 MB), and the kernel runs in cache
-            step = row_slices(self._rows, vocab)[0][1]
+            step = slice_rows(self._rows, vocab)
             self._bufs = [torch.empty(self._rows, vocab) for _ in range(2)]
             self._bufs += [torch.empty(step, vocab) for _ in range(3)]
         for s in range(0, n, self._rows):
