@@ -310,3 +310,58 @@ def test_jobs_2_equal_one_process_with_shared_sums(tiny_capture_pair) -> None:
     one = driftkit.compare([a, b], analyses=names, **kw).to_dict()
     two = driftkit.compare([a, b], analyses=names, jobs=2, **kw).to_dict()
     assert _same(one["analyses"], two["analyses"])
+
+
+@pytest.fixture(scope="module")
+def small_drift_pair(tmp_path_factory: pytest.TempPathFactory, tiny_prompts: Path) -> tuple[Path, Path]:
+    """Captures of a tiny llama and a copy whose weights moved by 1% of their size (an RL-like drift)."""
+    from transformers import AutoModelForCausalLM
+
+    from driftkit.capturing import CaptureConfig, capture
+    from driftkit.tiny import build_tiny_model
+
+    root = tmp_path_factory.mktemp("small_drift")
+    base = build_tiny_model(root / "base", "llama", seed=0)
+    m = AutoModelForCausalLM.from_pretrained(str(base))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01 * p.abs().mean())
+    m.save_pretrained(str(root / "tuned"))
+    for f in base.iterdir():
+        if "token" in f.name or f.name.endswith(".jinja"):
+            (root / "tuned" / f.name).write_bytes(f.read_bytes())
+    return tuple(  # type: ignore[return-value]
+        capture(CaptureConfig(model=str(root / n), prompts=str(tiny_prompts), out=root / f"{n}.h5"))
+        for n in ("base", "tuned")
+    )
+
+
+def test_cka_beside_similarity_takes_its_float64_products(small_drift_pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone, cka lets small drift take float32 difference products; beside similarity it shares
+    similarity's all-float64 sums (what the standardized measures need), so its values then agree
+    with cka alone to a millionth of 1 - CKA rather than bit for bit, and similarity's are unchanged."""
+    from driftkit.metrics import cka as cka_metrics
+
+    taken: list[bool] = []
+    inner = cka_metrics._Stats._difference_products
+
+    def spy(self: Any, x: torch.Tensor, y: torch.Tensor) -> bool:
+        taken.append(inner(self, x, y))
+        return taken[-1]
+
+    monkeypatch.setattr(cka_metrics._Stats, "_difference_products", spy)
+    kw: dict[str, Any] = {"positions": "all"}
+    alone = driftkit.compare(list(small_drift_pair), analyses=["cka"], **kw).to_dict()["analyses"]["cka"]
+    assert taken and all(taken)
+    assert any(e["linear_cka"] < 1.0 for e in alone["layers"])
+    for debiased in (True, False):  # with and without the fourth moments
+        kw["options"] = {"similarity": {"debiased": debiased}}
+        taken.clear()
+        both = driftkit.compare(list(small_drift_pair), analyses=["cka", "similarity"], **kw).to_dict()["analyses"]
+        assert taken and not any(taken)
+        sim = driftkit.compare(list(small_drift_pair), analyses=["similarity"], **kw).to_dict()["analyses"]
+        assert _same(both["similarity"], sim["similarity"])
+        for e, r in zip(both["cka"]["layers"], alone["layers"], strict=True):
+            for k in ("linear_cka", "debiased_cka"):
+                assert abs(e[k] - r[k]) <= 1e-6 * (1.0 - e[k]) + 1e-15

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from driftkit.metrics import cka
 from driftkit.metrics.cka import StreamingCKA, linear_cka
 
 
@@ -164,6 +165,115 @@ def test_cka_chunks_identical_in_part_match_the_gram_space_formula() -> None:
     y = x.copy()
     y[100:] += 0.3 * rng.normal(size=(100, 300))  # rows 0..99 stay identical
     r = _stream(x, y, 50)
-    assert r.linear_cka == pytest.approx(_gram_biased(x, y), abs=1e-10)
-    assert r.debiased_cka == pytest.approx(_gram_debiased(x, y), abs=1e-10)
+    # the drifting chunks (|D|^2 = 0.09 |X|^2) take the float32 difference products, whose error is
+    # at most float32's precision times that ratio (5e-9; test_cka_small_drift_... below)
+    assert r.linear_cka == pytest.approx(_gram_biased(x, y), abs=1e-9)
+    assert r.debiased_cka == pytest.approx(_gram_debiased(x, y), abs=1e-9)
     assert r.debiased_cka < 0.999
+
+
+def _llm_like(n: int, d: int, s: float, seed: int, sink: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
+    """Residual-stream-like rows (a decaying spectrum, a massive-activation dimension, a rogue
+    dimension, a row ``sink`` times longer than the rest) and a copy drifted by ``s`` (noise plus a
+    linear map)."""
+    rng = np.random.default_rng(seed)
+    scale = np.geomspace(10.0, 0.1, d)
+    x = rng.normal(size=(n, d)) * scale
+    x[:, 3] += 500.0  # mean far above its spread
+    x[:, 7] *= 40.0  # spread far above the rest
+    x[0] *= sink  # far out of the bulk
+    drift = rng.normal(size=(n, d)) * scale + (x - x.mean(0)) @ rng.normal(size=(d, d)) / d
+    return x, x + s * drift
+
+
+def _gram_space(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(biased, debiased) CKA from the centred N x N Gram matrices (float64)."""
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    k, lg = xc @ xc.T, yc @ yc.T
+    biased = float((k * lg).sum() / np.sqrt((k * k).sum() * (lg * lg).sum()))
+    return biased, _hsic_unbiased(k, lg) / np.sqrt(_hsic_unbiased(k, k) * _hsic_unbiased(lg, lg))
+
+
+def _count_difference_products(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Record what each chunk's :meth:`_Stats._difference_products` returned (True: float32 path)."""
+    taken: list[bool] = []
+    inner = cka._Stats._difference_products
+
+    def spy(self, x, y):
+        taken.append(inner(self, x, y))
+        return taken[-1]
+
+    monkeypatch.setattr(cka._Stats, "_difference_products", spy)
+    return taken
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("s", [1e-2, 1e-1, 0.3])
+def test_cka_small_drift_float32_difference_products(monkeypatch, dtype: torch.dtype, s: float) -> None:
+    """Small drift (an RL checkpoint's) takes the float32 products of X and D = Y - X and still
+    matches the float64 gram-space formula to 1e-5 of 1 - CKA (measured: at most 5e-7 of it): the
+    error is float32's precision times about (|D| / |X|)^2, the order of 1 - CKA itself, where two
+    float32 products of X and Y would be off by ~1e-7 of CKA whatever the drift."""
+    n, d, chunk = 1536, 288, 512  # wide enough for gram's panels
+    x, y = _llm_like(n, d, s, seed=9)
+    xs, ys = torch.from_numpy(x).to(dtype), torch.from_numpy(y).to(dtype)
+    ref = _gram_space(xs.double().numpy(), ys.double().numpy())  # the stored values, in float64
+    taken = _count_difference_products(monkeypatch)
+    acc = StreamingCKA(d, d)
+    for i in range(0, n, chunk):
+        acc.update(xs[i : i + chunk], ys[i : i + chunk])
+    r = acc.result()
+    assert taken == [True] * (n // chunk)
+    for got, want in zip((r.linear_cka, r.debiased_cka), ref):
+        assert 1e-8 < 1.0 - want < 1e-3  # small drift, but drift
+        assert abs(got - want) <= 1e-5 * (1.0 - want)
+
+
+def test_cka_chunk_ruled_by_a_sink_row_stays_float64(monkeypatch) -> None:
+    """A chunk whose sink row (3,000x the spread) makes up most of |X^T X|_F^2 takes the float64
+    products even at small drift: debiased CKA subtracts the rows' own terms from that sum, and
+    float32's error in it would swamp the rest (it made 1 - debiased CKA 16% off). The other chunks
+    still take float32, and the result agrees with float64 throughout to 1e-5 of 1 - CKA."""
+    x, y = _llm_like(1536, 288, 0.1, seed=9, sink=3000.0)
+    xs, ys = torch.from_numpy(x).float(), torch.from_numpy(y).float()
+    taken = _count_difference_products(monkeypatch)
+    r = linear_cka(xs, ys, chunk=512)
+    assert taken == [False, True, True]
+    monkeypatch.setattr(cka, "DIFFERENCE_MAX", -1.0)
+    exact = linear_cka(xs, ys, chunk=512)
+    for got, want in ((r.linear_cka, exact.linear_cka), (r.debiased_cka, exact.debiased_cka)):
+        assert 0.0 < 1.0 - want < 1e-3
+        assert abs(got - want) <= 1e-5 * (1.0 - want)
+
+
+def test_cka_large_drift_stays_float64(monkeypatch) -> None:
+    """Drift past DIFFERENCE_MAX (here a rotation: |D|^2 ~ 2 |X|^2) takes the float64 products: the
+    same numbers bit for bit as with the float32 path switched off."""
+    x, _ = _llm_like(600, 288, 0.0, seed=10)
+    q, _ = np.linalg.qr(np.random.default_rng(11).normal(size=(288, 288)))
+    xs, ys = torch.from_numpy(x), torch.from_numpy(x @ q)
+    taken = _count_difference_products(monkeypatch)
+    r = linear_cka(xs, ys, chunk=200)
+    assert taken == [False] * 3
+    monkeypatch.setattr(cka, "DIFFERENCE_MAX", -1.0)
+    assert linear_cka(xs, ys, chunk=200) == r
+    assert r.linear_cka == pytest.approx(1.0, abs=1e-12)  # CKA is rotation invariant
+
+
+def test_cka_reduced_precision_matmul_stays_float64(monkeypatch) -> None:
+    """Under torch.set_float32_matmul_precision("medium") (bf16 products on oneDNN CPUs, TF32 on
+    CUDA) a float32 product keeps ~3 digits: small drift then takes the float64 products."""
+    x, y = _llm_like(600, 288, 1e-2, seed=12)
+    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    exact = linear_cka(xs, ys, chunk=200)
+    taken = _count_difference_products(monkeypatch)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        r = linear_cka(xs, ys, chunk=200)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert taken == [False] * 3
+    monkeypatch.setattr(cka, "DIFFERENCE_MAX", -1.0)
+    assert r == linear_cka(xs, ys, chunk=200)
+    assert r.linear_cka == pytest.approx(exact.linear_cka, abs=1e-9)

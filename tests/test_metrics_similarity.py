@@ -12,6 +12,7 @@ import scipy.linalg
 import torch
 
 from driftkit.metrics.similarity import (
+    Float64Stats,
     SimilarityAccumulator,
     StandardizedStats,
     dominant_features,
@@ -274,3 +275,25 @@ def test_fourth_moments_switched_on_before_any_row_only() -> None:
     late.update(x, y)
     with pytest.raises(RuntimeError, match="after rows were added"):
         late.with_fourth()
+
+
+def test_standardized_sums_switched_to_float64_before_any_row_only() -> None:
+    """The standardized measures need float64 products (Float64Stats): a similarity accumulator has
+    them by default, ``with_standardized`` upgrades one raw CKA made (cka asks first), and refuses
+    once rows were added with float32 difference products allowed."""
+    rng = np.random.default_rng(9)
+    x = torch.from_numpy(rng.normal(size=(40, 5)))
+    y = x + 1e-3 * torch.from_numpy(rng.normal(size=(40, 5)))
+    assert SimilarityAccumulator(5, 5, fourth=False).stats_class is Float64Stats
+    assert not Float64Stats.DIFFERENCE_PRODUCTS and not StandardizedStats.DIFFERENCE_PRODUCTS
+    acc = SimilarityAccumulator(5, 5, fourth=False, standardized=False)
+    acc.with_standardized()
+    assert acc.stats_class is Float64Stats
+    acc.with_fourth()
+    assert acc.stats_class is StandardizedStats
+    acc.with_standardized()  # already float64: kept
+    assert acc.stats_class is StandardizedStats
+    late = SimilarityAccumulator(5, 5, fourth=False, standardized=False)
+    late.update(x, y)
+    with pytest.raises(RuntimeError, match="after rows were added"):
+        late.with_standardized()

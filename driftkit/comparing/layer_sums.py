@@ -48,14 +48,22 @@ class LayerSums:
         self.acc.update(*chunk.float64())
 
 
-def layer_sums(pair: CapturePair, site: str, mask: np.ndarray, fourth: bool = False) -> LayerSums:
+def layer_sums(
+    pair: CapturePair, site: str, mask: np.ndarray, fourth: bool = False, standardized: bool = False
+) -> LayerSums:
     """The shared sums of ``site`` over ``mask`` (ask in ``start_layer``). ``fourth=True`` keeps the
-    fourth moments too, whichever analysis asked first (no chunk has been added yet then)."""
+    fourth moments too, ``standardized=True`` takes every product in float64 (the standardized
+    measures need it: :class:`~driftkit.metrics.similarity.Float64Stats`), whichever analysis asked
+    first (no chunk has been added yet then). Raw CKA alone lets small drift take float32 products."""
     key = (LAYER_SUMS, mask_key(mask))
     d_a, d_b = pair.a.shape(site)[1], pair.b.shape(site)[1]
-    sums: LayerSums = pair.layer_shared(key, lambda: LayerSums(key, SimilarityAccumulator(d_a, d_b, fourth=fourth)))
+    sums: LayerSums = pair.layer_shared(
+        key, lambda: LayerSums(key, SimilarityAccumulator(d_a, d_b, fourth=fourth, standardized=standardized))
+    )
     if fourth:
         sums.acc.with_fourth()
+    if standardized:
+        sums.acc.with_standardized()
     return sums
 
 

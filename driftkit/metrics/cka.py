@@ -14,6 +14,14 @@ sets exactly to the combined mean: with ``delta`` = (a set's mean) - (combined m
 accumulator has a closed shift formula (:func:`_shift`), because a set's centred rows sum to zero.
 The final sums are then about the exact overall mean and no final centring is needed.
 
+Why float32 products at small drift (:func:`difference_products`): the three d x d products are
+most of a chunk's cost. Taken as ``X^T X``, ``X^T D`` and ``D^T D`` for the drift ``D = Y - X``,
+float32's error in them reaches CKA only times ``(|D| / |X|)^2``, the order of ``1 - CKA``, so
+``1 - CKA`` stays right to a millionth of itself (measured: at most 5e-7 of it; float64 products
+do better still, 1e-15 absolute) where RL checkpoints drift least, at about 60% of the time of
+float64 products. Large drift, chunks ruled by one long row, and the standardized measures
+(:mod:`driftkit.metrics.similarity`) take float64 products.
+
 Debiased CKA uses the unbiased HSIC estimator (Song et al. 2012) in the feature-space form of
 Kornblith et al. 2019 / Nguyen et al. 2021::
 
@@ -71,19 +79,85 @@ _SCRATCH = threading.local()
 _SCRATCH_MAX = 64 * 2**20
 
 
-def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor:
-    """A reusable buffer shaped like ``like`` for the chunk's centred rows (``slot`` 0: x, 1: y), or a
+def _scratch(slot: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A reusable buffer shaped like ``like`` (of ``dtype``, default ``like``'s) for the chunk's centred
+    rows (``slot`` 0: x, 1: y; 2, 3: the float32 copies of :func:`difference_products`), or a
     fresh tensor when ``like`` is larger than :data:`_SCRATCH_MAX` (a thread's
     :class:`~driftkit.store.buffers.ChunkBuffers`).
 
     Why: centring a 4096 x 576 float64 chunk into a fresh tensor took 9.3 ms, into a reused buffer
     0.9 ms; the difference is the page faults of a new 19 MB block on every chunk (the allocator
     returns blocks that large to the system). Per thread, so ``--jobs`` workers and threads each
-    have their own; the buffers live as long as the thread (at most 2 x 64 MB)."""
+    have their own; the buffers live as long as the thread (at most 4 x 64 MB; 57 MB for a
+    4,096 x 576 chunk)."""
     bufs = getattr(_SCRATCH, "bufs", None)
     if bufs is None:
         bufs = _SCRATCH.bufs = ChunkBuffers(max_bytes=_SCRATCH_MAX)
-    return bufs.take(str(slot), tuple(like.shape), like.dtype, like.device)
+    return bufs.take(str(slot), tuple(like.shape), dtype or like.dtype, like.device)
+
+
+#: largest ``|D|_F^2 / |X|_F^2`` (``D = Y - X``, rows centred) of a chunk whose d x d products are
+#: float32 difference products (:func:`difference_products`); larger drift takes float64 products
+DIFFERENCE_MAX = 0.25
+
+
+def _float32_products_exact(device: torch.device) -> bool:
+    """Whether float32 matrix products on ``device`` run in IEEE float32. Under
+    ``torch.set_float32_matmul_precision("high" / "medium")`` (TF32 on CUDA, bf16 on oneDNN CPUs)
+    a product keeps ~3 significant digits, too few for :func:`difference_products`."""
+    if torch.get_float32_matmul_precision() != "highest":
+        return False
+    if device.type == "cuda":
+        return not torch.backends.cuda.matmul.allow_tf32
+    return device.type != "cpu" or torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
+
+
+def difference_products(
+    x: torch.Tensor, y: torch.Tensor, a1: torch.Tensor, b1: torch.Tensor, aa: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``(X^T X, X^T Y, Y^T Y)`` (float64) of a chunk's centred float64 rows from float32 products of
+    ``X`` and the drift ``D = Y - X``, or None where that would not be precise enough (then take them
+    in float64). ``a1 = |X|_F^2``, ``b1 = |Y|_F^2`` and ``aa = sum_i |x_i|^4`` are the chunk's float64
+    row-norm sums. **Overwrites** ``y`` with ``D`` when it returns the products.
+
+    With ``S = X^T X``, ``M = X^T D`` and ``G = D^T D``, each a float32 product (summed in float64):
+    ``X^T Y = S + M`` and ``Y^T Y = S + (M + M^T) + G``.
+
+    Why float32 is enough: CKA is 1 at ``Y = X`` and at most 1 around it, and in this form the
+    first-order effect of an error in ``S`` (symmetric) or ``M`` cancels between ``X^T Y`` and
+    ``Y^T Y``, at ``D = 0`` and to first order in ``D`` (likewise for debiased CKA, whose row-norm
+    sums stay float64). What is left is float32's relative precision times ``(|D| / |X|)^2``, the
+    order of ``1 - CKA`` itself, so the error is smallest where RL checkpoints drift least. Two
+    float32 products of ``X`` and ``Y`` would not cancel: they err by ~1e-7 of CKA whatever the drift.
+    Measured against float64 products: on real SmolLM2-135M layers (9,002 tokens) 1e-14 to 8e-12
+    off at ``1 - CKA`` ~ 3e-5..4e-4 (at most 5e-8 of ``1 - CKA``); on synthetic residual-like rows
+    (tests/test_metrics_cka.py) at most 5e-7 of ``1 - CKA``.
+
+    Where not (None):
+    - ``|D|_F^2 > DIFFERENCE_MAX |X|_F^2``: the error grows with the drift (4e-8 of CKA at
+      ``|D|^2 = 2 |X|^2``), and large drift has nothing small to protect;
+    - a few long rows (an attention sink far out of the bulk) make up over half of ``|S|_F^2``:
+      debiased CKA subtracts the rows' own terms (``aa``) from ``|S|_F^2``, and float32's error in
+      ``S`` swamps what is left (one row 3,000x the spread: 1 - debiased CKA 16% off);
+    - float32 products that are not IEEE float32 (:func:`_float32_products_exact`), or rows of
+      different widths.
+
+    Why: a float32 product costs half a float64 one, so the three d x d products of a 4,096 x 576
+    chunk take about 60% of the time of :func:`gram`, :func:`gram` and ``X^T Y`` in float64 (57-62
+    against 96 ms at 2 threads, 98-100 against 172 ms at 1 thread; AMD EPYC, AVX2)."""
+    if x.shape[1] != y.shape[1] or not _float32_products_exact(x.device):
+        return None
+    # |D|^2 = |X|^2 + |Y|^2 - 2 <X, Y>: cancels when D is small, but it only picks the path
+    if float(a1 + b1 - 2 * torch.dot(x.reshape(-1), y.reshape(-1))) > DIFFERENCE_MAX * float(a1):
+        return None
+    x32 = _scratch(2, x, torch.float32).copy_(x)
+    sxx = gram(x32).to(_F64)  # exactly symmetric (gram mirrors), so its error is too
+    if 2 * float(aa) > float(torch.dot(sxx.view(-1), sxx.view(-1))):
+        return None
+    d = y.sub_(x)
+    d32 = _scratch(3, d, torch.float32).copy_(d)
+    m = (x32.T @ d32).to(_F64)
+    return sxx, sxx + m, sxx + (m + m.T) + gram(d32).to(_F64)  # Y^T Y exactly symmetric, like S
 
 
 class _Stats:
@@ -96,6 +170,9 @@ class _Stats:
 
     #: the sums :meth:`merge` adds (a subclass that keeps more sums extends it)
     SUMS: tuple[str, ...] = ("sxx", "syy", "sxy", "a1", "b1", "aa", "bb", "ab", "px", "py", "qx", "qy")
+    #: whether small drift takes float32 difference products (:func:`difference_products`); their
+    #: error is bounded in the Frobenius geometry of the raw rows, which is raw CKA's own
+    DIFFERENCE_PRODUCTS = True
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.n = x.shape[0]
@@ -114,17 +191,27 @@ class _Stats:
         y = x if same else torch.sub(y, self.my, out=_scratch(1, y))
         # Row norms as batched dot products (no (n, d) temporary) and the four norm-weighted sums as
         # two (2, n) x (n, d) products (one read of each chunk, not four): besides the three d x d
-        # products (the two Gram matrices by upper-triangle panels, :func:`gram`), this is all the
-        # O(n d) work of a chunk.
+        # products (below), this is all the O(n d) work of a chunk.
         a = rowdot(x, x)
         b = a if same else rowdot(y, y)
-        self.sxx = gram(x)
-        self.syy, self.sxy = (self.sxx, self.sxx) if same else (gram(y), x.T @ y)
         self.a1, self.b1 = a.sum(), b.sum()
         self.aa, self.bb, self.ab = a @ a, b @ b, a @ b
         ab = torch.stack([a, b])
         (self.px, self.qx), (self.qy, self.py) = ab @ x, ab @ y
         self._more_sums(x, y)
+        if same:
+            self.sxx = self.syy = self.sxy = gram(x)  # upper-triangle panels (:func:`gram`)
+        elif not self._difference_products(x, y):
+            self.sxx, self.syy, self.sxy = gram(x), gram(y), x.T @ y
+
+    def _difference_products(self, x: torch.Tensor, y: torch.Tensor) -> bool:
+        """Set ``sxx``, ``sxy`` and ``syy`` by :func:`difference_products` where this class allows it
+        (:attr:`DIFFERENCE_PRODUCTS`) and they are precise enough; False where not (nothing set)."""
+        products = difference_products(x, y, self.a1, self.b1, self.aa) if self.DIFFERENCE_PRODUCTS else None
+        if products is None:
+            return False
+        self.sxx, self.sxy, self.syy = products
+        return True
 
     def _more_sums(self, xc: torch.Tensor, yc: torch.Tensor) -> None:
         """Sums a subclass keeps beyond these, from the chunk's centred rows (nothing here)."""

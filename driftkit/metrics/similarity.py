@@ -74,8 +74,23 @@ def _shift_fourth(
     return m2, t21b, t12b
 
 
-class StandardizedStats(_Stats):
-    """:class:`~driftkit.metrics.cka._Stats` plus the sums debiased standardized CKA needs.
+class Float64Stats(_Stats):
+    """:class:`~driftkit.metrics.cka._Stats` with every d x d product in float64, for the
+    standardized measures (standardized CKA and Procrustes).
+
+    Why not raw CKA's float32 difference products (:meth:`~driftkit.metrics.cka._Stats.
+    _difference_products`): their error is float32's precision times the drift of the whole rows,
+    ``|D|^2 / |X|^2``. Z-scoring divides each feature by its own spread, so what bounds the error
+    there is the largest drift of a single feature against its spread, and a rogue dimension hides
+    that from the whole rows' figure, which is the case these measures exist for. Measured on the
+    perturbed SmolLM2-135M captures of ``perf/compare_scale.py``: from layer 11 on, the whole rows
+    drift by 2e-4 of their squared norm while single features drift by up to 12x their spread."""
+
+    DIFFERENCE_PRODUCTS = False
+
+
+class StandardizedStats(Float64Stats):
+    """:class:`Float64Stats` plus the sums debiased standardized CKA needs.
 
     For centred rows, with ``x2 = x * x``: ``mxy = x2^T y2``, ``txy = x2^T y``, ``uxy = x^T y2``;
     ``mxx = x2^T x2``, ``txx = x2^T x`` (its ``T12`` is ``txx^T``); ``myy``, ``tyy`` likewise."""
@@ -110,18 +125,30 @@ class SimilarityAccumulator(StreamingCKA):
     ``cka`` and ``similarity`` share one per layer through the compare engine's per-layer store
     (:mod:`driftkit.comparing.layer_sums`), so the d x d sums are added once between them."""
 
-    def __init__(self, d_x: int, d_y: int, device: str | torch.device = "cpu", fourth: bool = True) -> None:
-        super().__init__(d_x, d_y, device, StandardizedStats if fourth else _Stats)
+    def __init__(
+        self, d_x: int, d_y: int, device: str | torch.device = "cpu", fourth: bool = True, standardized: bool = True
+    ) -> None:
+        cls = StandardizedStats if fourth else Float64Stats if standardized else _Stats
+        super().__init__(d_x, d_y, device, cls)
         self.identical = d_x == d_y
 
     def with_fourth(self) -> None:
         """Keep the fourth moments too (debiased standardized CKA). Only before any row is added:
         sums already taken without them cannot be completed."""
-        if self.stats_class is StandardizedStats:
+        self._upgrade(StandardizedStats, "the fourth moments were")
+
+    def with_standardized(self) -> None:
+        """Take every product in float64 (:class:`Float64Stats`), as the standardized measures need.
+        Only before any row is added, like :meth:`with_fourth`."""
+        if self.stats_class is _Stats:
+            self._upgrade(Float64Stats, "float64 products were")
+
+    def _upgrade(self, cls: type[_Stats], what: str) -> None:
+        if issubclass(self.stats_class, cls):
             return
         if self.n:
-            raise RuntimeError("the fourth moments were asked for after rows were added without them")
-        self.stats_class = StandardizedStats
+            raise RuntimeError(f"{what} asked for after rows were added without them")
+        self.stats_class = cls
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.identical and x.shape[0]:

@@ -105,7 +105,7 @@ class SimilarityAnalysis(Analysis):
     def start_layer(self, pair: Any, layer: Any, site: str) -> None:
         # shared through the engine's per-layer store: the d x d sums with cka, the per-sample sums
         # with pca_shift (and sample cka); each chunk is added once between them
-        self._sums = layer_sums(pair, site, self._mask, fourth=bool(self.opts["debiased"]))
+        self._sums = layer_sums(pair, site, self._mask, fourth=bool(self.opts["debiased"]), standardized=True)
         self._pools = sample_sums(pair, site, self._mask)
 
     def on_layer(self, chunk: Any) -> None:
