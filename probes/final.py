@@ -97,8 +97,8 @@ def top_k(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return v, ids.gather(1, j)
 
 
-def _exp(y: torch.Tensor) -> torch.Tensor:
-    """``exp(y)``; for float32 on a CPU as ``exp2(y * log2 e)``.
+def _exp(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``exp(y)`` into ``out``; for float32 on a CPU as ``exp2(y * log2 e)``.
 
     Why: ``torch.exp`` of float32 measured 2.9x slower than ``torch.exp2`` on this project's 2-core
     AVX-512 machine (torch 2.13, a (16, 49,152) chunk: 908 us vs 256 us at one thread, 493 vs 159 us
@@ -110,8 +110,8 @@ def _exp(y: torch.Tensor) -> torch.Tensor:
     for compare's KL, whose relative precision at KL ~1e-7 it would cost 5x. Elsewhere (an exp is a
     fast intrinsic on a GPU, where an extra pass costs memory traffic) it is ``torch.exp``."""
     if y.device.type == "cpu" and y.dtype == torch.float32:
-        return torch.mul(y, LOG2E).exp2_()
-    return torch.exp(y)
+        return torch.mul(y, LOG2E, out=out).exp2_()
+    return torch.exp(y, out=out)
 
 
 def next_token_stats(
@@ -131,8 +131,13 @@ def next_token_stats(
     relative precision (measured: within 1e-6 down to H = 1e-6 nats, against 4e-2 for ``log`` of the whole sum,
     tests/test_next_token_stats.py); no (N, V) log-softmax is
     materialised and no second exp is taken. On a CPU, row chunks are sized to ~3 MB so every
-    temporary stays in cache and is reused by the allocator: measured on this CPU at V = 49,152,
-    16-row chunks are 2.6x faster than 512-row ones.
+    temporary stays in cache: measured on this CPU at V = 49,152, 16-row chunks are 2.6x faster than
+    512-row ones. The chunk-sized temporaries (the gathered rows, their float32 copy, ``x - max`` and
+    its exp) are buffers allocated once. As fresh 3 MB tensors per chunk, glibc could give their
+    pages back and fault them in again, chunk after chunk (its trim threshold follows its mmap
+    threshold: twice 3 MB here), depending on the heap's state: 1,574 scored rows of a padded batch
+    took 178-447 ms at 2 threads and 284-557 ms at 1 before, 154-201 and 208-272 ms after (2-core
+    AMD EPYC), with the same results bit for bit.
 
     On a GPU the work stays there: chunks of up to 256 MB per temporary (a few kernel launches per
     chunk instead of per 5 rows at V = 151,936) and one copy of the (M,) and (M, k) results to the
@@ -151,13 +156,20 @@ def next_token_stats(
     if rows is not None:
         rows = rows.to(logits.device)
     next_ids = next_ids.to(logits.device)
+    shape = (min(chunk, M), V)
+    y_buf = torch.empty(shape, dtype=torch.float32, device=dev)
+    e_buf = torch.empty_like(y_buf)
+    rows_buf = None if rows is None else torch.empty(shape, dtype=logits.dtype, device=dev)
+    f32_buf = None if logits.dtype == torch.float32 else torch.empty_like(y_buf)
     for s in range(0, M, chunk):
-        x = logits[s : s + chunk] if rows is None else logits.index_select(0, rows[s : s + chunk])
-        x = x.float()
+        n = min(chunk, M - s)
+        x = logits[s : s + n] if rows_buf is None else torch.index_select(logits, 0, rows[s : s + n], out=rows_buf[:n])
+        if f32_buf is not None:
+            x = f32_buf[:n].copy_(x)
         v, i = top_k(x, k)
         m = v[:, :1]
-        y = x - m
-        e = _exp(y)
+        y = torch.sub(x, m, out=y_buf[:n])
+        e = _exp(y, e_buf[:n])
         # The max's own term (exactly 1) is left out of the sum and added back exactly by log1p: a
         # confident position's z = 1 + (tiny) would otherwise round, and log z with it, to float32's
         # 6e-8, a 4% error in an entropy of 1e-6 nats. Its y is 0, so the dot product is unchanged.
