@@ -223,14 +223,12 @@ def _unavoidable(a: str, b: str, chunk_tokens: int, rows: int = 512) -> dict:
                     t_sym += time.perf_counter() - t
                 if difference_products is not None:  # on centred rows, as CKA calls it (not timed)
                     x, y = x - x.mean(0), y - y.mean(0)
-                    a, b = (x * x).sum(1), (y * y).sum(1)
-                    if torch.equal(x, y):  # identical rows: CKA takes one Gram matrix
-                        t = time.perf_counter()
+                    a, b, same = (x * x).sum(1), (y * y).sum(1), torch.equal(x, y)
+                    t = time.perf_counter()
+                    if same:  # identical rows: CKA takes one Gram matrix
                         _ = gram(x)
-                    else:
-                        t = time.perf_counter()
-                        if difference_products(x, y, a.sum(), b.sum(), a @ a) is None:
-                            _ = gram(x), gram(y), x.T @ y
+                    elif difference_products(x, y, a.sum(), b.sum(), a @ a) is None:
+                        _ = gram(x), gram(y), x.T @ y
                     t_own += time.perf_counter() - t
     return {
         "logits_s": t_logits,

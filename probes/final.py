@@ -22,6 +22,7 @@ from driftkit.metrics.products import rowdot
 from driftkit.registry.options import Option
 from driftkit.registry.probe import Batch, ModelLayout, Output, Probe, Site, StaticArray
 from driftkit.store import schema as S
+from driftkit.store.buffers import ChunkBuffers
 from driftkit.store.reader import apply_final_transform
 
 LOGITS_KEY = "final/_logits"
@@ -133,7 +134,8 @@ def next_token_stats(
     materialised and no second exp is taken. On a CPU, row chunks are sized to ~3 MB so every
     temporary stays in cache: measured on this CPU at V = 49,152, 16-row chunks are 2.6x faster than
     512-row ones. The chunk-sized temporaries (the gathered rows, their float32 copy, ``x - max`` and
-    its exp) are buffers allocated once. As fresh 3 MB tensors per chunk, glibc could give their
+    its exp) are reused buffers (:class:`~driftkit.store.buffers.ChunkBuffers`; on a GPU, where
+    chunks pass its size limit, fresh tensors from the caching allocator). As fresh 3 MB tensors, glibc could give their
     pages back and fault them in again, chunk after chunk (its trim threshold follows its mmap
     threshold: twice 3 MB here), depending on the heap's state: 1,574 scored rows of a padded batch
     took 178-447 ms at 2 threads and 284-557 ms at 1 before, 154-201 and 208-272 ms after (2-core
@@ -156,20 +158,18 @@ def next_token_stats(
     if rows is not None:
         rows = rows.to(logits.device)
     next_ids = next_ids.to(logits.device)
-    shape = (min(chunk, M), V)
-    y_buf = torch.empty(shape, dtype=torch.float32, device=dev)
-    e_buf = torch.empty_like(y_buf)
-    rows_buf = None if rows is None else torch.empty(shape, dtype=logits.dtype, device=dev)
-    f32_buf = None if logits.dtype == torch.float32 else torch.empty_like(y_buf)
+    bufs = ChunkBuffers()
     for s in range(0, M, chunk):
         n = min(chunk, M - s)
-        x = logits[s : s + n] if rows_buf is None else torch.index_select(logits, 0, rows[s : s + n], out=rows_buf[:n])
-        if f32_buf is not None:
-            x = f32_buf[:n].copy_(x)
+        if rows is None:
+            x = logits[s : s + n]
+        else:
+            x = torch.index_select(logits, 0, rows[s : s + n], out=bufs.take("rows", (n, V), logits.dtype, dev))
+        x = bufs.converted("float32", x, torch.float32)
         v, i = top_k(x, k)
         m = v[:, :1]
-        y = torch.sub(x, m, out=y_buf[:n])
-        e = _exp(y, e_buf[:n])
+        y = torch.sub(x, m, out=bufs.take("y", (n, V), torch.float32, dev))
+        e = _exp(y, bufs.take("e", (n, V), torch.float32, dev))
         # The max's own term (exactly 1) is left out of the sum and added back exactly by log1p: a
         # confident position's z = 1 + (tiny) would otherwise round, and log z with it, to float32's
         # 6e-8, a 4% error in an entropy of 1e-6 nats. Its y is 0, so the dot product is unchanged.

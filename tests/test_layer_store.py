@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from cka_spy import count_difference_products
 from json_canon import canon
 
 import driftkit
@@ -341,16 +342,7 @@ def test_cka_beside_similarity_takes_its_float64_products(small_drift_pair, monk
     """Alone, cka lets small drift take float32 difference products; beside similarity it shares
     similarity's all-float64 sums (what the standardized measures need), so its values then agree
     with cka alone to a millionth of 1 - CKA rather than bit for bit, and similarity's are unchanged."""
-    from driftkit.metrics import cka as cka_metrics
-
-    taken: list[bool] = []
-    inner = cka_metrics._Stats._difference_products
-
-    def spy(self: Any, x: torch.Tensor, y: torch.Tensor) -> bool:
-        taken.append(inner(self, x, y))
-        return taken[-1]
-
-    monkeypatch.setattr(cka_metrics._Stats, "_difference_products", spy)
+    taken = count_difference_products(monkeypatch)
     kw: dict[str, Any] = {"positions": "all"}
     alone = driftkit.compare(list(small_drift_pair), analyses=["cka"], **kw).to_dict()["analyses"]["cka"]
     assert taken and all(taken)

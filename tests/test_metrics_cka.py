@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cka_spy import count_difference_products
 
 from driftkit.metrics import cka
 from driftkit.metrics.cka import StreamingCKA, linear_cka
@@ -187,24 +188,11 @@ def _llm_like(n: int, d: int, s: float, seed: int, sink: float = 3.0) -> tuple[n
 
 
 def _gram_space(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(biased, debiased) CKA from the centred N x N Gram matrices (float64)."""
+    """(biased, debiased) CKA from the centred N x N Gram matrices (float64); the biased one as
+    :func:`_gram_biased`, with the centring applied to the rows rather than as H K H (n^3)."""
     xc, yc = x - x.mean(0), y - y.mean(0)
     k, lg = xc @ xc.T, yc @ yc.T
-    biased = float((k * lg).sum() / np.sqrt((k * k).sum() * (lg * lg).sum()))
-    return biased, _hsic_unbiased(k, lg) / np.sqrt(_hsic_unbiased(k, k) * _hsic_unbiased(lg, lg))
-
-
-def _count_difference_products(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Record what each chunk's :meth:`_Stats._difference_products` returned (True: float32 path)."""
-    taken: list[bool] = []
-    inner = cka._Stats._difference_products
-
-    def spy(self, x, y):
-        taken.append(inner(self, x, y))
-        return taken[-1]
-
-    monkeypatch.setattr(cka._Stats, "_difference_products", spy)
-    return taken
+    return float((k * lg).sum() / np.sqrt((k * k).sum() * (lg * lg).sum())), _gram_debiased(x, y)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -218,7 +206,7 @@ def test_cka_small_drift_float32_difference_products(monkeypatch, dtype: torch.d
     x, y = _llm_like(n, d, s, seed=9)
     xs, ys = torch.from_numpy(x).to(dtype), torch.from_numpy(y).to(dtype)
     ref = _gram_space(xs.double().numpy(), ys.double().numpy())  # the stored values, in float64
-    taken = _count_difference_products(monkeypatch)
+    taken = count_difference_products(monkeypatch)
     acc = StreamingCKA(d, d)
     for i in range(0, n, chunk):
         acc.update(xs[i : i + chunk], ys[i : i + chunk])
@@ -236,7 +224,7 @@ def test_cka_chunk_ruled_by_a_sink_row_stays_float64(monkeypatch) -> None:
     still take float32, and the result agrees with float64 throughout to 1e-5 of 1 - CKA."""
     x, y = _llm_like(1536, 288, 0.1, seed=9, sink=3000.0)
     xs, ys = torch.from_numpy(x).float(), torch.from_numpy(y).float()
-    taken = _count_difference_products(monkeypatch)
+    taken = count_difference_products(monkeypatch)
     r = linear_cka(xs, ys, chunk=512)
     assert taken == [False, True, True]
     monkeypatch.setattr(cka, "DIFFERENCE_MAX", -1.0)
@@ -252,7 +240,7 @@ def test_cka_large_drift_stays_float64(monkeypatch) -> None:
     x, _ = _llm_like(600, 288, 0.0, seed=10)
     q, _ = np.linalg.qr(np.random.default_rng(11).normal(size=(288, 288)))
     xs, ys = torch.from_numpy(x), torch.from_numpy(x @ q)
-    taken = _count_difference_products(monkeypatch)
+    taken = count_difference_products(monkeypatch)
     r = linear_cka(xs, ys, chunk=200)
     assert taken == [False] * 3
     monkeypatch.setattr(cka, "DIFFERENCE_MAX", -1.0)
@@ -266,7 +254,7 @@ def test_cka_reduced_precision_matmul_stays_float64(monkeypatch) -> None:
     x, y = _llm_like(600, 288, 1e-2, seed=12)
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
     exact = linear_cka(xs, ys, chunk=200)
-    taken = _count_difference_products(monkeypatch)
+    taken = count_difference_products(monkeypatch)
     before = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("medium")
     try:

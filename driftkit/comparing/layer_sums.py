@@ -58,7 +58,7 @@ def layer_sums(
     key = (LAYER_SUMS, mask_key(mask))
     d_a, d_b = pair.a.shape(site)[1], pair.b.shape(site)[1]
     sums: LayerSums = pair.layer_shared(
-        key, lambda: LayerSums(key, SimilarityAccumulator(d_a, d_b, fourth=fourth, standardized=standardized))
+        key, lambda: LayerSums(key, SimilarityAccumulator(d_a, d_b, fourth=False, standardized=False))
     )
     if fourth:
         sums.acc.with_fourth()

@@ -78,8 +78,8 @@ class Float64Stats(_Stats):
     """:class:`~driftkit.metrics.cka._Stats` with every d x d product in float64, for the
     standardized measures (standardized CKA and Procrustes).
 
-    Why not raw CKA's float32 difference products (:meth:`~driftkit.metrics.cka._Stats.
-    _difference_products`): their error is float32's precision times the drift of the whole rows,
+    Why not raw CKA's float32 difference products (:func:`~driftkit.metrics.cka.difference_products`):
+    their error is float32's precision times the drift of the whole rows,
     ``|D|^2 / |X|^2``. Z-scoring divides each feature by its own spread, so what bounds the error
     there is the largest drift of a single feature against its spread, and a rogue dimension hides
     that from the whole rows' figure, which is the case these measures exist for. Measured on the
@@ -140,10 +140,11 @@ class SimilarityAccumulator(StreamingCKA):
     def with_standardized(self) -> None:
         """Take every product in float64 (:class:`Float64Stats`), as the standardized measures need.
         Only before any row is added, like :meth:`with_fourth`."""
-        if self.stats_class is _Stats:
-            self._upgrade(Float64Stats, "float64 products were")
+        self._upgrade(Float64Stats, "float64 products were")
 
     def _upgrade(self, cls: type[_Stats], what: str) -> None:
+        """Switch to ``cls`` unless the class in use already is one (StandardizedStats is a
+        Float64Stats)."""
         if issubclass(self.stats_class, cls):
             return
         if self.n:

@@ -67,7 +67,7 @@ class ChunkBuffers:
         """``rows`` as ``dtype``, copied into the buffer ``name`` (``rows`` itself if already so)."""
         if rows.dtype == dtype:
             return rows
-        return self.take(name, tuple(rows.shape), dtype).copy_(rows)
+        return self.take(name, tuple(rows.shape), dtype, rows.device).copy_(rows)
 
 
 class BufferRing:
